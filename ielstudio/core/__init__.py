@@ -1,0 +1,1 @@
+"""Headless engine of IEL Studio: numpy + torch only, never Qt."""

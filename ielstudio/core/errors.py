@@ -1,0 +1,14 @@
+"""Errors raised for problems in user data: the message names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(Exception):
+    """A user file or folder that cannot be used, with a one-line reason."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = Path(path) if path is not None else None
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
