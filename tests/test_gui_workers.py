@@ -1,0 +1,157 @@
+"""GeneratorWorker: a plain generator run in a QThread, with cancel, pause and coalescing."""
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from ielstudio.gui.workers import GeneratorWorker, error_message, run_once  # noqa: E402
+
+
+def counting(n, gate=None, reached=None):
+    """Yield 0..n-1 and return their sum; optionally block at item 2 until `gate` is set."""
+    for i in range(n):
+        if gate is not None and i == 2:
+            reached.set()
+            gate.wait(10)
+        yield i
+    return sum(range(n))
+
+
+def test_yields_every_item_in_order_and_returns_value(qtbot):
+    got = []
+    w = GeneratorWorker(counting, 5)
+    w.yielded.connect(got.append)
+    with qtbot.waitSignal(w.finished, timeout=5000) as blocker:
+        w.start()
+    assert got == [0, 1, 2, 3, 4]
+    assert blocker.args == [10]
+    assert w.wait(5000) and not w.is_running()
+
+
+def test_error_becomes_one_line_message(qtbot):
+    def broken():
+        yield 1
+        raise ValueError("loss is NaN at step 2\nmore detail")
+
+    w = GeneratorWorker(broken)
+    finished = []
+    w.finished.connect(finished.append)
+    with qtbot.waitSignal(w.errored, timeout=5000) as blocker:
+        w.start()
+    assert blocker.args == ["ValueError: loss is NaN at step 2"]
+    assert "Traceback" in w.traceback_text
+    w.wait(5000)
+    assert finished == []
+
+
+def test_data_error_message_is_kept_verbatim():
+    from ielstudio.core.errors import DataError
+
+    assert error_message(DataError("/x/a.png", "unreadable")) == "/x/a.png: unreadable"
+    assert error_message(RuntimeError("CUDA out of memory. Tried")).startswith("Out of memory")
+
+
+def test_cancel_is_honoured_between_yields_and_passed_to_generator(qtbot):
+    seen_cancel = []
+
+    def job(cancel):
+        i = 0
+        while not cancel():
+            yield i
+            i += 1
+        seen_cancel.append(i)
+
+    got = []
+    w = GeneratorWorker(job, cancel_kwarg="cancel")
+
+    def on_item(i):
+        got.append(i)
+        if i == 3:
+            w.cancel()
+
+    w.yielded.connect(on_item)
+    with qtbot.waitSignal(w.finished, timeout=5000) as blocker:
+        w.start()
+    assert blocker.args == [None]  # cancelled: no result
+    w.wait(5000)
+    # the thread may have pulled a few more items before the GUI thread saw item 3,
+    # but it stopped: far fewer than an unbounded loop would give
+    assert got[:4] == [0, 1, 2, 3] and len(got) < 10_000
+    assert w.is_cancelled()
+
+
+def test_pause_stops_pulling_until_resume(qtbot):
+    gate, reached = threading.Event(), threading.Event()
+    pulled = []
+
+    def job():
+        for i in range(6):
+            pulled.append(i)
+            if i == 2:
+                reached.set()
+                gate.wait(10)
+            yield i
+
+    got = []
+    w = GeneratorWorker(job)
+    w.yielded.connect(got.append)
+    w.start()
+    assert reached.wait(5)
+    with qtbot.waitSignal(w.paused, timeout=2000):
+        w.pause()  # takes effect before the next pull
+    assert w.is_paused()
+    gate.set()
+    # item 2 arrives; the worker then waits: nothing beyond item 2 is pulled
+    qtbot.waitUntil(lambda: got == [0, 1, 2], timeout=5000)
+    assert pulled == [0, 1, 2]
+    with qtbot.waitSignal(w.finished, timeout=5000):
+        w.resume()
+    assert got == [0, 1, 2, 3, 4, 5]
+    w.wait(5000)
+
+
+def test_cancel_while_paused_ends_the_thread(qtbot):
+    gate, reached = threading.Event(), threading.Event()
+    w = GeneratorWorker(counting, 100, gate, reached)
+    w.start()
+    assert reached.wait(5)
+    w.pause()
+    gate.set()
+    with qtbot.waitSignal(w.finished, timeout=5000):
+        w.cancel()
+    assert w.wait(5000)
+
+
+@dataclass
+class Step:
+    step: int
+    total_steps: int
+
+
+def test_coalesced_items_are_thinned_but_last_one_kept(qtbot):
+    def job():
+        for i in range(1, 2001):
+            yield Step(i, 2000)
+        yield "done"
+
+    got, progress = [], []
+    w = GeneratorWorker(job, coalesce=lambda x: isinstance(x, Step), min_interval_s=10.0)
+    w.yielded.connect(got.append)
+    w.progress.connect(lambda s, t: progress.append((s, t)))
+    with qtbot.waitSignal(w.finished, timeout=5000):
+        w.start()
+    # first Step passes, the rest arrive within 10 s and are coalesced into the newest
+    assert got == [Step(1, 2000), Step(2000, 2000), "done"]
+    assert progress == [(1, 2000), (2000, 2000)]
+
+
+def test_run_once_returns_function_result(qtbot):
+    w = run_once(lambda a, b: a * b, 6, b=7)
+    got = []
+    w.yielded.connect(got.append)
+    with qtbot.waitSignal(w.finished, timeout=5000):
+        w.start()
+    assert got == [42]
