@@ -1,0 +1,154 @@
+"""Cleaning: proposals, post-processing, label-quality scores and change counts, with exact pixel numbers."""
+
+import numpy as np
+import pytest
+
+from ielstudio.core.cleaning import CleanConfig, change_summary, label_quality, postprocess, propose
+
+NO_POST = CleanConfig(min_area=0, fill_holes=False)
+
+
+def one_hot_probs(mask, n_classes, p=0.95):
+    """Probabilities that put `p` on `mask`'s class and share the rest."""
+    probs = np.full((n_classes,) + mask.shape, (1 - p) / (n_classes - 1), np.float32)
+    for c in range(n_classes):
+        probs[c][mask == c] = p
+    return probs
+
+
+def test_speck_below_min_area_is_removed_and_object_kept():
+    m = np.zeros((20, 20), np.int64)
+    m[2:7, 2:7] = 1  # 25 px object
+    m[15, 10:15] = 1  # 5 px speck
+    out = postprocess(m, CleanConfig(min_area=10, fill_holes=False))
+    assert out[15, 10:15].tolist() == [0] * 5
+    assert int((out == 1).sum()) == 25
+    # min_area 5 keeps the 5 px speck (strictly smaller objects go)
+    assert int((postprocess(m, CleanConfig(min_area=5, fill_holes=False)) == 1).sum()) == 30
+
+
+def test_speck_takes_the_class_around_it():
+    m = np.zeros((20, 20), np.int64)
+    m[2:18, 2:18] = 1
+    m[9:11, 9:11] = 2  # 4 px of class 2 inside class 1
+    out = postprocess(m, CleanConfig(min_area=10, fill_holes=False))
+    assert int((out == 2).sum()) == 0
+    assert int((out == 1).sum()) == 256
+
+
+def test_hole_filled_but_open_bay_kept():
+    m = np.zeros((20, 20), np.int64)
+    m[2:12, 2:12] = 1
+    m[5:8, 5:8] = 0  # 9 px enclosed hole
+    m[0:10, 15:18] = 1
+    m[0:3, 16] = 0  # notch open to the image border: not a hole
+    out = postprocess(m, CleanConfig(min_area=0, fill_holes=True))
+    assert int((out == 1).sum()) == int((m == 1).sum()) + 9
+    assert out[5:8, 5:8].min() == 1
+    assert out[0:3, 16].tolist() == [0, 0, 0]
+
+
+def test_hole_fill_never_overwrites_another_class():
+    m = np.zeros((12, 12), np.int64)
+    m[1:11, 1:11] = 1
+    m[4:8, 4:8] = 0
+    m[5:7, 5:7] = 2  # class-2 core inside a background ring inside class 1
+    out = postprocess(m, CleanConfig(min_area=0, fill_holes=True))
+    assert int((out == 2).sum()) == 4
+    assert int((out == 1).sum()) == 100 - 4
+
+
+def test_convex_hull_of_l_shape_is_its_triangle():
+    m = np.zeros((10, 10), np.int64)
+    m[2:7, 2] = 1  # vertical bar, 5 px
+    m[6, 2:7] = 1  # bottom bar, 5 px (one shared) -> L of 9 px
+    assert int((m == 1).sum()) == 9
+    out = postprocess(m, CleanConfig(min_area=0, fill_holes=False, convex_hull_classes=(1,)))
+    # hull = triangle with corners (2,2), (6,2), (6,6): rows 2..6 hold 1..5 px -> 15
+    assert int((out == 1).sum()) == 15
+    rr, cc = np.nonzero(out == 1)
+    assert np.all(rr - 2 >= cc - 2)  # on or below the diagonal
+    # classes not marked convex stay as they are
+    assert int((postprocess(m, CleanConfig(min_area=0, fill_holes=False)) == 1).sum()) == 9
+
+
+def test_propose_is_argmax_then_postprocess():
+    target = np.zeros((16, 16), np.int64)
+    target[3:10, 3:10] = 1
+    probs = one_hot_probs(target, 2)
+    probs[:, 14, 14] = [0.2, 0.8]  # single-pixel speck in the model's output
+    given = np.zeros_like(target)
+    assert int((propose(probs, given, NO_POST) == 1).sum()) == 49 + 1
+    assert np.array_equal(propose(probs, given, CleanConfig(min_area=4)), target)
+
+
+def test_confident_only_keeps_label_where_model_is_unsure():
+    given = np.zeros((8, 8), np.int64)
+    given[0:4] = 1
+    probs = np.zeros((2, 8, 8), np.float32)
+    probs[1] = 0.2  # model says background everywhere ...
+    probs[1, 0:2] = 0.93  # ... except confident foreground on rows 0-1 (agrees with label)
+    probs[1, 2] = 0.35  # row 2: disagrees, p(background) = 0.65 < 0.9 -> keep label 1
+    probs[1, 3] = 0.05  # row 3: disagrees confidently (0.95) -> background
+    probs[1, 6] = 0.95  # row 6: label 0, confident foreground -> 1
+    probs[0] = 1 - probs[1]
+    cfg = CleanConfig(min_area=0, fill_holes=False, confident_only=True, threshold=0.9)
+    out = propose(probs, given, cfg)
+    assert out[0:3].min() == 1 and out[3].max() == 0 and out[6].min() == 1
+    assert int(out.sum()) == 8 * 4
+    # plain argmax takes row 2 away as well
+    assert int(propose(probs, given, NO_POST).sum()) == 8 * 3
+
+
+def test_label_quality_ranks_the_corrupted_label_lower():
+    target = np.zeros((32, 32), np.int64)
+    target[5:20, 5:20] = 1
+    target[22:30, 22:30] = 2
+    probs = one_hot_probs(target, 3, p=0.9)
+    good_score, good_doubt = label_quality(probs, target)
+    bad = target.copy()
+    bad[5:20, 5:12] = 0  # half of an object missing
+    bad_score, bad_doubt = label_quality(probs, bad)
+    assert good_score == pytest.approx(0.5 * 1.0 + 0.5 * 0.9, abs=1e-6)
+    assert bad_score < good_score
+    # bad: Dice class 1 = 2*120/(120+225), class 2 = 1; p(given) = 0.9 on 184 + 0.05 on 105 of 289
+    exp = 0.5 * (2 * 120 / 345 + 1) / 2 + 0.5 * (0.9 * 184 + 0.05 * 105) / 289
+    assert bad_score == pytest.approx(exp, abs=1e-5)
+    assert good_doubt.shape == (32, 32)
+    assert good_doubt.max() == pytest.approx(0.1, abs=1e-6)
+    assert bad_doubt[10, 8] == pytest.approx(0.95, abs=1e-6)  # p(background) there is 0.05
+    assert 0.0 <= bad_score <= 1.0
+
+
+def test_label_quality_empty_image_uses_mean_confidence():
+    probs = np.zeros((2, 4, 4), np.float32)
+    probs[0] = 0.8
+    probs[1] = 0.2
+    score, doubt = label_quality(probs, np.zeros((4, 4), np.int64))
+    assert score == pytest.approx(0.8)
+    assert np.allclose(doubt, 0.2)
+
+
+def test_change_summary_counts_exactly():
+    before = np.zeros((10, 10), np.int64)
+    before[0:4, 0:4] = 1  # 16 px of 1
+    after = before.copy()
+    after[0, 0:4] = 0  # 4 px 1 -> 0
+    after[8:10, 8:10] = 2  # 4 px 0 -> 2
+    after[3, 0] = 2  # 1 px 1 -> 2
+    s = change_summary(before, after, 3)
+    assert s["added"] == [4, 0, 5]
+    assert s["removed"] == [4, 5, 0]
+    assert s["changed_pixels"] == 9
+    assert s["changed_fraction"] == pytest.approx(0.09)
+
+
+def test_clean_config_round_trip_and_validation():
+    cfg = CleanConfig(min_area=7, fill_holes=False, convex_hull_classes=[1, 2], confident_only=True, threshold=0.8)
+    d = cfg.to_dict()
+    assert d["convex_hull_classes"] == [1, 2]
+    assert CleanConfig.from_dict(d) == cfg
+    with pytest.raises(ValueError):
+        CleanConfig(threshold=0.0)
+    with pytest.raises(ValueError):
+        CleanConfig(min_area=-1)
