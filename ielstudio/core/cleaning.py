@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
+from .metrics import dice as _dice
+
 
 @dataclass(frozen=True)
 class CleanConfig:
@@ -142,7 +144,7 @@ def label_quality(probs: np.ndarray, given: np.ndarray) -> tuple[float, np.ndarr
     Returns (score, doubt): doubt (H,W) float32 = 1 - p(given label) per pixel;
     score in [0, 1], 1 = the label agrees with a confident model. The score is the mean of
       - the hard foreground Dice between the given label and the model's argmax
-        (mean over the foreground classes present in either), an estimate of the
+        (`metrics.dice`: mean over foreground classes), an estimate of the
         label's true Dice when the model is right, and
       - the mean p(given label) over the union of both foregrounds, which keeps the
         ranking informative where the model is unsure (it is below 1 even when the
@@ -162,13 +164,7 @@ def label_quality(probs: np.ndarray, given: np.ndarray) -> tuple[float, np.ndarr
     union = (given != 0) | (arg != 0)
     if not union.any():
         return float(np.clip(p_given.mean(), 0.0, 1.0)), doubt
-    dices = []
-    for c in range(1, n_classes):
-        a, b = given == c, arg == c
-        total = int(a.sum()) + int(b.sum())
-        if total:
-            dices.append(2.0 * int((a & b).sum()) / total)
-    dice = float(np.mean(dices)) if dices else 1.0
+    dice = _dice(arg, given, n_classes)
     confidence = float(p_given[union].mean())
     return float(np.clip(0.5 * dice + 0.5 * confidence, 0.0, 1.0)), doubt
 
