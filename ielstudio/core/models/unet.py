@@ -11,24 +11,20 @@ from torch import nn
 BlockFactory = Callable[[int, int], nn.Module]
 
 
-def norm_groups(channels: int) -> int:
-    """Number of GroupNorm groups for `channels`: 8 when it divides, else the largest divisor <= 8."""
-    for g in (8, 4, 2, 1):
-        if channels % g == 0:
-            return g
-    return 1
-
-
 class ConvBlock(nn.Sequential):
-    """Two 3x3 convolutions, each followed by GroupNorm and ReLU (batch-size independent)."""
+    """Two 3x3 convolutions, each followed by BatchNorm and ReLU.
+
+    BatchNorm (not GroupNorm): in eval mode it uses running statistics, so a tile of a
+    large image is normalised exactly like the whole image and tiled prediction matches.
+    """
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__(
             nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-            nn.GroupNorm(norm_groups(c_out), c_out),
+            nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True),
             nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-            nn.GroupNorm(norm_groups(c_out), c_out),
+            nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True),
         )
 
