@@ -1,0 +1,751 @@
+"""The review project: one SQLite file (`*.ielproj`) holding the review state of a dataset.
+
+What it stores: the dataset folders, one row per image (paths, review status,
+label-quality score, changed fraction, skip reason), an append-only log of every
+decision with its provenance (who, when, which checkpoint, which settings), the
+accepted/edited masks as lossless PNG (or zlib) blobs deduplicated by content,
+the model checkpoint reference (path + sha256) and free-form settings.
+
+Why SQLite: one file, crash-safe (WAL journal, one transaction per decision, so a
+crash loses at most the action in flight), indexed (100,000 images page fast) and
+never rewritten whole. The schema is versioned with `PRAGMA user_version` and the
+`MIGRATIONS` list; opening an older file migrates it in place.
+
+`export_project` / `iter_export` write the final masks (decided mask, or the
+original re-encoded) in the input format into a new folder, with report.csv and
+report.json. Originals are never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ielstudio import __version__
+from ielstudio.core.errors import DataError
+
+PROJECT_SUFFIX = ".ielproj"
+APPLICATION_ID = 0x49454C53  # "IELS": marks a SQLite file as an IEL Studio project
+STATUSES = ("unreviewed", "accepted", "kept", "edited", "skipped")
+STATUSES_WITH_MASK = ("accepted", "edited")
+
+_STATUS_CHECK = "CHECK (status IN ('unreviewed','accepted','kept','edited','skipped'))"
+
+# Each entry brings the schema from version i to i + 1 (user_version is set by the runner).
+MIGRATIONS: list[str] = [
+    # v1: the project itself.
+    f"""
+    PRAGMA application_id = {APPLICATION_ID};
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE masks (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        height INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        codec TEXT NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        image_path TEXT NOT NULL,
+        mask_path TEXT,
+        status TEXT NOT NULL DEFAULT 'unreviewed' {_STATUS_CHECK},
+        score REAL,
+        changed_fraction REAL,
+        skip_reason TEXT,
+        decision_id INTEGER REFERENCES decisions(id)
+    );
+    CREATE INDEX images_queue ON images((score IS NULL), score, name);
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        status TEXT NOT NULL {_STATUS_CHECK},
+        mask_id INTEGER REFERENCES masks(id),
+        reason TEXT,
+        who TEXT NOT NULL,
+        at TEXT NOT NULL,
+        checkpoint_sha256 TEXT,
+        settings TEXT NOT NULL DEFAULT '{{}}'
+    );
+    CREATE INDEX decisions_image ON decisions(image_id, id);
+    """,
+    # v2: user settings (JSON values) and indexes for the filtered, sorted review queue.
+    """
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX images_status_queue ON images(status, (score IS NULL), score, name);
+    CREATE INDEX images_changed ON images((changed_fraction IS NULL), changed_fraction DESC, name);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Review-queue orderings: key -> SQL ORDER BY (unscored images always come last).
+# "score", "changed" and "name" match an index term for term, so a page is read, not sorted.
+ORDERINGS = {
+    "score": "i.score IS NULL, i.score, i.name",  # worst label first (1 = good)
+    "-score": "i.score IS NULL, i.score DESC, i.name",
+    "changed": "i.changed_fraction IS NULL, i.changed_fraction DESC, i.name",  # most change first
+    "-changed": "i.changed_fraction IS NULL, i.changed_fraction, i.name",
+    "name": "i.name",
+    "-name": "i.name DESC",
+    "status": "i.status, i.score IS NULL, i.score, i.name",
+}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (containers): still record something
+        return "unknown"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- mask blobs
+
+def encode_mask(mask: np.ndarray) -> tuple[str, bytes]:
+    """Lossless blob of a class-index mask: ("png", bytes) for indices < 65536, else ("zlib", bytes)."""
+    m = np.asarray(mask)
+    if m.ndim != 2 or m.size == 0 or not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool):
+        raise ValueError(f"mask must be a non-empty 2-D integer array, got {m.dtype} {m.shape}")
+    lo, hi = int(m.min()), int(m.max())
+    if lo < 0:
+        raise ValueError(f"mask has negative class index {lo}")
+    if hi < 65536:
+        ok, buf = cv2.imencode(".png", m.astype(np.uint8 if hi < 256 else np.uint16),
+                               [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        if not ok:  # pragma: no cover - cv2 encodes any 2-D uint8/uint16 array
+            raise ValueError("PNG encoding failed")
+        return "png", buf.tobytes()
+    return "zlib", zlib.compress(np.ascontiguousarray(m, dtype="<i8").tobytes(), 6)
+
+
+def decode_mask(codec: str, data: bytes, height: int, width: int) -> np.ndarray:
+    """Inverse of `encode_mask`: int64 (height, width)."""
+    if codec == "png":
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ValueError("stored PNG mask could not be decoded")
+        out = arr.astype(np.int64)
+    elif codec == "zlib":
+        out = np.frombuffer(zlib.decompress(data), dtype="<i8").astype(np.int64)
+    else:
+        raise ValueError(f"unknown mask codec {codec!r}")
+    return out.reshape(height, width)
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made a decision with which model: checkpoint None = the project's current one."""
+
+    who: str = field(default_factory=_current_user)
+    checkpoint_sha256: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One entry of the decision log (the current one, or any from `history`)."""
+
+    id: int | None  # None: never decided (status "unreviewed" by default)
+    name: str
+    status: str
+    mask_id: int | None
+    reason: str | None
+    who: str | None
+    at: str | None  # ISO 8601 UTC
+    checkpoint_sha256: str | None
+    settings: dict
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_id is not None
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of the review queue."""
+
+    name: str
+    image_path: Path
+    mask_path: Path | None
+    status: str
+    score: float | None
+    changed_fraction: float | None
+    skip_reason: str | None
+    decided_at: str | None
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    path: Path
+    sha256: str
+    set_at: str
+
+
+# --------------------------------------------------------------------------- project
+
+class Project:
+    """An open `.ielproj` file. Thread-safe (one lock around one connection); use as a context manager."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        """Use `Project.create` or `Project.open`."""
+        self.path = path
+        self._conn = conn
+        self._lock = threading.RLock()
+
+    # ----- opening
+
+    @classmethod
+    def create(cls, path: str | Path, images_dir: str | Path, masks_dir: str | Path) -> "Project":
+        """Make a new project file (refuses to overwrite one) and open it."""
+        path = Path(path)
+        if path.exists():
+            raise DataError(path, "already exists; open it or choose another name")
+        if not path.parent.is_dir():
+            raise DataError(path, "folder does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                _migrate(conn, Path(tmp))
+                meta = {
+                    "images_dir": str(Path(images_dir).resolve()),
+                    "masks_dir": str(Path(masks_dir).resolve()),
+                    "created": _now(),
+                    "app_version": __version__,
+                }
+                conn.execute("BEGIN")
+                conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Project":
+        """Open (and migrate to the current schema) an existing project file."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "no such project file")
+        try:
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise DataError(path, f"cannot open project ({e})") from None
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if app_id != APPLICATION_ID:
+                raise DataError(path, "not an IEL Studio project (SQLite file of another program)")
+            if version > SCHEMA_VERSION:
+                raise DataError(path, f"made by a newer IEL Studio (schema {version} > {SCHEMA_VERSION}); update the app")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+            _migrate(conn, path)
+            conn.execute("SELECT count(*) FROM images").fetchone()
+        except DataError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise DataError(path, f"not a readable IEL Studio project ({e})") from None
+        return cls(path, conn)
+
+    def close(self) -> None:
+        """Close the file (WAL is checkpointed into it)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tx(self):
+        return _Transaction(self._conn, self._lock)
+
+    def _q(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    # ----- meta
+
+    def _meta(self, key: str) -> str | None:
+        rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def _set_meta(self, items: Mapping[str, str]) -> None:
+        with self._tx() as c:
+            c.executemany("INSERT INTO meta(key, value) VALUES (?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", items.items())
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self._meta("images_dir"))
+
+    @property
+    def masks_dir(self) -> Path:
+        return Path(self._meta("masks_dir"))
+
+    @property
+    def created(self) -> str:
+        return self._meta("created")
+
+    @property
+    def app_version(self) -> str:
+        """Version of IEL Studio that created the file."""
+        return self._meta("app_version")
+
+    @property
+    def schema_version(self) -> int:
+        return self._q("PRAGMA user_version")[0][0]
+
+    def set_mask_encoding(self, encoding: Any) -> None:
+        """Remember the dataset's mask encoding (an `imageio.MaskEncoding` or its `to_dict()`), used by export."""
+        d = encoding if isinstance(encoding, Mapping) else encoding.to_dict()
+        self._set_meta({"mask_encoding": json.dumps(d)})
+
+    def mask_encoding(self):
+        """The stored `imageio.MaskEncoding`, or None (export then reads each file's own)."""
+        raw = self._meta("mask_encoding")
+        if raw is None:
+            return None
+        from ielstudio.core.imageio import MaskEncoding
+
+        return MaskEncoding.from_dict(json.loads(raw))
+
+    # ----- checkpoint and settings
+
+    def set_checkpoint(self, path: str | Path) -> CheckpointRef:
+        """Reference the model checkpoint used for proposals (path + sha256 of its bytes)."""
+        path = Path(path)
+        try:
+            digest = file_sha256(path)
+        except OSError as e:
+            raise DataError(path, f"cannot read checkpoint ({e.strerror or e})") from None
+        ref = CheckpointRef(path.resolve(), digest, _now())
+        self._set_meta({"checkpoint_path": str(ref.path), "checkpoint_sha256": digest,
+                        "checkpoint_set_at": ref.set_at})
+        return ref
+
+    @property
+    def checkpoint(self) -> CheckpointRef | None:
+        digest = self._meta("checkpoint_sha256")
+        if digest is None:
+            return None
+        return CheckpointRef(Path(self._meta("checkpoint_path")), digest, self._meta("checkpoint_set_at"))
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        rows = self._q("SELECT value FROM settings WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value under `key`."""
+        text = json.dumps(value)
+        with self._tx() as c:
+            c.execute("INSERT INTO settings(key, value) VALUES (?, ?) "
+                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, text))
+
+    def settings(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self._q("SELECT key, value FROM settings ORDER BY key")}
+
+    # ----- images
+
+    def add_images(self, pairs: Iterable[Any]) -> int:
+        """Add `dataset.Pair`s or (name, image_path, mask_path) tuples in one transaction.
+
+        Known names keep their review state (their paths are updated). Returns how many are new.
+        """
+        rows = []
+        for p in pairs:
+            name, image_path, mask_path = (p.name, p.image_path, p.mask_path) if hasattr(p, "name") else p
+            rows.append((str(name), str(image_path), None if mask_path is None else str(mask_path)))
+        with self._tx() as c:
+            before = c.execute("SELECT count(*) FROM images").fetchone()[0]
+            c.executemany("INSERT INTO images(name, image_path, mask_path) VALUES (?, ?, ?) "
+                          "ON CONFLICT(name) DO UPDATE SET image_path = excluded.image_path, "
+                          "mask_path = excluded.mask_path", rows)
+            after = c.execute("SELECT count(*) FROM images").fetchone()[0]
+        return after - before
+
+    def set_scores(self, scores: Mapping[str, float] | Iterable[tuple]) -> int:
+        """Bulk-set label-quality scores in one transaction.
+
+        `scores`: {name: score} or an iterable of (name, score) / (name, score, changed_fraction).
+        Unknown names are ignored; returns how many rows were updated.
+        """
+        items = scores.items() if isinstance(scores, Mapping) else scores
+        plain, with_changed = [], []
+        for item in items:
+            if len(item) == 2:
+                plain.append((_opt_float(item[1]), item[0]))
+            else:
+                with_changed.append((_opt_float(item[1]), _opt_float(item[2]), item[0]))
+        with self._tx() as c:
+            start = self._conn.total_changes
+            c.executemany("UPDATE images SET score = ? WHERE name = ?", plain)
+            c.executemany("UPDATE images SET score = ?, changed_fraction = ? WHERE name = ?", with_changed)
+            return self._conn.total_changes - start
+
+    def image(self, name: str) -> ImageRow:
+        rows = self._q(_IMAGE_SELECT + " WHERE i.name = ?", (name,))
+        if not rows:
+            raise KeyError(name)
+        return _image_row(rows[0])
+
+    def images(self, order_by: str = "score", status: str | Iterable[str] | None = None,
+               search: str | None = None, limit: int | None = None, offset: int = 0) -> list[ImageRow]:
+        """A page of the review queue.
+
+        order_by: one of `ORDERINGS` ("score" = worst first, "-score", "changed", "-changed",
+        "name", "-name", "status"). status: one status or several. search: substring of the name.
+        """
+        if order_by not in ORDERINGS:
+            raise ValueError(f"order_by must be one of {sorted(ORDERINGS)}, got {order_by!r}")
+        where, args = _filter_sql(status, search)
+        sql = f"{_IMAGE_SELECT}{where} ORDER BY {ORDERINGS[order_by]} LIMIT ? OFFSET ?"
+        rows = self._q(sql, [*args, -1 if limit is None else int(limit), int(offset)])
+        return [_image_row(r) for r in rows]
+
+    def count(self, status: str | Iterable[str] | None = None, search: str | None = None) -> int:
+        where, args = _filter_sql(status, search)
+        return self._q(f"SELECT count(*) FROM images i{where}", args)[0][0]
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per status (every status present, zeros included)."""
+        out = dict.fromkeys(STATUSES, 0)
+        out.update(dict(self._q("SELECT status, count(*) FROM images GROUP BY status")))
+        return out
+
+    def __len__(self) -> int:
+        return self.count()
+
+    # ----- decisions
+
+    def record_decision(self, name: str, status: str, mask: np.ndarray | None = None,
+                        provenance: Provenance | None = None, reason: str | None = None) -> Decision:
+        """Record one review decision in ONE transaction and make it the image's current state.
+
+        accepted/edited need `mask` (class indices, stored losslessly and deduplicated, so
+        re-recording an earlier state for undo/redo costs one small row). kept/unreviewed/skipped
+        take no mask. `reason`: why it was skipped (kept as the image's skip_reason) or a note.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if (mask is not None) != (status in STATUSES_WITH_MASK):
+            raise ValueError(f"status {status!r} {'needs' if status in STATUSES_WITH_MASK else 'takes no'} mask")
+        blob = None
+        if mask is not None:
+            m = np.asarray(mask)
+            codec, data = encode_mask(m)
+            blob = (hashlib.sha256(f"{codec}:{m.shape[0]}x{m.shape[1]}:".encode() + data).hexdigest(),
+                    m.shape[0], m.shape[1], codec, data)
+        return self._record(name, status, blob, None, provenance, reason)
+
+    def restore(self, name: str, decision: Decision, provenance: Provenance | None = None) -> Decision:
+        """Re-record an earlier decision (undo/redo) by reference to its stored mask: no re-encoding."""
+        return self._record(name, decision.status, None, decision.mask_id,
+                            provenance or Provenance(checkpoint_sha256=decision.checkpoint_sha256,
+                                                     settings=decision.settings), decision.reason)
+
+    def _record(self, name, status, blob, mask_id, provenance, reason) -> Decision:
+        prov = provenance or Provenance()
+        ckpt = prov.checkpoint_sha256 or self._meta("checkpoint_sha256")
+        settings = json.dumps(dict(prov.settings), sort_keys=True)
+        at = _now()
+        with self._tx() as c:
+            row = c.execute("SELECT id FROM images WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise KeyError(name)
+            if blob is not None:
+                c.execute("INSERT INTO masks(sha256, height, width, codec, data) VALUES (?, ?, ?, ?, ?) "
+                          "ON CONFLICT(sha256) DO NOTHING", blob)
+                mask_id = c.execute("SELECT id FROM masks WHERE sha256 = ?", (blob[0],)).fetchone()[0]
+            cur = c.execute("INSERT INTO decisions(image_id, status, mask_id, reason, who, at, "
+                            "checkpoint_sha256, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (row[0], status, mask_id, reason, prov.who, at, ckpt, settings))
+            did = cur.lastrowid
+            c.execute("UPDATE images SET status = ?, decision_id = ?, skip_reason = ? WHERE id = ?",
+                      (status, did, reason if status == "skipped" else None, row[0]))
+        return Decision(did, name, status, mask_id, reason, prov.who, at, ckpt, json.loads(settings))
+
+    def decision(self, name: str) -> Decision:
+        """The image's current decision (id None and status "unreviewed" when never decided)."""
+        rows = self._q(_DECISION_SELECT + " FROM images i LEFT JOIN decisions d ON d.id = i.decision_id "
+                       "WHERE i.name = ?", (name,))
+        if not rows:
+            raise KeyError(name)
+        return _decision(name, rows[0], rows[0][-1])
+
+    def history(self, name: str) -> list[Decision]:
+        """Every decision recorded for the image, oldest first."""
+        rows = self._q(_DECISION_SELECT + " FROM decisions d JOIN images i ON i.id = d.image_id "
+                       "WHERE i.name = ? ORDER BY d.id", (name,))
+        if not rows and not self._q("SELECT 1 FROM images WHERE name = ?", (name,)):
+            raise KeyError(name)
+        return [_decision(name, r, r[1]) for r in rows]
+
+    def mask(self, mask_id: int) -> np.ndarray:
+        """A stored mask by id (int64 class indices)."""
+        rows = self._q("SELECT codec, data, height, width FROM masks WHERE id = ?", (mask_id,))
+        if not rows:
+            raise KeyError(mask_id)
+        codec, data, h, w = rows[0]
+        return decode_mask(codec, data, h, w)
+
+    def final_mask(self, name: str) -> np.ndarray | None:
+        """The mask to export: the accepted/edited mask, or None = keep the original file's mask."""
+        d = self.decision(name)
+        return self.mask(d.mask_id) if d.mask_id is not None else None
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) under the project lock."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock):
+        self.conn, self.lock = conn, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        if self.conn is None:
+            self.lock.release()
+            raise ValueError("project is closed")
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the missing migrations, each in its own transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        statements = [s.strip() for s in MIGRATIONS[target - 1].split(";") if s.strip()]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for s in statements:
+                conn.execute(s)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            conn.execute("ROLLBACK")
+            raise DataError(path, f"cannot upgrade project to schema {target} ({e})") from None
+
+
+def _opt_float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+_IMAGE_SELECT = ("SELECT i.name, i.image_path, i.mask_path, i.status, i.score, i.changed_fraction, "
+                 "i.skip_reason, (SELECT at FROM decisions WHERE id = i.decision_id) FROM images i")
+_DECISION_SELECT = ("SELECT d.id, d.status, d.mask_id, d.reason, d.who, d.at, d.checkpoint_sha256, "
+                    "d.settings, i.status")
+
+
+def _image_row(r: tuple) -> ImageRow:
+    return ImageRow(r[0], Path(r[1]), None if r[2] is None else Path(r[2]), r[3], r[4], r[5], r[6], r[7])
+
+
+def _decision(name: str, r: tuple, status: str) -> Decision:
+    return Decision(r[0], name, status, r[2], r[3], r[4], r[5], r[6], json.loads(r[7]) if r[7] else {})
+
+
+def _filter_sql(status, search) -> tuple[str, list]:
+    clauses, args = [], []
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        bad = [s for s in wanted if s not in STATUSES]
+        if bad:
+            raise ValueError(f"unknown status {bad}; expected {STATUSES}")
+        clauses.append(f"i.status IN ({','.join('?' * len(wanted))})")
+        args += wanted
+    if search:
+        clauses.append("instr(lower(i.name), lower(?)) > 0")
+        args.append(search)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+# --------------------------------------------------------------------------- export
+
+@dataclass(frozen=True)
+class ExportProgress:
+    done: int
+    total: int
+    name: str
+
+
+@dataclass
+class ExportReport:
+    """What `export_project` wrote: one row per image (see report.csv / report.json)."""
+
+    out_dir: Path
+    rows: list[dict]
+    written: int
+    errors: int
+    csv_path: Path
+    json_path: Path
+
+
+@dataclass(frozen=True)
+class ExportDone:
+    report: ExportReport
+
+
+def iter_export(project: Project, out_dir: str | Path,
+                cancel: Callable[[], bool] | None = None) -> Iterator[ExportProgress | ExportDone]:
+    """Write every image's final mask into `out_dir` (same file name and format as the original).
+
+    accepted/edited: the stored mask; kept/unreviewed/skipped: the original re-encoded.
+    Files that cannot be read or written become report rows with an `error`, never a crash.
+    Yields `ExportProgress` per image, then `ExportDone(report)` (also after a cancel, with
+    the rows done so far). Refuses `out_dir` == the masks folder: originals are never touched.
+    """
+    from ielstudio.core.imageio import atomic_write_text, read_mask, write_mask
+
+    out_dir = Path(out_dir)
+    masks_dir = project.masks_dir
+    if out_dir.resolve() == masks_dir.resolve():
+        raise DataError(out_dir, "is the original masks folder; export into another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoding = project.mask_encoding()
+    total = project.count()
+    rows: list[dict] = []
+    used: set[str] = set()
+    written = 0
+    page = 1000
+    cancelled = False
+    for start in range(0, total, page):
+        for img in project.images(order_by="name", limit=page, offset=start):
+            if cancel is not None and cancel():
+                cancelled = True
+                break
+            d = project.decision(img.name)
+            row = {"name": img.name, "status": img.status, "output": None, "score": img.score,
+                   "changed_fraction": img.changed_fraction, "skip_reason": img.skip_reason,
+                   "decided_at": d.at, "who": d.who, "checkpoint_sha256": d.checkpoint_sha256,
+                   "settings": d.settings, "history_length": None, "pixels_before": None,
+                   "pixels_after": None, "changed_pixels": None, "error": None}
+            try:
+                if img.mask_path is None:
+                    raise DataError(img.image_path, "has no mask to export")
+                target = out_dir / img.mask_path.name
+                if target.name in used:
+                    raise DataError(target, "another image already exports a mask with this file name")
+                before, file_encoding = read_mask(img.mask_path, encoding)
+                after = project.mask(d.mask_id) if d.mask_id is not None else before
+                if after.shape != before.shape:
+                    raise DataError(img.mask_path, f"decided mask is {after.shape[1]}x{after.shape[0]} "
+                                                   f"but the original is {before.shape[1]}x{before.shape[0]}")
+                write_mask(target, after, file_encoding, protect=[img.mask_path])
+                used.add(target.name)
+                written += 1
+                row.update(output=target.name, pixels_before=_class_counts(before),
+                           pixels_after=_class_counts(after), changed_pixels=int((before != after).sum()))
+            except (DataError, ValueError, OSError) as e:
+                row["error"] = str(e)
+            rows.append(row)
+            yield ExportProgress(len(rows), total, img.name)
+        if cancelled:
+            break
+    history = dict(project._q("SELECT i.name, count(d.id) FROM images i "
+                              "LEFT JOIN decisions d ON d.image_id = i.id GROUP BY i.id"))
+    for row in rows:
+        row["history_length"] = history.get(row["name"], 0)
+    report = ExportReport(out_dir, rows, written, sum(r["error"] is not None for r in rows),
+                          out_dir / "report.csv", out_dir / "report.json")
+    summary = {
+        "project": str(project.path), "exported_at": _now(), "app_version": __version__,
+        "images_dir": str(project.images_dir), "masks_dir": str(masks_dir),
+        "checkpoint": None if project.checkpoint is None else
+        {"path": str(project.checkpoint.path), "sha256": project.checkpoint.sha256},
+        "complete": not cancelled, "total": total, "written": written, "errors": report.errors,
+        "statuses": dict(Counter(r["status"] for r in rows)), "images": rows,
+    }
+    atomic_write_text(report.json_path, json.dumps(summary, indent=1))
+    atomic_write_text(report.csv_path, _report_csv(rows))
+    yield ExportDone(report)
+
+
+def export_project(project: Project, out_dir: str | Path,
+                   cancel: Callable[[], bool] | None = None) -> ExportReport:
+    """Run `iter_export` to the end and return its report."""
+    report = None
+    for event in iter_export(project, out_dir, cancel):
+        if isinstance(event, ExportDone):
+            report = event.report
+    return report
+
+
+def _class_counts(mask: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(mask, return_counts=True)
+    return {str(int(v)): int(n) for v, n in zip(values, counts)}
+
+
+def _report_csv(rows: list[dict]) -> str:
+    classes = sorted({int(k) for r in rows for key in ("pixels_before", "pixels_after")
+                      for k in (r[key] or {})})
+    head = ["name", "status", "output", "score", "changed_fraction", "changed_pixels"]
+    head += [f"before_{c}" for c in classes] + [f"after_{c}" for c in classes]
+    head += ["decided_at", "who", "checkpoint_sha256", "settings", "history_length", "skip_reason", "error"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    for r in rows:
+        b, a = r["pixels_before"] or {}, r["pixels_after"] or {}
+        w.writerow([r["name"], r["status"], r["output"] or "", _fmt(r["score"]), _fmt(r["changed_fraction"]),
+                    _fmt(r["changed_pixels"])]
+                   + [b.get(str(c), 0) if r["pixels_before"] else "" for c in classes]
+                   + [a.get(str(c), 0) if r["pixels_after"] else "" for c in classes]
+                   + [r["decided_at"] or "", r["who"] or "", r["checkpoint_sha256"] or "",
+                      json.dumps(r["settings"], sort_keys=True) if r["settings"] else "",
+                      r["history_length"], r["skip_reason"] or "", r["error"] or ""])
+    return buf.getvalue()
+
+
+def _fmt(x) -> str:
+    return "" if x is None else str(x)
