@@ -57,7 +57,8 @@ class GeneratorWorker(QObject):
     - ``paused()`` / ``resumed()``.
 
     ``cancel()`` is honoured between yields (and, with ``cancel_kwarg``, inside the
-    generator: the callable ``is_cancelled`` is passed under that keyword).
+    generator: the callable ``is_cancelled`` is passed under that keyword; likewise
+    ``progress_kwarg`` passes ``progress.emit`` for progress inside one long call).
     ``pause()`` makes the thread stop pulling and wait on a condition (no busy loop).
     ``coalesce(item) -> bool`` marks items that may be dropped when they arrive faster
     than ``min_interval_s`` apart; the newest dropped one is still emitted before the
@@ -76,6 +77,7 @@ class GeneratorWorker(QObject):
         fn: Callable[..., Iterator[Any]],
         *args: Any,
         cancel_kwarg: str | None = None,
+        progress_kwarg: str | None = None,
         coalesce: Callable[[Any], bool] | None = None,
         min_interval_s: float = 0.0,
         parent=None,
@@ -87,10 +89,13 @@ class GeneratorWorker(QObject):
         self._kwargs = dict(kwargs)
         if cancel_kwarg:
             self._kwargs[cancel_kwarg] = self.is_cancelled
+        if progress_kwarg:  # the job may report (done, total) from inside a long call
+            self._kwargs[progress_kwarg] = self.progress.emit
         self._coalesce = coalesce
         self._min_interval = float(min_interval_s)
         self._cond = threading.Condition()
         self._cancel = False
+        self._stop_requested = False
         self._paused = False
         self.traceback_text = ""
         self.result: Any = None
@@ -109,7 +114,18 @@ class GeneratorWorker(QObject):
 
     # --- control (any thread) -------------------------------------------------------
     def is_cancelled(self) -> bool:
-        return self._cancel
+        """What the generator sees (through ``cancel_kwarg``): a cancel or a stop request."""
+        return self._cancel or self._stop_requested
+
+    def request_stop(self) -> None:
+        """Soft cancel: tell the generator (``is_cancelled`` turns True, pause ends) but keep
+        pulling, so it can finish its step and yield its final event (e.g. a DoneEvent)."""
+        with self._cond:
+            self._stop_requested = True
+            was_paused, self._paused = self._paused, False
+            self._cond.notify_all()
+        if was_paused:
+            self.resumed.emit()
 
     def is_paused(self) -> bool:
         return self._paused
@@ -121,7 +137,7 @@ class GeneratorWorker(QObject):
 
     def pause(self) -> None:
         with self._cond:
-            if self._paused or self._cancel:
+            if self._paused or self._cancel or self._stop_requested:
                 return
             self._paused = True
         self.paused.emit()

@@ -1,0 +1,393 @@
+"""The centre view: the image with toggleable mask / proposal / difference overlays.
+
+Every layer is a pyqtgraph ``ImageItem`` holding a small-integer array drawn
+through a fixed lookup table (RGBA, levels fixed), so zoom and pan only change
+a transform: nothing is recomposed in Python while the user navigates, which
+keeps 2048 px images fluid. Brush and eraser strokes are collected as a
+footprint and handed to the main window as one ``strokeFinished`` signal, which
+turns it into an undoable command.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPen
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QGraphicsEllipseItem,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+# class colours (index 0 = background, transparent); clear on gray images
+CLASS_COLORS = [
+    (0, 0, 0),
+    (0, 190, 255),
+    (255, 170, 0),
+    (190, 90, 255),
+    (255, 230, 40),
+    (0, 220, 170),
+    (255, 100, 170),
+    (140, 200, 60),
+    (120, 140, 255),
+]
+ADDED_COLOR = (40, 230, 60)  # pixels the proposal adds
+REMOVED_COLOR = (255, 40, 40)  # pixels the proposal removes
+
+OVERLAYS = ("mask", "proposal", "difference")
+OVERLAY_TITLES = {"mask": "Mask", "proposal": "Proposal", "difference": "Difference"}
+DEFAULT_OPACITY = {"mask": 0.45, "proposal": 0.45, "difference": 0.8}
+DEFAULT_VISIBLE = {"mask": True, "proposal": False, "difference": True}
+TOOLS = ("pan", "brush", "eraser", "object")
+
+
+def class_color(c: int) -> tuple[int, int, int]:
+    if c < len(CLASS_COLORS):
+        return CLASS_COLORS[c]
+    rng = np.random.default_rng(c)  # stable extra colours for many classes
+    return tuple(int(v) for v in rng.integers(60, 256, 3))
+
+
+def class_lut() -> np.ndarray:
+    """(256,4) uint8 RGBA table: class index -> colour, background transparent."""
+    lut = np.zeros((256, 4), np.uint8)
+    for c in range(1, 256):
+        lut[c, :3] = class_color(c)
+        lut[c, 3] = 255
+    return lut
+
+
+def difference_lut() -> np.ndarray:
+    lut = np.zeros((256, 4), np.uint8)
+    lut[1] = (*ADDED_COLOR, 255)
+    lut[2] = (*REMOVED_COLOR, 255)
+    return lut
+
+
+def difference_map(given: np.ndarray, proposal: np.ndarray) -> np.ndarray:
+    """uint8 (H,W): 1 where the proposal adds a foreground label, 2 where it removes one."""
+    d = np.zeros(given.shape, np.uint8)
+    differs = given != proposal
+    d[differs & (proposal != 0)] = 1
+    d[differs & (proposal == 0)] = 2
+    return d
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """(C,H,W) / (H,W) normalised float image -> (H,W) or (H,W,3) float32 for display."""
+    a = np.asarray(image, np.float32)
+    if a.ndim == 3:
+        if a.shape[0] == 1:
+            a = a[0]
+        elif a.shape[0] == 3:
+            a = np.moveaxis(a, 0, -1)
+        else:
+            a = a[0]
+    return np.ascontiguousarray(a)
+
+
+class _CanvasViewBox(pg.ViewBox):
+    """A ViewBox that hands left-button drags/clicks to the canvas when a tool is active."""
+
+    def __init__(self, canvas: "Canvas"):
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self._canvas = canvas
+
+    def mouseDragEvent(self, ev, axis=None):
+        if self._canvas.tool in ("brush", "eraser") and ev.button() == Qt.MouseButton.LeftButton:
+            ev.accept()
+            pos = self.mapSceneToView(ev.scenePos())
+            if ev.isStart():
+                self._canvas._stroke_begin(pos)
+            self._canvas._stroke_to(pos)
+            if ev.isFinish():
+                self._canvas._stroke_end()
+            return
+        super().mouseDragEvent(ev, axis)
+
+    def mouseClickEvent(self, ev):
+        if ev.button() == Qt.MouseButton.LeftButton:
+            pos = self.mapSceneToView(ev.scenePos())
+            tool = self._canvas.tool
+            object_click = tool == "object" or bool(ev.modifiers() & Qt.KeyboardModifier.ControlModifier)
+            if object_click:
+                ev.accept()
+                self._canvas._object_click(pos)
+                return
+            if tool in ("brush", "eraser"):
+                ev.accept()
+                self._canvas._stroke_begin(pos)
+                self._canvas._stroke_to(pos)
+                self._canvas._stroke_end()
+                return
+        super().mouseClickEvent(ev)
+
+
+class Canvas(QWidget):
+    """Image + overlays + tools. Arrays in, signals out; no decisions made here."""
+
+    strokeFinished = Signal(object, int)  # footprint (H,W) bool, value painted (0 = erase)
+    objectClicked = Signal(int, int)  # row, col
+    toolChanged = Signal(str)
+    brushRadiusChanged = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.tool = "pan"
+        self.brush_radius = 6
+        self.brush_class = 1
+        self.n_classes = 2
+        self._shape: tuple[int, int] | None = None
+        self._stroke: np.ndarray | None = None
+        self._stroke_last: tuple[int, int] | None = None
+        self._mask: np.ndarray | None = None
+
+        self.view_widget = pg.GraphicsView()
+        self.view_widget.setBackground(QColor(30, 30, 30))
+        self.viewbox = _CanvasViewBox(self)
+        self.view_widget.setCentralItem(self.viewbox)
+
+        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.image_item.setLevels((0.0, 1.0))
+        self.viewbox.addItem(self.image_item)
+        self.items: dict[str, pg.ImageItem] = {}
+        for z, name in enumerate(OVERLAYS, start=1):
+            item = pg.ImageItem(axisOrder="row-major")
+            item.setLookupTable(difference_lut() if name == "difference" else class_lut())
+            item.setLevels((0, 255))
+            item.setZValue(z)
+            item.setOpacity(DEFAULT_OPACITY[name])
+            item.setVisible(DEFAULT_VISIBLE[name])
+            self.viewbox.addItem(item)
+            self.items[name] = item
+        self.stroke_item = pg.ImageItem(axisOrder="row-major")
+        lut = np.zeros((256, 4), np.uint8)
+        lut[1] = (255, 255, 255, 150)
+        self.stroke_item.setLookupTable(lut)
+        self.stroke_item.setLevels((0, 255))
+        self.stroke_item.setZValue(10)
+        self.viewbox.addItem(self.stroke_item)
+        self.cursor_item = QGraphicsEllipseItem()
+        self.cursor_item.setPen(QPen(QColor(255, 255, 255), 0))
+        self.cursor_item.setZValue(11)
+        self.cursor_item.setVisible(False)
+        self.viewbox.addItem(self.cursor_item)
+        self.view_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
+
+        # controls: overlay toggles with their own opacity, tools, legend
+        self.checks: dict[str, QCheckBox] = {}
+        self.sliders: dict[str, QSlider] = {}
+        controls = QHBoxLayout()
+        controls.setContentsMargins(0, 0, 0, 0)
+        for name in OVERLAYS:
+            cb = QCheckBox(OVERLAY_TITLES[name])
+            cb.setChecked(DEFAULT_VISIBLE[name])
+            cb.toggled.connect(lambda on, n=name: self.set_overlay_visible(n, on))
+            sl = QSlider(Qt.Orientation.Horizontal)
+            sl.setRange(0, 100)
+            sl.setValue(int(DEFAULT_OPACITY[name] * 100))
+            sl.setFixedWidth(70)
+            sl.setToolTip(f"{OVERLAY_TITLES[name]} opacity")
+            sl.valueChanged.connect(lambda v, n=name: self.set_overlay_opacity(n, v / 100))
+            self.checks[name], self.sliders[name] = cb, sl
+            controls.addWidget(cb)
+            controls.addWidget(sl)
+        controls.addStretch(1)
+        self.tool_buttons: dict[str, QToolButton] = {}
+        for tool, text, tip in (
+            ("pan", "Pan", "Pan and zoom (mouse wheel)"),
+            ("brush", "Brush", "Paint the current class (B); size with [ and ]"),
+            ("eraser", "Eraser", "Erase to background (E)"),
+            ("object", "Object", "Accept the proposal for the object under a click (O, or Ctrl+click)"),
+        ):
+            b = QToolButton()
+            b.setText(text)
+            b.setToolTip(tip)
+            b.setCheckable(True)
+            b.setAutoExclusive(True)
+            b.clicked.connect(lambda _=False, t=tool: self.set_tool(t))
+            self.tool_buttons[tool] = b
+            controls.addWidget(b)
+        self.tool_buttons["pan"].setChecked(True)
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.info = QLabel("No image")
+        self.info.setStyleSheet("color: gray")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(controls)
+        layout.addWidget(self.view_widget, 1)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.legend)
+        bottom.addStretch(1)
+        bottom.addWidget(self.info)
+        layout.addLayout(bottom)
+        self.set_class_names(["background", "class 1"])
+
+    # --- content -------------------------------------------------------------------
+    def set_class_names(self, names: list[str]) -> None:
+        self.n_classes = len(names)
+        parts = []
+        for c, name in enumerate(names):
+            if c == 0:
+                continue
+            r, g, b = class_color(c)
+            parts.append(f"<span style='color:rgb({r},{g},{b})'>&#9632;</span> {name}")
+        for (r, g, b), name in ((ADDED_COLOR, "added"), (REMOVED_COLOR, "removed")):
+            parts.append(f"<span style='color:rgb({r},{g},{b})'>&#9632;</span> {name}")
+        self.legend.setText("&nbsp;&nbsp;".join(parts))
+
+    def set_image(self, image: np.ndarray | None, reset_view: bool = True) -> None:
+        """Show a normalised image ((C,H,W) or (H,W)); clears the overlays."""
+        if image is None:
+            self._shape = None
+            self.image_item.clear()
+            for item in self.items.values():
+                item.clear()
+            self.stroke_item.clear()
+            self.info.setText("No image")
+            return
+        disp = display_image(image)
+        new_shape = disp.shape[:2]
+        self.image_item.setImage(disp, levels=(0.0, 1.0), autoLevels=False)
+        for item in self.items.values():
+            item.clear()
+        self.stroke_item.clear()
+        if reset_view or new_shape != self._shape:
+            self.viewbox.setRange(QRectF(0, 0, new_shape[1], new_shape[0]), padding=0.02)
+        self._shape = new_shape
+        self.info.setText(f"{new_shape[1]} x {new_shape[0]} px")
+
+    def _set_layer(self, name: str, data: np.ndarray | None) -> None:
+        item = self.items[name]
+        if data is None:
+            item.clear()
+            return
+        item.setImage(np.ascontiguousarray(data, dtype=np.uint8), levels=(0, 255), autoLevels=False)
+
+    def set_mask(self, mask: np.ndarray | None) -> None:
+        """The current mask of the image (what the user has decided so far)."""
+        self._mask = None if mask is None else np.asarray(mask)
+        self._set_layer("mask", mask)
+
+    def set_proposal(self, proposal: np.ndarray | None, given: np.ndarray | None = None) -> None:
+        """The model's proposal and its difference from the given (original) mask."""
+        self._set_layer("proposal", proposal)
+        if proposal is None or given is None:
+            self._set_layer("difference", None)
+        else:
+            self._set_layer("difference", difference_map(np.asarray(given), np.asarray(proposal)))
+
+    def layer_data(self, name: str) -> np.ndarray | None:
+        return self.items[name].image
+
+    # --- overlays ------------------------------------------------------------------
+    def set_overlay_visible(self, name: str, visible: bool) -> None:
+        self.items[name].setVisible(bool(visible))
+        cb = self.checks[name]
+        if cb.isChecked() != bool(visible):
+            cb.setChecked(bool(visible))
+
+    def overlay_visible(self, name: str) -> bool:
+        return self.items[name].isVisible()
+
+    def set_overlay_opacity(self, name: str, opacity: float) -> None:
+        opacity = float(min(1.0, max(0.0, opacity)))
+        self.items[name].setOpacity(opacity)
+        sl = self.sliders[name]
+        if sl.value() != round(opacity * 100):
+            sl.setValue(round(opacity * 100))
+
+    def overlay_opacity(self, name: str) -> float:
+        return float(self.items[name].opacity())
+
+    # --- tools ---------------------------------------------------------------------
+    def set_tool(self, tool: str) -> None:
+        if tool not in TOOLS:
+            raise ValueError(f"unknown tool {tool!r}")
+        self.tool = tool
+        self.tool_buttons[tool].setChecked(True)
+        self.cursor_item.setVisible(tool in ("brush", "eraser"))
+        self.toolChanged.emit(tool)
+
+    def set_brush_radius(self, radius: int) -> None:
+        self.brush_radius = int(min(200, max(1, radius)))
+        self._update_cursor(None)
+        self.brushRadiusChanged.emit(self.brush_radius)
+
+    def _pixel(self, pos: QPointF) -> tuple[int, int] | None:
+        if self._shape is None:
+            return None
+        r, c = int(np.floor(pos.y())), int(np.floor(pos.x()))
+        return r, c
+
+    def _on_mouse_moved(self, scene_pos) -> None:
+        if self.tool in ("brush", "eraser"):
+            self._update_cursor(self.viewbox.mapSceneToView(scene_pos))
+
+    def _update_cursor(self, pos: QPointF | None) -> None:
+        if pos is None:
+            rect = self.cursor_item.rect()
+            if rect.isNull():
+                return
+            pos = rect.center()
+        r = self.brush_radius
+        self.cursor_item.setRect(QRectF(pos.x() - r, pos.y() - r, 2 * r, 2 * r))
+
+    def _stroke_begin(self, pos: QPointF) -> None:
+        if self._shape is None:
+            return
+        self._stroke = np.zeros(self._shape, np.uint8)
+        self._stroke_last = None
+
+    def _stroke_to(self, pos: QPointF) -> None:
+        if self._stroke is None:
+            return
+        p = self._pixel(pos)
+        if p is None:
+            return
+        pt = (p[1], p[0])
+        if self._stroke_last is None:
+            cv2.circle(self._stroke, pt, self.brush_radius, 1, -1)
+        else:
+            cv2.line(self._stroke, self._stroke_last, pt, 1, 2 * self.brush_radius + 1)
+            cv2.circle(self._stroke, pt, self.brush_radius, 1, -1)
+        self._stroke_last = pt
+        self.stroke_item.setImage(self._stroke, levels=(0, 255), autoLevels=False)
+        self._update_cursor(pos)
+
+    def _stroke_end(self) -> None:
+        if self._stroke is None:
+            return
+        footprint = self._stroke.astype(bool)
+        self._stroke = None
+        self._stroke_last = None
+        self.stroke_item.clear()
+        if footprint.any():
+            self.strokeFinished.emit(footprint, 0 if self.tool == "eraser" else self.brush_class)
+
+    def paint_stroke(self, points: list[tuple[int, int]], tool: str | None = None) -> None:
+        """Paint a stroke through image pixels ``[(row, col), ...]`` (scripting and tests)."""
+        if tool is not None:
+            self.set_tool(tool)
+        self._stroke_begin(QPointF())
+        for r, c in points:
+            self._stroke_to(QPointF(c + 0.5, r + 0.5))
+        self._stroke_end()
+
+    def _object_click(self, pos: QPointF) -> None:
+        p = self._pixel(pos)
+        if p is None:
+            return
+        r, c = p
+        h, w = self._shape
+        if 0 <= r < h and 0 <= c < w:
+            self.objectClicked.emit(r, c)

@@ -1,0 +1,187 @@
+"""The right panel: what the IEL stack amplifies in the given mask and in the prediction.
+
+Two heat maps (``core.iel.defect_maps(...).steps[k]``) side by side with linked
+zoom, the convexity region drawn over them, and a slider over the stack steps
+k = 0..K to watch defects grow. The maps are computed in a worker thread (only
+the newest request is shown), so a 2048 px mask never blocks the window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+
+from .workers import GeneratorWorker
+
+
+def heat_lut() -> np.ndarray:
+    return pg.colormap.get("inferno").getLookupTable(0.0, 1.0, 256, alpha=False)
+
+
+def region_lut() -> np.ndarray:
+    lut = np.zeros((256, 4), np.uint8)
+    lut[1] = (80, 220, 255, 90)
+    return lut
+
+
+def compute_defects(given: np.ndarray, probs: np.ndarray | None, n_classes: int, config):
+    """Defect maps of the given mask (one-hot) and of the prediction (probabilities)."""
+    from ielstudio.core.iel import defect_maps, one_hot
+
+    given_maps = defect_maps(one_hot(given, n_classes), config)
+    pred_maps = None if probs is None else defect_maps(np.asarray(probs, np.float32), config)
+    return given_maps, pred_maps
+
+
+class IELPanel(QWidget):
+    """Heat amplification of given mask and prediction, convex region, slider over k."""
+
+    updated = Signal()  # maps for the latest request are shown
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.given_maps = None
+        self.pred_maps = None
+        self._request_id = 0
+        self._workers: list[GeneratorWorker] = []
+        self._pending: tuple | None = None
+
+        self.plots = pg.GraphicsLayoutWidget()
+        self.plots.setBackground(QColor(30, 30, 30))
+        self.boxes, self.heat_items, self.region_items, self.titles = [], [], [], []
+        for i, title in enumerate(("Given mask", "Prediction")):
+            label = self.plots.addLabel(title, row=2 * i, col=0, color="#ddd", size="9pt")
+            vb = self.plots.addViewBox(row=2 * i + 1, col=0, lockAspect=True, invertY=True, enableMenu=False)
+            heat = pg.ImageItem(axisOrder="row-major")
+            heat.setLookupTable(heat_lut())
+            region = pg.ImageItem(axisOrder="row-major")
+            region.setLookupTable(region_lut())
+            region.setLevels((0, 255))
+            region.setZValue(1)
+            vb.addItem(heat)
+            vb.addItem(region)
+            self.boxes.append(vb)
+            self.heat_items.append(heat)
+            self.region_items.append(region)
+            self.titles.append(label)
+        self.boxes[1].setXLink(self.boxes[0])
+        self.boxes[1].setYLink(self.boxes[0])
+
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 0)
+        self.slider.setToolTip("IEL step k: amplification after k evolution steps")
+        self.slider.valueChanged.connect(self._show_step)
+        self.step_label = QLabel("k = 0")
+        self.info = QLabel("Amplified defects appear when an image is open.")
+        self.info.setWordWrap(True)
+        self.info.setStyleSheet("color: gray")
+
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Step"))
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.step_label)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        title = QLabel("<b>Amplified defects (IEL)</b>")
+        layout.addWidget(title)
+        layout.addWidget(self.plots, 1)
+        layout.addLayout(row)
+        layout.addWidget(self.info)
+
+    # --- requests ------------------------------------------------------------------
+    def request(self, given: np.ndarray | None, probs: np.ndarray | None, n_classes: int, config) -> None:
+        """Compute and show the maps for this mask/prediction (newest request wins)."""
+        self._request_id += 1
+        if given is None or config is None:
+            self.clear()
+            return
+        rid = self._request_id
+        if any(w.is_running() for w in self._workers):
+            self._pending = (rid, given, probs, n_classes, config)  # run when the current one ends
+            return
+        self._start(rid, given, probs, n_classes, config)
+
+    def _start(self, rid, given, probs, n_classes, config) -> None:
+        def job():
+            yield compute_defects(given, probs, n_classes, config)
+
+        w = GeneratorWorker(job, parent=self)
+        w.yielded.connect(lambda res, rid=rid: self._on_result(rid, res))
+        w.errored.connect(lambda msg: self.info.setText(f"IEL maps failed: {msg}"))
+        w.finished.connect(lambda _=None, w=w: self._on_done(w))
+        w.errored.connect(lambda _=None, w=w: self._on_done(w))
+        self._workers.append(w)
+        w.start()
+
+    def _on_done(self, w: GeneratorWorker) -> None:
+        w.wait(1000)
+        if w in self._workers:
+            self._workers.remove(w)
+        w.deleteLater()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._start(*pending)
+
+    def busy(self) -> bool:
+        return bool(self._workers) or self._pending is not None
+
+    def stop(self) -> None:
+        self._pending = None
+        for w in list(self._workers):
+            w.stop(5000)
+
+    def _on_result(self, rid: int, result) -> None:
+        if rid != self._request_id:
+            return  # a newer request is on its way
+        self.set_maps(*result)
+
+    # --- display -------------------------------------------------------------------
+    def clear(self) -> None:
+        self.given_maps = self.pred_maps = None
+        for item in (*self.heat_items, *self.region_items):
+            item.clear()
+        self.slider.setRange(0, 0)
+
+    def set_maps(self, given_maps, pred_maps) -> None:
+        first = self.given_maps is None
+        self.given_maps, self.pred_maps = given_maps, pred_maps
+        k_max = int(given_maps.steps.shape[0]) - 1
+        old = self.slider.value()
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, k_max)
+        self.slider.setValue(k_max if first or old > k_max or old == self.slider.maximum() else old)
+        self.slider.blockSignals(False)
+        for maps, region in ((given_maps, self.region_items[0]), (pred_maps, self.region_items[1])):
+            if maps is None or maps.convex_region is None or not np.any(maps.convex_region):
+                region.clear()
+            else:
+                region.setImage(np.asarray(maps.convex_region, np.uint8), levels=(0, 255), autoLevels=False)
+        h, w = given_maps.amplification.shape
+        if first:
+            self.boxes[0].setRange(QRectF(0, 0, w, h), padding=0.02)
+        self._show_step(self.slider.value())
+        amp = float(np.max(given_maps.amplification))
+        text = f"Given mask: max amplification {amp:.3g}"
+        if pred_maps is not None:
+            text += f" · prediction: {float(np.max(pred_maps.amplification)):.3g}"
+        else:
+            text += " · no prediction yet (train a model)"
+        self.info.setText(text)
+        self.updated.emit()
+
+    def _show_step(self, k: int) -> None:
+        index = getattr(self.given_maps, "step_index", None)
+        shown = int(index[k]) if index is not None and 0 <= k < len(index) else k
+        self.step_label.setText(f"k = {shown}")
+        # each map on its own scale (fixed over k, so growth with k is visible): a smooth
+        # prediction amplifies far less than a noisy one-hot mask and would look blank
+        for maps, item in ((self.given_maps, self.heat_items[0]), (self.pred_maps, self.heat_items[1])):
+            if maps is None:
+                item.clear()
+                continue
+            top = float(np.max(maps.steps)) or 1.0
+            kk = min(k, maps.steps.shape[0] - 1)
+            item.setImage(np.asarray(maps.steps[kk], np.float32), levels=(0.0, top), autoLevels=False)
