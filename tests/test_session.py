@@ -35,6 +35,8 @@ def test_create_open_meta_and_pragmas(tmp_path):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["images", "masks", "review.ielproj"]
     with pytest.raises(DataError, match="already exists"):
         Project.create(tmp_path / "review.ielproj", tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="closed"):
+        p.count()
     with Project.open(tmp_path / "review.ielproj") as q:
         assert len(q) == 3 and q.counts() == {"unreviewed": 3, "accepted": 0, "kept": 0, "edited": 0,
                                               "skipped": 0}
@@ -63,6 +65,9 @@ def test_corrupt_foreign_newer_and_missing_files_raise_dataerror(tmp_path):
     with pytest.raises(DataError, match="newer IEL Studio"):
         Project.open(tmp_path / "review.ielproj")
 
+    (tmp_path / "empty.ielproj").write_bytes(b"")
+    with pytest.raises(DataError, match="empty file"):
+        Project.open(tmp_path / "empty.ielproj")
     with pytest.raises(DataError, match="no such project file"):
         Project.open(tmp_path / "missing.ielproj")
 

@@ -263,6 +263,8 @@ class Project:
         path = Path(path)
         if not path.is_file():
             raise DataError(path, "no such project file")
+        if path.stat().st_size == 0:
+            raise DataError(path, "empty file, not an IEL Studio project")
         try:
             conn = sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True,
                                    isolation_level=None, check_same_thread=False)
@@ -307,6 +309,8 @@ class Project:
 
     def _q(self, sql: str, args: Iterable = ()) -> list[tuple]:
         with self._lock:
+            if self._conn is None:
+                raise ValueError("project is closed")
             return self._conn.execute(sql, tuple(args)).fetchall()
 
     # ----- meta
