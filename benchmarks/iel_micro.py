@@ -1,0 +1,157 @@
+"""Micro-benchmark of the IEL layers: forward + backward time per training step.
+
+Batch B x C x 128 x 128 of logits shaped like noisy masks (dented discs, specks,
+ragged borders) added to the output of a tiny conv net (1 -> 16 -> 16 -> C), so
+ratios are relative to a real (if small) network step. Prints measured medians.
+
+    python benchmarks/iel_micro.py [--repeat 15] [--threads 1] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ielstudio.core import iel
+
+
+def noisy_masks(b: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Masks with several dented discs each, plus specks and block noise, (b, size, size) int64."""
+    y, x = np.mgrid[:size, :size]
+    out = np.zeros((b, size, size), np.int64)
+    for i in range(b):
+        for _ in range(6):
+            cy, cx, r = rng.uniform(16, size - 16, 2).tolist() + [rng.uniform(8, 16)]
+            d2 = (y - cy) ** 2 + (x - cx) ** 2
+            disc = d2 <= r * r
+            ang = np.arctan2(y - cy, x - cx)
+            a0 = rng.uniform(-np.pi, np.pi)
+            dent = (np.abs(np.angle(np.exp(1j * (ang - a0)))) < 0.4) & (d2 > (0.4 * r) ** 2)
+            out[i][disc & ~dent] = 1
+        flip = rng.random((size // 2, size // 2)) < 0.05
+        out[i] ^= np.kron(flip, np.ones((2, 2), np.int64)).astype(np.int64)
+    return out
+
+
+def tiny_net(c_out: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, c_out, 3, padding=1),
+    )
+
+
+def naive_heat(u: torch.Tensor, dt: float, steps: int) -> torch.Tensor:
+    """Direct K-step loop: replicate pad + depthwise 3x3 conv per step."""
+    c = u.shape[1]
+    k = torch.tensor([[0, 0.25, 0], [0.25, -1.0, 0.25], [0, 0.25, 0]], dtype=u.dtype, device=u.device)
+    k = k.expand(c, 1, 3, 3)
+    for _ in range(steps):
+        u = u - dt * F.conv2d(F.pad(u, (1, 1, 1, 1), mode="replicate"), k, groups=c)
+    return u
+
+
+def median_ms(fn, repeat: int, device: torch.device) -> float:
+    fn()  # warm-up (caches, allocator)
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--classes", type=int, default=2)
+    ap.add_argument("--size", type=int, default=128)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    b, c, s = args.batch, args.classes, args.size
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(noisy_masks(b, s, rng)).to(dev)
+    prior = F.one_hot(masks, c).permute(0, 3, 1, 2).float() * 4.0 - 2.0
+    prior = F.avg_pool2d(prior, 3, 1, 1) + 0.3 * torch.randn_like(prior)
+    images = (masks.float()[:, None] + 0.3 * torch.randn(b, 1, s, s, device=dev)).contiguous()
+    net = tiny_net(c).to(dev)
+
+    def step(layer) -> None:
+        net.zero_grad(set_to_none=True)
+        logits = net(images) + prior
+        out = layer(logits) if layer is not None else logits
+        F.cross_entropy(out, masks).backward()
+
+    def layer_only(layer):
+        x = prior.clone().requires_grad_(True)
+
+        def run() -> None:
+            layer(x).square().mean().backward()
+
+        return run
+
+    heat = {k: iel.HeatIEL(0.1, k).to(dev) for k in (10, 20, 30)}
+    convex = iel.ConvexIEL(0.1, 20, (1,))
+
+    def naive_stack(u):
+        return iel.reference_convex(naive_heat(u, 0.1, 20), 0.1, 20, (1,))[0]
+
+    def fast_stack(u):
+        return convex(heat[20](u))
+
+    # how much work the fast convex layer skipped on this input
+    calls = {"n": 0, "samples": 0}
+    orig = iel.concave_support
+
+    def counting(mask, radii, band):
+        calls["n"] += 1
+        calls["samples"] += mask.shape[0]
+        return orig(mask, radii, band)
+
+    iel.concave_support = counting
+    with torch.no_grad():
+        _, support = convex.forward_with_region(heat[20](net(images) + prior))
+    iel.concave_support = orig
+
+    rows = [
+        ("tiny net, no IEL", None),
+        ("heat K=10 (DCT)", heat[10]),
+        ("heat K=20 (DCT)", heat[20]),
+        ("heat K=30 (DCT)", heat[30]),
+        ("heat K=20 naive conv loop", lambda u: naive_heat(u, 0.1, 20)),
+        ("heat+convex K=20 naive", naive_stack),
+        ("heat+convex K=20 fast", fast_stack),
+    ]
+    print(f"device {dev}, threads {torch.get_num_threads()}, B={b} C={c} {s}x{s}, median of {args.repeat}")
+    print(
+        f"convex region S: {support.float().mean().item() * 100:.2f}% of pixels; "
+        f"region recomputed {calls['n']} times ({calls['samples']} sample-maps of {b * 20} in a naive loop)"
+    )
+    print(f"{'variant':28s} {'layer fwd+bwd ms':>17s} {'train step ms':>14s} {'x no IEL':>9s} {'x heat20':>9s}")
+    results = {}
+    for name, layer in rows:
+        lt = median_ms(layer_only(layer), args.repeat, dev) if layer is not None else 0.0
+        st = median_ms(lambda: step(layer), args.repeat, dev)
+        results[name] = (lt, st)
+    base = results["tiny net, no IEL"][1]
+    h20 = results["heat K=20 (DCT)"][1]
+    for name, (lt, st) in results.items():
+        print(f"{name:28s} {lt:17.2f} {st:14.2f} {st / base:9.2f} {st / h20:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
