@@ -105,8 +105,8 @@ def test_pause_stops_pulling_until_resume(qtbot):
     assert w.is_paused()
     gate.set()
     # item 2 arrives; the worker then waits: nothing beyond item 2 is pulled
-    qtbot.waitUntil(lambda: got == [0, 1, 2], timeout=5000)
-    assert pulled == [0, 1, 2]
+    qtbot.waitUntil(lambda: got == [0, 1, 2] and w.waiting, timeout=5000)
+    assert pulled == [0, 1, 2]  # blocked on the condition before pulling item 3
     with qtbot.waitSignal(w.finished, timeout=5000):
         w.resume()
     assert got == [0, 1, 2, 3, 4, 5]
@@ -155,3 +155,29 @@ def test_run_once_returns_function_result(qtbot):
     with qtbot.waitSignal(w.finished, timeout=5000):
         w.start()
     assert got == [42]
+
+
+def test_request_stop_lets_the_generator_finish_its_last_event(qtbot):
+    def job(cancel):
+        step = 0
+        while True:
+            if cancel():
+                yield ("done", step)
+                return "stopped"
+            step += 1
+            yield ("step", step)
+
+    got = []
+    w = GeneratorWorker(job, cancel_kwarg="cancel")
+
+    def on_item(item):
+        got.append(item)
+        if item == ("step", 2):
+            w.request_stop()
+
+    w.yielded.connect(on_item)
+    with qtbot.waitSignal(w.finished, timeout=5000) as blocker:
+        w.start()
+    assert blocker.args == ["stopped"]  # not a hard cancel: the return value comes through
+    assert got[-1][0] == "done" and got[:2] == [("step", 1), ("step", 2)]
+    w.wait(5000)

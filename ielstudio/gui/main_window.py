@@ -105,6 +105,7 @@ class MainWindow(QMainWindow):
         self.thumb_worker: GeneratorWorker | None = None
         self.thumb_queue: queue.Queue = queue.Queue()
         self._train_settings: dict = {}
+        self.train_base = None  # TrainConfig for the fields the form does not show (None = defaults)
         self._training_state = "idle"  # idle | loading | training | paused | stopping
         self._error_box: QMessageBox | None = None
         self.undo_stack = QUndoStack(self)
@@ -723,7 +724,7 @@ class MainWindow(QMainWindow):
             return False
         self._finish_worker("score_worker")
         try:
-            config = self.training_panel.config()
+            config = self.training_panel.config(self.train_base)
             if steps is not None:
                 config = dataclasses.replace(config, max_steps=int(steps), min_steps=min(config.min_steps, int(steps)))
                 self.training_panel.max_steps.setValue(int(steps))

@@ -195,8 +195,13 @@ class QueueProxy(QSortFilterProxyModel):
         self.setDynamicSortFilter(True)
 
     def set_status_filter(self, status: str | None) -> None:
-        self.status_filter = status or None
-        self.invalidateFilter()
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9
+            self.beginFilterChange()
+            self.status_filter = status or None
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.status_filter = status or None
+            self.invalidateRowsFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex) -> bool:
         if self.status_filter is not None:

@@ -97,6 +97,7 @@ class GeneratorWorker(QObject):
         self._cancel = False
         self._stop_requested = False
         self._paused = False
+        self.waiting = False
         self.traceback_text = ""
         self.result: Any = None
         self.n_yielded = 0
@@ -161,7 +162,9 @@ class GeneratorWorker(QObject):
     def _wait_while_paused(self) -> None:
         with self._cond:
             while self._paused and not self._cancel:
+                self.waiting = True  # blocked on the condition, not spinning
                 self._cond.wait()
+            self.waiting = False
 
     def _emit(self, item: Any) -> None:
         self.n_yielded += 1

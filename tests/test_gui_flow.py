@@ -1,0 +1,412 @@
+"""The whole review flow in the main window, offscreen: open, train, decide, undo, export, reopen.
+
+Decisions are tested with proposals injected through the same path training uses
+(`MainWindow.apply_reviews`), so the expected pixels are known exactly; one test
+trains for real and checks that proposals and scores arrive in the queue.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from ielstudio.gui import jobs  # noqa: E402
+from ielstudio.gui.main_window import MainWindow  # noqa: E402
+
+SIZE = 40
+N_IMAGES = 6
+
+
+def clean_mask(i: int) -> np.ndarray:
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.circle(m, (12 + i, 14), 6, 1, -1)
+    cv2.circle(m, (28, 28 - i), 5, 1, -1)
+    return m
+
+
+def noisy_mask(i: int) -> np.ndarray:
+    m = clean_mask(i).copy()
+    m[2:6, 2 + i:8 + i] = 1  # a spurious block; the "proposal" removes it
+    return m
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(N_IMAGES):
+        img = clean_mask(i) * 0.6 + 0.2 + rng.normal(0, 0.03, (SIZE, SIZE))
+        cv2.imwrite(str(images / f"cell{i}.png"), np.clip(img * 255, 0, 255).astype(np.uint8))
+        cv2.imwrite(str(masks / f"cell{i}.png"), noisy_mask(i) * 255)
+    return images, masks
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    made = []
+
+    def make():
+        settings = QSettings(str(tmp_path / f"settings{len(made)}.ini"), QSettings.Format.IniFormat)
+        w = MainWindow(settings=settings, data_dir=tmp_path / "data")
+        from ielstudio.core.training import TrainConfig
+
+        w.train_base = TrainConfig(width=8, depth=2, batch_size=2, crop=32, eval_every=4, min_steps=1)
+        w.confirm_close_during_training = lambda: True
+        qtbot.addWidget(w)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def inject_proposals(window, scores):
+    """Proposals = the clean masks, with given scores, as a training snapshot would deliver."""
+    from ielstudio.core.iel import one_hot
+
+    items = {}
+    for i, score in enumerate(scores):
+        prop = clean_mask(i).astype(np.int64)
+        given = noisy_mask(i).astype(np.int64)
+        items[f"cell{i}"] = jobs.ImageReview(one_hot(prop, 2), prop, score, float(np.mean(prop != given)))
+    window.apply_reviews(jobs.Reviews(5, items, len(items), len(items)))
+
+
+def layer(window, name):
+    return np.asarray(window.canvas.layer_data(name))
+
+
+SCORES = [0.9, 0.2, 0.6, 0.4, 0.8, 0.1]
+
+
+def test_open_lists_pairs_lazily_and_sorts_worst_first(make_window, dataset):
+    w = make_window()
+    assert w.open_folders(*dataset)
+    assert w.project.path.parent == w.data_dir / "projects"
+    assert len(w.queue.model.rows) == N_IMAGES
+    assert w.dataset is None  # nothing loaded beyond the current image
+    inject_proposals(w, SCORES)
+    order = w.queue.visible_names()
+    assert order == ["cell5", "cell1", "cell3", "cell2", "cell4", "cell0"]  # score ascending
+    assert {r.name: r.score for r in w.project.images()} == {f"cell{i}": s for i, s in enumerate(SCORES)}
+    # filter by name and by status
+    w.queue.filter_edit.setText("cell3")
+    assert w.queue.visible_names() == ["cell3"]
+    w.queue.filter_edit.setText("")
+    w.queue.status_combo.setCurrentIndex(w.queue.status_combo.findData("accepted"))
+    assert w.queue.visible_names() == []
+    w.queue.status_combo.setCurrentIndex(0)
+
+
+def test_accept_keep_brush_undo_redo_change_mask_and_project(make_window, dataset, qtbot):
+    w = make_window()
+    w.open_folders(*dataset)
+    inject_proposals(w, SCORES)
+    w.queue.select("cell1")
+    assert w.current == "cell1"
+    given1 = noisy_mask(1).astype(np.int64)
+    np.testing.assert_array_equal(layer(w, "mask"), given1)
+    np.testing.assert_array_equal(layer(w, "proposal"), clean_mask(1))
+    diff = layer(w, "difference")
+    assert int((diff == 2).sum()) == int(((given1 == 1) & (clean_mask(1) == 0)).sum()) == 24  # block removed
+    assert int((diff == 1).sum()) == 0
+
+    # accept (A) -> stored mask = proposal, queue status, advance to the next row
+    w.actions["accept"].trigger()
+    assert w.project.decision("cell1").status == "accepted"
+    np.testing.assert_array_equal(w.project.final_mask("cell1"), clean_mask(1))
+    assert w.queue.model.get("cell1").status == "accepted"
+    assert w.current == "cell3"  # next in worst-first order
+    # keep (R)
+    w.actions["keep"].trigger()
+    assert w.project.decision("cell3").status == "kept"
+    assert w.project.final_mask("cell3") is None
+
+    # brush on cell2: a disk of radius 2 (13 px) painted at (30, 5), where the mask is background
+    w.queue.select("cell2")
+    before = w.current_mask("cell2")
+    w.canvas.set_brush_radius(2)
+    w.canvas.brush_class = 1
+    w.canvas.paint_stroke([(30, 5)], tool="brush")
+    after = w.project.final_mask("cell2")
+    assert w.project.decision("cell2").status == "edited"
+    assert int((after != before).sum()) == 13 and after[30, 5] == 1
+    np.testing.assert_array_equal(layer(w, "mask"), after)
+    # eraser over the same spot removes exactly those pixels again
+    w.canvas.paint_stroke([(30, 5)], tool="eraser")
+    np.testing.assert_array_equal(w.project.final_mask("cell2"), before)
+
+    # undo x2 -> back to the given mask, unreviewed; redo -> the brush again
+    w.actions["undo"].trigger()
+    np.testing.assert_array_equal(w.project.final_mask("cell2"), after)
+    w.actions["undo"].trigger()
+    assert w.project.decision("cell2").status == "unreviewed"
+    np.testing.assert_array_equal(layer(w, "mask"), before)
+    w.actions["redo"].trigger()
+    np.testing.assert_array_equal(w.project.final_mask("cell2"), after)
+    # undo across images: the keep on cell3 and the accept on cell1
+    w.undo_stack.undo()  # brush
+    w.undo_stack.undo()  # keep cell3
+    assert w.project.decision("cell3").status == "unreviewed"
+    w.undo_stack.undo()  # accept cell1
+    assert w.project.decision("cell1").status == "unreviewed"
+    assert w.project.final_mask("cell1") is None
+    assert w.queue.model.get("cell1").status == "unreviewed"
+    # every change was logged in the project
+    assert [d.status for d in w.project.history("cell1")] == ["accepted", "unreviewed"]
+
+
+def test_accept_object_changes_only_the_clicked_object(make_window, dataset):
+    w = make_window()
+    w.open_folders(*dataset)
+    prop = clean_mask(0).astype(np.int64)
+    given = noisy_mask(0).astype(np.int64)
+    prop_extra = prop.copy()
+    prop_extra[35:39, 35:39] = 1  # the proposal also adds a new object elsewhere
+    from ielstudio.core.iel import one_hot
+
+    w.apply_reviews(jobs.Reviews(1, {"cell0": jobs.ImageReview(one_hot(prop_extra, 2), prop_extra, 0.3, 0.1)}))
+    w.queue.select("cell0")
+    w.canvas.objectClicked.emit(3, 4)  # on the spurious block (only in the given mask)
+    after = w.project.final_mask("cell0")
+    assert w.project.decision("cell0").status == "edited"
+    assert after[2:6, 2:8].sum() == 0  # block removed
+    assert after[35:39, 35:39].sum() == 0  # the other object was NOT taken
+    assert int((after != given).sum()) == 24
+    # clicking background where neither mask has anything changes nothing
+    w.canvas.objectClicked.emit(20, 2)
+    assert len(w.project.history("cell0")) == 1
+
+
+def test_accept_all_worse_than_is_one_undo_step(make_window, dataset):
+    w = make_window()
+    w.open_folders(*dataset)
+    inject_proposals(w, SCORES)
+    w.keep("cell5", advance=False)  # already reviewed: not touched by the bulk accept
+    n_before = w.undo_stack.count()
+    assert w.accept_worse_than(0.65) == 3  # cell1 0.2, cell3 0.4, cell2 0.6
+    assert w.undo_stack.count() == n_before + 1
+    statuses = {r.name: r.status for r in w.project.images()}
+    assert statuses == {"cell0": "unreviewed", "cell1": "accepted", "cell2": "accepted", "cell3": "accepted",
+                        "cell4": "unreviewed", "cell5": "kept"}
+    np.testing.assert_array_equal(w.project.final_mask("cell2"), clean_mask(2))
+    w.undo_stack.undo()
+    statuses = {r.name: r.status for r in w.project.images()}
+    assert statuses["cell1"] == statuses["cell2"] == statuses["cell3"] == "unreviewed"
+    assert statuses["cell5"] == "kept"
+
+
+def test_export_writes_decided_pixels_and_report_then_reopen_restores(make_window, dataset, qtbot, tmp_path):
+    images, masks = dataset
+    w = make_window()
+    w.open_folders(images, masks)
+    inject_proposals(w, SCORES)
+    w.accept("cell1", advance=False)
+    w.keep("cell3", advance=False)
+    w.queue.select("cell2")
+    w.canvas.set_brush_radius(2)
+    w.canvas.paint_stroke([(30, 5)], tool="brush")
+    edited = w.project.final_mask("cell2")
+    originals = {p.name: p.read_bytes() for p in masks.iterdir()}
+
+    assert not w.export(masks)  # never into the masks folder
+    assert "original masks folder" in w.last_error
+
+    out = tmp_path / "export"
+    with qtbot.waitSignal(w.exportFinished, timeout=20000) as blocker:
+        assert w.export(out)
+    report = blocker.args[0]
+    assert report.written == N_IMAGES and report.errors == 0
+    got1 = cv2.imread(str(out / "cell1.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(got1, clean_mask(1) * 255)  # accepted proposal, same 0/255 coding
+    got2 = cv2.imread(str(out / "cell2.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(got2, edited * 255)
+    got3 = cv2.imread(str(out / "cell3.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(got3, noisy_mask(3) * 255)  # kept original
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "report.csv"))}
+    assert rows["cell1"]["status"] == "accepted" and rows["cell1"]["changed_pixels"] == "24"
+    assert rows["cell2"]["status"] == "edited" and rows["cell2"]["changed_pixels"] == "13"
+    assert rows["cell3"]["status"] == "kept" and rows["cell3"]["changed_pixels"] == "0"
+    assert rows["cell0"]["status"] == "unreviewed"
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["statuses"] == {"accepted": 1, "edited": 1, "kept": 1, "unreviewed": 3}
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == originals  # originals untouched
+
+    # reopen the project in a fresh window: decisions, edited pixels and scores come back
+    path = w.project.path
+    w.close()
+    w2 = make_window()
+    assert w2.open_project(path)
+    assert {r.name: r.status for r in w2.queue.model.rows} == {
+        "cell0": "unreviewed", "cell1": "accepted", "cell2": "edited", "cell3": "kept",
+        "cell4": "unreviewed", "cell5": "unreviewed"}
+    assert w2.queue.model.get("cell5").score == pytest.approx(0.1)
+    assert w2.queue.visible_names()[0] == "cell5"
+    w2.queue.select("cell2")
+    np.testing.assert_array_equal(layer(w2, "mask"), edited)
+    assert str(path) in w2.recent_projects()
+
+
+def test_training_fills_scores_proposals_and_curves(make_window, dataset, qtbot):
+    w = make_window()
+    w.open_folders(*dataset)
+    reviews = []
+    w.reviewsApplied.connect(reviews.append)
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
+        assert w.start_training(steps=6, snapshot_every=3)
+    assert blocker.args[0] is not None  # the trained model
+    assert [r.step for r in reviews if r.step is not None] == [3, 6]  # two snapshots
+    assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
+    rows = w.queue.model.rows
+    assert all(r.score is not None and 0.0 <= r.score <= 1.0 for r in rows)
+    scores = [w.queue.model.get(n).score for n in w.queue.visible_names()]
+    assert scores == sorted(scores)
+    assert {r.name: r.score for r in w.project.images()} == {r.name: r.score for r in rows}
+    cur = w.current
+    np.testing.assert_array_equal(layer(w, "proposal"), w.proposals[cur])
+    assert w.training_panel.progress.value() == 6
+    assert len(w.training_panel._loss) >= 1 and w.training_panel._agree  # live curves got data
+    assert w.project.checkpoint is not None and w.project.checkpoint.path.is_file()
+    assert w.dataset is not None and w.dataset.n_classes == 2
+
+
+def _count_steps(monkeypatch):
+    """Wrap core training so the test knows how many steps the worker has pulled."""
+    import ielstudio.core.training as training
+
+    pulled = {"steps": 0}
+    real = training.train
+
+    def counting(*a, **k):
+        for ev in real(*a, **k):
+            if isinstance(ev, training.StepEvent):
+                pulled["steps"] = ev.step
+            yield ev
+
+    monkeypatch.setattr(training, "train", counting)
+    return pulled
+
+
+def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypatch):
+    pulled = _count_steps(monkeypatch)
+    w = make_window()
+    w.open_folders(*dataset)
+    from ielstudio.core.training import StepEvent
+
+    done = []
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000):
+        w.start_training(steps=5000, snapshot_every=1000)
+        qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 2, timeout=30000)
+        at_stop = pulled["steps"]
+        w.train_worker.yielded.connect(lambda ev: done.append(ev) if hasattr(ev, "reason") else None)
+        w.stop_training()
+    assert done and done[-1].reason == "cancelled"
+    assert at_stop <= done[-1].steps <= at_stop + 1
+    assert not w.training_panel.stop_button.isEnabled() and w.training_panel.start_button.isEnabled()
+    assert w.model is not None  # the model so far is kept after a stop
+
+
+def test_pause_and_resume(make_window, dataset, qtbot, monkeypatch):
+    pulled = _count_steps(monkeypatch)
+    w = make_window()
+    w.open_folders(*dataset)
+    w.start_training(steps=5000, snapshot_every=1000)
+    qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 1, timeout=30000)
+    with qtbot.waitSignal(w.train_worker.paused, timeout=5000):
+        w.pause_training()
+    assert w.training_panel.pause_button.text() == "Resume"
+    # the worker finishes at most the step in flight, then blocks on its condition
+    at_pause = pulled["steps"]
+    qtbot.waitUntil(lambda: w.train_worker.waiting, timeout=30000)
+    frozen = pulled["steps"]
+    assert frozen <= at_pause + 1
+    qtbot.waitUntil(lambda: w.train_worker.waiting and pulled["steps"] == frozen, timeout=1000)
+    with qtbot.waitSignal(w.train_worker.resumed, timeout=5000):
+        w.resume_training()
+    qtbot.waitUntil(lambda: pulled["steps"] >= frozen + 2, timeout=30000)
+    with qtbot.waitSignal(w.trainingFinished, timeout=30000):
+        w.stop_training()
+
+
+def test_close_during_training_asks_then_stops_cleanly(make_window, dataset, qtbot):
+    w = make_window()
+    w.open_folders(*dataset)
+    w.start_training(steps=5000, snapshot_every=1000)
+    qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 1, timeout=30000)
+    worker = w.train_worker
+    asked = []
+    w.confirm_close_during_training = lambda: asked.append("no") or False
+    w.close()
+    assert asked == ["no"] and worker.is_running() and w.project is not None  # "No": keeps training
+    w.confirm_close_during_training = lambda: asked.append("yes") or True
+    w.close()
+    assert asked == ["no", "yes"]
+    assert not worker.is_running()  # thread ended before close returned
+    assert w.project is None
+
+
+def test_failed_training_is_reported_and_session_kept(make_window, dataset, qtbot, monkeypatch):
+    import ielstudio.core.training as training
+
+    def diverging(*a, **k):
+        raise training.TrainingError("training diverged at step 1: the loss is nan")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(training, "train", diverging)
+    w = make_window()
+    w.open_folders(*dataset)
+    w.keep("cell0", advance=False)
+    with qtbot.waitSignal(w.errorShown, timeout=30000) as blocker:
+        w.start_training(steps=5)
+    assert "loss is nan" in blocker.args[0]
+    assert "loss is nan" in w.statusBar().currentMessage()
+    assert w.training_panel.start_button.isEnabled()
+    assert w.project.decision("cell0").status == "kept"  # session intact
+
+
+def test_bad_files_are_listed_with_reason(make_window, dataset, qtbot):
+    images, masks = dataset
+    (images / "broken.png").write_bytes(b"not a png")
+    cv2.imwrite(str(masks / "broken.png"), np.zeros((SIZE, SIZE), np.uint8))
+    (images / "lonely.png").write_bytes((images / "cell0.png").read_bytes())  # no mask
+    w = make_window()
+    w.open_folders(images, masks)
+    rows = {r.name: r for r in w.queue.model.rows}
+    assert rows["lonely.png"].status == "skipped" and rows["lonely.png"].reason
+    w.queue.select("broken")
+    assert w.canvas.image_item.image is None  # nothing shown for an unreadable image
+    assert "broken.png" in w.last_error
+    # training loads everything: the broken pair is marked skipped in the project, with why
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000):
+        w.start_training(steps=2, snapshot_every=2)
+    assert w.project.image("broken").status == "skipped"
+    assert w.queue.model.get("broken").reason
+
+
+@pytest.mark.slow
+def test_app_screenshot_mode_saves_window_and_exits_zero(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    shot = tmp_path / "shot.png"
+    code = ("import sys, torch; torch.set_num_threads(1);"
+            "from ielstudio.gui.app import run_app;"
+            f"sys.exit(run_app({str(dataset[0])!r}, {str(dataset[1])!r}, train_steps=2, screenshot={str(shot)!r}))")
+    env = dict(__import__("os").environ, QT_QPA_PLATFORM="offscreen", XDG_DATA_HOME=str(tmp_path / "xdg"),
+               XDG_CONFIG_HOME=str(tmp_path / "xdgc"), HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[0] > 400 and img.shape[1] > 800
+    assert img.std() > 10  # not a blank picture
