@@ -7,12 +7,45 @@ The job: `clean_dataset(...)`, a generator of progress events ending in `CleanDo
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import time
 from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
+import torch
 
+from .. import __version__
+from .dataset import LoadedDataset, image_to_chw, load_samples, scan_pairs
+from .errors import DataError
+from .imageio import (
+    IMAGE_EXTENSIONS,
+    WRITABLE_MASK_EXTENSIONS,
+    MaskEncoding,
+    atomic_write_text,
+    file_stem,
+    file_suffix,
+    normalize_intensity,
+    read_image,
+    write_mask,
+)
 from .metrics import dice as _dice
+from .models import build_model, count_parameters
+from .training import (
+    CrossFitModel,
+    DoneEvent,
+    TrainConfig,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    select_device,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -186,3 +219,330 @@ def change_summary(before: np.ndarray, after: np.ndarray, n_classes: int) -> dic
         "changed_pixels": n,
         "changed_fraction": n / before.size if before.size else 0.0,
     }
+
+
+# =========================================================================== the clean-a-folder job
+
+
+@dataclass
+class LoadedEvent:
+    """The dataset was scanned and read: usable pairs, classes and the files left out."""
+
+    n_samples: int
+    n_classes: int
+    skipped: list[tuple[str, str]]  # (path, problem)
+
+
+@dataclass
+class ModelEvent:
+    """The network that will be trained (printed as its parameter count)."""
+
+    arch: str
+    n_parameters: int
+    device: str
+
+
+@dataclass
+class FoldEvent:
+    """Out-of-sample cleaning: fold `fold` (0-based) of `folds` starts training."""
+
+    fold: int
+    folds: int
+    n_train: int
+    n_predict: int
+
+
+@dataclass
+class PredictEvent:
+    """Image `index` of `total` was predicted, cleaned and written."""
+
+    index: int
+    total: int
+    name: str
+    score: float
+
+
+@dataclass
+class CleanDone:
+    """Last event of `clean_dataset`: the report (also written to `report_path`)."""
+
+    report: dict
+    report_path: Path
+
+
+@dataclass
+class TrainDone:
+    """Last event of `train_dataset`."""
+
+    model_path: Path
+    steps: int
+    reason: str
+
+
+@dataclass
+class PredictDone:
+    """Last event of `predict_folder`."""
+
+    written: list[Path]
+    skipped: list[tuple[str, str]]
+
+
+REPORT_NAME = "ielstudio-report.json"
+
+
+def check_out_dir(out_dir: str | Path, images_dir: str | Path, masks_dir: str | Path) -> Path:
+    """The output folder, refused (DataError) if it is the images or masks folder or inside
+    the masks folder: cleaned masks must never land over or among the originals."""
+    out = Path(out_dir).expanduser().resolve()
+    images, masks = Path(images_dir).expanduser().resolve(), Path(masks_dir).expanduser().resolve()
+    if out == masks or masks in out.parents:
+        raise DataError(out_dir, "output folder is (inside) the masks folder; choose another so the originals stay untouched")
+    if out == images:
+        raise DataError(out_dir, "output folder is the images folder; choose another")
+    if out.exists() and not out.is_dir():
+        raise DataError(out_dir, "output path exists and is not a folder")
+    return out
+
+
+def load_dataset(images_dir: str | Path, masks_dir: str | Path) -> LoadedDataset:
+    """Scan and load a dataset; DataError when not a single pair is usable (naming why)."""
+    loaded = load_samples(scan_pairs(images_dir, masks_dir))
+    if not loaded.samples:
+        first = f"; first: {loaded.skipped[0]}" if loaded.skipped else ""
+        raise DataError(masks_dir, f"no usable image/mask pairs ({len(loaded.skipped)} file(s) skipped{first})")
+    return loaded
+
+
+def _skipped_list(skipped) -> list[tuple[str, str]]:
+    return [(str(s.path), s.problem) for s in skipped]
+
+
+def _model_event(config: TrainConfig, in_channels: int, n_classes: int) -> ModelEvent:
+    """What will be trained: the architecture (or the checkpoint's) and its parameter count."""
+    device = select_device(config.device)
+    if config.init_checkpoint:
+        model, _, _ = load_checkpoint(config.init_checkpoint)
+    else:
+        model = build_model(config.arch, in_channels, n_classes, **config.model_kwargs())
+    arch = getattr(model, "model_spec", {}).get("arch", config.arch)
+    return ModelEvent(arch, count_parameters(model), str(device))
+
+
+def _fit(samples, config: TrainConfig, cancel):
+    """Forward the training events; returns the DoneEvent (via StopIteration value)."""
+    done = None
+    for ev in train(samples, config, cancel=cancel):
+        if isinstance(ev, DoneEvent):
+            done = ev
+        yield ev
+    return done
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    return str(o)
+
+
+def _training_summary(done: DoneEvent) -> dict:
+    h = done.history
+    keep = ("budget", "best_step", "best_agreement", "step_time_s", "elapsed_s", "holdout", "n_train", "n_holdout")
+    out = {"steps": done.steps, "stopped_because": done.reason}
+    out.update({k: h[k] for k in keep if k in h})
+    if "folds" in h:
+        out["folds"] = [{k: f.get(k) for k in ("steps", "reason", "best_step", "best_agreement")} for f in h["folds"]]
+    return out
+
+
+def clean_dataset(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    out_dir: str | Path,
+    train_config: TrainConfig | None = None,
+    clean_config: CleanConfig | None = None,
+    report_path: str | Path | None = None,
+    csv_path: str | Path | None = None,
+    save_model: str | Path | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator:
+    """Train on a folder of noisy masks and write cleaned masks + a report (`ielstudio clean`).
+
+    Yields LoadedEvent, ModelEvent, the training events (StepEvent, EvalEvent, ...,
+    DoneEvent), PredictEvent per image and, last, CleanDone with the report.
+    Masks go to `out_dir` under their original file names, in the input's value
+    convention and format; the masks folder is never written to. With
+    `train_config.folds > 1` each image is predicted by a model that did not train on it.
+    Bad files are skipped and listed; DataError when nothing can be processed.
+    Stops (no report) when `cancel()` turns true.
+    """
+    t0 = time.time()
+    train_config = train_config or TrainConfig()
+    clean_config = clean_config or CleanConfig()
+    out = check_out_dir(out_dir, images_dir, masks_dir)
+    report_file = Path(report_path) if report_path else out / REPORT_NAME
+    loaded = load_dataset(images_dir, masks_dir)
+    samples, n_classes = loaded.samples, loaded.n_classes
+    yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped))
+    model_ev = _model_event(train_config, loaded.in_channels, n_classes)
+    yield model_ev
+
+    done = yield from _fit(samples, train_config, cancel)
+    if done is None or done.reason == "cancelled":
+        return
+    model = done.model
+    device = next(model.parameters()).device
+    out.mkdir(parents=True, exist_ok=True)
+
+    images, written = [], []
+    for i, s in enumerate(samples):
+        if cancel is not None and cancel():
+            return
+        per_image = model.model_for(s.name) if isinstance(model, CrossFitModel) else model
+        probs = predict(per_image, s.image, device)
+        proposal = propose(probs, s.mask, clean_config)
+        score, _ = label_quality(probs, s.mask)
+        dst = out / s.mask_path.name
+        write_mask(dst, proposal, s.encoding, protect=[s.mask_path])
+        written.append(str(dst))
+        images.append({
+            "name": s.name, "image": str(s.image_path), "mask": str(s.mask_path), "output": str(dst),
+            "score": round(score, 6), **change_summary(s.mask, proposal, n_classes),
+        })
+        yield PredictEvent(i, len(samples), s.name, score)
+
+    model_path = None
+    if save_model:
+        model_path = Path(save_model)
+        meta = {"n_classes": n_classes, "in_channels": loaded.in_channels,
+                "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir)}
+        save_checkpoint(model_path, model, done.config, meta)
+
+    images.sort(key=lambda d: d["score"])  # worst label first
+    scores = [d["score"] for d in images]
+    report = {
+        "tool": f"ielstudio {__version__}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.time() - t0, 2),
+        "images_dir": str(Path(images_dir).resolve()),
+        "masks_dir": str(Path(masks_dir).resolve()),
+        "out_dir": str(out),
+        "n_images": len(images),
+        "n_classes": n_classes,
+        "mask_encoding": loaded.encoding.to_dict(),
+        "mean_score": round(float(np.mean(scores)), 6) if scores else None,
+        "score_meaning": "label quality in [0,1], 1 = the label agrees with the model: "
+                         "mean of Dice(label, model argmax) and mean p(label) over the union of foregrounds",
+        "settings": {"train": train_config.to_dict(), "clean": clean_config.to_dict()},
+        "model": {"arch": model_ev.arch, "n_parameters": model_ev.n_parameters,
+                  "out_of_sample": isinstance(model, CrossFitModel),
+                  "saved_to": str(model_path) if model_path else None},
+        "seed": train_config.seed,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "training": _training_summary(done),
+        "written": written,
+        "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped)],
+        "images": images,
+    }
+    atomic_write_text(report_file, json.dumps(report, indent=2, default=_json_default))
+    if csv_path:
+        atomic_write_text(Path(csv_path), _report_csv(images, n_classes))
+    yield CleanDone(report, report_file)
+
+
+def _report_csv(images: list[dict], n_classes: int) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["name", "score", "changed_pixels", "changed_fraction"]
+               + [f"added_{c}" for c in range(n_classes)] + [f"removed_{c}" for c in range(n_classes)] + ["output"])
+    for d in images:
+        w.writerow([d["name"], d["score"], d["changed_pixels"], f"{d['changed_fraction']:.6f}",
+                    *d["added"], *d["removed"], d["output"]])
+    return buf.getvalue()
+
+
+def train_dataset(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    train_config: TrainConfig | None,
+    save_model: str | Path,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator:
+    """Train on a folder and save the model (`ielstudio train`). Yields LoadedEvent,
+    ModelEvent, the training events and, last, TrainDone (nothing saved if cancelled)."""
+    train_config = train_config or TrainConfig()
+    loaded = load_dataset(images_dir, masks_dir)
+    yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped))
+    yield _model_event(train_config, loaded.in_channels, loaded.n_classes)
+    done = yield from _fit(loaded.samples, train_config, cancel)
+    if done is None or done.reason == "cancelled":
+        return
+    meta = {"n_classes": loaded.n_classes, "in_channels": loaded.in_channels,
+            "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir)}
+    save_checkpoint(save_model, done.model, done.config, meta)
+    yield TrainDone(Path(save_model), done.steps, done.reason)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(folder, "images folder does not exist" if not folder.exists() else "not a folder")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and file_suffix(p) in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(folder, "no image files in this folder")
+    return files
+
+
+def predict_folder(
+    model_path: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    device: str = "auto",
+    clean_config: CleanConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator:
+    """Segment every image of a folder with a saved model (`ielstudio predict`).
+
+    Masks are written as `<image stem><mask suffix>` in the value convention the model
+    was trained with (stored in the checkpoint), post-processed by `clean_config`.
+    Yields PredictEvent per image and, last, PredictDone. Unreadable images are skipped.
+    """
+    clean_config = clean_config or CleanConfig()
+    images_dir = Path(images_dir)
+    out = Path(out_dir).expanduser().resolve()
+    if out == images_dir.expanduser().resolve():
+        raise DataError(out_dir, "output folder is the images folder; choose another")
+    model, _, meta = load_checkpoint(model_path)
+    spec = model.model_spec
+    n_classes, in_channels = int(spec["n_classes"]), int(spec["in_channels"])
+    if "encoding" in meta:
+        encoding = MaskEncoding.from_dict(meta["encoding"])
+    else:
+        encoding = MaskEncoding.gray(n_classes, 255 if n_classes == 2 else 1)
+    suffix = encoding.suffix if encoding.suffix in WRITABLE_MASK_EXTENSIONS else ".png"
+    dev = select_device(device)
+    model.to(dev)
+    files = _list_images(images_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    for i, path in enumerate(files):
+        if cancel is not None and cancel():
+            return
+        try:
+            image = image_to_chw(normalize_intensity(read_image(path)))
+        except DataError as e:
+            skipped.append((str(e.path or path), e.problem))
+            continue
+        if image.shape[0] != in_channels:
+            image = np.repeat(image, in_channels, 0) if image.shape[0] == 1 else image.mean(0, keepdims=True)
+        probs = predict(model, image, dev)
+        mask = postprocess(probs.argmax(0), clean_config)
+        dst = out / (file_stem(path.name) + suffix)
+        write_mask(dst, mask, encoding)
+        written.append(dst)
+        yield PredictEvent(i, len(files), path.name, float(probs.max(0).mean()))
+    yield PredictDone(written, skipped)

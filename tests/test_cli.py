@@ -1,0 +1,272 @@
+"""The `ielstudio` command line, run in-process through `main([...])` on a tiny generated dataset."""
+
+import dataclasses
+import hashlib
+import json
+import runpy
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ielstudio import cli
+from ielstudio.core.cleaning import CleanConfig
+from ielstudio.core.iel import IELConfig
+from ielstudio.core.training import TrainConfig
+
+# A very small network and a couple of steps: these tests check plumbing, not quality.
+FAST = ["--steps", "2", "--device", "cpu", "--crop", "32", "--batch-size", "2", "--width", "4", "--depth", "2"]
+
+
+def make_dataset(root: Path, n: int = 6, size: int = 48) -> tuple[Path, Path]:
+    """n gray images with bright discs and their 0/255 PNG masks, same file names."""
+    rng = np.random.default_rng(1)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(n):
+        m = np.zeros((size, size), np.uint8)
+        for _ in range(3):
+            centre = (int(rng.integers(8, size - 8)), int(rng.integers(8, size - 8)))
+            cv2.circle(m, centre, int(rng.integers(4, 8)), 255, -1)
+        img = (m * 0.6 + 40 + rng.normal(0, 20, m.shape)).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(images / f"cell_{i}.png"), img)
+        cv2.imwrite(str(masks / f"cell_{i}.png"), m)
+    return images, masks
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys):
+    images, masks = dataset
+    before = digest(masks), digest(images)
+    out, csv_path, model = tmp_path / "out", tmp_path / "table.csv", tmp_path / "m.pt"
+    rc = cli.main(["clean", str(images), str(masks), "--out", str(out), "--csv", str(csv_path),
+                   "--save-model", str(model), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert (digest(masks), digest(images)) == before  # originals untouched
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == [f"cell_{i}.png" for i in range(6)]
+    for name in written:
+        m = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert m.dtype == np.uint8 and m.shape == (48, 48)
+        assert set(np.unique(m).tolist()) <= {0, 255}  # same value convention as the input
+
+    report = json.loads((out / "ielstudio-report.json").read_text())
+    for key in ("settings", "model", "seed", "torch_version", "device", "training", "skipped", "images",
+                "mask_encoding", "elapsed_s", "mean_score", "written"):
+        assert key in report, key
+    assert report["settings"]["train"]["max_steps"] == 2
+    assert report["settings"]["train"]["width"] == 4
+    assert report["settings"]["clean"] == CleanConfig().to_dict()
+    assert report["training"]["steps"] == 2
+    assert report["training"]["stopped_because"] == "max-steps"
+    assert report["model"]["arch"] == "unet" and report["model"]["n_parameters"] > 1000
+    assert report["mask_encoding"]["values"] == [0, 255]
+    assert report["n_images"] == 6 and len(report["images"]) == 6 and report["skipped"] == []
+    scores = [d["score"] for d in report["images"]]
+    assert scores == sorted(scores) and all(0.0 <= s <= 1.0 for s in scores)
+    for d in report["images"]:
+        given = cv2.imread(d["mask"], cv2.IMREAD_UNCHANGED) > 0
+        cleaned = cv2.imread(d["output"], cv2.IMREAD_UNCHANGED) > 0
+        assert d["added"][1] == int((cleaned & ~given).sum())
+        assert d["removed"][1] == int((given & ~cleaned).sum())
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].startswith("name,score,changed_pixels") and len(rows) == 7
+    assert f"{report['model']['n_parameters']:,} parameters" in err
+    assert "wrote 6 cleaned mask(s)" in err and "ielstudio-report.json" in err
+
+    # the saved model segments a folder of images
+    pred = tmp_path / "pred"
+    rc = cli.main(["predict", str(model), str(images), "--out", str(pred), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    names = sorted(p.name for p in pred.iterdir())
+    assert names == [f"cell_{i}.png" for i in range(6)]
+    m = cv2.imread(str(pred / names[0]), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (48, 48) and set(np.unique(m).tolist()) <= {0, 255}
+
+
+def test_out_equal_to_masks_folder_is_refused(dataset, capsys):
+    images, masks = dataset
+    before = digest(masks)
+    assert cli.main(["clean", str(images), str(masks), "--out", str(masks), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert str(masks) in err and "masks folder" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert digest(masks) == before
+    assert cli.main(["clean", str(images), str(masks), "--out", str(images), *FAST]) == 2
+
+
+def test_missing_folder_exits_2_naming_it(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    rc = cli.main(["clean", str(missing), str(masks), "--out", str(tmp_path / "o"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert str(missing) in err and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_image_is_skipped_and_listed(dataset, tmp_path, capsys):
+    images, masks = dataset
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    cv2.imwrite(str(masks / "broken.png"), np.zeros((48, 48), np.uint8))
+    out = tmp_path / "out"
+    rc = cli.main(["clean", str(images), str(masks), "--out", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert not (out / "broken.png").exists()
+    assert len(list(out.glob("cell_*.png"))) == 6
+    report = json.loads((out / "ielstudio-report.json").read_text())
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["broken.png"]
+    assert "broken.png" in err and "skipped 1 file(s)" in err
+
+
+def test_nothing_usable_exits_2(tmp_path, capsys):
+    images, masks = tmp_path / "i", tmp_path / "m"
+    images.mkdir()
+    masks.mkdir()
+    (images / "a.png").write_bytes(b"garbage")
+    cv2.imwrite(str(masks / "a.png"), np.zeros((8, 8), np.uint8))
+    rc = cli.main(["clean", str(images), str(masks), "--out", str(tmp_path / "o"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no usable image/mask pairs" in err and "a.png" in err and "Traceback" not in err
+
+
+def test_ctrl_c_stops_cleanly_without_output(dataset, tmp_path, monkeypatch, capsys):
+    import ielstudio.core.cleaning as cleaning
+
+    real_train = cleaning.train
+
+    def interrupted(*a, **kw):
+        gen = real_train(*a, **kw)
+        yield next(gen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cleaning, "train", interrupted)
+    images, masks = dataset
+    out = tmp_path / "out"
+    assert cli.main(["clean", str(images), str(masks), "--out", str(out), *FAST]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_flag_values_exit_2(dataset, tmp_path, capsys):
+    images, masks = dataset
+    out = str(tmp_path / "o")
+    assert cli.main(["clean", str(images), str(masks), "--out", out, "--iel", "wobble"]) == 2
+    assert "--iel" in capsys.readouterr().err
+    assert cli.main(["clean", str(images), str(masks), "--out", out, "--threshold", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "threshold" in err and "Traceback" not in err
+    assert not Path(out).exists()
+
+
+def test_help_explains_every_flag(capsys):
+    assert cli.main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for command in cli.COMMANDS:
+        assert command in top
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert cli.main(["clean", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--iel", "--convex-classes", "--iel-dt", "--iel-steps", "--convex-dt", "--convex-steps", "--epochs",
+                 "--steps", "--arch", "--width", "--device", "--seed", "--checkpoint", "--save-model", "--report",
+                 "--folds", "--min-area", "--no-fill-holes", "--convex-hull", "--confident-only", "--lr"):
+        assert flag in text, flag
+
+
+def test_every_config_field_is_reachable_from_a_flag():
+    """Flags and dataclasses cannot drift: each field has a flag (hand-written or generated)
+    or an explicit exemption, and each mapped name is a real field."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    iel_fields = {f.name for f in dataclasses.fields(IELConfig)}
+    clean_fields = {f.name for f in dataclasses.fields(CleanConfig)}
+    generated = {f.name for f in cli.advanced_train_fields()}
+    exempt = {k.split(".", 1)[1] for k in cli.EXEMPT if k.startswith("TrainConfig.")}
+    assert set(cli.TRAIN_FLAGS.values()) <= train_fields
+    assert set(cli.IEL_FLAGS.values()) <= iel_fields
+    assert set(cli.CLEAN_FLAGS.values()) <= clean_fields
+    assert set(cli.TRAIN_FLAGS.values()) | generated | exempt == train_fields
+    assert set(cli.IEL_FLAGS.values()) == iel_fields
+    assert set(cli.CLEAN_FLAGS.values()) == clean_fields
+    # every flag's dest exists on the parser
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    dests = {a.dest for a in sub.choices["clean"]._actions}
+    assert set(cli.TRAIN_FLAGS) | set(cli.IEL_FLAGS) | set(cli.CLEAN_FLAGS) | generated <= dests
+
+
+def test_flags_reach_the_configs():
+    parser = cli.build_parser()
+    args = parser.parse_args([
+        "clean", "i", "m", "--out", "o", "--arch", "parabolic", "--width", "8", "--epochs", "3", "--steps", "40",
+        "--device", "cpu", "--seed", "5", "--checkpoint", "c.pt", "--folds", "3", "--iel", "heat,convex",
+        "--convex-classes", "1,2", "--iel-dt", "0.2", "--iel-steps", "10", "--convex-dt", "0.05", "--convex-steps", "7",
+        "--convex-radii", "2,4", "--convex-band", "3", "--heat-classes", "0,1", "--lr", "0.01", "--no-augment",
+        "--min-area", "4", "--no-fill-holes", "--convex-hull", "--confident-only", "--threshold", "0.8",
+    ])
+    train, clean = cli.configs_from_args(args)
+    assert (train.arch, train.width, train.epochs, train.max_steps, train.min_steps) == ("parabolic", 8, 3.0, 40, 40)
+    assert (train.device, train.seed, train.init_checkpoint, train.folds, train.lr, train.augment) == \
+        ("cpu", 5, "c.pt", 3, 0.01, False)
+    assert train.iel == IELConfig(heat=True, heat_dt=0.2, heat_steps=10, heat_classes=(0, 1), convex_classes=(1, 2),
+                                  convex_dt=0.05, convex_steps=7, convex_radii=(2, 4), convex_band=3)
+    assert clean == CleanConfig(min_area=4, fill_holes=False, convex_hull_classes=(1, 2), confident_only=True,
+                                threshold=0.8)
+    # nothing given: the dataclass defaults exactly
+    train, clean = cli.configs_from_args(parser.parse_args(["clean", "i", "m", "--out", "o"]))
+    assert train == TrainConfig() and clean == CleanConfig()
+    train, _ = cli.configs_from_args(parser.parse_args(["clean", "i", "m", "--out", "o", "--iel", "none"]))
+    assert train.iel.is_identity
+
+
+def test_gui_and_demo_pass_through_to_run_app(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("ielstudio.gui.app")
+    fake.run_app = lambda **kw: calls.append(kw) or 0
+    monkeypatch.setitem(sys.modules, "ielstudio.gui.app", fake)
+    assert cli.main([]) == 0
+    assert cli.main([str(tmp_path / "imgs"), str(tmp_path / "masks")]) == 0
+    assert cli.main(["gui", "review.ielproj"]) == 0
+    assert cli.main(["demo", "--train-steps", "5", "--screenshot", "s.png"]) == 0
+    assert calls == [
+        {},
+        {"images_dir": str(tmp_path / "imgs"), "masks_dir": str(tmp_path / "masks")},
+        {"project": "review.ielproj"},
+        {"demo": True, "train_steps": 5, "screenshot": "s.png"},
+    ]
+
+
+def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
+    """`python -m ielstudio` (run in-process: a subprocess would re-import torch)."""
+    monkeypatch.setattr(sys, "argv", ["ielstudio", "clean", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("ielstudio", run_name="__main__")
+    assert e.value.code == 0 and "--out DIR" in capsys.readouterr().out
+
+
+def test_install_and_uninstall_desktop(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert cli.main(["install-desktop"]) == 0
+    entry = tmp_path / "applications" / "io.github.ielstudio.IELStudio.desktop"
+    assert entry.is_file() and "Exec=" in entry.read_text()
+    assert str(tmp_path) in capsys.readouterr().err
+    assert cli.main(["uninstall-desktop"]) == 0
+    assert not entry.exists()
