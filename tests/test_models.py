@@ -59,6 +59,7 @@ def test_block_factory_is_used_at_every_level():
 def test_build_model_registry_and_errors():
     net = build_model("unet", 1, 3, width=4, depth=2)
     assert isinstance(net, UNet) and net.n_classes == 3 and net.size_multiple == 4
+    assert net.model_spec == {"arch": "unet", "in_channels": 1, "n_classes": 3, "kw": {"width": 4, "depth": 2}}
     assert set(ARCHITECTURES) == {"unet", "parabolic", "hamiltonian", "second-order", "pdegcnn"}
     with pytest.raises(ValueError, match="unknown architecture 'resnet'.*unet"):
         build_model("resnet", 1, 2)

@@ -47,13 +47,19 @@ ARCHITECTURES: dict[str, ModelBuilder] = {
 
 
 def build_model(arch: str, in_channels: int, n_classes: int, **kw) -> nn.Module:
-    """Build architecture `arch` (a key of ARCHITECTURES); `kw` e.g. width, depth."""
+    """Build architecture `arch` (a key of ARCHITECTURES); `kw` e.g. width, depth.
+
+    The model gets a plain `model_spec` dict (arch, in_channels, n_classes, kw) so a
+    checkpoint can rebuild it.
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     try:
-        return ARCHITECTURES[arch](in_channels, n_classes, **kw)
+        model = ARCHITECTURES[arch](in_channels, n_classes, **kw)
     except ImportError as e:
         raise ImportError(f"architecture {arch!r} {e}") from e
+    model.model_spec = {"arch": arch, "in_channels": int(in_channels), "n_classes": int(n_classes), "kw": dict(kw)}
+    return model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
