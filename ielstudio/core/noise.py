@@ -12,7 +12,7 @@ kind        what it does                                                level 1 
 block       paper's block-wise relabelling: grid of s x s px blocks,    s=1, keep 0.9   s=2, keep 0.8    s=3, keep 0.7
             each kept with prob. keep, else a uniformly random class
 jitter      each object grown or shrunk (50/50) by r px (ellipse)        r=1             r in 1..2        r in 2..3
-holes       background disks punched inside objects (per object)        1 hole, r 1-2   1-2 holes, r 2-3 2-3 holes, r 3-4
+holes       disks punched inside objects (per object)                   1 hole, r 1-2   1-2 holes, r 2-3 2-3 holes, r 3-4
 specks      spurious disks of a random foreground class in background   1 per 64^2 px,  3 per 64^2 px,   6 per 64^2 px,
                                                                         r 1-2           r 1-2            r 1-3
 missing     whole objects dropped to background (at least one)          p = 0.1         p = 0.25         p = 0.5
@@ -20,7 +20,10 @@ polygon     each object redrawn as a coarse polygon (approxPolyDP with  eps 0.1 
             eps relative to its radius R = sqrt(area/pi), 0.75-12 px)
 ==========  ==========================================================  ==============  ===============  ===============
 
-``apply_noise(mask, "jitter+specks", level, rng)`` applies several kinds in turn.
+Pixels an object loses (jitter, holes, missing, polygon) go to the class around
+it, background for most objects but e.g. lesion body around a lesion core, and
+objects grow only into that class. ``apply_noise(mask, "jitter+specks", level,
+rng)`` applies several kinds in turn.
 """
 
 from __future__ import annotations
@@ -100,8 +103,31 @@ def block_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = None)
     return _finish(np.where(up(corrupt), up(new), m), mask)
 
 
+def _surrounding_class(m: np.ndarray, big: tuple[slice, slice], obj: np.ndarray) -> int:
+    """Most common class on the 1-px ring around an object (0 for objects on background).
+
+    Pixels an object loses go to this class, so shrinking a lesion core leaves lesion
+    body there, not a background gap.
+    """
+    ring = cv2.dilate(obj, np.ones((3, 3), np.uint8)).astype(bool) & ~obj.astype(bool)
+    vals = m[big][ring]
+    return int(np.bincount(vals).argmax()) if vals.size else 0
+
+
+def _filled(obj: np.ndarray) -> np.ndarray:
+    """The object with its enclosed holes filled (uint8 0/1)."""
+    contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros_like(obj)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out | obj
+
+
 def jitter_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = None) -> np.ndarray:
-    """Each object dilated or eroded by a few px (grown pixels only take background)."""
+    """Each object dilated or eroded by a few px.
+
+    Grown pixels only take the class around the object (background for most objects);
+    lost pixels return to it.
+    """
     m, rng, n_classes = _setup(mask, level, rng, n_classes)
     lo, hi = JITTER[level]
     out = m.copy()
@@ -109,30 +135,32 @@ def jitter_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = None
         r = int(rng.integers(lo, hi + 1))
         grow = rng.random() < 0.5
         big, obj = _object_mask(m.shape, sl, roi, r + 1)
+        around = _surrounding_class(m, big, obj)
+        target = out[big]
         if grow:
             region = cv2.dilate(obj, _disk(r)).astype(bool)
-            target = out[big]
-            target[region & (m[big] == 0) & (target == 0)] = c
+            target[region & (m[big] == around) & (target == around)] = c
         else:
-            kept = cv2.erode(obj, _disk(r), borderType=cv2.BORDER_REPLICATE).astype(bool)
-            target = out[big]
-            target[obj.astype(bool) & ~kept & (target == c)] = 0
+            # erode the outline only: a ring (lesion body around a core) keeps its inner edge
+            kept = cv2.erode(_filled(obj), _disk(r), borderType=cv2.BORDER_REPLICATE).astype(bool)
+            target[obj.astype(bool) & ~kept & (target == c)] = around
     return _finish(out, mask)
 
 
 def holes_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = None) -> np.ndarray:
-    """Background disks punched inside objects."""
+    """Disks punched inside objects, filled with the surrounding class (background for most)."""
     m, rng, n_classes = _setup(mask, level, rng, n_classes)
     (cmin, cmax), (rmin, rmax) = HOLES[level]
     out = m.copy()
     for c, sl, roi in _objects(m, n_classes):
-        ys, xs = np.nonzero(roi)
-        hole = np.zeros(roi.shape, np.uint8)
+        big, obj = _object_mask(m.shape, sl, roi, 1)
+        ys, xs = np.nonzero(obj)
+        hole = np.zeros(obj.shape, np.uint8)
         for _ in range(int(rng.integers(cmin, cmax + 1))):
             i = int(rng.integers(len(ys)))
             cv2.circle(hole, (int(xs[i]), int(ys[i])), int(rng.integers(rmin, rmax + 1)), 1, -1)
-        target = out[sl]
-        target[hole.astype(bool) & roi] = 0
+        target = out[big]
+        target[hole.astype(bool) & obj.astype(bool)] = _surrounding_class(m, big, obj)
     return _finish(out, mask)
 
 
@@ -157,7 +185,7 @@ def specks_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = None
 
 
 def missing_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = None) -> np.ndarray:
-    """Whole objects dropped to background; at least one if there is any.
+    """Whole objects dropped (to the surrounding class, usually background); at least one.
 
     With the same seed the objects dropped at a level are a subset of those at higher levels.
     """
@@ -172,7 +200,8 @@ def missing_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = Non
         drop[int(np.argmin(u))] = True
     for (c, sl, roi), d in zip(objs, drop):
         if d:
-            out[sl][roi] = 0
+            big, obj = _object_mask(m.shape, sl, roi, 1)
+            out[big][obj.astype(bool)] = _surrounding_class(m, big, obj)
     return _finish(out, mask)
 
 
@@ -189,9 +218,10 @@ def polygon_noise(mask: np.ndarray, level: int, rng, n_classes: int | None = Non
             # vary epsilon a little per object so vertices do not all fall alike
             approx = cv2.approxPolyDP(cnt, eps * float(rng.uniform(0.8, 1.2)), True)
             cv2.fillPoly(poly, [approx], 1)
+        around = _surrounding_class(m, big, obj)
         target = out[big]
-        target[obj.astype(bool) & (target == c)] = 0
-        target[poly.astype(bool) & (m[big] == 0) & (target == 0)] = c
+        target[obj.astype(bool) & (target == c)] = around
+        target[poly.astype(bool) & (m[big] == around) & (target == around)] = c
         target[poly.astype(bool) & obj.astype(bool)] = c
     return _finish(out, mask)
 
