@@ -259,3 +259,27 @@ def test_dataloader_workers_get_the_same_items():
     loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=0, shuffle=False)
     batched = torch.cat([m for _, m in loader])
     assert torch.equal(batched, torch.stack(direct))
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_name = st.text(alphabet="abAB01_-. ", min_size=1, max_size=8).filter(lambda s: not s.startswith("."))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(imgs=st.sets(_name, max_size=6), masks=st.sets(_name, max_size=6),
+       ext=st.sampled_from([".png", ".tif", ".jpg"]))
+def test_every_file_is_paired_or_skipped_exactly_once(tmp_path_factory, imgs, masks, ext):
+    root = tmp_path_factory.mktemp("h")
+    touch(root / "i", *[n + ext for n in imgs])
+    touch(root / "m", *[n + "_mask.png" for n in masks])
+    try:
+        scan = scan_pairs(root / "i", root / "m")
+    except DataError as e:
+        assert not imgs or not masks
+        assert e.path in (root / "i", root / "m")
+        return
+    used = [p.image_path for p in scan.pairs] + [p.mask_path for p in scan.pairs] + [s.path for s in scan.skipped]
+    on_disk = sorted(list((root / "i").iterdir()) + list((root / "m").iterdir()))
+    assert sorted(used) == on_disk

@@ -81,3 +81,33 @@ def test_fast_enough():
             f(128, s)
     per_image_ms = (time.process_time() - t0) / 30 * 1000
     assert per_image_ms < 50, per_image_ms  # ~4 ms measured on an idle core
+
+
+def test_bundled_sample_is_valid_and_matches_its_script(tmp_path):
+    import importlib.util
+
+    from ielstudio.core.dataset import load_samples, scan_pairs
+    from ielstudio.core.imageio import read_raw
+    from ielstudio.core.paths import resources_dir, sample_dir
+
+    expect = {"nuclei": (12, 2, "binary", 1), "lesions": (8, 3, "color", 3)}
+    for name, (n, n_classes, kind, channels) in expect.items():
+        root = sample_dir(name)
+        noisy = load_samples(scan_pairs(root / "images", root / "masks"))
+        clean = load_samples(scan_pairs(root / "images", root / "clean"))
+        assert len(noisy.samples) == len(clean.samples) == n and not noisy.skipped and not clean.skipped
+        assert noisy.n_classes == n_classes and noisy.encoding.kind == kind and noisy.in_channels == channels
+        assert all(s.mask_path.name == f"{s.name}_mask.png" for s in noisy.samples)
+        differ = sum(not np.array_equal(a.mask, b.mask) for a, b in zip(noisy.samples, clean.samples))
+        assert differ == n - (2 if name == "nuclei" else 1)  # the 'clean label' rows of the README
+    total = sum(p.stat().st_size for p in (resources_dir() / "sample").rglob("*") if p.is_file())
+    assert total < 2_000_000
+
+    spec = importlib.util.spec_from_file_location("make_sample", resources_dir() / "make_sample.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--out", str(tmp_path)])
+    for p in sorted((resources_dir() / "sample").rglob("*.png")):
+        rel = p.relative_to(resources_dir() / "sample")
+        np.testing.assert_array_equal(read_raw(tmp_path / rel), read_raw(p), err_msg=str(rel))
+    assert (tmp_path / "README.md").read_text() == (resources_dir() / "sample" / "README.md").read_text()
