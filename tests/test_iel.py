@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ielstudio.core import iel
 from ielstudio.core.iel import (
     ConvexIEL,
     HeatIEL,
@@ -177,15 +178,28 @@ def test_convex_deepens_dent_and_leaves_disc():
     assert region.sum() == 0 and torch.equal(out, disc)
 
 
-def test_convex_fast_equals_reference():
+@pytest.mark.parametrize("update", ["sparse", "full"])
+def test_convex_fast_equals_reference(update, monkeypatch):
+    # both ways of updating S after mask changes must give the direct loop's numbers
+    monkeypatch.setattr(iel, "SPARSE_UPDATE_FRACTION", 1e9 if update == "sparse" else 0.0)
     torch.manual_seed(3)
     x = F.avg_pool2d(torch.randn(2, 3, 36, 32, dtype=torch.float64), 5, 1, 2) * 5
     for classes, radii, band in [((1,), (3, 6, 9), 2), ((1, 2), (2, 5), 1), ((2,), (4,), 0)]:
-        out, s = ConvexIEL(0.1, 20, classes, radii, band).forward_with_region(x)
-        ref, s_ref = reference_convex(x, 0.1, 20, classes, radii, band)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        stats = {}
+        out, s = ConvexIEL(0.1, 20, classes, radii, band).forward_with_region(xa, stats=stats)
+        # band 0: S holds background pixels only, so the hard mask never changes
+        assert (stats[update] > 0 and len(stats) == 1) if band else stats == {}
+        ref, s_ref = reference_convex(xb, 0.1, 20, classes, radii, band)
         assert torch.equal(s, s_ref)
         assert torch.allclose(out, ref, atol=1e-12)
         assert s.sum() > 0
+        # the hand-written backward equals autograd through the direct loop
+        weight = torch.randn_like(x)
+        (out * weight).sum().backward()
+        (ref * weight).sum().backward()
+        assert torch.allclose(xa.grad, xb.grad, atol=1e-10)
+        assert (xa.grad - weight).abs().max() > 0.1  # the layer really changes the gradient
 
 
 def test_concave_support_counts_in_image_pixels_only():
