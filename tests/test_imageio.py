@@ -37,11 +37,14 @@ def ramp(h=20, w=30, dtype=np.uint8, channels=0, scale=1):
 
 # ------------------------------------------------------------------ images
 
-@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".tiff"])
-@pytest.mark.parametrize("dtype,channels", [(np.uint8, 0), (np.uint8, 3), (np.uint16, 0), (np.uint16, 3)])
+@pytest.mark.parametrize("suffix,dtype,channels", [
+    (suffix, dtype, channels)
+    for suffix in (".png", ".bmp", ".tif", ".tiff")
+    for dtype in (np.uint8, np.uint16)
+    for channels in (0, 3)
+    if not (suffix == ".bmp" and dtype == np.uint16)  # BMP has no 16-bit
+])
 def test_image_round_trip_is_exact(tmp_path, suffix, dtype, channels):
-    if suffix == ".bmp" and dtype == np.uint16:
-        pytest.skip("BMP has no 16-bit")
     arr = ramp(dtype=dtype, channels=channels, scale=37 if dtype == np.uint16 else 1)
     path = tmp_path / f"img{suffix}"
     atomic_write_image(path, arr)
@@ -61,6 +64,19 @@ def test_rgb_channel_order_is_rgb(tmp_path):
     bgr = cv2.imread(str(tmp_path / "red.png"))
     assert bgr[0, 0].tolist() == [0, 0, 200]
     assert read_image(tmp_path / "red.png")[0, 0].tolist() == [200.0, 0.0, 0.0]
+
+
+def test_jpeg_with_exif_thumbnail_and_trailer_is_complete_but_cut_one_is_not(tmp_path):
+    main = imageio.encode_image(".jpg", ramp(64, 64))
+    thumb = imageio.encode_image(".jpg", ramp(8, 8))
+    # an APP1 segment right after SOI holding a whole thumbnail JPEG (with its own end marker)
+    app1 = b"\xff\xe1" + (len(thumb) + 8).to_bytes(2, "big") + b"Exif\0\0" + thumb
+    full = main[:2] + app1 + main[2:] + b"TRAILER" * 1000
+    (tmp_path / "ok.jpg").write_bytes(full)
+    assert read_image(tmp_path / "ok.jpg").shape == (64, 64)
+    (tmp_path / "cut.jpg").write_bytes(main[:2] + app1 + main[2:-200])
+    with pytest.raises(DataError, match="JPEG file is truncated"):
+        read_image(tmp_path / "cut.jpg")
 
 
 def test_jpeg_image_reads_approximately(tmp_path):

@@ -87,9 +87,11 @@ def _read_bytes(path: Path) -> bytes:
 
 def _check_complete(path: Path, suffix: str, data: bytes) -> None:
     """Catch truncated PNG/JPEG files that decoders may half-decode silently."""
-    if suffix == ".png" and b"IEND" not in data[-64:]:
+    if suffix == ".png" and data.rfind(b"IEND") < 0:
         raise DataError(path, "PNG file is truncated or damaged (no end marker)")
-    if suffix in _JPEG_EXTENSIONS and b"\xff\xd9" not in data[-4096:]:
+    # JPEG: an end-of-image marker must follow the last start-of-scan (entropy-coded
+    # data cannot contain it; an EXIF thumbnail's marker comes before the main scan)
+    if suffix in _JPEG_EXTENSIONS and data.find(b"\xff\xd9", max(0, data.rfind(b"\xff\xda"))) < 0:
         raise DataError(path, "JPEG file is truncated or damaged (no end marker)")
 
 
@@ -308,7 +310,10 @@ def _decode_gray(path: Path, raw: np.ndarray, suffix: str, channels: int) -> tup
     if raw.dtype == bool:
         raw = raw.astype(np.uint8)
         dtype = "uint8"
-    uniq = np.unique(raw)
+    if raw.dtype in (np.uint8, np.uint16):  # counting beats sorting for big masks
+        uniq = np.flatnonzero(np.bincount(raw.reshape(-1))).astype(raw.dtype)
+    else:
+        uniq = np.unique(raw)
     if len(uniq) > MAX_CLASSES:
         raise DataError(path, _too_many_values_message(len(uniq), suffix))
     if np.issubdtype(uniq.dtype, np.floating):
