@@ -1,0 +1,414 @@
+"""PDE-G-CNN (Smets, Portegies, Bekkers & Duits, JMIV 2023) in plain PyTorch.
+
+Features live on positions x orientations, shape B x C x O x H x W, with O
+orientations theta_k = 2 pi k / O over the full circle. A network is
+
+    lift (O rotated copies of a learned kernel) -> BatchNorm
+    -> layers of [convection -> dilation -> erosion -> 1x1x1 channel mix -> BatchNorm]
+    -> max over orientations -> 1x1 convolution to logits.
+
+No ReLU and no pooling: the morphological (max-plus / min-plus) convolutions
+are the nonlinearity. The reference "lietorch" package does the same with a
+compiled library; here the morphological convolution is a custom autograd
+function over strided neighbourhood views, so it runs wherever torch runs.
+
+Geometry conventions (used consistently so that rotating the input by 90
+degrees rotates every feature map and shifts the orientation axis by O/4,
+exactly): offsets are (x, y) with x = column and y pointing *up* (y = -row);
+R_theta is the usual counter-clockwise rotation in that frame, which is what
+``torch.rot90(t, 1, dims=(-2, -1))`` does to array positions. Everything that
+depends on the orientation is computed for the first O/4 orientations and
+obtained for the others by exact 90-degree rotations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _rotate(x: torch.Tensor, y: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counter-clockwise rotation by ``theta`` of offsets (x, y), y pointing up."""
+    c, s = math.cos(theta), math.sin(theta)
+    return x * c - y * s, x * s + y * c
+
+
+def _rot90_vec(x: torch.Tensor, y: torch.Tensor, times: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact rotation of (x, y) by ``times`` x 90 degrees."""
+    for _ in range(times % 4):
+        x, y = -y, x
+    return x, y
+
+
+def rotate_kernel(w: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate square kernels (..., s, s) counter-clockwise by ``theta`` (bilinear, zeros outside).
+
+    ``rotate_kernel(w, pi/2)`` equals ``torch.rot90(w, 1, dims=(-2, -1))`` up to rounding.
+    """
+    s = w.shape[-1]
+    if s == 1 or theta == 0.0:
+        return w
+    c = (s - 1) / 2
+    ax = torch.arange(s, dtype=w.dtype, device=w.device) - c
+    row, col = torch.meshgrid(ax, ax, indexing="ij")
+    # the value at p comes from R_{-theta} p
+    sx, sy = _rotate(col, -row, -theta)
+    grid = torch.stack([sx / c, -sy / c], dim=-1)  # align_corners=True: +-1 = outer pixel centres
+    flat = w.reshape(-1, 1, s, s)
+    out = F.grid_sample(
+        flat, grid.expand(flat.shape[0], s, s, 2), mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return out.reshape(w.shape)
+
+
+def rotated_copies(w: torch.Tensor, orientations: int) -> torch.Tensor:
+    """(O, ...) stack: copy k is ``w`` rotated by 2 pi k / O; copy k + O/4 is exactly rot90 of copy k."""
+    _check_orientations(orientations)
+    q = orientations // 4
+    base = [rotate_kernel(w, 2 * math.pi * k / orientations) for k in range(q)]
+    return torch.stack([torch.rot90(base[k], j, dims=(-2, -1)) for j in range(4) for k in range(q)])
+
+
+def _check_orientations(orientations: int) -> None:
+    if orientations < 4 or orientations % 4:
+        raise ValueError(f"orientations must be a positive multiple of 4, got {orientations}")
+
+
+def _disk(s: int) -> torch.Tensor:
+    ax = torch.arange(s, dtype=torch.float32) - (s - 1) / 2
+    return ((ax[:, None] ** 2 + ax[None, :] ** 2) <= ((s - 1) / 2 + 0.5) ** 2).float()
+
+
+# ----------------------------------------------------------------------------- morphological convolution
+
+
+def _pad_neighbourhood(f: torch.Tensor, mr: int, r: int) -> torch.Tensor:
+    """Circular padding by ``mr`` along orientations, -inf padding by ``r`` in space."""
+    if mr:
+        f = torch.cat([f[:, :, -mr:], f, f[:, :, :mr]], dim=2)
+    if r:
+        f = F.pad(f, (r, r, r, r), value=float("-inf"))
+    return f.contiguous()
+
+
+class _MaxPlus(torch.autograd.Function):
+    """out[b,c,o,y,x] = max_{m,i,j} f[b,c,o+m-mr (mod O), y+i-r, x+j-r] - kernel[c,o,m,i,j].
+
+    Neighbourhoods are strided views of the padded input, materialised in chunks of
+    about ``chunk`` elements. Only the index of the maximising offset is kept (uint8);
+    the backward pass scatters each output gradient to that one source (where several
+    offsets tie, the last one: a valid subgradient).
+    """
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, kernel: torch.Tensor, chunk: int) -> torch.Tensor:
+        B, C, O, H, W = f.shape
+        M, S = kernel.shape[2], kernel.shape[3]
+        mr, r, n = M // 2, S // 2, M * S * S
+        if mr > O:
+            raise ValueError("orientation neighbourhood larger than the number of orientations")
+        if n > 255:
+            raise ValueError("morphological neighbourhood too large (at most 255 offsets)")
+        kernel = kernel.detach().contiguous()
+        padded = _pad_neighbourhood(f.detach(), mr, r)
+        sB, sC, sO, sH, sW = padded.stride()
+        out = f.new_empty(B, C, O, H, W)
+        idx = torch.empty(B, C, O, H, W, dtype=torch.uint8, device=f.device)
+        need_index = any(ctx.needs_input_grad[:2])  # skip the arg-max for inference
+        o_step = max(1, min(O, chunk // (n * H * W)))
+        vals_buf = f.new_empty(o_step, M, S, S, H, W)
+        rank = torch.arange(1, n + 1, dtype=f.dtype, device=f.device).view(1, n, 1, 1)
+        for b in range(B):
+            for c in range(C):
+                for o0 in range(0, O, o_step):
+                    o1 = min(O, o0 + o_step)
+                    view = padded.as_strided((o1 - o0, M, S, S, H, W), (sO, sO, sH, sW, sH, sW), b * sB + c * sC + o0 * sO)
+                    vals = torch.sub(view, kernel[c, o0:o1, :, :, :, None, None], out=vals_buf[: o1 - o0])
+                    vals = vals.view(o1 - o0, n, H, W)
+                    best = torch.amax(vals, dim=1, out=out[b, c, o0:o1])
+                    if not need_index:
+                        continue
+                    # index of the maximiser: 1 where vals == best, times 1..n, max over offsets
+                    vals.sub_(best.unsqueeze(1)).eq_(0).mul_(rank)
+                    idx[b, c, o0:o1] = (torch.amax(vals, dim=1) - 1).to(torch.uint8)
+        ctx.save_for_backward(idx)
+        ctx.geometry = (B, C, O, H, W, M, S)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        B, C, O, H, W, M, S = ctx.geometry
+        mr, r, n = M // 2, S // 2, M * S * S
+        grad_out = grad_out.contiguous()
+        dev = grad_out.device
+        grad_f = grad_k = None
+        if ctx.needs_input_grad[1]:
+            # grad_k[c, o, t] = -sum of grad_out where the maximiser was offset t
+            key = torch.arange(C * O, device=dev).view(1, C, O, 1, 1) * n + idx
+            grad_k = torch.zeros(C * O * n, dtype=grad_out.dtype, device=dev)
+            grad_k.scatter_add_(0, key.flatten(), grad_out.flatten())
+            grad_k = -grad_k.view(C, O, M, S, S)
+        if ctx.needs_input_grad[0]:
+            Op, Hp, Wp = O + 2 * mr, H + 2 * r, W + 2 * r
+            buf = torch.zeros(B, C * Op * Hp * Wp, dtype=grad_out.dtype, device=dev)
+            sC, sO, sH = Op * Hp * Wp, Hp * Wp, Wp
+
+            def ar(k: int) -> torch.Tensor:
+                return torch.arange(k, device=dev)
+
+            # position of each output pixel in the padded buffer, plus that of its maximiser offset
+            base = ar(C).view(C, 1, 1, 1) * sC + ar(O).view(1, O, 1, 1) * sO + ar(H).view(1, 1, H, 1) * sH + ar(W)
+            t = ar(n)
+            offset = (t // (S * S)) * sO + ((t // S) % S) * sH + t % S
+            for b in range(B):
+                flat = (base + offset[idx[b].long()]).flatten()
+                buf[b].scatter_add_(0, flat, grad_out[b].flatten())
+            buf = buf.view(B, C, Op, Hp, Wp)
+            grad_f = buf[:, :, mr : mr + O, r : r + H, r : r + W].clone()
+            if mr:
+                grad_f[:, :, O - mr :] += buf[:, :, :mr, r : r + H, r : r + W]
+                grad_f[:, :, :mr] += buf[:, :, O + mr :, r : r + H, r : r + W]
+        return grad_f, grad_k, None
+
+
+def max_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 21) -> torch.Tensor:
+    """Dilation: max over the neighbourhood of f - kernel. f: B x C x O x H x W, kernel: C x O x M x S x S."""
+    return _MaxPlus.apply(f, kernel, chunk)
+
+
+def min_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 21) -> torch.Tensor:
+    """Erosion: min over the neighbourhood of f + kernel."""
+    return -_MaxPlus.apply(-f, kernel, chunk)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _softplus_inverse(v: float) -> float:
+    return math.log(math.expm1(v))
+
+
+class MorphologicalConv(nn.Module):
+    """Dilation (max-plus) or erosion (min-plus) with k = rho^beta / beta, per channel.
+
+    rho^2 = w1 c1^2 + w2 c2^2 + w3 c3^2 with the logarithmic coordinates of the offset
+    relative to the target orientation (c1, c2 from the half-angle rotation divided by
+    sinc(theta/2), c3 = theta) and learned metric weights (main, lateral, angular),
+    positive through softplus. beta = 2 alpha / (2 alpha - 1).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        orientations: int,
+        kind: str = "dilation",
+        kernel_size: int = 5,
+        orientation_size: int = 3,
+        alpha: float = 0.65,
+        metric_init: tuple[float, float, float] = (1.0, 3.0, 2.0),
+    ) -> None:
+        super().__init__()
+        _check_orientations(orientations)
+        if kind not in ("dilation", "erosion"):
+            raise ValueError("kind must be 'dilation' or 'erosion'")
+        if kernel_size % 2 == 0 or orientation_size % 2 == 0:
+            raise ValueError("kernel sizes must be odd")
+        if not 0.5 < alpha <= 1.0:
+            raise ValueError("alpha must be in (0.5, 1]")
+        self.kind, self.orientations = kind, orientations
+        self.kernel_size, self.orientation_size = kernel_size, orientation_size
+        self.beta = 2 * alpha / (2 * alpha - 1)
+        init = torch.tensor([_softplus_inverse(v) for v in metric_init])
+        self.metric_raw = nn.Parameter(init.repeat(channels, 1))
+
+    def metric(self) -> torch.Tensor:
+        """(C, 3) positive metric weights (main, lateral, angular)."""
+        return F.softplus(self.metric_raw)
+
+    def kernel(self) -> torch.Tensor:
+        """(C, O, M, S, S) kernel values; index [m, i, j] = orientation offset m - M//2, row i - S//2, col j - S//2."""
+        O, S, M = self.orientations, self.kernel_size, self.orientation_size
+        w = self.metric()
+        dev, dt = w.device, w.dtype
+        ax = torch.arange(S, device=dev, dtype=dt) - S // 2
+        row, col = torch.meshgrid(ax, ax, indexing="ij")
+        dx, dy = col, -row
+        dtheta = (torch.arange(M, device=dev, dtype=dt) - M // 2) * (2 * math.pi / O)
+        half = (dtheta / 2).view(M, 1, 1)
+        sinc = torch.sinc(half / math.pi)
+        per_k = []
+        for k in range(O // 4):
+            lx, ly = _rotate(dx, dy, -2 * math.pi * k / O)  # offset in the target's frame
+            c1 = (lx * torch.cos(half) + ly * torch.sin(half)) / sinc
+            c2 = (-lx * torch.sin(half) + ly * torch.cos(half)) / sinc
+            c3 = dtheta.view(M, 1, 1).expand(M, S, S)
+            rho2 = w[:, 0, None, None, None] * c1**2 + w[:, 1, None, None, None] * c2**2
+            rho2 = rho2 + w[:, 2, None, None, None] * c3**2
+            per_k.append(rho2.pow(self.beta / 2) / self.beta)  # (C, M, S, S)
+        q = O // 4
+        ks = [torch.rot90(per_k[k], j, dims=(-2, -1)) for j in range(4) for k in range(q)]
+        return torch.stack(ks, dim=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        k = self.kernel().to(f.dtype)
+        return max_plus(f, k) if self.kind == "dilation" else min_plus(f, k)
+
+
+class Convection(nn.Module):
+    """Per-channel left-invariant shift: spatial (along, across) in the local orientation frame, then angular.
+
+    u(x, theta_k) = f(x - R_{theta_k} (a, b), theta_k - g) with bilinear ``grid_sample`` in space
+    (zeros outside) and linear interpolation along the periodic orientation axis.
+    """
+
+    def __init__(self, channels: int, orientations: int) -> None:
+        super().__init__()
+        _check_orientations(orientations)
+        self.orientations = orientations
+        self.shift = nn.Parameter(torch.zeros(channels, 2))  # pixels, (along, across)
+        self.turn = nn.Parameter(torch.zeros(channels))  # orientation steps
+
+    def velocities(self) -> torch.Tensor:
+        """(C, O, 2) spatial displacement (x, y up) per channel and orientation."""
+        O, q = self.orientations, self.orientations // 4
+        a, b = self.shift[:, 0], self.shift[:, 1]
+        base = [_rotate(a, b, 2 * math.pi * k / O) for k in range(q)]
+        vs = [torch.stack(_rot90_vec(*base[k], j), dim=-1) for j in range(4) for k in range(q)]
+        return torch.stack(vs, dim=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        B, C, O, H, W = f.shape
+        v = self.velocities().to(f.dtype)  # (C, O, 2)
+        dev, dt = f.device, f.dtype
+        rows = torch.arange(H, device=dev, dtype=dt).view(1, H, 1)
+        cols = torch.arange(W, device=dev, dtype=dt).view(1, 1, W)
+        vx, vy = v[..., 0].reshape(C * O, 1, 1), v[..., 1].reshape(C * O, 1, 1)
+        gx = 2 * (cols - vx) / max(W - 1, 1) - 1  # sample at x - v (row grows downwards: + vy)
+        gy = 2 * (rows + vy) / max(H - 1, 1) - 1
+        grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (C*O, H, W, 2)
+        planes = f.permute(1, 2, 0, 3, 4).reshape(C * O, B, H, W)
+        moved = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        moved = moved.view(C, O, B, H, W).permute(2, 0, 1, 3, 4)
+        # angular shift by g = n + frac steps: u_k = (1 - frac) f_{k-n} + frac f_{k-n-1} (periodic)
+        turn = self.turn.to(dt)
+        whole = torch.floor(turn.detach())
+        frac = (turn - whole).view(C, 1, 1)
+        k = torch.arange(O, device=dev)
+        d = (k.view(1, O, 1) - k.view(1, 1, O) - whole.long().view(C, 1, 1)) % O
+        A = (1 - frac) * (d == 0) + frac * (d == 1 % O)
+        return torch.einsum("ckl,bclhw->bckhw", A, moved)
+
+
+class PDELayer(nn.Module):
+    """Convection -> dilation -> erosion -> linear channel mix (1x1x1) -> BatchNorm."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        orientations: int = 8,
+        kernel_size: int = 5,
+        orientation_size: int = 3,
+        alpha: float = 0.65,
+    ) -> None:
+        super().__init__()
+        self.convection = Convection(c_in, orientations)
+        self.dilation = MorphologicalConv(c_in, orientations, "dilation", kernel_size, orientation_size, alpha)
+        self.erosion = MorphologicalConv(c_in, orientations, "erosion", kernel_size, orientation_size, alpha)
+        self.mix = nn.Conv3d(c_in, c_out, 1, bias=False)
+        self.norm = nn.BatchNorm3d(c_out)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.mix(self.erosion(self.dilation(self.convection(f)))))
+
+
+class LiftConv(nn.Module):
+    """Image (B, C_in, H, W) -> (B, C_out, O, H, W) by convolving with O rotated copies of one learned kernel."""
+
+    def __init__(self, c_in: int, c_out: int, orientations: int = 8, kernel_size: int = 5) -> None:
+        super().__init__()
+        _check_orientations(orientations)
+        if kernel_size % 2 == 0:
+            raise ValueError("kernel_size must be odd")
+        self.orientations, self.c_out = orientations, c_out
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.register_buffer("mask", _disk(kernel_size), persistent=False)  # rotation-invariant support
+
+    def kernels(self) -> torch.Tensor:
+        """(O, C_out, C_in, s, s) rotated copies."""
+        return rotated_copies(self.weight * self.mask, self.orientations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernels()
+        O, s = self.orientations, k.shape[-1]
+        k = k.transpose(0, 1).reshape(self.c_out * O, -1, s, s)
+        y = F.conv2d(x, k, padding=s // 2)
+        return y.view(x.shape[0], self.c_out, O, *y.shape[-2:])
+
+
+class PDEGCNN(nn.Module):
+    """Roto-translation equivariant PDE-G-CNN segmenter: logits B x n_classes x H x W, any H, W."""
+
+    size_multiple = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        channels: int = 16,
+        layers: int = 6,
+        orientations: int = 8,
+        lift_kernel: int = 5,
+        kernel_size: int = 5,
+        orientation_size: int = 3,
+        alpha: float = 0.65,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or n_classes < 1 or channels < 1 or layers < 0:
+            raise ValueError("PDEGCNN needs in_channels, n_classes, channels >= 1 and layers >= 0")
+        self.in_channels, self.n_classes, self.orientations = in_channels, n_classes, orientations
+        self.lift = LiftConv(in_channels, channels, orientations, lift_kernel)
+        self.lift_norm = nn.BatchNorm3d(channels)
+        self.layers = nn.Sequential(
+            *[PDELayer(channels, channels, orientations, kernel_size, orientation_size, alpha) for _ in range(layers)]
+        )
+        self.head = nn.Conv2d(channels, n_classes, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Orientation features B x C x O x H x W before the projection."""
+        return self.layers(self.lift_norm(self.lift(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).amax(dim=2))
+
+
+def build_pdegcnn(
+    in_channels: int,
+    n_classes: int,
+    width: int = 16,
+    depth: int = 3,
+    orientations: int = 8,
+    layers: int | None = None,
+    **kw,
+) -> PDEGCNN:
+    """PDE-G-CNN with ``width`` channels and ``layers`` PDE layers (default 2 * depth = 6).
+
+    Other keywords: ``lift_kernel`` (5), ``kernel_size`` (spatial neighbourhood of the
+    morphological convolutions, 5), ``orientation_size`` (3), ``alpha`` (0.65).
+    """
+    return PDEGCNN(
+        in_channels,
+        n_classes,
+        channels=width,
+        layers=2 * depth if layers is None else layers,
+        orientations=orientations,
+        **kw,
+    )
