@@ -123,3 +123,17 @@ def _premultiplied(bgra: np.ndarray) -> np.ndarray:
     f = bgra.astype(np.float32)
     f[..., :3] *= f[..., 3:] / 255.0
     return f
+
+
+def test_metainfo_names_the_app_its_desktop_file_and_mime_type():
+    path = ROOT / "packaging" / f"{APP}.metainfo.xml"
+    root = ET.parse(path).getroot()
+    assert root.findtext("id") == APP
+    assert root.find("launchable").text == f"{APP}.desktop"
+    assert root.find("provides/mediatype").text == desktop.MIME_TYPE
+    import ielstudio
+
+    assert root.find("releases/release").get("version") == ielstudio.__version__
+    if shutil.which("appstreamcli"):
+        out = subprocess.run(["appstreamcli", "validate", "--no-net", str(path)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
