@@ -307,7 +307,7 @@ def _consume(events: Iterable, bar: ProgressBar):
         elif isinstance(ev, training.EvalEvent):
             bar.end()
             fold = f"fold {ev.fold + 1}/{ev.n_folds} " if ev.n_folds > 1 else ""
-            _say(f"  {fold}step {ev.step}: agreement with held-out labels {ev.agreement:.3f}{' (best)' if ev.best else ''}")
+            _say(f"  {fold}step {ev.step}: agreement with the given labels {ev.agreement:.3f}{' (best)' if ev.best else ''}")
         elif isinstance(ev, cleaning.PredictEvent):
             bar.update("predicting", ev.index + 1, ev.total, ev.name)
         elif isinstance(ev, training.DoneEvent):

@@ -109,10 +109,10 @@ def test_label_quality_ranks_the_corrupted_label_lower():
     bad = target.copy()
     bad[5:20, 5:12] = 0  # half of an object missing
     bad_score, bad_doubt = label_quality(probs, bad)
-    assert good_score == pytest.approx(0.5 * 1.0 + 0.5 * 0.9, abs=1e-6)
+    assert good_score == pytest.approx(0.9 * 1.0 + 0.1 * 0.9, abs=1e-6)
     assert bad_score < good_score
     # bad: Dice class 1 = 2*120/(120+225), class 2 = 1; p(given) = 0.9 on 184 + 0.05 on 105 of 289
-    exp = 0.5 * (2 * 120 / 345 + 1) / 2 + 0.5 * (0.9 * 184 + 0.05 * 105) / 289
+    exp = 0.9 * (2 * 120 / 345 + 1) / 2 + 0.1 * (0.9 * 184 + 0.05 * 105) / 289
     assert bad_score == pytest.approx(exp, abs=1e-5)
     assert good_doubt.shape == (32, 32)
     assert good_doubt.max() == pytest.approx(0.1, abs=1e-6)
@@ -152,3 +152,13 @@ def test_clean_config_round_trip_and_validation():
         CleanConfig(threshold=0.0)
     with pytest.raises(ValueError):
         CleanConfig(min_area=-1)
+
+
+def test_label_quality_breaks_ties_by_confidence():
+    target = np.zeros((16, 16), np.int64)
+    target[4:12, 4:12] = 1
+    sure, unsure = one_hot_probs(target, 2, p=0.99), one_hot_probs(target, 2, p=0.6)
+    s_sure, _ = label_quality(sure, target)
+    s_unsure, _ = label_quality(unsure, target)
+    assert s_sure == pytest.approx(0.9 + 0.1 * 0.99, abs=1e-6)
+    assert s_unsure == pytest.approx(0.9 + 0.1 * 0.6, abs=1e-6)

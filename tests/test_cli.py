@@ -124,7 +124,7 @@ def test_corrupt_image_is_skipped_and_listed(dataset, tmp_path, capsys):
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     cv2.imwrite(str(masks / "broken.png"), np.zeros((48, 48), np.uint8))
     out = tmp_path / "out"
-    rc = cli.main(["clean", str(images), str(masks), "--out", str(out), *FAST])
+    rc = cli.main(["clean", str(images), str(masks), "--out", str(out), "--folds", "2", *FAST])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert not (out / "broken.png").exists()
@@ -132,6 +132,8 @@ def test_corrupt_image_is_skipped_and_listed(dataset, tmp_path, capsys):
     report = json.loads((out / "ielstudio-report.json").read_text())
     assert [Path(s["path"]).name for s in report["skipped"]] == ["broken.png"]
     assert "broken.png" in err and "skipped 1 file(s)" in err
+    # --folds 2: each image predicted by the model that did not train on it
+    assert report["model"]["out_of_sample"] is True and len(report["training"]["folds"]) == 2
 
 
 def test_nothing_usable_exits_2(tmp_path, capsys):
