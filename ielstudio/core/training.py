@@ -407,8 +407,9 @@ def _train_one(
         total = min(config.max_steps, FALLBACK_STEPS)
         history["budget"] = f"fixed fallback: {total} steps (too few images to hold one out)"
     early_stop = auto and bool(held)
-    # Images whose agreement is shown: held-out ones, else (fixed budget) a few training images.
-    eval_set = held or train_set[:4]
+    # Images whose agreement is measured: held-out ones (at most MAX_HOLDOUT, e.g. a large
+    # fold), else (fixed budget, nothing held out) a few training images, for display only.
+    eval_set = held[:MAX_HOLDOUT] or train_set[:4]
     history["eval_in_sample"] = not held
 
     model = _initial_model(config, in_channels, n_classes, history).to(device)
@@ -589,11 +590,14 @@ def predict(model: nn.Module, image: np.ndarray | torch.Tensor, device: torch.de
 
     Images up to `tile` px on both sides go through whole; larger ones as overlapping
     tiles blended with linear ramps. Eval mode, no gradients; the model's train/eval
-    mode is restored afterwards.
+    mode is restored afterwards. A model on another device than `device` is moved there.
     """
+    param = next(model.parameters(), None)
     if device is None:
-        device = next(model.parameters()).device
+        device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
+    if param is not None and param.device.type != device.type:
+        model.to(device)  # e.g. a checkpoint loaded on the CPU, predicted on the GPU
     x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not torch.is_tensor(image) else image).float()
     if x.ndim == 2:
         x = x[None]
