@@ -47,6 +47,7 @@ class IELPanel(QWidget):
         self.pred_maps = None
         self._request_id = 0
         self._workers: list[GeneratorWorker] = []
+        self._retired: list[GeneratorWorker] = []
         self._pending: tuple | None = None
 
         self.plots = pg.GraphicsLayoutWidget()
@@ -99,7 +100,7 @@ class IELPanel(QWidget):
             self.clear()
             return
         rid = self._request_id
-        if any(w.is_running() for w in self._workers):
+        if any(not w.done for w in self._workers):
             self._pending = (rid, given, probs, n_classes, config)  # run when the current one ends
             return
         self._start(rid, given, probs, n_classes, config)
@@ -108,7 +109,8 @@ class IELPanel(QWidget):
         def job():
             yield compute_defects(given, probs, n_classes, config)
 
-        w = GeneratorWorker(job, parent=self)
+        self._retired.clear()  # finished workers are dropped here, outside their own signals
+        w = GeneratorWorker(job)
         w.yielded.connect(lambda res, rid=rid: self._on_result(rid, res))
         w.errored.connect(lambda msg: self.info.setText(f"IEL maps failed: {msg}"))
         w.finished.connect(lambda _=None, w=w: self._on_done(w))
@@ -120,7 +122,7 @@ class IELPanel(QWidget):
         w.wait(1000)
         if w in self._workers:
             self._workers.remove(w)
-        w.deleteLater()
+            self._retired.append(w)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._start(*pending)

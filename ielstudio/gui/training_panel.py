@@ -278,7 +278,8 @@ class TrainingPanel(QWidget):
         base = base if base is not None else self.default_config()
         train, iel = self.form_values()
         new_iel = dataclasses.replace(base.iel, **iel)
-        return dataclasses.replace(base, iel=new_iel, **train)
+        # the automatic budget's floor never exceeds the cap chosen in the form
+        return dataclasses.replace(base, iel=new_iel, min_steps=min(base.min_steps, train["max_steps"]), **train)
 
     def iel_config(self):
         """The IELConfig of the form (for the defect maps), or None if the form is invalid."""

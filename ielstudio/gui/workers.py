@@ -1,25 +1,34 @@
-"""Run a core generator in a QThread and turn what it yields into Qt signals.
+"""Run a core generator in a background thread and turn what it yields into Qt signals.
 
 The superqt ``thread_worker`` idea: a long job is a generator; each ``yield`` is a
-progress report and the point where cancel and pause are honoured. Signals are
-emitted from the worker thread and delivered (queued) in the GUI thread.
+progress report and the point where cancel and pause are honoured.
+
+The worker thread never touches Qt: it puts what the generator yields into a
+``queue.Queue``, and a QTimer in the GUI thread drains that queue and emits the
+signals there. (Emitting Qt signals from a non-Qt thread corrupts reference counts
+in PySide6 6.12.0 and crashes the interpreter; this design does not depend on how
+any binding handles cross-thread signals.)
 
     worker = GeneratorWorker(train, samples, config, cancel_kwarg="cancel")
     worker.yielded.connect(on_event)
     worker.finished.connect(on_done)
     worker.start()
     ...
-    worker.pause(); worker.resume(); worker.cancel()
+    worker.pause(); worker.resume(); worker.request_stop(); worker.cancel()
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import traceback
 from typing import Any, Callable, Iterator
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
+
+POLL_MS = 10  # how often the GUI thread drains the queue while a job runs
+DRAIN_BUDGET_S = 0.02  # at most this long per drain, so a burst never stalls the GUI
 
 
 def error_message(exc: BaseException) -> str:
@@ -33,23 +42,16 @@ def error_message(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-class _Runner(QThread):
-    """The thread; the worker's signals are emitted from here (queued to the GUI)."""
-
-    def __init__(self, worker: "GeneratorWorker"):
-        super().__init__()
-        self._worker = worker
-
-    def run(self) -> None:
-        self._worker._run()
+_YIELD, _PROGRESS, _FINISH, _ERROR = range(4)
 
 
 class GeneratorWorker(QObject):
     """Pull items from ``fn(*args, **kwargs)`` (a generator) in a thread.
 
-    Signals (all delivered in the thread that owns the worker, normally the GUI thread):
+    Signals (all emitted in the GUI thread):
     - ``yielded(object)``: each item (possibly coalesced, see ``coalesce``);
-    - ``progress(int, int)``: ``(item.step, item.total_steps)`` for items that have both;
+    - ``progress(int, int)``: ``(item.step, item.total_steps)`` for items that have both,
+      and whatever the job reports through ``progress_kwarg``;
     - ``finished(object)``: the generator's return value (None if cancelled), always last
       unless the generator raised;
     - ``errored(str)``: a one-line message if the generator raised (``traceback_text``
@@ -58,10 +60,11 @@ class GeneratorWorker(QObject):
 
     ``cancel()`` is honoured between yields (and, with ``cancel_kwarg``, inside the
     generator: the callable ``is_cancelled`` is passed under that keyword; likewise
-    ``progress_kwarg`` passes ``progress.emit`` for progress inside one long call).
+    ``progress_kwarg`` passes a ``report(done, total)`` callable for progress inside
+    one long call). ``request_stop()`` only tells the generator and lets it finish.
     ``pause()`` makes the thread stop pulling and wait on a condition (no busy loop).
     ``coalesce(item) -> bool`` marks items that may be dropped when they arrive faster
-    than ``min_interval_s`` apart; the newest dropped one is still emitted before the
+    than ``min_interval_s`` apart; the newest dropped one is still delivered before the
     next non-coalescible item and before ``finished``.
     """
 
@@ -89,34 +92,87 @@ class GeneratorWorker(QObject):
         self._kwargs = dict(kwargs)
         if cancel_kwarg:
             self._kwargs[cancel_kwarg] = self.is_cancelled
-        if progress_kwarg:  # the job may report (done, total) from inside a long call
-            self._kwargs[progress_kwarg] = self.progress.emit
+        if progress_kwarg:
+            self._kwargs[progress_kwarg] = self._report
         self._coalesce = coalesce
         self._min_interval = float(min_interval_s)
         self._cond = threading.Condition()
         self._cancel = False
         self._stop_requested = False
         self._paused = False
-        self.waiting = False
+        self.waiting = False  # True while the thread is blocked by a pause
         self.traceback_text = ""
         self.result: Any = None
         self.n_yielded = 0
-        self._thread = _Runner(self)
         self.done = False  # True once finished or errored has been emitted
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"worker-{getattr(fn, '__name__', 'job')}",
+                                        daemon=True)
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self.drain)
 
+    # --- lifecycle (GUI thread) -------------------------------------------------------
     def start(self) -> None:
+        self._timer.start()
         self._thread.start()
 
     def is_running(self) -> bool:
-        return self._thread.isRunning()
+        return self._thread.is_alive()
 
     def wait(self, timeout_ms: int = 30000) -> bool:
-        return self._thread.wait(timeout_ms)
+        """Block until the thread ends (signals still queued are delivered by ``drain``)."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout_ms / 1000)
+        return not self._thread.is_alive()
 
-    # --- control (any thread) -------------------------------------------------------
+    def stop(self, timeout_ms: int = 30000) -> bool:
+        """Cancel and wait for the thread to end; True if it ended. Nothing more is emitted."""
+        self.cancel()
+        ended = self.wait(timeout_ms)
+        self._timer.stop()
+        self.done = True
+        return ended
+
+    def drain(self) -> None:
+        """Emit what the thread has produced (GUI thread; called by the timer)."""
+        t0 = time.monotonic()
+        while True:
+            try:
+                kind, a, b = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if kind == _YIELD:
+                self.yielded.emit(a)
+            elif kind == _PROGRESS:
+                self.progress.emit(a, b)
+            elif kind == _FINISH:
+                self._timer.stop()
+                self.done = True
+                self.finished.emit(a)
+                return
+            elif kind == _ERROR:
+                self._timer.stop()
+                self.done = True
+                self.errored.emit(a)
+                return
+            if time.monotonic() - t0 > DRAIN_BUDGET_S:
+                return  # the rest on the next tick: keep the GUI responsive
+
+    # --- control (any thread) ---------------------------------------------------------
     def is_cancelled(self) -> bool:
         """What the generator sees (through ``cancel_kwarg``): a cancel or a stop request."""
         return self._cancel or self._stop_requested
+
+    def is_paused(self) -> bool:
+        return self._paused
+
+    def cancel(self) -> None:
+        """Hard cancel: the thread stops pulling before the next item."""
+        with self._cond:
+            self._cancel = True
+            self._cond.notify_all()
 
     def request_stop(self) -> None:
         """Soft cancel: tell the generator (``is_cancelled`` turns True, pause ends) but keep
@@ -127,14 +183,6 @@ class GeneratorWorker(QObject):
             self._cond.notify_all()
         if was_paused:
             self.resumed.emit()
-
-    def is_paused(self) -> bool:
-        return self._paused
-
-    def cancel(self) -> None:
-        with self._cond:
-            self._cancel = True
-            self._cond.notify_all()
 
     def pause(self) -> None:
         with self._cond:
@@ -151,14 +199,10 @@ class GeneratorWorker(QObject):
             self._cond.notify_all()
         self.resumed.emit()
 
-    def stop(self, timeout_ms: int = 30000) -> bool:
-        """Cancel and wait for the thread to end; True if it ended."""
-        self.cancel()
-        if not self._thread.isRunning():
-            return True
-        return self._thread.wait(timeout_ms)
+    # --- the thread (no Qt here) ------------------------------------------------------
+    def _report(self, done: int, total: int) -> None:
+        self._queue.put((_PROGRESS, int(done), int(total)))
 
-    # --- the thread -----------------------------------------------------------------
     def _wait_while_paused(self) -> None:
         with self._cond:
             while self._paused and not self._cancel:
@@ -166,17 +210,17 @@ class GeneratorWorker(QObject):
                 self._cond.wait()
             self.waiting = False
 
-    def _emit(self, item: Any) -> None:
+    def _post(self, item: Any) -> None:
         self.n_yielded += 1
-        self.yielded.emit(item)
+        self._queue.put((_YIELD, item, None))
         step, total = getattr(item, "step", None), getattr(item, "total_steps", None)
         if isinstance(step, int) and isinstance(total, int):
-            self.progress.emit(step, total)
+            self._queue.put((_PROGRESS, step, total))
 
     def _run(self) -> None:
         gen = None
-        pending = None  # newest coalesced item not yet emitted
-        last_emit = 0.0
+        pending = None  # newest coalesced item not yet delivered
+        last_post = 0.0
         try:
             gen = self._fn(*self._args, **self._kwargs)
             while True:
@@ -190,23 +234,22 @@ class GeneratorWorker(QObject):
                     break
                 if self._coalesce is not None and self._coalesce(item):
                     now = time.monotonic()
-                    if now - last_emit < self._min_interval:
+                    if now - last_post < self._min_interval:
                         pending = item
                         continue
                     pending = None
-                    last_emit = now
-                    self._emit(item)
+                    last_post = now
+                    self._post(item)
                 else:
                     if pending is not None:
-                        self._emit(pending)
+                        self._post(pending)
                         pending = None
-                    self._emit(item)
+                    self._post(item)
             if pending is not None:
-                self._emit(pending)
+                self._post(pending)
         except BaseException as exc:  # shown to the user, never a crash
             self.traceback_text = traceback.format_exc()
-            self.done = True
-            self.errored.emit(error_message(exc))
+            self._queue.put((_ERROR, error_message(exc), None))
             return
         finally:
             if gen is not None and hasattr(gen, "close"):
@@ -214,8 +257,7 @@ class GeneratorWorker(QObject):
                     gen.close()
                 except Exception:  # a generator that fails while closing: nothing to do
                     pass
-        self.done = True
-        self.finished.emit(None if self._cancel else self.result)
+        self._queue.put((_FINISH, None if self._cancel else self.result, None))
 
 
 def run_once(fn: Callable[..., Any], *args: Any, parent=None, **kwargs: Any) -> GeneratorWorker:

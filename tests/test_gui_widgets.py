@@ -1,0 +1,268 @@
+"""The window's parts on their own: canvas overlays and tools, queue model, IEL panel,
+training form (checked against the config dataclasses), help dialogs, a 5,000-pair queue."""
+
+import dataclasses
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+
+from ielstudio.gui.canvas import ADDED_COLOR, REMOVED_COLOR, Canvas, class_lut, difference_lut, difference_map  # noqa: E402
+from ielstudio.gui.review_queue import QueueRow, ReviewQueue  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- canvas
+
+def test_difference_map_marks_added_and_removed_pixels():
+    given = np.zeros((4, 5), np.int64)
+    given[0, :3] = 1
+    prop = np.zeros((4, 5), np.int64)
+    prop[0, 1:4] = 1
+    prop[3, 0] = 2
+    d = difference_map(given, prop)
+    assert d.tolist() == [[2, 0, 0, 1, 0], [0] * 5, [0] * 5, [1, 0, 0, 0, 0]]
+    assert tuple(difference_lut()[1, :3]) == ADDED_COLOR and tuple(difference_lut()[2, :3]) == REMOVED_COLOR
+    lut = class_lut()
+    assert lut[0, 3] == 0 and lut[1, 3] == 255  # background transparent, classes opaque
+
+
+def test_canvas_layers_toggles_and_opacity(qtbot):
+    c = Canvas()
+    qtbot.addWidget(c)
+    img = np.linspace(0, 1, 30 * 40, dtype=np.float32).reshape(1, 30, 40)
+    c.set_image(img)
+    assert c.image_item.image.shape == (30, 40)
+    assert tuple(c.image_item.levels) == (0.0, 1.0)  # fixed levels: panning never recomputes them
+    given = np.zeros((30, 40), np.int64)
+    given[5:10, 5:10] = 1
+    prop = np.zeros((30, 40), np.int64)
+    prop[5:10, 7:12] = 1
+    c.set_mask(given)
+    c.set_proposal(prop, given)
+    d = c.layer_data("difference")
+    assert int((d == 1).sum()) == 10 and int((d == 2).sum()) == 10
+    c.set_overlay_visible("difference", False)
+    assert not c.items["difference"].isVisible() and not c.checks["difference"].isChecked()
+    c.checks["proposal"].setChecked(True)
+    assert c.overlay_visible("proposal")
+    c.sliders["mask"].setValue(20)
+    assert c.overlay_opacity("mask") == pytest.approx(0.2)
+    c.set_overlay_opacity("proposal", 0.7)
+    assert c.sliders["proposal"].value() == 70
+    # a new image clears the overlays of the previous one
+    c.set_image(img)
+    assert c.layer_data("mask") is None
+
+
+def test_brush_stroke_footprint_is_a_thick_line(qtbot):
+    c = Canvas()
+    qtbot.addWidget(c)
+    c.set_image(np.zeros((1, 50, 50), np.float32))
+    got = []
+    c.strokeFinished.connect(lambda fp, v: got.append((fp, v)))
+    c.set_brush_radius(3)
+    c.brush_class = 2
+    c.paint_stroke([(10, 10), (10, 30)], tool="brush")
+    fp, value = got[-1]
+    assert value == 2 and fp.dtype == bool
+    expected = np.zeros((50, 50), np.uint8)
+    cv2.line(expected, (10, 10), (30, 10), 1, 7)
+    cv2.circle(expected, (10, 10), 3, 1, -1)
+    cv2.circle(expected, (30, 10), 3, 1, -1)
+    np.testing.assert_array_equal(fp, expected.astype(bool))
+    c.paint_stroke([(40, 40)], tool="eraser")
+    assert got[-1][1] == 0 and int(got[-1][0].sum()) == 29  # disk of radius 3
+    assert c.stroke_item.image is None  # the preview is cleared after the stroke
+
+
+def test_object_click_reports_pixel(qtbot):
+    c = Canvas()
+    qtbot.addWidget(c)
+    c.set_image(np.zeros((1, 20, 20), np.float32))
+    got = []
+    c.objectClicked.connect(lambda r, col: got.append((r, col)))
+    from PySide6.QtCore import QPointF
+
+    c._object_click(QPointF(7.6, 3.2))
+    c._object_click(QPointF(25, 3))  # outside the image: ignored
+    assert got == [(3, 7)]
+
+
+# ----------------------------------------------------------------------------- queue
+
+def test_queue_sorts_unscored_last_and_keeps_skipped_reason(qtbot):
+    q = ReviewQueue()
+    qtbot.addWidget(q)
+    q.model.set_rows([QueueRow("a", score=0.5), QueueRow("b"), QueueRow("c", score=0.1),
+                      QueueRow("bad.png", status="skipped", reason="mask is 10x10 px but image is 20x20 px")])
+    assert q.visible_names()[:2] == ["c", "a"]
+    q.model.update("b", score=0.05)
+    assert q.visible_names()[0] == "b"  # re-sorted live when scores change
+    i = q.model.row_of("bad.png")
+    tip = q.model.data(q.model.index(i, 1), Qt.ItemDataRole.ToolTipRole)
+    assert "10x10" in tip
+    assert "1 skipped" in q.summary.text()
+    q.select("a")
+    assert q.current_name() == "a"
+    assert q.step(1) == q.visible_names()[q.visible_names().index("a") + 1]
+
+
+def test_queue_of_5000_pairs_opens_fast(qtbot, tmp_path):
+    from ielstudio.gui.main_window import MainWindow
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    ok, png = cv2.imencode(".png", np.full((16, 16), 128, np.uint8))
+    ok, mpng = cv2.imencode(".png", np.zeros((16, 16), np.uint8))
+    for i in range(5000):
+        (images / f"im{i:05d}.png").write_bytes(png.tobytes())
+        (masks / f"im{i:05d}.png").write_bytes(mpng.tobytes())
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), data_dir=tmp_path / "d")
+    qtbot.addWidget(w)
+    t0 = time.perf_counter()
+    assert w.open_folders(images, masks)
+    elapsed = time.perf_counter() - t0
+    assert len(w.queue.model.rows) == 5000 and w.project.count() == 5000
+    assert len(w._samples) == 1  # only the shown image was read
+    assert elapsed < 10.0, elapsed  # names only: typically well under a second
+    w.close()
+
+
+# ----------------------------------------------------------------------------- IEL panel
+
+def test_iel_panel_shows_defect_maps_and_steps(qtbot):
+    from ielstudio.core.iel import IELConfig, defect_maps, one_hot
+    from ielstudio.gui.iel_panel import IELPanel
+
+    p = IELPanel()
+    qtbot.addWidget(p)
+    mask = np.zeros((24, 24), np.int64)
+    mask[6:18, 6:18] = 1
+    mask[3, 3] = 1  # a speck: strongly amplified
+    cfg = IELConfig(heat_steps=6)
+    probs = np.stack([1.0 - 0.8 * mask, 0.8 * mask]).astype(np.float32)
+    with qtbot.waitSignal(p.updated, timeout=20000):
+        p.request(mask, probs, 2, cfg)
+    ref = defect_maps(one_hot(mask, 2), cfg)
+    assert p.slider.maximum() == ref.steps.shape[0] - 1 and p.slider.value() == p.slider.maximum()
+    np.testing.assert_allclose(p.heat_items[0].image, ref.steps[-1], rtol=1e-6)
+    assert p.heat_items[1].image is not None
+    p.slider.setValue(0)
+    assert float(np.abs(p.heat_items[0].image).max()) == 0.0  # k = 0: nothing amplified yet
+    assert p.step_label.text() == "k = 0"
+    p.slider.setValue(3)
+    np.testing.assert_allclose(p.heat_items[0].image, ref.steps[3], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- training form
+
+def test_training_form_fields_match_config_dataclasses(qtbot):
+    from ielstudio.core.iel import IELConfig
+    from ielstudio.core.training import TrainConfig
+    from ielstudio.gui.training_panel import IEL_FIELDS, TRAIN_FIELDS, TrainingPanel, parse_classes
+
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    iel_names = {f.name for f in dataclasses.fields(IELConfig)}
+    assert set(TRAIN_FIELDS) <= train_names and set(IEL_FIELDS) <= iel_names
+    panel = TrainingPanel()
+    qtbot.addWidget(panel)
+    # the form starts from the dataclass defaults
+    default = TrainConfig()
+    assert panel.config() == default
+    panel.heat_dt.setValue(0.05)
+    panel.heat_steps.setValue(7)
+    panel.convex_classes.setText("1, 2")
+    panel.max_steps.setValue(40)
+    panel.epochs.setValue(3)
+    cfg = panel.config(TrainConfig(width=8))
+    assert cfg.width == 8 and cfg.max_steps == 40 and cfg.epochs == 3
+    assert cfg.iel.heat_dt == pytest.approx(0.05) and cfg.iel.heat_steps == 7 and cfg.iel.convex_classes == (1, 2)
+    # round trip: a config shown in the form reads back the same
+    panel2 = TrainingPanel()
+    qtbot.addWidget(panel2)
+    panel2.set_from_config(cfg)
+    assert panel2.config(TrainConfig(width=8)) == cfg
+    with pytest.raises(ValueError):
+        parse_classes("0")
+    panel.set_running(True)
+    assert not panel.start_button.isEnabled() and panel.stop_button.isEnabled() and not panel.arch.isEnabled()
+    assert "params" in panel.params_label.text()
+
+
+def test_step_event_updates_progress_eta_and_curve(qtbot):
+    from ielstudio.core.training import EvalEvent, StepEvent
+    from ielstudio.gui.training_panel import TrainingPanel, format_eta
+
+    panel = TrainingPanel()
+    qtbot.addWidget(panel)
+    panel.on_step(StepEvent(step=30, total_steps=120, epoch=2, loss=0.5, lr=1e-3, eta_s=75.0))
+    panel.on_step(StepEvent(step=40, total_steps=120, epoch=2, loss=0.4, lr=1e-3, eta_s=65.0))
+    panel.on_eval(EvalEvent(step=40, agreement=0.8))
+    assert panel.progress.maximum() == 120 and panel.progress.value() == 40
+    assert "ETA 1 min 05 s" in panel.progress.format()
+    x, y = panel.loss_curve.getData()
+    assert list(x) == [30, 40] and list(y) == pytest.approx([0.5, 0.4])
+    assert list(panel.agree_curve.getData()[1]) == pytest.approx([0.8])
+    assert format_eta(3725) == "1 h 02 min" and format_eta(None) == "–"
+
+
+# ----------------------------------------------------------------------------- dialogs and window
+
+def test_shortcuts_dialog_lists_every_window_shortcut(qtbot, tmp_path):
+    from ielstudio.gui.dialogs import SHORTCUTS, ShortcutsDialog, about_html
+    from ielstudio.gui.main_window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), data_dir=tmp_path)
+    qtbot.addWidget(w)
+    d = ShortcutsDialog()
+    qtbot.addWidget(d)
+    listed = {d.table.item(i, 0).text() for i in range(d.table.rowCount())}
+    for key, action in w.actions.items():
+        for seq in action.shortcuts():
+            text = seq.toString()
+            assert any(text in row.split("  or  ") for row in listed), (key, text)
+    assert len(SHORTCUTS) == d.table.rowCount()
+    html = about_html()
+    for needle in ("MIT", "2307.07344", "1804.04272", "Schönlieb", "PDE-based Group Equivariant", "SIAM"):
+        assert needle in html
+
+
+def test_window_remembers_geometry_and_form(qtbot, tmp_path):
+    from ielstudio.gui.main_window import MainWindow
+
+    ini = str(tmp_path / "s.ini")
+    w = MainWindow(settings=QSettings(ini, QSettings.Format.IniFormat), data_dir=tmp_path)
+    qtbot.addWidget(w)
+    w.resize(640, 470)  # inside the offscreen screen (800x600)
+    w.training_panel.heat_steps.setValue(9)
+    w.canvas.set_overlay_opacity("mask", 0.3)
+    w.canvas.set_brush_radius(11)
+    w.close()
+    w2 = MainWindow(settings=QSettings(ini, QSettings.Format.IniFormat), data_dir=tmp_path)
+    qtbot.addWidget(w2)
+    assert (w2.width(), w2.height()) == (640, 470)
+    assert w2.training_panel.heat_steps.value() == 9
+    assert w2.canvas.overlay_opacity("mask") == pytest.approx(0.3)
+    assert w2.canvas.brush_radius == 11
+
+
+def test_drop_of_a_folder_with_images_and_masks_opens_it(qtbot, tmp_path):
+    from ielstudio.gui.main_window import MainWindow
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    cv2.imwrite(str(root / "images" / "a.png"), np.full((12, 12), 90, np.uint8))
+    cv2.imwrite(str(root / "masks" / "a.png"), np.zeros((12, 12), np.uint8))
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), data_dir=tmp_path)
+    qtbot.addWidget(w)
+    assert w.open_dropped([root])
+    assert [r.name for r in w.queue.model.rows] == ["a"]
+    w.close()
