@@ -360,110 +360,128 @@ def concave_support(mask: torch.Tensor, radii=(3, 6, 9), band: int = 2) -> torch
         return outer | (near & mask)
 
 
-def _grow_support_(support: torch.Tensor, new_mask: torch.Tensor, flipped: torch.Tensor, radii, band: int) -> str:
-    """Update S in place after foreground pixels ``flipped`` turned background (exact).
+class _Support:
+    """The concave support S of a batch of hard masks (N, 1, H, W), as a dense mask and a pixel list.
 
-    The mask only shrinks inside S, so box fractions only drop: old background
-    pixels can leave but never join the concave region, and the new region
-    members are flipped pixels (already in S). Only their band is new:
-    ``S |= dilate(flipped & region(new_mask), band) & new_mask``. With few flips
-    this is evaluated at those pixels only (windows gathered around them);
-    otherwise the support of the affected samples is recomputed in full.
-    Returns "sparse", "full" or "none" (for statistics).
+    ``idx`` are the flat indices of the S pixels, ``nbr`` (4, |S|) those of their
+    right, left, lower and upper neighbours (replicate at the image border).
+    ``flip`` updates S exactly after foreground pixels turned background: the
+    mask only shrinks inside S, so box fractions only drop; old background pixels
+    can leave but never join the concave region, and the new region members are
+    flipped pixels (already in S). Only their band is new:
+    ``S |= dilate(flipped & region(new mask), band) & new mask``. With few flips
+    this is evaluated from windows gathered around them (small radii first);
+    otherwise the affected samples are recomputed in full.
     """
-    if band <= 0:
-        return "none"  # the region itself only gains flipped pixels, which are in S already
-    n_img, _, h, w = new_mask.shape
-    big = max(radii)
-    where = flipped.nonzero()
-    nf = where.shape[0]
-    if nf > SPARSE_UPDATE_FRACTION * new_mask.numel():
-        idx = torch.unique(where[:, 0])
-        support[idx] |= concave_support(new_mask[idx], radii, band)
-        return "full"
-    dev = new_mask.device
-    hp, wp = h + 2 * big, w + 2 * big
-    padded = F.pad(new_mask, (big, big, big, big)).reshape(-1)  # False outside the image
-    ni, yi, xi = where[:, 0], where[:, 2], where[:, 3]
-    centre = ni * (hp * wp) + (yi + big) * wp + (xi + big)  # flat index in the padded masks
 
-    def offsets(r: int) -> torch.Tensor:
-        d = torch.arange(-r, r + 1, device=dev)
-        return (d[:, None] * wp + d[None, :]).reshape(-1)
+    def __init__(self, mask: torch.Tensor, radii, band: int):
+        self.n, _, self.h, self.w = mask.shape
+        self.radii, self.band, self.big = tuple(sorted(radii)), band, max(radii)
+        self.hp, self.wp = self.h + 2 * self.big, self.w + 2 * self.big
+        self.mask = mask
+        self.padded = F.pad(mask, (self.big,) * 4).reshape(-1)  # False outside the image
+        self.dense = concave_support(mask, radii, band)
+        self._reindex()
 
-    hit = torch.zeros(nf, dtype=torch.bool, device=dev)
-    todo = torch.arange(nf, device=dev)
-    for r in sorted(radii):  # small windows first: most flipped pixels pass there
-        win = padded[centre[todo, None] + offsets(r)[None, :]]
-        ok = win.sum(1, dtype=torch.int32) >= _half_counts(h, w, r, dev)[yi[todo], xi[todo]]
-        hit[todo[ok]] = True
-        todo = todo[~ok]
-        if todo.numel() == 0:
-            break
-    q = (centre[hit, None] + offsets(band)[None, :]).reshape(-1)
-    q = q[padded[q]]  # band pixels in the new mask (never outside the image)
-    n_q, rest = q // (hp * wp), q % (hp * wp)
-    y_q, x_q = rest // wp - big, rest % wp - big
-    support.view(-1)[(n_q * h + y_q) * w + x_q] = True
-    return "sparse"
+    def _neighbours(self, idx: torch.Tensor) -> torch.Tensor:
+        h, w = self.h, self.w
+        y, x = (idx % (h * w)) // w, idx % w
+        right, left = (x < w - 1).long(), (x > 0).long()
+        down, up = (y < h - 1).long() * w, (y > 0).long() * w
+        return torch.stack((idx + right, idx - left, idx + down, idx - up))
 
+    def _reindex(self) -> None:
+        self.idx = self.dense.reshape(-1).nonzero()[:, 0]
+        self.nbr = self._neighbours(self.idx)
 
-def _central_diffs(phi: torch.Tensor, eps: float = GRAD_EPS):
-    """Un-halved central differences a, b (replicate padding) and g = sqrt(a^2 + b^2 + 4 eps) = 2 |grad phi|."""
-    p = F.pad(phi, (1, 1, 1, 1), mode="replicate")
-    a = p[..., 1:-1, 2:] - p[..., 1:-1, :-2]
-    b = p[..., 2:, 1:-1] - p[..., :-2, 1:-1]
-    g = (a * a).addcmul_(b, b).add_(4.0 * eps).sqrt_()
-    return a, b, g
+    def _offsets(self, r: int) -> torch.Tensor:
+        d = torch.arange(-r, r + 1, device=self.mask.device)
+        return (d[:, None] * self.wp + d[None, :]).reshape(-1)
 
-
-def _sub_diff_transpose_(lam: torch.Tensor, m: torch.Tensor, dim: int, c: float) -> None:
-    """In place ``lam -= c * D^T m`` for D the un-halved central difference along ``dim`` (replicate)."""
-    n = lam.shape[dim]
-    lam.narrow(dim, 1, n - 1).sub_(m.narrow(dim, 0, n - 1), alpha=c)
-    lam.narrow(dim, 0, n - 1).add_(m.narrow(dim, 1, n - 1), alpha=c)
-    lam.narrow(dim, n - 1, 1).sub_(m.narrow(dim, n - 1, 1), alpha=c)
-    lam.narrow(dim, 0, 1).add_(m.narrow(dim, 0, 1), alpha=c)
+    def flip(self, flipped: torch.Tensor) -> str:
+        """Pixels ``flipped`` (flat indices) left the mask; update S. Returns "sparse", "full" or "none"."""
+        h, w, big, hp, wp = self.h, self.w, self.big, self.hp, self.wp
+        ni, rem = flipped // (h * w), flipped % (h * w)
+        yi, xi = rem // w, rem % w
+        centre = ni * (hp * wp) + (yi + big) * wp + (xi + big)  # flat index in the padded mask
+        self.mask.view(-1).index_fill_(0, flipped, False)
+        self.padded.index_fill_(0, centre, False)
+        if self.band <= 0:
+            return "none"  # the region only gains flipped pixels, which are in S already
+        nf = flipped.numel()
+        if nf > SPARSE_UPDATE_FRACTION * self.mask.numel():
+            sel = torch.unique(ni)
+            self.dense[sel] |= concave_support(self.mask[sel], self.radii, self.band)
+            self._reindex()
+            return "full"
+        hit = torch.zeros(nf, dtype=torch.bool, device=flipped.device)
+        todo = torch.arange(nf, device=flipped.device)
+        for r in self.radii:  # small windows first: most flipped pixels pass there
+            lin = (centre.index_select(0, todo)[:, None] + self._offsets(r)[None, :]).view(-1)
+            win = self.padded.index_select(0, lin).view(todo.numel(), -1)
+            half = _half_counts(h, w, r, flipped.device).view(-1).index_select(0, rem.index_select(0, todo))
+            ok = win.sum(1, dtype=torch.int32) >= half
+            hit[todo[ok]] = True
+            todo = todo[~ok]
+            if todo.numel() == 0:
+                break
+        q = (centre[hit, None] + self._offsets(self.band)[None, :]).reshape(-1)
+        q = q[self.padded.index_select(0, q)]  # band pixels in the mask (never outside the image)
+        qn, qrest = q // (hp * wp), q % (hp * wp)
+        q = (qn * h + qrest // wp - big) * w + (qrest % wp - big)
+        dense = self.dense.view(-1)
+        new = torch.unique(q[~dense.index_select(0, q)])
+        if new.numel():
+            dense.index_fill_(0, new, True)
+            self.idx = torch.cat((self.idx, new))
+            self.nbr = torch.cat((self.nbr, self._neighbours(new)), 1)
+        return "sparse"
 
 
 class _ConvexEvolve(torch.autograd.Function):
-    """K curve-motion steps without an autograd graph; hand-written adjoint in ``backward``.
+    """K curve-motion steps computed on the S pixels only, with a hand-written adjoint.
 
-    Forward stores ``S a / g`` and ``S b / g`` per step (two maps per step); the
-    backward pass runs the steps in reverse with in-place updates.
+    phi changes only inside S, so each step gathers the 4 neighbours of the S
+    pixels (flat indices, replicate at the image border), updates those pixels in
+    place and stores ``a/g``, ``b/g`` for them; the cost per step is O(|S|).
+    ``backward`` runs the steps in reverse, scattering ``D^T`` with ``scatter_add_``.
     """
 
     @staticmethod
     def forward(ctx, phi0, dt, steps, radii, band, on_step, stats):
-        phi = phi0.detach().clone()
-        mask = phi > 0
-        support = concave_support(mask, radii, band)
-        saved = []
+        phi = phi0.detach().clone(memory_format=torch.contiguous_format)
+        flat = phi.view(-1)
+        sup = _Support(phi > 0, radii, band)
         c = dt / 2.0
-        active = steps > 0 and bool(support.any())
-        sf = support.to(phi.dtype) if active else None
+        need_grad = bool(ctx.needs_input_grad[0])
+        saved = []
+        active = steps > 0 and sup.idx.numel() > 0
         for k in range(steps if active else 0):
-            a, b, g = _central_diffs(phi)
-            phi.addcmul_(sf, g, value=-c)
-            ratio = torch.div(sf, g)
-            saved += [a.mul_(ratio), b.mul_(ratio)]
+            idx, nbr = sup.idx, sup.nbr
+            v = flat.index_select(0, nbr.view(-1)).view(4, -1)
+            a, b = v[0] - v[1], v[2] - v[3]
+            g = (a * a).addcmul_(b, b).add_(4.0 * GRAD_EPS).sqrt_()
+            old = flat.index_select(0, idx)
+            new = torch.add(old, g, alpha=-c)
+            flat.scatter_(0, idx, new)
+            if need_grad:
+                g.reciprocal_()
+                saved.append((idx, nbr, a.mul_(g), b.mul_(g)))
             if on_step is not None:
                 on_step(k + 1, phi)
             if k == steps - 1:
                 break
-            new_mask = phi > 0
-            flipped = mask > new_mask  # phi never grows: pixels can only leave the mask
+            flipped = (old > 0) & (new <= 0)  # phi never grows: pixels can only leave the mask
             if bool(flipped.any()):
-                kind = _grow_support_(support, new_mask, flipped, radii, band)
+                kind = sup.flip(idx[flipped])
                 if stats is not None:
                     stats[kind] = stats.get(kind, 0) + 1
-                sf = support.to(phi.dtype)
-            mask = new_mask
         if not active and on_step is not None:
             for k in range(steps):
                 on_step(k + 1, phi)
+        support = sup.dense
         ctx.c = c
-        ctx.save_for_backward(*saved)
+        ctx.steps_saved = saved
         ctx.mark_non_differentiable(support)
         return phi, support
 
@@ -471,12 +489,14 @@ class _ConvexEvolve(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_phi, grad_support):
         lam = grad_phi.clone(memory_format=torch.contiguous_format)
-        saved = ctx.saved_tensors
-        for k in range(len(saved) // 2 - 1, -1, -1):
-            ra, rb = saved[2 * k], saved[2 * k + 1]
-            m1, m2 = lam * ra, lam * rb
-            _sub_diff_transpose_(lam, m1, -1, ctx.c)
-            _sub_diff_transpose_(lam, m2, -2, ctx.c)
+        flat = lam.view(-1)
+        c = ctx.c
+        for idx, nbr, ra, rb in reversed(ctx.steps_saved):
+            ls = flat.index_select(0, idx)
+            m1, m2 = ls * ra, ls * rb
+            # a = phi[right] - phi[left], b = phi[down] - phi[up]; lam -= c * (Da^T m1 + Db^T m2)
+            flat.scatter_add_(0, nbr.view(-1), torch.stack((m1, -m1, m2, -m2)).mul_(-c).view(-1))
+        ctx.steps_saved = None
         return lam, None, None, None, None, None, None
 
 
@@ -490,7 +510,7 @@ def convex_evolve(
     incrementally from the pixels whose M changed (``_grow_support_``); ``stats``
     (a dict) counts how each update was done. ``on_step(k, phi_k)`` is called after each
     step k = 1..K (for display; do not keep ``phi_k``, it is updated in place).
-    Differentiable in ``phi`` (hand-written backward).
+    Differentiable in ``phi`` (hand-written backward); cost per step O(|S|).
     """
     return _ConvexEvolve.apply(phi, float(dt), int(steps), tuple(radii), int(band), on_step, stats)
 
