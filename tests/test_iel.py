@@ -181,7 +181,7 @@ def test_convex_deepens_dent_and_leaves_disc():
 @pytest.mark.parametrize("update", ["sparse", "full"])
 def test_convex_fast_equals_reference(update, monkeypatch):
     # both ways of updating S after mask changes must give the direct loop's numbers
-    monkeypatch.setattr(iel, "SPARSE_UPDATE_FRACTION", 1e9 if update == "sparse" else 0.0)
+    monkeypatch.setattr(iel, "SPARSE_UPDATE_BUDGET", 1e9 if update == "sparse" else 0.0)
     torch.manual_seed(3)
     x = F.avg_pool2d(torch.randn(2, 3, 36, 32, dtype=torch.float64), 5, 1, 2) * 5
     for classes, radii, band in [((1,), (3, 6, 9), 2), ((1, 2), (2, 5), 1), ((2,), (4,), 0)]:

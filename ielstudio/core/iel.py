@@ -34,10 +34,10 @@ from torch import nn
 #: Largest image side for the DCT fast path of ``HeatIEL``; larger maps use the step loop.
 DCT_MAX_SIDE = 512
 
-#: ConvexIEL updates S from windows around the flipped pixels while they are at most this
-#: fraction of all mask pixels; above it recomputes the affected samples (both exact;
-#: crossover measured on CPU at about 1/40 for 8 x 128 x 128).
-SPARSE_UPDATE_FRACTION = 1 / 64
+#: ConvexIEL updates S from a (2 max(radii) + 1)^2 window gathered around each flipped
+#: pixel while those windows hold at most this many times the mask's pixels; above, it
+#: recomputes the affected samples in full (both exact; CPU crossover measured near 9).
+SPARSE_UPDATE_BUDGET = 8.0
 
 #: Added to |grad phi|^2 before the square root (as in the reference code).
 GRAD_EPS = 1e-6
@@ -360,6 +360,32 @@ def concave_support(mask: torch.Tensor, radii=(3, 6, 9), band: int = 2) -> torch
         return outer | (near & mask)
 
 
+_INDEX_CACHE: dict = {}
+
+
+def _index_tables(n: int, h: int, w: int, big: int, device):
+    """Flat-index tables for ``_Support`` (cached): to padded, from padded, 4 neighbours."""
+    key = (n, h, w, big, str(device))
+    t = _INDEX_CACHE.get(key)
+    if t is None:
+        hp, wp = h + 2 * big, w + 2 * big
+        ni, yi, xi = torch.meshgrid(torch.arange(n), torch.arange(h), torch.arange(w), indexing="ij")
+        to_pad = (ni * (hp * wp) + (yi + big) * wp + (xi + big)).reshape(-1)
+        from_pad = torch.full((n * hp * wp,), -1, dtype=torch.long)
+        from_pad[to_pad] = torch.arange(n * h * w)
+        flat = torch.arange(n * h * w).reshape(n, h, w)
+        right = torch.cat((flat[..., 1:], flat[..., -1:]), -1)  # replicate at the border
+        left = torch.cat((flat[..., :1], flat[..., :-1]), -1)
+        down = torch.cat((flat[:, 1:], flat[:, -1:]), 1)
+        up = torch.cat((flat[:, :1], flat[:, :-1]), 1)
+        nbr = torch.stack((right, left, down, up)).reshape(4, -1)
+        t = tuple(x.to(device) for x in (to_pad, from_pad, nbr))
+        if len(_INDEX_CACHE) > 16:
+            _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = t
+    return t
+
+
 class _Support:
     """The concave support S of a batch of hard masks (N, 1, H, W), as a dense mask and a pixel list.
 
@@ -370,71 +396,56 @@ class _Support:
     can leave but never join the concave region, and the new region members are
     flipped pixels (already in S). Only their band is new:
     ``S |= dilate(flipped & region(new mask), band) & new mask``. With few flips
-    this is evaluated from windows gathered around them (small radii first);
-    otherwise the affected samples are recomputed in full.
+    this is evaluated from windows gathered around them; otherwise the affected
+    samples are recomputed in full.
     """
 
     def __init__(self, mask: torch.Tensor, radii, band: int):
         self.n, _, self.h, self.w = mask.shape
-        self.radii, self.band, self.big = tuple(sorted(radii)), band, max(radii)
-        self.hp, self.wp = self.h + 2 * self.big, self.w + 2 * self.big
+        self.radii, self.band, self.big = tuple(radii), band, max(radii)
+        self.to_pad, self.from_pad, self.nbr_all = _index_tables(self.n, self.h, self.w, self.big, mask.device)
+        wp = self.w + 2 * self.big
+        d = torch.arange(-self.big, self.big + 1, device=mask.device)
+        self.window = (d[:, None] * wp + d[None, :]).reshape(-1)
+        d = torch.arange(-band, band + 1, device=mask.device)
+        self.band_window = (d[:, None] * wp + d[None, :]).reshape(-1)
         self.mask = mask
         self.padded = F.pad(mask, (self.big,) * 4).reshape(-1)  # False outside the image
         self.dense = concave_support(mask, radii, band)
-        self._reindex()
-
-    def _neighbours(self, idx: torch.Tensor) -> torch.Tensor:
-        h, w = self.h, self.w
-        y, x = (idx % (h * w)) // w, idx % w
-        right, left = (x < w - 1).long(), (x > 0).long()
-        down, up = (y < h - 1).long() * w, (y > 0).long() * w
-        return torch.stack((idx + right, idx - left, idx + down, idx - up))
-
-    def _reindex(self) -> None:
         self.idx = self.dense.reshape(-1).nonzero()[:, 0]
-        self.nbr = self._neighbours(self.idx)
-
-    def _offsets(self, r: int) -> torch.Tensor:
-        d = torch.arange(-r, r + 1, device=self.mask.device)
-        return (d[:, None] * self.wp + d[None, :]).reshape(-1)
+        self.nbr = self.nbr_all.index_select(1, self.idx)
 
     def flip(self, flipped: torch.Tensor) -> str:
         """Pixels ``flipped`` (flat indices) left the mask; update S. Returns "sparse", "full" or "none"."""
-        h, w, big, hp, wp = self.h, self.w, self.big, self.hp, self.wp
-        ni, rem = flipped // (h * w), flipped % (h * w)
-        yi, xi = rem // w, rem % w
-        centre = ni * (hp * wp) + (yi + big) * wp + (xi + big)  # flat index in the padded mask
+        centre = self.to_pad.index_select(0, flipped)
         self.mask.view(-1).index_fill_(0, flipped, False)
         self.padded.index_fill_(0, centre, False)
         if self.band <= 0:
             return "none"  # the region only gains flipped pixels, which are in S already
-        nf = flipped.numel()
-        if nf > SPARSE_UPDATE_FRACTION * self.mask.numel():
-            sel = torch.unique(ni)
+        h, w, big = self.h, self.w, self.big
+        if flipped.numel() * (2 * big + 1) ** 2 > SPARSE_UPDATE_BUDGET * self.mask.numel():
+            sel = torch.unique(flipped // (h * w))
             self.dense[sel] |= concave_support(self.mask[sel], self.radii, self.band)
-            self._reindex()
+            self.idx = self.dense.reshape(-1).nonzero()[:, 0]
+            self.nbr = self.nbr_all.index_select(1, self.idx)
             return "full"
-        hit = torch.zeros(nf, dtype=torch.bool, device=flipped.device)
-        todo = torch.arange(nf, device=flipped.device)
-        for r in self.radii:  # small windows first: most flipped pixels pass there
-            lin = (centre.index_select(0, todo)[:, None] + self._offsets(r)[None, :]).view(-1)
-            win = self.padded.index_select(0, lin).view(todo.numel(), -1)
-            half = _half_counts(h, w, r, flipped.device).view(-1).index_select(0, rem.index_select(0, todo))
-            ok = win.sum(1, dtype=torch.int32) >= half
-            hit[todo[ok]] = True
-            todo = todo[~ok]
-            if todo.numel() == 0:
-                break
-        q = (centre[hit, None] + self._offsets(self.band)[None, :]).reshape(-1)
-        q = q[self.padded.index_select(0, q)]  # band pixels in the mask (never outside the image)
-        qn, qrest = q // (hp * wp), q % (hp * wp)
-        q = (qn * h + qrest // wp - big) * w + (qrest % wp - big)
+        side = 2 * big + 1
+        win = self.padded.index_select(0, (centre[:, None] + self.window[None, :]).view(-1))
+        win = win.view(-1, side, side).to(torch.int32)
+        rem = flipped % (h * w)
+        hit = None
+        for r in self.radii:
+            total = win[:, big - r : big + r + 1, big - r : big + r + 1].sum((1, 2), dtype=torch.int32)
+            ok = total >= _half_counts(h, w, r, flipped.device).view(-1).index_select(0, rem)
+            hit = ok if hit is None else hit.logical_or_(ok)
+        q = (centre[hit][:, None] + self.band_window[None, :]).view(-1)
+        q = self.from_pad.index_select(0, q[self.padded.index_select(0, q)])  # band pixels in the mask
         dense = self.dense.view(-1)
         new = torch.unique(q[~dense.index_select(0, q)])
         if new.numel():
             dense.index_fill_(0, new, True)
             self.idx = torch.cat((self.idx, new))
-            self.nbr = torch.cat((self.nbr, self._neighbours(new)), 1)
+            self.nbr = torch.cat((self.nbr, self.nbr_all.index_select(1, new)), 1)
         return "sparse"
 
 
