@@ -120,22 +120,28 @@ class _MaxPlus(torch.autograd.Function):
         out = f.new_empty(B, C, O, H, W)
         idx = torch.empty(B, C, O, H, W, dtype=torch.uint8, device=f.device)
         need_index = any(ctx.needs_input_grad[:2])  # skip the arg-max for inference
+        # chunks: several orientations of one (b, c) plane, or blocks of rows of one orientation
         o_step = max(1, min(O, chunk // (n * H * W)))
-        vals_buf = f.new_empty(o_step, M, S, S, H, W)
+        rows = H if o_step > 1 else max(1, min(H, chunk // (n * W)))
+        vals_buf = f.new_empty(o_step * n * rows * W)
         rank = torch.arange(1, n + 1, dtype=f.dtype, device=f.device).view(1, n, 1, 1)
         for b in range(B):
             for c in range(C):
                 for o0 in range(0, O, o_step):
                     o1 = min(O, o0 + o_step)
-                    view = padded.as_strided((o1 - o0, M, S, S, H, W), (sO, sO, sH, sW, sH, sW), b * sB + c * sC + o0 * sO)
-                    vals = torch.sub(view, kernel[c, o0:o1, :, :, :, None, None], out=vals_buf[: o1 - o0])
-                    vals = vals.view(o1 - o0, n, H, W)
-                    best = torch.amax(vals, dim=1, out=out[b, c, o0:o1])
-                    if not need_index:
-                        continue
-                    # index of the maximiser: 1 where vals == best, times 1..n, max over offsets
-                    vals.sub_(best.unsqueeze(1)).eq_(0).mul_(rank)
-                    idx[b, c, o0:o1] = (torch.amax(vals, dim=1) - 1).to(torch.uint8)
+                    for y0 in range(0, H, rows):
+                        y1 = min(H, y0 + rows)
+                        shape = (o1 - o0, M, S, S, y1 - y0, W)
+                        start = b * sB + c * sC + o0 * sO + y0 * sH
+                        view = padded.as_strided(shape, (sO, sO, sH, sW, sH, sW), start)
+                        kern = kernel[c, o0:o1, :, :, :, None, None]
+                        vals = torch.sub(view, kern, out=vals_buf[: math.prod(shape)].view(shape))
+                        vals = vals.view(o1 - o0, n, y1 - y0, W)
+                        best = torch.amax(vals, dim=1, out=out[b, c, o0:o1, y0:y1])
+                        if need_index:
+                            # index of the maximiser: 1 where vals == best, times 1..n, max over offsets
+                            vals.sub_(best.unsqueeze(1)).eq_(0).mul_(rank)
+                            idx[b, c, o0:o1, y0:y1] = (torch.amax(vals, dim=1) - 1).to(torch.uint8)
         ctx.save_for_backward(idx)
         ctx.geometry = (B, C, O, H, W, M, S)
         return out
@@ -178,12 +184,12 @@ class _MaxPlus(torch.autograd.Function):
         return grad_f, grad_k, None
 
 
-def max_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 21) -> torch.Tensor:
+def max_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
     """Dilation: max over the neighbourhood of f - kernel. f: B x C x O x H x W, kernel: C x O x M x S x S."""
     return _MaxPlus.apply(f, kernel, chunk)
 
 
-def min_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 21) -> torch.Tensor:
+def min_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
     """Erosion: min over the neighbourhood of f + kernel."""
     return -_MaxPlus.apply(-f, kernel, chunk)
 
@@ -326,7 +332,10 @@ class PDELayer(nn.Module):
         self.norm = nn.BatchNorm3d(c_out)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.mix(self.erosion(self.dilation(self.convection(f)))))
+        f = self.erosion(self.dilation(self.convection(f)))
+        B, C = f.shape[:2]
+        w = self.mix.weight.view(self.mix.out_channels, C)  # 1x1x1 mix as a matmul (conv3d is slow on CPU)
+        return self.norm(torch.matmul(w, f.reshape(B, C, -1)).view(B, -1, *f.shape[2:]))
 
 
 class LiftConv(nn.Module):
