@@ -1,10 +1,12 @@
 """Micro-benchmark of the IEL layers: forward + backward time per training step.
 
-Batch B x C x 128 x 128 of logits shaped like noisy masks (dented discs, specks,
-ragged borders) added to the output of a tiny conv net (1 -> 16 -> 16 -> C), so
-ratios are relative to a real (if small) network step. Prints measured medians.
+Batch B x C x 128 x 128 of logits shaped like masks of dented discs added to the
+output of a tiny conv net (1 -> 16 -> 16 -> C), so ratios are relative to a real
+(if small) network step. Two inputs: "heavy" (5% of 2x2 blocks flipped, logit
+noise 0.3: many concave spots, hundreds of mask flips per step) and "light"
+(clean dented discs, logit noise 0.05). Prints measured medians.
 
-    python benchmarks/iel_micro.py [--repeat 15] [--threads 1] [--device cpu]
+    python benchmarks/iel_micro.py [--repeat 15] [--threads 1] [--device cpu] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from torch import nn
 from ielstudio.core import iel
 
 
-def noisy_masks(b: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Masks with several dented discs each, plus specks and block noise, (b, size, size) int64."""
+def noisy_masks(b: int, size: int, rng: np.random.Generator, flip: float = 0.05) -> np.ndarray:
+    """Masks with several dented discs each, 2x2 blocks flipped with probability ``flip``, (b, size, size)."""
     y, x = np.mgrid[:size, :size]
     out = np.zeros((b, size, size), np.int64)
     for i in range(b):
@@ -34,8 +36,8 @@ def noisy_masks(b: int, size: int, rng: np.random.Generator) -> np.ndarray:
             a0 = rng.uniform(-np.pi, np.pi)
             dent = (np.abs(np.angle(np.exp(1j * (ang - a0)))) < 0.4) & (d2 > (0.4 * r) ** 2)
             out[i][disc & ~dent] = 1
-        flip = rng.random((size // 2, size // 2)) < 0.05
-        out[i] ^= np.kron(flip, np.ones((2, 2), np.int64)).astype(np.int64)
+        blocks = rng.random((size // 2, size // 2)) < flip
+        out[i] ^= np.kron(blocks, np.ones((2, 2), np.int64)).astype(np.int64)
     return out
 
 
@@ -78,6 +80,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--classes", type=int, default=2)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--scenarios", default="heavy,light")
+    ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall",
         help="cpu: process CPU time (steadier on a shared machine; CPU device only)",
@@ -88,10 +92,21 @@ def main() -> None:
     dev = torch.device(args.device)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     b, c, s = args.batch, args.classes, args.size
+    print(
+        f"device {dev}, threads {torch.get_num_threads()}, B={b} C={c} {s}x{s}, "
+        f"median of {args.repeat}, {args.clock} clock"
+    )
+    for scenario in args.scenarios.split(","):
+        flip, noise = {"heavy": (0.05, 0.3), "light": (0.0, 0.05)}[scenario]
+        run_scenario(scenario, flip, noise, b, c, s, dev, clock, args.repeat, args.naive)
+
+
+def run_scenario(scenario, flip, noise, b, c, s, dev, clock, repeat, with_naive) -> None:
+    torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    masks = torch.from_numpy(noisy_masks(b, s, rng)).to(dev)
+    masks = torch.from_numpy(noisy_masks(b, s, rng, flip)).to(dev)
     prior = F.one_hot(masks, c).permute(0, 3, 1, 2).float() * 4.0 - 2.0
-    prior = F.avg_pool2d(prior, 3, 1, 1) + 0.3 * torch.randn_like(prior)
+    prior = F.avg_pool2d(prior, 3, 1, 1) + noise * torch.randn_like(prior)
     images = (masks.float()[:, None] + 0.3 * torch.randn(b, 1, s, s, device=dev)).contiguous()
     net = tiny_net(c).to(dev)
 
@@ -132,10 +147,9 @@ def main() -> None:
         ("heat+convex K=20 naive", naive_stack),
         ("heat+convex K=20 fast", fast_stack),
     ]
-    print(
-        f"device {dev}, threads {torch.get_num_threads()}, B={b} C={c} {s}x{s}, "
-        f"median of {args.repeat}, {args.clock} clock"
-    )
+    if not with_naive:
+        rows = [r for r in rows if "naive" not in r[0]]
+    print(f"\n[{scenario}] flipped blocks {flip:.0%}, logit noise {noise}")
     print(
         f"convex region S: {support.float().mean().item() * 100:.2f}% of pixels; "
         f"region updates after mask changes (of 19 steps): {stats} (naive: full recompute at all 20)"
@@ -143,8 +157,8 @@ def main() -> None:
     print(f"{'variant':28s} {'layer fwd+bwd ms':>17s} {'train step ms':>14s} {'x no IEL':>9s} {'x heat20':>9s}")
     results = {}
     for name, layer in rows:
-        lt = median_ms(layer_only(layer), args.repeat, dev, clock) if layer is not None else 0.0
-        st = median_ms(lambda: step(layer), args.repeat, dev, clock)
+        lt = median_ms(layer_only(layer), repeat, dev, clock) if layer is not None else 0.0
+        st = median_ms(lambda: step(layer), repeat, dev, clock)
         results[name] = (lt, st)
     base = results["tiny net, no IEL"][1]
     h20 = results["heat K=20 (DCT)"][1]

@@ -404,11 +404,15 @@ class _Support:
         self.n, _, self.h, self.w = mask.shape
         self.radii, self.band, self.big = tuple(radii), band, max(radii)
         self.to_pad, self.from_pad, self.nbr_all = _index_tables(self.n, self.h, self.w, self.big, mask.device)
-        wp = self.w + 2 * self.big
-        d = torch.arange(-self.big, self.big + 1, device=mask.device)
-        self.window = (d[:, None] * wp + d[None, :]).reshape(-1)
-        d = torch.arange(-band, band + 1, device=mask.device)
-        self.band_window = (d[:, None] * wp + d[None, :]).reshape(-1)
+        wp, dev = self.w + 2 * self.big, mask.device
+
+        def window(r: int) -> torch.Tensor:
+            d = torch.arange(-r, r + 1, device=dev)
+            return (d[:, None] * wp + d[None, :]).reshape(1, -1)
+
+        # per radius, smallest first: padded-index offsets and ceil(n/2) per pixel
+        self.tests = [(window(r), _half_counts(self.h, self.w, r, dev).view(-1)) for r in sorted(radii)]
+        self.band_window = window(band)
         self.mask = mask
         self.padded = F.pad(mask, (self.big,) * 4).reshape(-1)  # False outside the image
         self.dense = concave_support(mask, radii, band)
@@ -429,16 +433,19 @@ class _Support:
             self.idx = self.dense.reshape(-1).nonzero()[:, 0]
             self.nbr = self.nbr_all.index_select(1, self.idx)
             return "full"
-        side = 2 * big + 1
-        win = self.padded.index_select(0, (centre[:, None] + self.window[None, :]).view(-1))
-        win = win.view(-1, side, side).to(torch.int32)
         rem = flipped % (h * w)
-        hit = None
-        for r in self.radii:
-            total = win[:, big - r : big + r + 1, big - r : big + r + 1].sum((1, 2), dtype=torch.int32)
-            ok = total >= _half_counts(h, w, r, flipped.device).view(-1).index_select(0, rem)
-            hit = ok if hit is None else hit.logical_or_(ok)
-        q = (centre[hit][:, None] + self.band_window[None, :]).view(-1)
+        hits = []
+        for i, (offsets, half) in enumerate(self.tests):  # most flipped pixels pass the smallest window
+            inside = self.padded.index_select(0, (centre[:, None] + offsets).view(-1))
+            ok = inside.view(centre.numel(), -1).sum(1, dtype=torch.int32) >= half.index_select(0, rem)
+            hits.append(centre[ok])
+            if i + 1 < len(self.tests):
+                miss = ~ok
+                centre, rem = centre[miss], rem[miss]
+                if centre.numel() == 0:
+                    break
+        hit = torch.cat(hits) if len(hits) > 1 else hits[0]
+        q = (hit[:, None] + self.band_window).view(-1)
         q = self.from_pad.index_select(0, q[self.padded.index_select(0, q)])  # band pixels in the mask
         dense = self.dense.view(-1)
         new = torch.unique(q[~dense.index_select(0, q)])
