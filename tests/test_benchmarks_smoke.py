@@ -1,0 +1,116 @@
+"""Smoke tests of the benchmark harness (benchmarks/): exact small cases of its own
+statistics and baselines, and one tiny end-to-end case so the scripts do not rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common as C  # noqa: E402
+
+
+def test_top_precision_counts_worst_images_exactly():
+    truth = [0.9, 0.2, 0.8, 0.95, 0.5, 0.99, 0.7, 0.85, 0.6, 0.4, 0.97]  # 11 images -> k = 2 worst: 0.2, 0.4
+    assert C.top_precision([0.1, 0.05, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], truth) == 0.5  # idx 1 yes, 0 no
+    assert C.top_precision([0.9, 0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.9], truth) == 1.0
+    assert C.top_precision([0.0, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], truth) == 0.0
+
+
+def test_spearman_is_rank_correlation_and_nan_when_constant():
+    assert C.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
+    assert C.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(C.spearman([1, 1, 1, 1], [1, 2, 3, 4]))
+
+
+def test_pixel_flag_quality_against_truly_wrong_pixels():
+    clean = np.zeros((4, 4), np.int64)
+    given = clean.copy()
+    given[0, :3] = 1  # 3 wrong pixels
+    flags = np.zeros((4, 4), bool)
+    flags[0, :2] = True  # 2 of them found
+    flags[3, 3] = True  # 1 false alarm
+    q = C.pixel_flag_quality([flags], [given], [clean])
+    assert q == {"precision": 2 / 3, "recall": 2 / 3}
+
+
+def test_morphology_baseline_removes_specks_and_fills_holes():
+    mask = np.zeros((24, 24), np.int64)
+    mask[4:16, 4:16] = 1
+    mask[9, 9] = 0  # one-pixel hole
+    mask[20, 20] = 1  # one-pixel speck
+    out = C.Morphology(open_r=0, close_r=0, min_area=5)(mask, 2)
+    expected = np.zeros_like(mask)
+    expected[4:16, 4:16] = 1
+    assert np.array_equal(out, expected)
+    # an opening with r=1 removes a 1-px-wide spur that speck removal alone keeps (it is attached)
+    spur = expected.copy()
+    spur[10, 16:22] = 1
+    assert int(C.Morphology(0, 0, 5)(spur, 2).sum()) == 144 + 6
+    assert int(C.Morphology(1, 0, 5)(spur, 2)[10, 17:22].sum()) == 0
+
+
+def test_md_table_formats_floats_and_missing_values():
+    text = C.md_table(["a", "b"], [["x", 0.12345], ["y", float("nan")]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| x | 0.123 |", "| y | – |"]
+
+
+def test_cleanlab_run_flips_flagged_pixels_to_the_prediction():
+    pytest.importorskip("cleanlab")
+    rng = np.random.default_rng(0)
+    clean = [np.zeros((16, 16), np.int64) for _ in range(4)]
+    for m in clean:
+        m[4:12, 4:12] = 1
+    given = [m.copy() for m in clean]
+    given[0][0:3, 0:3] = 1  # 9 wrong pixels, contradicted by a confident model
+    probs = []
+    for m in clean:
+        p = np.where(m == 1, 0.95, 0.05).astype(np.float32) + rng.uniform(-0.02, 0.02, m.shape).astype(np.float32)
+        probs.append(np.stack([1 - p, p]))
+    res = C.cleanlab_run(given, probs)
+    wrong = given[0] != clean[0]
+    flags = res["flags"][0]
+    assert flags.any() and not (flags & ~wrong).any()  # cleanlab finds some (not all) of them, no false alarm
+    assert sum(int(f.sum()) for f in res["flags"][1:]) == 0
+    expected = given[0].copy()
+    expected[flags] = 0  # flagged pixels take the model's argmax (background there)
+    assert np.array_equal(res["fixed"][0], expected)
+    assert len(res["scores"]) == 4 and res["scores"][0] < min(res["scores"][1:])
+
+
+def test_quality_case_end_to_end_tiny():
+    """One (data set, noise, level) through every method with a 3-step budget."""
+    import quality
+
+    s = quality.Settings(True, 3, 32, (1,), (1,), 3, 32, 2, 4, (3,), (2,), (3,), 32)
+    noise = C.noise_types()[0]
+    res = quality.run_case(s, "generated", "nuclei", noise, 1, C.Morphology())
+    try:
+        import cleanlab  # noqa: F401  (optional: the `bench` extra)
+        methods = quality.METHODS
+    except ImportError:
+        methods = [m for m in quality.METHODS if m != "cleanlab"]
+        assert "cleanlab" in res["missing"]
+    assert set(methods) <= set(res["methods"])
+    for m in methods:
+        d = res["methods"][m]
+        assert 0.0 <= d["dice"] <= 1.0 and len(d["iou_per_class"]) == 2 and "solidity" in d
+    assert res["methods"]["clean"]["dice"] == 1.0
+    assert len(res["true_dice"]) == 3 and len(res["scores"]["ours"]) == 3
+    json.dumps(C._jsonable(res))
+    text = quality.report(s, C.machine_facts(), C.Morphology(), 0.5, [res], [], [], 1.0, "cmd", "q")
+    assert f"| nuclei | {noise} | 1 |" in text
+
+
+def test_speed_train_section_reports_ratios_tiny():
+    import speed
+
+    r = speed.section_train("cpu", rounds=1, steps=2, n=2, size=32, crop=32, batch_size=2, width=4, depth=1)
+    assert set(r["ratio"]) == set(speed.TRAIN_CONFIGS) and r["ratio"]["plain"] == 1.0
+    assert all(v > 0 for v in r["median_step_s"].values())
