@@ -260,3 +260,15 @@ def test_defect_maps_convex_region_and_errors():
         one_hot(np.array([[0, 2]]), 2)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         defect_maps(np.zeros((4, 4)), IELConfig())
+
+
+def test_convex_update_every_is_a_close_approximation():
+    dented = logits_of(disc_mask(64, 14, notch_deg=25))
+    exact, s1 = ConvexIEL(0.1, 20, (1,)).forward_with_region(dented)
+    approx, s4 = ConvexIEL(0.1, 20, (1,), update_every=4).forward_with_region(dented)
+    assert torch.equal(ConvexIEL(0.1, 20, (1,), update_every=1)(dented), exact)
+    # S grows later, so it is no larger; the dent is still deepened in the same place
+    assert s4.sum() <= s1.sum() and (s4 & ~s1).sum() == 0
+    assert (approx - dented)[0, 1].min() < -10
+    with pytest.raises(ValueError, match="update_every"):
+        ConvexIEL(update_every=0)

@@ -14,11 +14,14 @@ Speed (they sit in every training step):
   cost independent of K, a handful of kernel launches. ``L u`` is taken with
   the stencil first, so a constant map gives exactly ``u``. Images larger than
   ``DCT_MAX_SIDE`` use the explicit step loop (matmul cost grows with size).
-- ``ConvexIEL`` runs all convex classes in one batch; the region detection is
-  under ``no_grad``: box sums for all radii from one integral image (integers,
-  exact thresholds), the band by a second one, and recomputed only for the samples whose
-  hard mask changed in the last step (exact: same mask gives the same region).
-  If the region is empty at step 0 the layer returns its input (exact).
+- ``ConvexIEL`` runs all convex classes in one batch (exact, same S and same
+  numbers/gradients as the direct loop ``reference_convex`` in float64):
+  step-0 region from one integral image for all radii (integer sums, exact
+  1/2 thresholds) and a second one for the band; phi changes only inside S, so
+  the K steps update only the S pixels (gathered neighbours, O(|S|) per step,
+  hand-written backward, no autograd graph); the hard mask can only shrink
+  inside S, so after each step S grows exactly from the flipped pixels alone
+  (``_Support.flip``); if S is empty at step 0 the layer returns its input.
 """
 
 from __future__ import annotations
@@ -466,7 +469,7 @@ class _ConvexEvolve(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, phi0, dt, steps, radii, band, on_step, stats):
+    def forward(ctx, phi0, dt, steps, radii, band, on_step, stats, update_every):
         phi = phi0.detach().clone(memory_format=torch.contiguous_format)
         flat = phi.view(-1)
         sup = _Support(phi > 0, radii, band)
@@ -489,7 +492,12 @@ class _ConvexEvolve(torch.autograd.Function):
                 on_step(k + 1, phi)
             if k == steps - 1:
                 break
-            flipped = (old > 0) & (new <= 0)  # phi never grows: pixels can only leave the mask
+            if update_every == 1:
+                flipped = (old > 0) & (new <= 0)  # phi never grows: pixels can only leave the mask
+            elif (k + 1) % update_every == 0:
+                flipped = sup.mask.view(-1).index_select(0, idx) & (new <= 0)  # left since the last update
+            else:
+                continue
             if bool(flipped.any()):
                 kind = sup.flip(idx[flipped])
                 if stats is not None:
@@ -515,22 +523,30 @@ class _ConvexEvolve(torch.autograd.Function):
             # a = phi[right] - phi[left], b = phi[down] - phi[up]; lam -= c * (Da^T m1 + Db^T m2)
             flat.scatter_add_(0, nbr.view(-1), torch.stack((m1, -m1, m2, -m2)).mul_(-c).view(-1))
         ctx.steps_saved = None
-        return lam, None, None, None, None, None, None
+        return lam, None, None, None, None, None, None, None
 
 
 def convex_evolve(
-    phi: torch.Tensor, dt: float, steps: int, radii=(3, 6, 9), band: int = 2, on_step=None, stats: dict | None = None
+    phi: torch.Tensor,
+    dt: float,
+    steps: int,
+    radii=(3, 6, 9),
+    band: int = 2,
+    on_step=None,
+    stats: dict | None = None,
+    update_every: int = 1,
 ):
     """Curve-motion IEL on level sets ``phi`` (N, 1, H, W); returns ``(phi_K, S)``.
 
     Each step: M = phi > 0 (no grad), S |= concave_support(M), then
     ``phi <- phi - dt * S * |grad phi|``. After step 0 S is updated exactly and
     incrementally from the pixels whose M changed (``_grow_support_``); ``stats``
-    (a dict) counts how each update was done. ``on_step(k, phi_k)`` is called after each
+    (a dict) counts how each update was done. ``update_every`` > 1 updates S only
+    every that many steps (approximate: S grows later; 1 = exact). ``on_step(k, phi_k)`` is called after each
     step k = 1..K (for display; do not keep ``phi_k``, it is updated in place).
     Differentiable in ``phi`` (hand-written backward); cost per step O(|S|).
     """
-    return _ConvexEvolve.apply(phi, float(dt), int(steps), tuple(radii), int(band), on_step, stats)
+    return _ConvexEvolve.apply(phi, float(dt), int(steps), tuple(radii), int(band), on_step, stats, int(update_every))
 
 
 def _level_sets(logits: torch.Tensor, classes) -> torch.Tensor:
@@ -551,17 +567,26 @@ class ConvexIEL(nn.Module):
     ``logit_c - logit_bg``, as in the reference code); only ``logit_c`` changes:
     ``logit_c <- logit_c - dt * S * |grad phi|``. All classes evolve in one batch
     from the same input (the other classes' logits are taken from the input).
-    Ties (phi == 0) count as background.
+    Ties (phi == 0) count as background. ``update_every=1`` (default) is exact;
+    n > 1 grows S only every n steps (cheaper, approximate).
     """
 
-    def __init__(self, dt: float = 0.1, steps: int = 20, classes=(1,), radii=(3, 6, 9), band: int = 2):
+    def __init__(
+        self, dt: float = 0.1, steps: int = 20, classes=(1,), radii=(3, 6, 9), band: int = 2, update_every: int = 1
+    ):
         super().__init__()
+        if int(update_every) != update_every or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
+        self.update_every = int(update_every)
         cfg = IELConfig(convex_dt=dt, convex_steps=steps, convex_classes=classes, convex_radii=radii, convex_band=band)
         self.dt, self.steps = cfg.convex_dt, cfg.convex_steps
         self.classes, self.radii, self.band = cfg.convex_classes, cfg.convex_radii, cfg.convex_band
 
     def extra_repr(self) -> str:
-        return f"dt={self.dt}, steps={self.steps}, classes={self.classes}, radii={self.radii}, band={self.band}"
+        return (
+            f"dt={self.dt}, steps={self.steps}, classes={self.classes}, radii={self.radii}, band={self.band}, "
+            f"update_every={self.update_every}"
+        )
 
     def forward_with_region(self, logits: torch.Tensor, on_step=None, stats: dict | None = None):
         """``(output, S)`` with S (B, n_classes, H, W) bool; ``on_step(k, delta (B, n, H, W))``."""
@@ -578,7 +603,9 @@ class ConvexIEL(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             phi0 = _level_sets(x, self.classes).reshape(b * n, 1, h, w)
             cb = None if on_step is None else (lambda k, p: on_step(k, (p - phi0).reshape(b, n, h, w)))
-            phi, support = convex_evolve(phi0, self.dt, self.steps, self.radii, self.band, cb, stats)
+            phi, support = convex_evolve(
+                phi0, self.dt, self.steps, self.radii, self.band, cb, stats, self.update_every
+            )
             support = support.reshape(b, n, h, w)
             if not bool(support.any()):
                 return x, support
