@@ -51,7 +51,7 @@ def logits_of(mask: np.ndarray, n_classes: int = 2, scale: float = 4.0) -> torch
 
 
 def test_config_spec_none_and_validation():
-    assert IELConfig.none().is_identity
+    assert IELConfig.none().is_identity and IELConfig(heat_classes=()).is_identity
     cfg = IELConfig.from_spec("heat,convex", convex_classes=(1, 2), heat_steps=30)
     assert cfg.heat and cfg.heat_steps == 30 and cfg.convex_classes == (1, 2)
     assert IELConfig.from_spec("convex").convex_classes == (1,) and not IELConfig.from_spec("convex").heat
@@ -155,6 +155,9 @@ def test_gradients_flow_and_half_precision():
     assert list(stack.parameters()) == []
     out = HeatIEL(0.1, 20)(logits.detach().half())
     assert out.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision must not reach the IEL maths
+        mixed = stack(logits.detach())
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, stack(logits.detach()))
 
 
 # ----------------------------------------------------------------------------- convex

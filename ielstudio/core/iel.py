@@ -26,6 +26,7 @@ Speed (they sit in every training step):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -159,7 +160,7 @@ class IELConfig:
     # -- reports
     @property
     def heat_on(self) -> bool:
-        return self.heat and self.heat_steps > 0
+        return self.heat and self.heat_steps > 0 and self.heat_classes != ()
 
     @property
     def convex_on(self) -> bool:
@@ -279,14 +280,21 @@ class HeatIEL(nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 4:
             raise ValueError(f"HeatIEL expects B x C x H x W logits, got shape {tuple(logits.shape)}")
-        if self.steps == 0:
+        if self.steps == 0 or self.classes == ():
             return logits
         x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _no_autocast(x.device):
             idx = _class_index(self.classes, x.shape[1], x.device, "heat")
             if idx is None:
                 return self.evolve(x)
             return x.index_copy(1, idx, self.evolve(x.index_select(1, idx)))
+
+
+def _no_autocast(device: torch.device):
+    """Full precision inside the IELs even under mixed-precision training."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _class_index(classes, n_channels: int, device, what: str) -> torch.Tensor | None:
@@ -383,9 +391,10 @@ def _index_tables(n: int, h: int, w: int, big: int, device):
         up = torch.cat((flat[:, :1], flat[:, :-1]), 1)
         nbr = torch.stack((right, left, down, up)).reshape(4, -1)
         t = tuple(x.to(device) for x in (to_pad, from_pad, nbr))
-        if len(_INDEX_CACHE) > 16:
-            _INDEX_CACHE.clear()
-        _INDEX_CACHE[key] = t
+        if n * h * w <= 1 << 22:  # big single maps (display) are not worth keeping
+            if len(_INDEX_CACHE) > 16:
+                _INDEX_CACHE.clear()
+            _INDEX_CACHE[key] = t
     return t
 
 
@@ -600,7 +609,7 @@ class ConvexIEL(nn.Module):
         _class_index(self.classes, c, logits.device, "convex")
         x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         n = len(self.classes)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _no_autocast(x.device):
             phi0 = _level_sets(x, self.classes).reshape(b * n, 1, h, w)
             cb = None if on_step is None else (lambda k, p: on_step(k, (p - phi0).reshape(b, n, h, w)))
             phi, support = convex_evolve(
