@@ -73,9 +73,9 @@ def test_lift_rotates_space_and_shifts_orientations():
     assert torch.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("quarter_turns", [1, 2, 3])
-def test_network_is_equivariant_to_quarter_turns(quarter_turns):
-    net = _perturbed_net().eval()
+@pytest.mark.parametrize("quarter_turns,kernel_size", [(1, 3), (2, 3), (3, 3), (1, 5)])
+def test_network_is_equivariant_to_quarter_turns(quarter_turns, kernel_size):
+    net = _perturbed_net(kernel_size=kernel_size).eval()
     x = torch.randn(2, 1, 20, 16)
     with torch.no_grad():
         out = net(x)

@@ -139,8 +139,8 @@ class _MaxPlus(torch.autograd.Function):
                         vals = vals.view(o1 - o0, n, y1 - y0, W)
                         best = torch.amax(vals, dim=1, out=out[b, c, o0:o1, y0:y1])
                         if need_index:
-                            # index of the maximiser: 1 where vals == best, times 1..n, max over offsets
-                            vals.sub_(best.unsqueeze(1)).eq_(0).mul_(rank)
+                            # index of the maximiser: 1 where vals == best (>= the max), times 1..n, max
+                            vals.ge_(best.unsqueeze(1)).mul_(rank)
                             idx[b, c, o0:o1, y0:y1] = (torch.amax(vals, dim=1) - 1).to(torch.uint8)
         ctx.save_for_backward(idx)
         ctx.geometry = (B, C, O, H, W, M, S)
@@ -174,7 +174,7 @@ class _MaxPlus(torch.autograd.Function):
             t = ar(n)
             offset = (t // (S * S)) * sO + ((t // S) % S) * sH + t % S
             for b in range(B):
-                flat = (base + offset[idx[b].long()]).flatten()
+                flat = (base + offset.index_select(0, idx[b].flatten().long()).view(C, O, H, W)).flatten()
                 buf[b].scatter_add_(0, flat, grad_out[b].flatten())
             buf = buf.view(B, C, Op, Hp, Wp)
             grad_f = buf[:, :, mr : mr + O, r : r + H, r : r + W].clone()
@@ -184,14 +184,19 @@ class _MaxPlus(torch.autograd.Function):
         return grad_f, grad_k, None
 
 
-def max_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+def _default_chunk(f: torch.Tensor) -> int:
+    # about 4 MB of neighbourhood values per step on CPU (stays in cache); far more on GPUs
+    return 1 << 20 if f.device.type == "cpu" else 1 << 26
+
+
+def max_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Dilation: max over the neighbourhood of f - kernel. f: B x C x O x H x W, kernel: C x O x M x S x S."""
-    return _MaxPlus.apply(f, kernel, chunk)
+    return _MaxPlus.apply(f, kernel, chunk or _default_chunk(f))
 
 
-def min_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+def min_plus(f: torch.Tensor, kernel: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Erosion: min over the neighbourhood of f + kernel."""
-    return -_MaxPlus.apply(-f, kernel, chunk)
+    return -_MaxPlus.apply(-f, kernel, chunk or _default_chunk(f))
 
 
 # ----------------------------------------------------------------------------- layers
@@ -215,7 +220,7 @@ class MorphologicalConv(nn.Module):
         channels: int,
         orientations: int,
         kind: str = "dilation",
-        kernel_size: int = 5,
+        kernel_size: int = 3,
         orientation_size: int = 3,
         alpha: float = 0.65,
         metric_init: tuple[float, float, float] = (1.0, 3.0, 2.0),
@@ -320,7 +325,7 @@ class PDELayer(nn.Module):
         c_in: int,
         c_out: int,
         orientations: int = 8,
-        kernel_size: int = 5,
+        kernel_size: int = 3,
         orientation_size: int = 3,
         alpha: float = 0.65,
     ) -> None:
@@ -376,7 +381,7 @@ class PDEGCNN(nn.Module):
         layers: int = 6,
         orientations: int = 8,
         lift_kernel: int = 5,
-        kernel_size: int = 5,
+        kernel_size: int = 3,
         orientation_size: int = 3,
         alpha: float = 0.65,
     ) -> None:
@@ -411,7 +416,9 @@ def build_pdegcnn(
     """PDE-G-CNN with ``width`` channels and ``layers`` PDE layers (default 2 * depth = 6).
 
     Other keywords: ``lift_kernel`` (5), ``kernel_size`` (spatial neighbourhood of the
-    morphological convolutions, 5), ``orientation_size`` (3), ``alpha`` (0.65).
+    morphological convolutions, 3; 5 is closer to the reference network but about 2.5x
+    slower on CPU), ``orientation_size`` (3), ``alpha`` (0.65). The parameter count does
+    not depend on the kernel sizes (about 3 k weights for one input channel).
     """
     return PDEGCNN(
         in_channels,
