@@ -478,12 +478,11 @@ class _ConvexEvolve(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, phi0, dt, steps, radii, band, on_step, stats, update_every):
+    def forward(ctx, phi0, dt, steps, radii, band, on_step, stats, update_every, need_grad):
         phi = phi0.detach().clone(memory_format=torch.contiguous_format)
         flat = phi.view(-1)
         sup = _Support(phi > 0, radii, band)
         c = dt / 2.0
-        need_grad = bool(ctx.needs_input_grad[0])
         saved = []
         active = steps > 0 and sup.idx.numel() > 0
         for k in range(steps if active else 0):
@@ -532,7 +531,7 @@ class _ConvexEvolve(torch.autograd.Function):
             # a = phi[right] - phi[left], b = phi[down] - phi[up]; lam -= c * (Da^T m1 + Db^T m2)
             flat.scatter_add_(0, nbr.view(-1), torch.stack((m1, -m1, m2, -m2)).mul_(-c).view(-1))
         ctx.steps_saved = None
-        return lam, None, None, None, None, None, None, None
+        return lam, None, None, None, None, None, None, None, None
 
 
 def convex_evolve(
@@ -555,7 +554,9 @@ def convex_evolve(
     step k = 1..K (for display; do not keep ``phi_k``, it is updated in place).
     Differentiable in ``phi`` (hand-written backward); cost per step O(|S|).
     """
-    return _ConvexEvolve.apply(phi, float(dt), int(steps), tuple(radii), int(band), on_step, stats, int(update_every))
+    need_grad = torch.is_grad_enabled() and phi.requires_grad  # nothing is saved for display runs
+    args = (float(dt), int(steps), tuple(radii), int(band), on_step, stats, int(update_every), need_grad)
+    return _ConvexEvolve.apply(phi, *args)
 
 
 def _level_sets(logits: torch.Tensor, classes) -> torch.Tensor:
