@@ -207,3 +207,5 @@ def test_bad_block_names_raise():
         PDELevelBlock(3, 7, "hamiltonian")
     with pytest.raises(ValueError):
         build_pde_unet("hamiltonian", 1, 2, width=15)
+    with pytest.raises(ValueError):
+        build_pde_unet("parabolic", 1, 2, steps=0)

@@ -101,6 +101,11 @@ class SymmetricLayer(nn.Module):
         return torch.cat(parts)
 
 
+def _check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"a PDE block needs at least one step, got {steps}")
+
+
 def _tv_over_steps(layers: nn.ModuleList) -> torch.Tensor:
     """sum_j ||theta_{j+1} - theta_j||_1 over consecutive steps."""
     vecs = [layer.step_parameters() for layer in layers]
@@ -123,6 +128,7 @@ class ParabolicBlock(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
+        _check_steps(steps)
         self.h = h
         self.layers = nn.ModuleList(
             SymmetricLayer(channels, kernel_size, activation, normalize) for _ in range(steps)
@@ -154,6 +160,7 @@ class HamiltonianBlock(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
+        _check_steps(steps)
         if channels % 2:
             raise ValueError(f"HamiltonianBlock needs an even channel count, got {channels}")
         half = channels // 2
@@ -197,6 +204,7 @@ class SecondOrderBlock(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
+        _check_steps(steps)
         self.h = h
         self.layers = nn.ModuleList(
             SymmetricLayer(channels, kernel_size, activation, normalize) for _ in range(steps)
