@@ -162,3 +162,80 @@ def test_label_quality_breaks_ties_by_confidence():
     s_unsure, _ = label_quality(unsure, target)
     assert s_sure == pytest.approx(0.9 + 0.1 * 0.99, abs=1e-6)
     assert s_unsure == pytest.approx(0.9 + 0.1 * 0.6, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- the clean-a-folder job
+
+def _colour_dataset(root, n=4, size=40):
+    """RGB masks with two foreground colours (red = class 1, green = class 2) and gray images."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    images, masks = root / "img", root / "lab"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(n):
+        m = np.zeros((size, size, 3), np.uint8)  # RGB
+        cv2.circle(m, (12, 12), 6, (255, 0, 0), -1)
+        cv2.rectangle(m, (22, 22), (34, 34), (0, 255, 0), -1)
+        img = (m.sum(2) / 3 + rng.normal(0, 10, (size, size))).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(images / f"p{i}.png"), img)
+        cv2.imwrite(str(masks / f"p{i}_mask.png"), m[..., ::-1])  # cv2 writes BGR
+    return images, masks
+
+
+TINY = dict(max_steps=2, min_steps=0, crop=32, batch_size=2, width=4, depth=2, device="cpu")
+
+
+def test_clean_dataset_keeps_colour_convention_and_event_order(tmp_path):
+    import cv2
+
+    from ielstudio.core import cleaning
+    from ielstudio.core.training import DoneEvent, StepEvent, TrainConfig
+
+    images, masks = _colour_dataset(tmp_path)
+    out = tmp_path / "out"
+    events = list(cleaning.clean_dataset(images, masks, out, TrainConfig(**TINY), CleanConfig(min_area=0)))
+    assert isinstance(events[0], cleaning.LoadedEvent) and events[0].n_classes == 3 and events[0].n_samples == 4
+    assert isinstance(events[1], cleaning.ModelEvent) and events[1].n_parameters > 0
+    assert [e.step for e in events if isinstance(e, StepEvent)] == [1, 2]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("DoneEvent") < kinds.index("PredictEvent")
+    assert kinds.count("PredictEvent") == 4 and isinstance(events[-1], cleaning.CleanDone)
+    report = events[-1].report
+    assert report["mask_encoding"]["kind"] == "color"
+    assert report["mask_encoding"]["colors"] == [[0, 0, 0], [0, 255, 0], [255, 0, 0]]
+    palette = {(0, 0, 0), (0, 255, 0), (255, 0, 0)}
+    for i in range(4):
+        rgb = cv2.imread(str(out / f"p{i}_mask.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
+        assert {tuple(c) for c in rgb.reshape(-1, 3).tolist()} <= palette
+    assert len(report["images"][0]["added"]) == 3
+    assert events[-1].report_path == out / cleaning.REPORT_NAME and events[-1].report_path.is_file()
+    assert not any(isinstance(e, DoneEvent) and e.reason == "cancelled" for e in events)
+
+
+def test_clean_dataset_cancel_writes_nothing(tmp_path):
+    from ielstudio.core import cleaning
+    from ielstudio.core.training import TrainConfig
+
+    images, masks = _colour_dataset(tmp_path)
+    out = tmp_path / "out"
+    events = list(cleaning.clean_dataset(images, masks, out, TrainConfig(**TINY), cancel=lambda: True))
+    assert not any(isinstance(e, cleaning.CleanDone) for e in events)
+    assert list(out.iterdir()) == []
+
+
+def test_outputs_never_go_into_the_masks_folder(tmp_path):
+    from ielstudio.core import cleaning
+    from ielstudio.core.errors import DataError
+
+    images, masks = tmp_path / "i", tmp_path / "m"
+    with pytest.raises(DataError, match="masks folder"):
+        cleaning.check_out_dir(masks, images, masks)
+    with pytest.raises(DataError, match="masks folder"):
+        cleaning.check_out_dir(masks / "cleaned", images, masks)
+    with pytest.raises(DataError, match="images folder"):
+        cleaning.check_out_dir(images, images, masks)
+    assert cleaning.check_out_dir(tmp_path / "o", images, masks) == (tmp_path / "o").resolve()
+    with pytest.raises(DataError, match="report"):
+        list(cleaning.clean_dataset(images, masks, tmp_path / "o", report_path=masks / "r.json"))

@@ -272,3 +272,33 @@ def test_install_and_uninstall_desktop(monkeypatch, tmp_path, capsys):
     assert str(tmp_path) in capsys.readouterr().err
     assert cli.main(["uninstall-desktop"]) == 0
     assert not entry.exists()
+
+
+def test_train_saves_a_loadable_model(dataset, tmp_path, capsys):
+    from ielstudio.core.training import load_checkpoint
+
+    images, masks = dataset
+    assert cli.main(["train", str(images), str(masks), *FAST]) == 2  # --save-model is required
+    assert "--save-model" in capsys.readouterr().err
+    model_path = tmp_path / "models" / "m.pt"
+    assert cli.main(["train", str(images), str(masks), "--save-model", str(model_path), *FAST]) == 0
+    assert "model saved to" in capsys.readouterr().err
+    model, config, meta = load_checkpoint(model_path)
+    assert config.max_steps == 2 and meta["n_classes"] == 2 and meta["encoding"]["values"] == [0, 255]
+    assert cli.main(["clean", str(images), str(masks), "--out", str(tmp_path / "o"),
+                     "--report", str(masks / "r.json"), *FAST]) == 2
+    assert not (masks / "r.json").exists()
+
+
+def test_progress_bar_text():
+    import io
+
+    stream = io.StringIO()
+    bar = cli.ProgressBar(stream, width=10)
+    for step in range(1, 11):
+        bar.update("training", step, 10, f"loss {1 / step:.2f} ETA {cli._duration(10 - step)}")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "training [#.........] 1/10 loss 1.00 ETA 0:09"
+    assert lines[-1] == "training [##########] 10/10 loss 0.10 ETA 0:00"
+    assert len(lines) == 10  # not a terminal: one line per 10 %
+    assert cli._duration(3725) == "1:02:05" and cli._duration(None) == "--:--"

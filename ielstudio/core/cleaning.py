@@ -307,6 +307,15 @@ def check_out_dir(out_dir: str | Path, images_dir: str | Path, masks_dir: str | 
     return out
 
 
+def check_not_in_masks(path: str | Path, masks_dir: str | Path, what: str) -> Path:
+    """DataError if an output file (report, table, model) would land in the masks folder."""
+    target = Path(path).expanduser().resolve()
+    masks = Path(masks_dir).expanduser().resolve()
+    if masks == target or masks in target.parents:
+        raise DataError(path, f"{what} would be written into the masks folder; choose another place")
+    return target
+
+
 def load_dataset(images_dir: str | Path, masks_dir: str | Path) -> LoadedDataset:
     """Scan and load a dataset; DataError when not a single pair is usable (naming why)."""
     loaded = load_samples(scan_pairs(images_dir, masks_dir))
@@ -386,8 +395,13 @@ def clean_dataset(
     train_config = train_config or TrainConfig()
     clean_config = clean_config or CleanConfig()
     out = check_out_dir(out_dir, images_dir, masks_dir)
-    report_file = Path(report_path) if report_path else out / REPORT_NAME
+    report_file = check_not_in_masks(report_path, masks_dir, "the report") if report_path else out / REPORT_NAME
+    if csv_path:
+        check_not_in_masks(csv_path, masks_dir, "the CSV table")
+    if save_model:
+        check_not_in_masks(save_model, masks_dir, "the model")
     loaded = load_dataset(images_dir, masks_dir)
+    out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable place before training, not after
     samples, n_classes = loaded.samples, loaded.n_classes
     yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped))
     model_ev = _model_event(train_config, loaded.in_channels, n_classes)
@@ -398,7 +412,6 @@ def clean_dataset(
         return
     model = done.model
     device = next(model.parameters()).device
-    out.mkdir(parents=True, exist_ok=True)
 
     images, written = [], []
     for i, s in enumerate(samples):
@@ -478,6 +491,7 @@ def train_dataset(
     """Train on a folder and save the model (`ielstudio train`). Yields LoadedEvent,
     ModelEvent, the training events and, last, TrainDone (nothing saved if cancelled)."""
     train_config = train_config or TrainConfig()
+    check_not_in_masks(save_model, masks_dir, "the model")
     loaded = load_dataset(images_dir, masks_dir)
     yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped))
     yield _model_event(train_config, loaded.in_channels, loaded.n_classes)
