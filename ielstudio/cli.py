@@ -430,7 +430,7 @@ HANDLERS = {
 def main(argv: list[str] | None = None) -> int:
     """Run the `ielstudio` command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         argv.insert(0, "gui")
     parser = build_parser()
     try:

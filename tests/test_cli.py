@@ -186,6 +186,8 @@ def test_help_explains_every_flag(capsys):
     for name, p in sub.choices.items():
         for action in p._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert cli.main(["--version"]) == 0
+    assert "ielstudio 0." in capsys.readouterr().out
     assert cli.main(["clean", "--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--iel", "--convex-classes", "--iel-dt", "--iel-steps", "--convex-dt", "--convex-steps", "--epochs",
