@@ -200,13 +200,16 @@ def fixed_budget(steps: int, **kw):
     return TrainConfig(epochs=1e9, max_steps=steps, min_steps=min(steps, kw.pop("min_steps", 0)), **kw)
 
 
-def fit(samples: Sequence[Sample], config, step_times: list[float] | None = None):
+def fit(samples: Sequence[Sample], config, step_times: list[float] | None = None, max_seconds: float | None = None):
     """Run `core.training.train` to the end; return its DoneEvent. If `step_times` is a list,
-    the wall time of each optimiser step (between consecutive StepEvents) is appended to it."""
+    the wall time of each optimiser step (between consecutive StepEvents) is appended to it.
+    `max_seconds` cancels training (through train's `cancel`) once that much time has passed."""
     from ielstudio.core.training import DoneEvent, StepEvent, train
 
+    t0 = time.perf_counter()
+    cancel = None if max_seconds is None else (lambda: time.perf_counter() - t0 > max_seconds)
     done, last = None, time.perf_counter()
-    for ev in train(samples, config):
+    for ev in train(samples, config, cancel=cancel):
         now = time.perf_counter()
         if isinstance(ev, StepEvent) and step_times is not None:
             step_times.append(now - last)

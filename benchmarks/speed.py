@@ -127,7 +127,9 @@ def section_infer(device: str, repeats: int) -> dict:
     return out
 
 
-def section_arch(device: str, steps: int) -> dict:
+def section_arch(device: str, steps: int, max_seconds: float = 60.0) -> dict:
+    """Parameters and median plain step time per architecture (first step not counted);
+    a slow one stops after `max_seconds` instead of `steps` steps."""
     from ielstudio.core.iel import IELConfig
     from ielstudio.core.models import ARCHITECTURES, build_model, count_parameters
     from ielstudio.core.training import TrainConfig
@@ -139,8 +141,10 @@ def section_arch(device: str, steps: int) -> dict:
         try:
             params = count_parameters(build_model(arch, 1, 2, **cfg.model_kwargs()))
             st: list[float] = []
-            C.fit(samples, C.fixed_budget(steps, arch=arch, iel=IELConfig.none(), device=device), step_times=st)
-            out["archs"][arch] = {"params": params, "median_step_s": statistics.median(st[2:])}
+            C.fit(samples, C.fixed_budget(steps, arch=arch, iel=IELConfig.none(), device=device), step_times=st,
+                  max_seconds=max_seconds)
+            out["archs"][arch] = {"params": params, "median_step_s": statistics.median(st[1:] if len(st) > 1 else st),
+                                  "steps_timed": max(1, len(st) - 1)}
         except Exception as e:  # an architecture that is missing or broken is reported, not fatal
             out["archs"][arch] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
     return out
@@ -213,7 +217,14 @@ def section_folder(cache: str, page: int = 200) -> dict:
             "eager_load_s_per_pair": eager, "eager_load_all_s": eager * len(scan.pairs)}
 
 
-SECTIONS = {"train": section_train, "infer": section_infer, "arch": section_arch, "folder": section_folder}
+def section_folder_make(cache: str) -> dict:
+    t = time.perf_counter()
+    images, _ = make_folder(Path(cache) / f"folder-{FOLDER_PAIRS}-{FOLDER_PX}")
+    return {"path": str(images.parent), "seconds": time.perf_counter() - t}
+
+
+SECTIONS = {"train": section_train, "infer": section_infer, "arch": section_arch, "folder": section_folder,
+            "folder_make": section_folder_make}
 
 
 def run_child(section: str, kwargs: dict, timeout: float) -> dict:
@@ -257,8 +268,8 @@ def report(facts: dict, res: dict, cmd: str) -> str:
         if "archs" in ar:
             out.append(f"\n## Architectures on {dev} (plain step, same data and batch)\n\n")
             rows = [[a, v.get("params"), v["median_step_s"] * 1000 if "median_step_s" in v else None,
-                     v.get("error", "")] for a, v in ar["archs"].items()]
-            out.append(C.md_table(["architecture", "parameters", "median step (ms)", "note"], rows))
+                     v.get("steps_timed"), v.get("error", "")] for a, v in ar["archs"].items()]
+            out.append(C.md_table(["architecture", "parameters", "median step (ms)", "steps timed", "note"], rows))
     fo = res.get("folder", {})
     if "pairs" in fo:
         out.append(f"\n## Opening a folder of {fo['pairs']} image/mask pairs ({fo['px']} px PNG)\n\n")
@@ -327,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{dev}] {k}: " + (f"{v['params']} params, {v['median_step_s'] * 1000:.0f} ms/step"
                                           if "params" in v and "median_step_s" in v else v.get("error", "")), flush=True)
     if "folder" in wanted:
+        run_child("folder_make", {"cache": a.folder_cache}, a.timeout)  # once; its memory is not counted
         res["folder"] = r = run_child("folder", {"cache": a.folder_cache}, a.timeout)
         if "pairs" in r:
             print(f"folder of {r['pairs']} pairs: queue after {r['time_to_queue_s']:.2f} s, peak RSS "
