@@ -287,15 +287,16 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _consume(events: Iterable, bar: ProgressBar):
-    """Print progress for a job's events; returns the last event."""
+def _consume(events: Iterable, bar: ProgressBar, upper_bound: bool = False):
+    """Print progress for a job's events; returns the last event. `upper_bound`: the step
+    total is only a cap (automatic budget), so the ETA is shown as "at most"."""
     from ielstudio.core import cleaning, training
 
     last = None
     for ev in events:
         last = ev
         if isinstance(ev, training.StepEvent):
-            bar.update("training  ", ev.step, ev.total_steps, f"loss {ev.loss:.4f} ETA {_duration(ev.eta_s)}")
+            bar.update("training  ", ev.step, ev.total_steps, f"loss {ev.loss:.4f} ETA {'<=' if upper_bound else ''}{_duration(ev.eta_s)}")
         elif isinstance(ev, cleaning.LoadedEvent):
             bar.end()
             _say(f"found {ev.n_samples} image/mask pairs ({ev.n_classes} classes), skipped {len(ev.skipped)} file(s)")
@@ -365,7 +366,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
         args.images, args.masks, args.out, train, clean,
         report_path=args.report, csv_path=args.csv, save_model=args.save_model,
     )
-    last = _consume(events, ProgressBar())
+    last = _consume(events, ProgressBar(), upper_bound=train.epochs is None)
     if isinstance(last, CleanDone):
         _print_summary(last.report, last.report_path)
     return 0
@@ -378,7 +379,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _say("ielstudio train: error: --save-model PATH is required (where to put the trained model)")
         return 2
     train, _ = configs_from_args(args)
-    last = _consume(train_dataset(args.images, args.masks, train, args.save_model), ProgressBar())
+    last = _consume(train_dataset(args.images, args.masks, train, args.save_model), ProgressBar(),
+                    upper_bound=train.epochs is None)
     if isinstance(last, TrainDone):
         _say(f"model saved to {last.model_path}")
     return 0
