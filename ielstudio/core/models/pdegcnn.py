@@ -273,10 +273,11 @@ class MorphologicalConv(nn.Module):
 
 
 class Convection(nn.Module):
-    """Per-channel left-invariant shift: spatial (along, across) in the local orientation frame, then angular.
+    """Per-channel left-invariant shift: angular, then spatial (along, across) in the local frame.
 
-    u(x, theta_k) = f(x - R_{theta_k} (a, b), theta_k - g) with bilinear ``grid_sample`` in space
-    (zeros outside) and linear interpolation along the periodic orientation axis.
+    u(x, theta_k) = f(x - R_{theta_k} (a, b), theta_k - g) with linear interpolation along the
+    periodic orientation axis and bilinear ``grid_sample`` in space (zeros outside). The output
+    is a permuted view (not contiguous); the next layer copies it anyway.
     """
 
     def __init__(self, channels: int, orientations: int) -> None:
@@ -296,25 +297,28 @@ class Convection(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         B, C, O, H, W = f.shape
-        v = self.velocities().to(f.dtype)  # (C, O, 2)
         dev, dt = f.device, f.dtype
-        rows = torch.arange(H, device=dev, dtype=dt).view(1, H, 1)
-        cols = torch.arange(W, device=dev, dtype=dt).view(1, 1, W)
-        vx, vy = v[..., 0].reshape(C * O, 1, 1), v[..., 1].reshape(C * O, 1, 1)
-        gx = 2 * (cols - vx) / max(W - 1, 1) - 1  # sample at x - v (row grows downwards: + vy)
-        gy = 2 * (rows + vy) / max(H - 1, 1) - 1
-        grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (C*O, H, W, 2)
-        planes = f.permute(1, 2, 0, 3, 4).reshape(C * O, B, H, W)
-        moved = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        moved = moved.view(C, O, B, H, W).permute(2, 0, 1, 3, 4)
-        # angular shift by g = n + frac steps: u_k = (1 - frac) f_{k-n} + frac f_{k-n-1} (periodic)
+        # angular shift by g = n + frac steps: u_k = (1 - frac) f_{k-n} + frac f_{k-n-1} (periodic),
+        # a circulant O x O matrix per channel applied in the (C, O, B*H*W) layout with one bmm
         turn = self.turn.to(dt)
         whole = torch.floor(turn.detach())
         frac = (turn - whole).view(C, 1, 1)
         k = torch.arange(O, device=dev)
         d = (k.view(1, O, 1) - k.view(1, 1, O) - whole.long().view(C, 1, 1)) % O
         A = (1 - frac) * (d == 0) + frac * (d == 1 % O)
-        return torch.einsum("ckl,bclhw->bckhw", A, moved)
+        planes = torch.bmm(A, f.permute(1, 2, 0, 3, 4).reshape(C, O, B * H * W))
+        # spatial shift along the local frame: sample at x - v_k (rows grow downwards: + v_y)
+        v = self.velocities().to(dt)  # (C, O, 2)
+        rows = torch.arange(H, device=dev, dtype=dt).view(1, H, 1)
+        cols = torch.arange(W, device=dev, dtype=dt).view(1, 1, W)
+        vx, vy = v[..., 0].reshape(C * O, 1, 1), v[..., 1].reshape(C * O, 1, 1)
+        gx = 2 * (cols - vx) / max(W - 1, 1) - 1
+        gy = 2 * (rows + vy) / max(H - 1, 1) - 1
+        grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (C*O, H, W, 2)
+        moved = F.grid_sample(
+            planes.view(C * O, B, H, W), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        return moved.view(C, O, B, H, W).permute(2, 0, 1, 3, 4)
 
 
 class PDELayer(nn.Module):
