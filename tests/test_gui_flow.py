@@ -62,6 +62,7 @@ def make_window(qtbot, tmp_path):
 
         w.train_base = TrainConfig(width=8, depth=2, batch_size=2, crop=32, eval_every=4, min_steps=1)
         w.confirm_close_during_training = lambda: True
+        w.train_in_process = False  # threads by default here (monkeypatchable, fast); two tests use the process
         qtbot.addWidget(w)
         made.append(w)
         return w
@@ -95,7 +96,7 @@ def test_open_lists_pairs_lazily_and_sorts_worst_first(make_window, dataset):
     assert w.open_folders(*dataset)
     assert w.project.path.parent == w.data_dir / "projects"
     assert len(w.queue.model.rows) == N_IMAGES
-    assert w.dataset is None  # nothing loaded beyond the current image
+    assert list(w._samples) == [w.current]  # nothing loaded beyond the current image
     inject_proposals(w, SCORES)
     order = w.queue.visible_names()
     assert order == ["cell5", "cell1", "cell3", "cell2", "cell4", "cell0"]  # score ascending
@@ -260,12 +261,13 @@ def test_export_writes_decided_pixels_and_report_then_reopen_restores(make_windo
 
 def test_training_fills_scores_proposals_and_curves(make_window, dataset, qtbot):
     w = make_window()
+    w.train_in_process = True  # as in the app: training in a child process
     w.open_folders(*dataset)
     reviews = []
     w.reviewsApplied.connect(reviews.append)
     with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
         assert w.start_training(steps=6, snapshot_every=3)
-    assert blocker.args[0] is not None  # the trained model
+    assert blocker.args[0].steps == 6 and blocker.args[0].checkpoint  # TrainingFinished
     assert [r.step for r in reviews if r.step is not None] == [3, 6]  # two snapshots
     assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
     rows = w.queue.model.rows
@@ -278,7 +280,7 @@ def test_training_fills_scores_proposals_and_curves(make_window, dataset, qtbot)
     assert w.training_panel.progress.value() == 6
     assert len(w.training_panel._loss) >= 1 and w.training_panel._agree  # live curves got data
     assert w.project.checkpoint is not None and w.project.checkpoint.path.is_file()
-    assert w.dataset is not None and w.dataset.n_classes == 2
+    assert w.dataset_info is not None and w.dataset_info.n_classes == 2
 
 
 def _count_steps(monkeypatch):
@@ -314,7 +316,7 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
     assert done and done[-1].reason == "cancelled"
     assert at_stop <= done[-1].steps <= at_stop + 1
     assert not w.training_panel.stop_button.isEnabled() and w.training_panel.start_button.isEnabled()
-    assert w.model is not None  # the model so far is kept after a stop
+    assert w.checkpoint is not None and w.checkpoint.is_file()  # the model so far is kept after a stop
 
 
 def test_pause_and_resume(make_window, dataset, qtbot, monkeypatch):
@@ -341,10 +343,12 @@ def test_pause_and_resume(make_window, dataset, qtbot, monkeypatch):
 
 def test_close_during_training_asks_then_stops_cleanly(make_window, dataset, qtbot):
     w = make_window()
+    w.train_in_process = True
     w.open_folders(*dataset)
     w.start_training(steps=5000, snapshot_every=1000)
-    qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 1, timeout=30000)
-    worker = w.train_worker
+    qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 1 and w._training_state == "training",
+                    timeout=60000)
+    worker, child = w.train_worker, w.train_worker.process
     asked = []
     w.confirm_close_during_training = lambda: asked.append("no") or False
     w.close()
@@ -353,6 +357,7 @@ def test_close_during_training_asks_then_stops_cleanly(make_window, dataset, qtb
     w.close()
     assert asked == ["no", "yes"]
     assert not worker.is_running()  # thread ended before close returned
+    assert not child.is_alive() and child.exitcode == 0  # the training process ended by itself
     assert w.project is None
 
 

@@ -8,6 +8,9 @@ the newest request is shown), so a 2048 px mask never blocks the window.
 
 from __future__ import annotations
 
+import hashlib
+import queue
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
@@ -27,13 +30,46 @@ def region_lut() -> np.ndarray:
     return lut
 
 
-def compute_defects(given: np.ndarray, probs: np.ndarray | None, n_classes: int, config):
-    """Defect maps of the given mask (one-hot) and of the prediction (probabilities)."""
+def compute_defects(given: np.ndarray, probs: np.ndarray | None, n_classes: int, config, cache: dict | None = None):
+    """Defect maps of the given mask (one-hot) and of the prediction (probabilities).
+
+    ``cache``: given-mask maps by (mask content, classes, config); the given mask of an
+    image does not change while training refreshes its prediction.
+    """
     from ielstudio.core.iel import defect_maps, one_hot
 
-    given_maps = defect_maps(one_hot(given, n_classes), config)
+    key = None
+    if cache is not None:
+        key = (hashlib.sha1(np.ascontiguousarray(given).tobytes()).hexdigest(), given.shape, n_classes, repr(config))
+    given_maps = cache.get(key) if cache is not None else None
+    if given_maps is None:
+        given_maps = defect_maps(one_hot(given, n_classes), config)
+        if cache is not None:
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            cache[key] = given_maps
     pred_maps = None if probs is None else defect_maps(np.asarray(probs, np.float32), config)
     return given_maps, pred_maps
+
+
+def defects_job(requests: "queue.Queue", cancel):
+    """Serve ``(request_id, given, probs, n_classes, config)`` requests, newest first
+    (older waiting ones are skipped); ``None`` ends the job. Blocks between requests."""
+    cache: dict = {}
+    while not cancel():
+        req = requests.get()
+        while True:  # only the newest request matters
+            try:
+                req = requests.get_nowait()
+            except queue.Empty:
+                break
+        if req is None:
+            return
+        rid, given, probs, n_classes, config = req
+        try:
+            yield rid, compute_defects(given, probs, n_classes, config, cache), None
+        except Exception as e:  # shown in the panel, the job goes on
+            yield rid, None, f"{type(e).__name__}: {e}"
 
 
 class IELPanel(QWidget):
@@ -46,9 +82,9 @@ class IELPanel(QWidget):
         self.given_maps = None
         self.pred_maps = None
         self._request_id = 0
-        self._workers: list[GeneratorWorker] = []
-        self._retired: list[GeneratorWorker] = []
-        self._pending: tuple | None = None
+        self._pending_id: int | None = None
+        self._requests: queue.Queue = queue.Queue()
+        self._worker: GeneratorWorker | None = None  # one long-lived thread serves every request
 
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground(QColor(30, 30, 30))
@@ -99,46 +135,33 @@ class IELPanel(QWidget):
         if given is None or config is None:
             self.clear()
             return
-        rid = self._request_id
-        if any(not w.done for w in self._workers):
-            self._pending = (rid, given, probs, n_classes, config)  # run when the current one ends
-            return
-        self._start(rid, given, probs, n_classes, config)
-
-    def _start(self, rid, given, probs, n_classes, config) -> None:
-        def job():
-            yield compute_defects(given, probs, n_classes, config)
-
-        self._retired.clear()  # finished workers are dropped here, outside their own signals
-        w = GeneratorWorker(job)
-        w.yielded.connect(lambda res, rid=rid: self._on_result(rid, res))
-        w.errored.connect(lambda msg: self.info.setText(f"IEL maps failed: {msg}"))
-        w.finished.connect(lambda _=None, w=w: self._on_done(w))
-        w.errored.connect(lambda _=None, w=w: self._on_done(w))
-        self._workers.append(w)
-        w.start()
-
-    def _on_done(self, w: GeneratorWorker) -> None:
-        w.wait(1000)
-        if w in self._workers:
-            self._workers.remove(w)
-            self._retired.append(w)
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self._start(*pending)
+        if self._worker is None:
+            self._worker = GeneratorWorker(defects_job, self._requests, cancel_kwarg="cancel")
+            self._worker.yielded.connect(self._on_result)
+            self._worker.start()
+        self._pending_id = self._request_id
+        self._requests.put((self._request_id, given, probs, n_classes, config))
 
     def busy(self) -> bool:
-        return bool(self._workers) or self._pending is not None
+        return self._pending_id is not None
 
     def stop(self) -> None:
-        self._pending = None
-        for w in list(self._workers):
-            w.stop(5000)
+        if self._worker is not None:
+            self._requests.put(None)
+            self._worker.stop(10000)
+            self._worker = None
+            self._requests = queue.Queue()
+        self._pending_id = None
 
-    def _on_result(self, rid: int, result) -> None:
+    def _on_result(self, result) -> None:
+        rid, maps, error = result
         if rid != self._request_id:
             return  # a newer request is on its way
-        self.set_maps(*result)
+        self._pending_id = None
+        if error is not None:
+            self.info.setText(f"IEL maps failed: {error}")
+            return
+        self.set_maps(*maps)
 
     # --- display -------------------------------------------------------------------
     def clear(self) -> None:

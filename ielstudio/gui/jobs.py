@@ -1,31 +1,54 @@
 """Background jobs of the window: core generators chained and wrapped for the review.
 
-Each job is a plain generator (run by ``workers.GeneratorWorker``) that calls
-core functions and yields small events. Work that would stall the GUI thread
-(loading, proposals and label-quality scores for a snapshot) happens here, in
-the worker thread, so the GUI only copies results into widgets.
+No Qt here (a child process imports this module). Each job is a plain generator
+that calls core functions and yields small, picklable events. Work that would
+stall the GUI (loading, training, proposals and label-quality scores) happens in
+the job, never in the GUI thread.
+
+``child_main`` runs a job in a separate process (``workers.ProcessWorker``):
+training in a thread of the GUI process would share the GIL with the GUI, and on
+a busy 2-core machine the GUI then waits hundreds of milliseconds whenever the
+training thread is descheduled while holding it.
 """
 
 from __future__ import annotations
 
 import queue
+import time
+import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 
+class JobError(Exception):
+    """A job failed in a child process; the message is already meant for the user."""
+
+
+def error_message(exc: BaseException) -> str:
+    """A one-line message for the user: DataError already names file and problem."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    if name in ("DataError", "JobError"):
+        return text
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return f"Out of memory: {text or name}. Try a smaller crop, batch size or model."
+    return f"{name}: {text}" if text else name
+
+
+# --------------------------------------------------------------------------- events
+
 @dataclass
-class LoadProgress:
-    done: int
-    total: int
+class DatasetInfo:
+    """What loading found: class count, mask encoding, channels, skipped files, usable names."""
 
-
-@dataclass
-class SamplesLoaded:
-    """``dataset``: the ``core.dataset.LoadedDataset`` (samples, skipped, n_classes, encoding)."""
-
-    dataset: object
+    n_classes: int
+    encoding: Any  # core.imageio.MaskEncoding
+    in_channels: int
+    skipped: list  # core.dataset.Skipped
+    names: list[str]
 
 
 @dataclass
@@ -46,7 +69,25 @@ class Reviews:
     items: dict[str, ImageReview] = field(default_factory=dict)
     done: int = 0
     total: int = 0
+    saved: bool = False  # scores already written to the project by the job
 
+
+@dataclass
+class TrainingFinished:
+    """Training ended (core DoneEvent without the model); the model is in ``checkpoint``."""
+
+    steps: int
+    reason: str
+    history: dict
+    config: Any  # core.training.TrainConfig
+    checkpoint: str | None
+
+
+class Cancelled(Exception):
+    """Raised inside a long core call when the user cancels."""
+
+
+# --------------------------------------------------------------------------- jobs
 
 def review_image(probs: np.ndarray, given: np.ndarray, clean_config) -> ImageReview:
     """Proposal + label-quality score of one image (core.cleaning)."""
@@ -59,53 +100,105 @@ def review_image(probs: np.ndarray, given: np.ndarray, clean_config) -> ImageRev
     return ImageReview(probs, proposal.astype(np.int64, copy=False), float(score), changed)
 
 
-class Cancelled(Exception):
-    """Raised inside a long core call when the user cancels."""
-
-
-def load_job(scan, cancel: Callable[[], bool] | None = None,
-             report: Callable[[int, int], None] | None = None) -> Iterator:
-    """Load every pair of ``scan`` (core.dataset.load_samples); ``report(done, total)`` per file."""
+def _load(scan, cancel, report):
     from ielstudio.core.dataset import load_samples
 
     def progress(done: int, total: int) -> None:
-        if cancel is not None and cancel():
+        if cancel():
             raise Cancelled()
         if report is not None:
             report(done, total)
 
+    return load_samples(scan, progress=progress)
+
+
+def _info(ds) -> DatasetInfo:
+    return DatasetInfo(int(ds.n_classes), ds.encoding, int(ds.in_channels), list(ds.skipped),
+                       [s.name for s in ds.samples])
+
+
+class ScoreWriter:
+    """Writes a job's scores into the project from the job's own thread or process
+    (one transaction per batch), so the GUI thread never waits for the disk."""
+
+    def __init__(self, project_path: str | Path | None):
+        self.project_path = project_path
+        self._project = None
+
+    def __call__(self, reviews: Reviews) -> Reviews:
+        if self.project_path is None or not reviews.items:
+            return reviews
+        from ielstudio.core.session import Project
+
+        if self._project is None:
+            self._project = Project.open(self.project_path)
+        self._project.set_scores([(n, r.score, r.changed) for n, r in reviews.items.items()])
+        reviews.saved = True
+        return reviews
+
+    def close(self) -> None:
+        if self._project is not None:
+            self._project.close()
+            self._project = None
+
+
+def scoring_job(model, samples, clean_config, cancel: Callable[[], bool], chunk: int = 8) -> Iterator[Reviews]:
+    """Predict every sample with a trained model; yield proposals and scores in chunks."""
+    from ielstudio.core.training import predict
+
+    device = next(model.parameters()).device
+    total = len(samples)
+    items: dict[str, ImageReview] = {}
+    for i, s in enumerate(samples):
+        if cancel():
+            break
+        probs = predict(model, s.image, device)
+        items[s.name] = review_image(probs, s.mask, clean_config)
+        if len(items) >= chunk:
+            yield Reviews(None, items, i + 1, total)
+            items = {}
+    if items:
+        yield Reviews(None, items, total, total)
+
+
+def review_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,
+               checkpoint_path: str | Path | None, cancel: Callable[[], bool],
+               report: Callable[[int, int], None] | None = None, score_rest: bool = True,
+               project_path: str | Path | None = None) -> Iterator:
+    """Load the pairs, train (core.training.train), then score the images no snapshot covered.
+
+    Yields DatasetInfo, the training events (StepEvent, EvalEvent), Reviews for each
+    snapshot (proposals and scores computed here), TrainingFinished (the model saved to
+    ``checkpoint_path``) and, unless stopped, Reviews(step=None) for the other images.
+    With ``project_path`` the scores are also written to the project here.
+    """
+    writer = ScoreWriter(project_path)
     try:
-        dataset = load_samples(scan, progress=progress)
+        yield from _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path,
+                               cancel, report, score_rest, writer)
+    finally:
+        writer.close()
+
+
+def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path, cancel, report,
+                score_rest, writer) -> Iterator:
+    from ielstudio.core.training import DoneEvent, SnapshotEvent, save_checkpoint, train
+
+    try:
+        ds = _load(scan, cancel, report)
     except Cancelled:
         return
-    yield SamplesLoaded(dataset)
-
-
-def training_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,
-                 cancel: Callable[[], bool], dataset=None,
-                 report: Callable[[int, int], None] | None = None) -> Iterator:
-    """Load the samples (unless ``dataset`` is given), then ``core.training.train``.
-
-    Snapshot events become ``Reviews`` (proposals and scores computed here, in the thread).
-    Every other training event is passed through unchanged.
-    """
-    from ielstudio.core.training import SnapshotEvent, train
-
-    if dataset is None:
-        for ev in load_job(scan, cancel, report):
-            yield ev
-            if isinstance(ev, SamplesLoaded):
-                dataset = ev.dataset
-    if cancel():
-        return
-    samples = list(dataset.samples)
+    yield _info(ds)
+    samples = list(ds.samples)
     if not samples:
-        raise ValueError("no usable image/mask pairs to train on")
+        raise JobError("no usable image/mask pairs to train on")
     given = {s.name: s.mask for s in samples}
     names = [n for n in (snapshot_names or given) if n in given]
-    kwargs = {"cancel": cancel, "snapshot_every": snapshot_every}
+    kwargs: dict[str, Any] = {"cancel": cancel, "snapshot_every": snapshot_every}
     if names:
         kwargs["snapshot_names"] = names
+    model = None
+    reviewed: set[str] = set()
     for ev in train(samples, config, **kwargs):
         if isinstance(ev, SnapshotEvent):
             items = {}
@@ -114,29 +207,44 @@ def training_job(scan, config, clean_config, snapshot_names: list[str] | None, s
                     break
                 if name in given:
                     items[name] = review_image(probs, given[name], clean_config)
-            yield Reviews(ev.step, items, len(items), len(items))
+            reviewed.update(items)
+            yield writer(Reviews(ev.step, items, len(items), len(items)))
+        elif isinstance(ev, DoneEvent):
+            model = ev.model
+            saved = None
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, ev.model, ev.config, {"steps": ev.steps, "reason": ev.reason})
+                saved = str(checkpoint_path)
+            yield TrainingFinished(ev.steps, ev.reason, ev.history, ev.config, saved)
         else:
             yield ev
+    if model is not None and score_rest and not cancel():
+        rest = [s for s in samples if s.name not in reviewed]
+        for r in scoring_job(model, rest, clean_config, cancel):
+            yield writer(r)
 
 
-def scoring_job(model, samples, device, clean_config, cancel: Callable[[], bool],
-                chunk: int = 8) -> Iterator[Reviews]:
-    """Predict every sample with the trained model; yield proposals and scores in chunks."""
-    from ielstudio.core.training import predict
+def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, cancel: Callable[[], bool],
+                           report: Callable[[int, int], None] | None = None,
+                           project_path: str | Path | None = None) -> Iterator:
+    """Proposals and scores for every pair with a saved model (reopening a project)."""
+    from ielstudio.core.training import load_checkpoint
 
-    total = len(samples)
-    items: dict[str, ImageReview] = {}
-    for i, s in enumerate(samples):
-        if cancel():
-            break
-        probs = predict(model, s.image, device)
-        items[s.name] = review_image(probs, s.mask, clean_config)
-        if len(items) >= chunk or i == total - 1:
-            yield Reviews(None, items, i + 1, total)
-            items = {}
-    if items:
-        yield Reviews(None, items, total, total)
+    model, _config, _meta = load_checkpoint(checkpoint_path)
+    try:
+        ds = _load(scan, cancel, report)
+    except Cancelled:
+        return
+    yield _info(ds)
+    writer = ScoreWriter(project_path)
+    try:
+        for r in scoring_job(model, list(ds.samples), clean_config, cancel):
+            yield writer(r)
+    finally:
+        writer.close()
 
+
+# --------------------------------------------------------------------------- thumbnails
 
 @dataclass
 class Thumbnail:
@@ -158,15 +266,70 @@ def make_thumbnail(image_path, size: int = 40) -> np.ndarray:
 
 
 def thumbnail_job(requests: "queue.Queue", cancel: Callable[[], bool], size: int = 40) -> Iterator[Thumbnail]:
-    """Serve thumbnail requests ``(name, image_path)`` until cancelled (waits, never spins)."""
+    """Serve thumbnail requests ``(name, image_path)``; a ``(None, None)`` request ends it.
+
+    Blocks on the queue between requests (no polling wake-ups while training runs)."""
     while not cancel():
-        try:
-            name, path = requests.get(timeout=0.25)
-        except queue.Empty:
-            continue
+        name, path = requests.get()
         if name is None:
             return
         try:
             yield Thumbnail(name, make_thumbnail(path, size))
         except Exception:  # an unreadable file shows no thumbnail; opening it reports why
             continue
+
+
+# --------------------------------------------------------------------------- child process
+
+def _is_step(ev) -> bool:
+    return type(ev).__name__ == "StepEvent"
+
+
+def child_main(fn, args, kwargs, out_q, cancel_ev, run_ev, n_threads: int, min_interval_s: float = 0.1) -> None:
+    """Entry point of a job's child process: iterate ``fn`` and send what it yields.
+
+    Messages on ``out_q``: ("event", ev), ("progress", (done, total)), ("end", value),
+    ("error", (message, traceback)). StepEvents closer than ``min_interval_s`` are
+    coalesced here (the newest is kept), so the GUI process wakes at most ~10 times a
+    second for progress. ``run_ev`` cleared = paused (blocks between events);
+    ``cancel_ev`` is the job's ``cancel()``.
+    """
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, n_threads))
+    except Exception:  # torch is always there in practice; the job will say if not
+        pass
+    pending = None
+    last = 0.0
+    try:
+        gen = fn(*args, cancel=cancel_ev.is_set, report=lambda d, t: out_q.put(("progress", (d, t))), **kwargs)
+        while True:
+            if not run_ev.is_set():
+                if pending is not None:
+                    out_q.put(("event", pending))
+                    pending = None
+                run_ev.wait()  # paused: block here, between events
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                if pending is not None:
+                    out_q.put(("event", pending))
+                out_q.put(("end", stop.value))
+                break
+            if _is_step(ev):
+                now = time.monotonic()
+                if now - last < min_interval_s:
+                    pending = ev
+                    continue
+                last = now
+                pending = None
+            elif pending is not None:
+                out_q.put(("event", pending))
+                pending = None
+            out_q.put(("event", ev))
+    except BaseException as exc:
+        out_q.put(("error", (error_message(exc), traceback.format_exc())))
+    finally:
+        out_q.close()
+        out_q.join_thread()

@@ -9,6 +9,7 @@ each, through undoable commands) and export (core.session.iter_export).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from .edit_commands import DecisionCommand, object_under, paint
 from .iel_panel import IELPanel
 from .review_queue import QueueRow, ReviewQueue, thumbnail_pixmap
 from .training_panel import TrainingPanel
-from .workers import GeneratorWorker
+from .workers import GeneratorWorker, ProcessWorker
 
 MAX_RECENT = 8
 SAMPLE_CACHE = 24  # images kept loaded when the whole dataset is not
@@ -90,17 +91,16 @@ class MainWindow(QMainWindow):
         self.project = None
         self.scan = None
         self.pairs: dict = {}
-        self.dataset = None  # core.dataset.LoadedDataset once training loaded everything
-        self._dataset_index: dict = {}
+        self.dataset_info: jobs.DatasetInfo | None = None  # what the last load found
         self._samples: OrderedDict = OrderedDict()
         self.proposals: dict[str, np.ndarray] = {}
         self._probs: OrderedDict = OrderedDict()
-        self.model = None
-        self.model_config = None
+        self.checkpoint: Path | None = None  # the model behind the proposals
+        self.train_in_process = True  # training in a child process keeps the GUI thread free of the GIL
+        self.last_training: jobs.TrainingFinished | None = None
         self.current: str | None = None
         self.last_error: str | None = None
         self.train_worker: GeneratorWorker | None = None
-        self.score_worker: GeneratorWorker | None = None
         self.export_worker: GeneratorWorker | None = None
         self.thumb_worker: GeneratorWorker | None = None
         self.thumb_queue: queue.Queue = queue.Queue()
@@ -109,6 +109,11 @@ class MainWindow(QMainWindow):
         self._training_state = "idle"  # idle | loading | training | paused | stopping
         self._error_box: QMessageBox | None = None
         self.undo_stack = QUndoStack(self)
+        import torch
+
+        # this process only computes small things (defect maps, thumbnails); training runs in
+        # its own process and gets the other cores
+        torch.set_num_threads(1)
 
         # --- widgets
         self.queue = ReviewQueue()
@@ -145,6 +150,10 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._restore_settings()
         self.statusBar().showMessage("Open an image folder and a mask folder (File menu or drag and drop).")
+        # everything built so far lives as long as the window: keep it out of the cyclic
+        # collector, whose full passes over it would otherwise pause the GUI now and then
+        gc.collect()
+        gc.freeze()
 
     # ------------------------------------------------------------------ actions and menus
     def _build_actions(self) -> None:
@@ -390,12 +399,11 @@ class MainWindow(QMainWindow):
         self.project = None
         self.scan = None
         self.pairs = {}
-        self.dataset = None
-        self._dataset_index = {}
+        self.dataset_info = None
         self._samples.clear()
         self._probs.clear()
         self.proposals.clear()
-        self.model = None
+        self.checkpoint = None
         self.current = None
         self.undo_stack.clear()
         self.queue.model.set_rows([])
@@ -492,8 +500,8 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ images
     def n_classes(self) -> int:
-        if self.dataset is not None:
-            return int(self.dataset.n_classes)
+        if self.dataset_info is not None:
+            return int(self.dataset_info.n_classes)
         enc = self.project.mask_encoding() if self.project is not None else None
         if enc is not None:
             return max(2, enc.n_classes)
@@ -502,10 +510,6 @@ class MainWindow(QMainWindow):
 
     def sample(self, name: str):
         """The loaded sample (image + given mask), loading it on first use; None if unreadable."""
-        if self.dataset is not None:
-            s = self._dataset_index.get(name)
-            if s is not None:
-                return s
         if name in self._samples:
             self._samples.move_to_end(name)
             return self._samples[name]
@@ -715,6 +719,9 @@ class MainWindow(QMainWindow):
             first.insert(0, self.current)
         return first
 
+    def checkpoint_path(self) -> Path:
+        return self.project.path.with_name(self.project.path.stem + "-model.pt")
+
     def start_training(self, steps: int | None = None, snapshot_every: int | None = None) -> bool:
         """Train on the open dataset in the background; proposals refresh at each snapshot."""
         if self.project is None or not self.pairs:
@@ -722,7 +729,6 @@ class MainWindow(QMainWindow):
             return False
         if self.is_training():
             return False
-        self._finish_worker("score_worker")
         try:
             config = self.training_panel.config(self.train_base)
             if steps is not None:
@@ -731,24 +737,49 @@ class MainWindow(QMainWindow):
         except (ValueError, TypeError) as e:
             self.report_error("Invalid training settings", str(e))
             return False
-        from ielstudio.core.training import StepEvent
-
         if snapshot_every is None:
             snapshot_every = max(5, min(50, config.max_steps // 6))
-        self._train_settings = {"train": config.to_dict(), "clean": self.clean_config().to_dict()}
+        clean = self.clean_config()
+        self._train_settings = {"train": config.to_dict(), "clean": clean.to_dict()}
         self.project.set_setting("train_config", config.to_dict())
-        # leave one core to the GUI thread while training runs in the worker
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         self.training_panel.reset_curves()
+        args = (self.scan, config, clean, self.snapshot_names(), snapshot_every, str(self.checkpoint_path()))
+        self._start_job(jobs.review_job, args, "loading images…", project_path=str(self.project.path))
+        self.statusBar().showMessage("Training started", 4000)
+        self.trainingStarted.emit()
+        return True
+
+    def score_with_saved_model(self) -> bool:
+        """Proposals and scores for every image from the project's saved model (background)."""
+        if self.project is None or self.is_training():
+            return False
+        ref = self.project.checkpoint
+        if ref is None or not Path(ref.path).is_file():
+            self.statusBar().showMessage("No saved model in this project yet: train one first.", 5000)
+            return False
+        self.checkpoint = Path(ref.path)
+        self._train_settings = {"checkpoint": str(ref.path), "clean": self.clean_config().to_dict()}
+        self._start_job(jobs.checkpoint_scoring_job, (self.scan, str(ref.path), self.clean_config()),
+                        "scoring with the saved model…", project_path=str(self.project.path))
+        return True
+
+    def _start_job(self, fn, args: tuple, text: str, **kwargs) -> None:
+        from ielstudio.core.training import StepEvent
+
         self.training_panel.set_running(True)
-        self.training_panel.set_progress_text("loading images…" if self.dataset is None else "starting…")
-        self._training_state = "loading" if self.dataset is None else "training"
-        w = GeneratorWorker(
-            jobs.training_job, self.scan, config, self.clean_config(), self.snapshot_names(), snapshot_every,
-            dataset=self.dataset, cancel_kwarg="cancel", progress_kwarg="report",
-            coalesce=lambda ev: isinstance(ev, StepEvent), min_interval_s=0.1, parent=self)
+        self.training_panel.set_progress_text(text)
+        self._training_state = "loading"
+        self.last_training = None
+        if self.train_in_process:
+            w = ProcessWorker(fn, *args, parent=self, **kwargs)
+        else:
+            import torch
+
+            # leave one core to the GUI thread while training runs in the worker thread
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+            w = GeneratorWorker(fn, *args, cancel_kwarg="cancel", progress_kwarg="report",
+                                coalesce=lambda ev: isinstance(ev, StepEvent), min_interval_s=0.1, parent=self,
+                                **kwargs)
         w.yielded.connect(self._on_training_event)
         w.progress.connect(self._on_training_progress)
         w.finished.connect(self._on_training_finished)
@@ -757,9 +788,6 @@ class MainWindow(QMainWindow):
         w.resumed.connect(lambda: self.training_panel.set_running(True, paused=False))
         self.train_worker = w
         w.start()
-        self.statusBar().showMessage("Training started", 4000)
-        self.trainingStarted.emit()
-        return True
 
     def pause_training(self) -> None:
         if self.is_training():
@@ -781,7 +809,6 @@ class MainWindow(QMainWindow):
             self.train_worker.request_stop()
             self._training_state = "stopping"
             self.training_panel.set_message("Stopping after this step…")
-        self._finish_worker("score_worker")
 
     def _on_training_progress(self, done: int, total: int) -> None:
         if self._training_state == "loading":
@@ -790,10 +817,10 @@ class MainWindow(QMainWindow):
             self.training_panel.set_progress_text(f"loading images {done}/{total}")
 
     def _on_training_event(self, ev) -> None:
-        from ielstudio.core.training import DoneEvent, EvalEvent, StepEvent
+        from ielstudio.core.training import EvalEvent, StepEvent
 
-        if isinstance(ev, jobs.SamplesLoaded):
-            self._on_samples_loaded(ev.dataset)
+        if isinstance(ev, jobs.DatasetInfo):
+            self._on_dataset_info(ev)
         elif isinstance(ev, StepEvent):
             if self._training_state == "loading":
                 self._training_state = "training"
@@ -802,26 +829,30 @@ class MainWindow(QMainWindow):
             self.training_panel.on_eval(ev)
         elif isinstance(ev, jobs.Reviews):
             self.apply_reviews(ev)
-        elif isinstance(ev, DoneEvent):
+        elif isinstance(ev, jobs.TrainingFinished):
             self._on_done(ev)
 
-    def _on_samples_loaded(self, dataset) -> None:
-        self.dataset = dataset
-        self._dataset_index = {s.name: s for s in dataset.samples}
-        self._samples.clear()
-        self._training_state = "training"
+    def _on_dataset_info(self, info: "jobs.DatasetInfo") -> None:
+        """Loading found the class mapping and the unusable files: record both."""
+        self.dataset_info = info
+        if self._training_state == "loading":
+            self._training_state = "training"
+            self.training_panel.set_progress_text("starting…")
         try:
-            self.project.set_mask_encoding(dataset.encoding)
+            old = self.project.mask_encoding()
+            self.project.set_mask_encoding(info.encoding)
+            if old != info.encoding:
+                self._samples.clear()  # re-read with the dataset's class mapping
         except Exception as e:
             self.report_error("Cannot update the project", str(e))
-        self._set_classes(dataset.n_classes)
-        self.training_panel.set_data_shape(dataset.in_channels, dataset.n_classes)
+        self._set_classes(info.n_classes)
+        self.training_panel.set_data_shape(info.in_channels, info.n_classes)
         by_path = {}
         for p in self.pairs.values():
             by_path[Path(p.image_path)] = p.name
             by_path[Path(p.mask_path)] = p.name
         scan_skipped = {Path(s.path) for s in self.scan.skipped}
-        for sk in dataset.skipped:
+        for sk in info.skipped:
             if Path(sk.path) in scan_skipped:
                 continue
             name = by_path.get(Path(sk.path))
@@ -833,9 +864,9 @@ class MainWindow(QMainWindow):
                 self.queue.model.update(name, status="skipped", reason=sk.problem)
             except Exception as e:
                 self.report_error("Cannot update the project", str(e))
-        if dataset.skipped:
-            self.statusBar().showMessage(f"{len(dataset.skipped)} files skipped (hover the queue rows for why)", 8000)
-        if self.current:
+        if info.skipped:
+            self.statusBar().showMessage(f"{len(info.skipped)} files skipped (hover the queue rows for why)", 8000)
+        if self.current and not self._samples:
             self.show_image(self.current)
 
     def apply_reviews(self, reviews: "jobs.Reviews") -> None:
@@ -850,10 +881,11 @@ class MainWindow(QMainWindow):
             rows.append((name, r.score, r.changed))
         while len(self._probs) > PROBS_CACHE:
             self._probs.popitem(last=False)
-        try:
-            self.project.set_scores(rows)
-        except Exception as e:
-            self.report_error("Cannot save scores", str(e))
+        if not reviews.saved:  # a job writes its own scores; these came from elsewhere
+            try:
+                self.project.set_scores(rows)
+            except Exception as e:
+                self.report_error("Cannot save scores", str(e))
         self.queue.model.update_many({n: {"score": s, "changed": c} for n, s, c in rows})
         if self.current in reviews.items:
             self._refresh_overlays(self.current)
@@ -862,35 +894,26 @@ class MainWindow(QMainWindow):
             self.training_panel.set_progress_text(f"scoring {reviews.done}/{reviews.total}")
         self.reviewsApplied.emit(reviews)
 
-    def _on_done(self, ev) -> None:
-        self.model = ev.model
-        self.model_config = ev.config
+    def _on_done(self, ev: "jobs.TrainingFinished") -> None:
+        self.last_training = ev
+        agreement = ev.history.get("best_agreement")
         self.training_panel.set_message(
-            f"Done: {ev.steps} steps ({ev.reason}); "
-            f"agreement {ev.history.get('best_agreement') or 0:.3f}")
-        try:
-            from ielstudio.core.training import save_checkpoint
-
-            path = self.project.path.with_name(self.project.path.stem + "-model.pt")
-            save_checkpoint(path, ev.model, ev.config, {"steps": ev.steps, "reason": ev.reason})
-            self.project.set_checkpoint(path)
-        except Exception as e:
-            self.report_error("Cannot save the model", str(e))
+            f"Done: {ev.steps} steps ({ev.reason})" + ("" if agreement is None else f"; agreement {agreement:.3f}"))
+        if ev.checkpoint:
+            try:
+                self.project.set_checkpoint(ev.checkpoint)
+                self.checkpoint = Path(ev.checkpoint)
+            except Exception as e:
+                self.report_error("Cannot record the model", str(e))
+        if ev.reason != "cancelled" and self._training_state != "stopping":
+            self.training_panel.set_progress_text("scoring the other images…")
 
     def _on_training_finished(self, result) -> None:
-        w = self.train_worker
-        if w is not None:
-            w.wait(10000)
         stopped = self._training_state == "stopping"
         self._training_state = "idle"
         self.training_panel.set_running(False)
-        done = self.model is not None and w is not None and w.n_yielded > 0
         self.training_panel.set_progress_text("stopped" if stopped else "done")
-        self.trainingFinished.emit(self.model if done else None)
-        if self.model is not None and not stopped:
-            missing = [n for n in self.queue.visible_names() if n in self.pairs and n not in self.proposals]
-            if missing:
-                self.start_scoring(missing)
+        self.trainingFinished.emit(self.last_training)
 
     def _on_training_error(self, message: str) -> None:
         self._training_state = "idle"
@@ -900,42 +923,14 @@ class MainWindow(QMainWindow):
         self.report_error("Training failed", message + "\nThe review session is unchanged.")
         self.trainingFinished.emit(None)
 
-    def start_scoring(self, names: list[str]) -> bool:
-        """Proposals and scores for ``names`` with the trained model, in the background."""
-        if self.model is None or self.dataset is None:
-            return False
-        self._finish_worker("score_worker")
-        samples = [self._dataset_index[n] for n in names if n in self._dataset_index]
-        if not samples:
-            return False
-        device = next(self.model.parameters()).device
-        w = GeneratorWorker(jobs.scoring_job, self.model, samples, device, self.clean_config(),
-                            cancel_kwarg="cancel", parent=self)
-        w.yielded.connect(self.apply_reviews)
-        w.finished.connect(lambda _: self._scoring_done())
-        w.errored.connect(lambda msg: self.report_error("Scoring failed", msg))
-        self.score_worker = w
-        w.start()
-        return True
-
-    def _scoring_done(self) -> None:
-        self.training_panel.set_progress_text("done")
-        self.scoringFinished.emit()
-
     def _load_checkpoint_from_project(self) -> None:
-        """Reopening a project: reload its model (if the file is still there) for proposals."""
+        """Reopening a project with a saved model: its proposals are recomputed in the background."""
         ref = self.project.checkpoint
         if ref is None or not Path(ref.path).is_file():
             return
-        try:
-            from ielstudio.core.training import load_checkpoint
-
-            self.model, self.model_config, _meta = load_checkpoint(ref.path)
-            self.training_panel.set_message(f"Model loaded from {Path(ref.path).name}; "
-                                            "Start training to refresh proposals")
-        except Exception as e:
-            self.model = None
-            self.statusBar().showMessage(f"Saved model not loaded: {e}", 8000)
+        self.checkpoint = Path(ref.path)
+        self.training_panel.set_message(f"Saved model {Path(ref.path).name}: recomputing its proposals")
+        QTimer.singleShot(0, self.score_with_saved_model)
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | Path | None = None) -> bool:
@@ -996,11 +991,13 @@ class MainWindow(QMainWindow):
             setattr(self, attr, None)
 
     def _stop_workers(self) -> None:
-        for attr in ("train_worker", "score_worker", "export_worker"):
+        for attr in ("train_worker", "export_worker"):
             self._finish_worker(attr)
         if self.thumb_worker is not None:
+            self.thumb_queue.put((None, None))  # wakes the thread, which then ends
             self.thumb_worker.stop(5000)
             self.thumb_worker = None
+            self.thumb_queue = queue.Queue()
         self.iel_panel.stop()
         self._training_state = "idle"
         self.training_panel.set_running(False)
