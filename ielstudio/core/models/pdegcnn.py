@@ -141,7 +141,7 @@ class _MaxPlus(torch.autograd.Function):
                         if need_index:
                             # index of the maximiser: 1 where vals == best (>= the max), times 1..n, max
                             vals.ge_(best.unsqueeze(1)).mul_(rank)
-                            idx[b, c, o0:o1, y0:y1] = (torch.amax(vals, dim=1) - 1).to(torch.uint8)
+                            idx[b, c, o0:o1, y0:y1] = (torch.amax(vals, dim=1) - 1).clamp_(min=0).to(torch.uint8)  # NaN: 0
         ctx.save_for_backward(idx)
         ctx.geometry = (B, C, O, H, W, M, S)
         return out
