@@ -25,8 +25,12 @@ t0=$(now)
 "$EXE" --help >/dev/null
 t1=$(now)
 LOG="$SMOKE_HOME/demo.log"
+set +e
 "$EXE" demo --train-steps 2 --screenshot "$SHOT" 2>&1 | tee "$LOG"
+rc=${PIPESTATUS[0]}
+set -e
 t2=$(now)
+[ "$rc" -eq 0 ] || { echo "smoke.sh: FAIL: the demo exited with status $rc" >&2; exit 1; }
 if grep -qiE '^(error|traceback)|: error:' "$LOG"; then
   echo "smoke.sh: FAIL: the demo reported an error (see above)" >&2; exit 1
 fi
