@@ -203,3 +203,18 @@ def test_shapes_parameter_count_and_registry():
     assert small(torch.randn(3, 2, 11, 9)).shape == (3, 2, 11, 9)
     with pytest.raises(ValueError):
         build_pdegcnn(1, 2, orientations=6)
+
+
+def test_inference_path_matches_training_path_and_nan_does_not_crash():
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(2, 3, 4, 6, 7, generator=g)
+    K = torch.rand(3, 4, 3, 3, 3, generator=g)
+    with torch.no_grad():
+        plain = max_plus(f, K)  # no arg-max bookkeeping
+    tracked = max_plus(f.clone().requires_grad_(), K)
+    assert torch.equal(plain, tracked.detach())
+    f[0, 0, 0, 2, 2] = float("nan")
+    f.requires_grad_()
+    out = max_plus(f, K)
+    out.sum().backward()  # NaN propagates, indices stay in range
+    assert torch.isnan(out).any() and f.grad is not None

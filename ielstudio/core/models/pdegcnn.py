@@ -125,6 +125,7 @@ class _MaxPlus(torch.autograd.Function):
         rows = H if o_step > 1 else max(1, min(H, chunk // (n * W)))
         vals_buf = f.new_empty(o_step * n * rows * W)
         rank = torch.arange(1, n + 1, dtype=f.dtype, device=f.device).view(1, n, 1, 1)
+        centre = (mr * S + r) * S + r
         for b in range(B):
             for c in range(C):
                 for o0 in range(0, O, o_step):
@@ -141,7 +142,8 @@ class _MaxPlus(torch.autograd.Function):
                         if need_index:
                             # index of the maximiser: 1 where vals == best (>= the max), times 1..n, max
                             vals.ge_(best.unsqueeze(1)).mul_(rank)
-                            idx[b, c, o0:o1, y0:y1] = (torch.amax(vals, dim=1) - 1).clamp_(min=0).to(torch.uint8)  # NaN: 0
+                            t = torch.amax(vals, dim=1).sub_(1)
+                            idx[b, c, o0:o1, y0:y1] = t.masked_fill_(t < 0, centre)  # NaN input: the centre
         ctx.save_for_backward(idx)
         ctx.geometry = (B, C, O, H, W, M, S)
         return out
@@ -154,33 +156,25 @@ class _MaxPlus(torch.autograd.Function):
         mr, r, n = M // 2, S // 2, M * S * S
         grad_out = grad_out.contiguous()
         dev = grad_out.device
-        grad_f = grad_k = None
-        if ctx.needs_input_grad[1]:
-            # grad_k[c, o, t] = -sum of grad_out where the maximiser was offset t
-            key = torch.arange(C * O, device=dev).view(1, C, O, 1, 1) * n + idx
-            grad_k = torch.zeros(C * O * n, dtype=grad_out.dtype, device=dev)
-            grad_k.scatter_add_(0, key.flatten(), grad_out.flatten())
+        # per (o, t): where, relative to (o, y, x) in one channel's O x H x W block, offset t reads
+        o = torch.arange(O, device=dev).view(O, 1)
+        t = torch.arange(n, device=dev).view(1, n)
+        m, i, j = t // (S * S) - mr, (t // S) % S - r, t % S - r
+        shift = (((o + m) % O) - o) * (H * W) + i * W + j  # (O, n)
+        pos = torch.arange(O * H * W, device=dev).view(O, H, W)
+        o_n = (torch.arange(O, device=dev) * n).view(O, 1, 1)
+        grad_f = torch.zeros_like(grad_out) if ctx.needs_input_grad[0] else None
+        grad_k = grad_out.new_zeros(C, O * n) if ctx.needs_input_grad[1] else None
+        for b in range(B):
+            key = o_n + idx[b]  # (C, O, H, W): o * n + t, int64
+            g = grad_out[b].view(C, -1)
+            if grad_k is not None:
+                grad_k.scatter_add_(1, key.view(C, -1), g)
+            if grad_f is not None:
+                src = pos + shift.view(-1).index_select(0, key.view(-1)).view(C, O, H, W)
+                grad_f[b].view(C, -1).scatter_add_(1, src.view(C, -1), g)
+        if grad_k is not None:
             grad_k = -grad_k.view(C, O, M, S, S)
-        if ctx.needs_input_grad[0]:
-            Op, Hp, Wp = O + 2 * mr, H + 2 * r, W + 2 * r
-            buf = torch.zeros(B, C * Op * Hp * Wp, dtype=grad_out.dtype, device=dev)
-            sC, sO, sH = Op * Hp * Wp, Hp * Wp, Wp
-
-            def ar(k: int) -> torch.Tensor:
-                return torch.arange(k, device=dev)
-
-            # position of each output pixel in the padded buffer, plus that of its maximiser offset
-            base = ar(C).view(C, 1, 1, 1) * sC + ar(O).view(1, O, 1, 1) * sO + ar(H).view(1, 1, H, 1) * sH + ar(W)
-            t = ar(n)
-            offset = (t // (S * S)) * sO + ((t // S) % S) * sH + t % S
-            for b in range(B):
-                flat = (base + offset.index_select(0, idx[b].flatten().long()).view(C, O, H, W)).flatten()
-                buf[b].scatter_add_(0, flat, grad_out[b].flatten())
-            buf = buf.view(B, C, Op, Hp, Wp)
-            grad_f = buf[:, :, mr : mr + O, r : r + H, r : r + W].clone()
-            if mr:
-                grad_f[:, :, O - mr :] += buf[:, :, :mr, r : r + H, r : r + W]
-                grad_f[:, :, :mr] += buf[:, :, O + mr :, r : r + H, r : r + W]
         return grad_f, grad_k, None
 
 
