@@ -313,7 +313,7 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
         at_stop = pulled["steps"]
         w.train_worker.yielded.connect(lambda ev: done.append(ev) if hasattr(ev, "reason") else None)
         w.stop_training()
-    assert done and done[-1].reason == "cancelled"
+    assert done and done[-1].reason == "cancelled", w.last_error
     assert at_stop <= done[-1].steps <= at_stop + 1
     assert not w.training_panel.stop_button.isEnabled() and w.training_panel.start_button.isEnabled()
     assert w.checkpoint is not None and w.checkpoint.is_file()  # the model so far is kept after a stop
@@ -415,3 +415,30 @@ def test_app_screenshot_mode_saves_window_and_exits_zero(dataset, tmp_path):
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[0] > 400 and img.shape[1] > 800
     assert img.std() > 10  # not a blank picture
+
+
+def test_single_key_shortcuts_work_while_a_plot_or_the_canvas_has_focus(make_window, dataset, qtbot):
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    w = make_window()
+    w.show()
+    qtbot.waitExposed(w)
+    w.open_folders(*dataset)
+    inject_proposals(w, SCORES)
+    w.queue.select("cell1")
+    for widget, key, status in ((w.canvas.view_widget, Qt.Key.Key_A, "accepted"),
+                                (w.training_panel.loss_plot, Qt.Key.Key_R, "kept"),
+                                (w.iel_panel.plots, Qt.Key.Key_A, "accepted")):
+        widget.setFocus()
+        QApplication.processEvents()
+        name = w.current
+        QTest.keyClick(QApplication.focusWidget(), key)
+        assert w.project.decision(name).status == status, (widget, key)
+    w.canvas.view_widget.setFocus()
+    QTest.keyClick(w.canvas.view_widget, Qt.Key.Key_B)
+    assert w.canvas.tool == "brush"
+    r = w.canvas.brush_radius
+    QTest.keyClick(w.canvas.view_widget, Qt.Key.Key_BracketRight)
+    assert w.canvas.brush_radius == r + 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -93,6 +93,19 @@ def display_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+class ShortcutsPassThrough(QObject):
+    """Event filter: a graphics view never claims a key that is a window shortcut.
+
+    (QGraphicsView accepts ShortcutOverride for plain keys, so A, R, B, E, N, P ...
+    would not reach the actions while the view has the focus.)"""
+
+    def eventFilter(self, obj, ev) -> bool:
+        if ev.type() == QEvent.Type.ShortcutOverride:
+            ev.ignore()
+            return True
+        return False
+
+
 class _CanvasViewBox(pg.ViewBox):
     """A ViewBox that hands left-button drags/clicks to the canvas when a tool is active."""
 
@@ -151,6 +164,8 @@ class Canvas(QWidget):
 
         self.view_widget = pg.GraphicsView()
         self.view_widget.setBackground(QColor(30, 30, 30))
+        self._shortcut_filter = ShortcutsPassThrough(self)
+        self.view_widget.installEventFilter(self._shortcut_filter)
         self.viewbox = _CanvasViewBox(self)
         self.view_widget.setCentralItem(self.viewbox)
 

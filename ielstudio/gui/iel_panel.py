@@ -17,6 +17,7 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
+from .canvas import ShortcutsPassThrough
 from .workers import GeneratorWorker
 
 
@@ -88,6 +89,8 @@ class IELPanel(QWidget):
 
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground(QColor(30, 30, 30))
+        self._shortcut_filter = ShortcutsPassThrough(self)
+        self.plots.installEventFilter(self._shortcut_filter)
         self.boxes, self.heat_items, self.region_items, self.titles = [], [], [], []
         for i, title in enumerate(("Given mask", "Prediction")):
             label = self.plots.addLabel(title, row=2 * i, col=0, color="#ddd", size="9pt")

@@ -455,6 +455,10 @@ class MainWindow(QMainWindow):
         self.canvas.set_class_names(names)
 
     def _update_title(self) -> None:
+        import shiboken6
+
+        if not shiboken6.isValid(self) or not shiboken6.isValid(self.undo_stack):
+            return  # the window is being torn down
         title = "IEL Studio"
         if self.project is not None:
             title = f"{self.project.path.stem} – {title}"

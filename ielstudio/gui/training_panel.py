@@ -33,6 +33,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .canvas import ShortcutsPassThrough
+
 # form widget -> dataclass field it edits
 TRAIN_FIELDS = ("arch", "epochs", "max_steps", "device", "init_checkpoint")
 IEL_FIELDS = ("heat", "heat_dt", "heat_steps", "convex_classes", "convex_dt", "convex_steps")
@@ -207,7 +209,9 @@ class TrainingPanel(QWidget):
         self.agree_plot.showGrid(x=True, y=True, alpha=0.3)
         self.agree_curve = self.agree_plot.plot(pen=pg.mkPen((0, 190, 255), width=2), symbol="o", symbolSize=5,
                                                 symbolBrush=(0, 190, 255))
+        self._shortcut_filter = ShortcutsPassThrough(self)
         for p in (self.loss_plot, self.agree_plot):
+            p.installEventFilter(self._shortcut_filter)
             p.setMinimumWidth(220)
             p.setMinimumHeight(150)
 
