@@ -353,8 +353,9 @@ def _print_summary(report: dict, report_path) -> None:
             _say(f"  {s['path']}: {s['problem']}")
     if scores:
         _say(f"mean label-quality score {sum(scores) / len(scores):.3f} (1 = label agrees with the model); worst first in the report")
-    if report.get("model_path"):
-        _say(f"model saved to {report['model_path']}")
+    saved = report.get("model", {}).get("saved_to")
+    if saved:
+        _say(f"model saved to {saved}")
     _say(f"report: {report_path}")
 
 

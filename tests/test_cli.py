@@ -86,6 +86,7 @@ def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys)
     assert rows[0].startswith("name,score,changed_pixels") and len(rows) == 7
     assert f"{report['model']['n_parameters']:,} parameters" in err
     assert "wrote 6 cleaned mask(s)" in err and "ielstudio-report.json" in err
+    assert f"model saved to {model}" in err and report["model"]["saved_to"] == str(model)
 
     # the saved model segments a folder of images
     pred = tmp_path / "pred"
