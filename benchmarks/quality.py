@@ -71,10 +71,10 @@ class Settings:
     @staticmethod
     def make(quick: bool) -> "Settings":
         if quick:  # < 10 min on 2 quiet CPU cores
-            return Settings(True, 8, 96, (), (1, 3), 300, 64, 4, 8, (8, 16), (100, 200, 400), (8, 16), 96,
+            return Settings(True, 8, 96, (), (1, 3), 300, 64, 4, 8, (8, 16), (100, 200, 400, 800), (8, 16), 96,
                             ("nuclei",))
         return Settings(False, 24, 128, (1, 2, 3), (1, 2, 3), 300, 96, 8, 16, (8, 16, 32),
-                        (100, 200, 400, 800), (8, 16, 32), 128)
+                        (100, 200, 400, 800, 1600), (8, 16, 32), 128)
 
     def train_kw(self) -> dict:
         return {"crop": self.crop, "batch_size": self.batch_size, "width": self.width}
