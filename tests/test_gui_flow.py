@@ -304,8 +304,6 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
     pulled = _count_steps(monkeypatch)
     w = make_window()
     w.open_folders(*dataset)
-    from ielstudio.core.training import StepEvent
-
     done = []
     with qtbot.waitSignal(w.trainingFinished, timeout=60000):
         w.start_training(steps=5000, snapshot_every=1000)
@@ -442,3 +440,26 @@ def test_single_key_shortcuts_work_while_a_plot_or_the_canvas_has_focus(make_win
     r = w.canvas.brush_radius
     QTest.keyClick(w.canvas.view_widget, Qt.Key.Key_BracketRight)
     assert w.canvas.brush_radius == r + 1
+
+
+def test_reopened_project_recomputes_proposals_with_its_saved_model(make_window, dataset, qtbot):
+    w = make_window()
+    w.open_folders(*dataset)
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
+        w.start_training(steps=3, snapshot_every=3)
+    ckpt = blocker.args[0].checkpoint
+    assert w.project.checkpoint.path == Path(ckpt).resolve()
+    path = w.project.path
+    w.close()
+    w2 = make_window()
+    with qtbot.waitSignal(w2.trainingFinished, timeout=60000):
+        assert w2.open_project(path)  # starts scoring with the saved model in the background
+    assert set(w2.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
+    assert w2.checkpoint == Path(ckpt).resolve()
+    w2.close()
+    # training right after opening replaces the scoring pass that opening started
+    w3 = make_window()
+    assert w3.open_project(path) and w3.is_training() and w3._job_kind == "score"
+    with qtbot.waitSignal(w3.trainingFinished, timeout=60000) as blocker:
+        assert w3.start_training(steps=2, snapshot_every=2)
+    assert blocker.args[0].steps == 2

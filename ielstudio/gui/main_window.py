@@ -18,7 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QIcon, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -27,10 +27,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QSplitter,
-    QWidget,
 )
-
-from ielstudio import __version__
 
 from . import jobs
 from .canvas import OVERLAYS, Canvas
@@ -98,6 +95,7 @@ class MainWindow(QMainWindow):
         self.checkpoint: Path | None = None  # the model behind the proposals
         self.train_in_process = True  # training in a child process keeps the GUI thread free of the GIL
         self.last_training: jobs.TrainingFinished | None = None
+        self._job_kind = "train"  # what train_worker runs: "train" or "score" (saved model)
         self.current: str | None = None
         self.last_error: str | None = None
         self.train_worker: GeneratorWorker | None = None
@@ -732,7 +730,10 @@ class MainWindow(QMainWindow):
             self.report_error("Nothing to train on", "open an image folder and a mask folder first")
             return False
         if self.is_training():
-            return False
+            if self._job_kind != "score":
+                return False
+            self._finish_worker("train_worker")  # training replaces a scoring pass in progress
+            self._training_state = "idle"
         try:
             config = self.training_panel.config(self.train_base)
             if steps is not None:
@@ -748,6 +749,7 @@ class MainWindow(QMainWindow):
         self.project.set_setting("train_config", config.to_dict())
         self.training_panel.reset_curves()
         args = (self.scan, config, clean, self.snapshot_names(), snapshot_every, str(self.checkpoint_path()))
+        self._job_kind = "train"
         self._start_job(jobs.review_job, args, "loading images…", project_path=str(self.project.path))
         self.statusBar().showMessage("Training started", 4000)
         self.trainingStarted.emit()
@@ -763,6 +765,7 @@ class MainWindow(QMainWindow):
             return False
         self.checkpoint = Path(ref.path)
         self._train_settings = {"checkpoint": str(ref.path), "clean": self.clean_config().to_dict()}
+        self._job_kind = "score"
         self._start_job(jobs.checkpoint_scoring_job, (self.scan, str(ref.path), self.clean_config()),
                         "scoring with the saved model…", project_path=str(self.project.path))
         return True
@@ -791,7 +794,11 @@ class MainWindow(QMainWindow):
         w.paused.connect(lambda: self.training_panel.set_running(True, paused=True))
         w.resumed.connect(lambda: self.training_panel.set_running(True, paused=False))
         self.train_worker = w
-        w.start()
+        try:
+            w.start()
+        except Exception as e:  # e.g. no process could be started: say so, keep the session
+            self.train_worker = None
+            self._on_training_error(f"cannot start the background job: {e}")
 
     def pause_training(self) -> None:
         if self.is_training():
@@ -934,7 +941,7 @@ class MainWindow(QMainWindow):
             return
         self.checkpoint = Path(ref.path)
         self.training_panel.set_message(f"Saved model {Path(ref.path).name}: recomputing its proposals")
-        QTimer.singleShot(0, self.score_with_saved_model)
+        self.score_with_saved_model()
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | Path | None = None) -> bool:
