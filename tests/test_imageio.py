@@ -364,3 +364,17 @@ def test_atomic_write_image_encode_error_writes_nothing(tmp_path):
     with pytest.raises(ValueError):
         atomic_write_image(tmp_path / "x.png", np.full((3, 3), -5, np.int32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_umask_mode_not_private(tmp_path):
+    import os
+    import stat
+
+    from ielstudio.core.imageio import atomic_write_bytes
+
+    old = os.umask(0o022)
+    os.umask(old)
+    target = tmp_path / "m.png"
+    atomic_write_bytes(target, b"x")
+    mode = stat.S_IMODE(target.stat().st_mode)
+    assert mode == 0o666 & ~old, oct(mode)

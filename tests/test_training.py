@@ -336,3 +336,29 @@ def test_select_device():
             select_device("cuda")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         select_device("tpu")
+
+
+def test_pde_architecture_training_keeps_weights_in_unit_box():
+    """Parabolic U-Net training projects its PDE kernels to [-1, 1] after each step."""
+    import numpy as np
+    import torch
+
+    from ielstudio.core.dataset import Sample
+    from ielstudio.core.models.pde_blocks import SymmetricLayer
+    from ielstudio.core.training import DoneEvent, TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(3):
+        mask = np.zeros((32, 32), np.int64)
+        mask[8:24, 8:24] = 1
+        img = (mask + 0.1 * rng.standard_normal((32, 32))).astype(np.float32)[None]
+        samples.append(Sample(name=f"s{i}", image=img, mask=mask, encoding=None,
+                              image_path=None, mask_path=None))
+    cfg = TrainConfig(arch="parabolic", width=8, depth=2, epochs=1, max_steps=3, min_steps=1,
+                      crop=32, batch_size=2, lr=5.0, seed=0)
+    done = [e for e in train(samples, cfg) if isinstance(e, DoneEvent)][0]
+    layers = [m for m in done.model.modules() if isinstance(m, SymmetricLayer)]
+    assert layers
+    w = torch.cat([m.weight.detach().flatten() for m in layers])
+    assert float(w.abs().max()) <= 1.0 + 1e-6

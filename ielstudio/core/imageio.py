@@ -487,6 +487,16 @@ def write_mask(path: str | Path, classes: np.ndarray, encoding: MaskEncoding,
 # --------------------------------------------------------------------------- writing
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+#: Mode of files we write, as ``open()`` would create them under the process umask.
+_FILE_MODE = _default_file_mode()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
@@ -500,6 +510,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
         os.replace(tmp, path)
     except BaseException:
         try:

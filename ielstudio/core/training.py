@@ -36,6 +36,7 @@ from .iel import IELConfig, IELStack
 from .imageio import atomic_write_bytes
 from .metrics import confusion_counts
 from .models import ARCHITECTURES, build_model
+from .models.pde_blocks import project_pde_weights_, tv_in_time_penalty
 
 __all__ = [
     "TrainConfig", "TrainingError", "StepEvent", "EvalEvent", "SnapshotEvent", "DoneEvent",
@@ -50,6 +51,12 @@ FALLBACK_STEPS = 300
 #: At most this many images are held out for the automatic budget (enough to measure
 #: agreement; the rest are better used for training).
 MAX_HOLDOUT = 32
+
+#: Architectures built from PDE residual blocks (weights kept in [-1, 1], TV-in-time penalty).
+PDE_STEP_ARCHS = ("parabolic", "hamiltonian", "second-order")
+
+#: Weight of the total-variation-in-time penalty on PDE block weights (Ruthotto & Haber).
+PDE_TV_WEIGHT = 1e-4
 CHECKPOINT_FORMAT = "ielstudio-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -415,6 +422,7 @@ def _train_one(
     model = _initial_model(config, in_channels, n_classes, history).to(device)
     model.train()
     iel = IELStack(config.iel).to(device)
+    has_pde_steps = config.arch in PDE_STEP_ARCHS
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -439,6 +447,9 @@ def _train_one(
         loss = F.cross_entropy(out, y)
         if config.dice_weight > 0:
             loss = loss + config.dice_weight * _soft_dice_loss(out, y)
+        if has_pde_steps:
+            # Ruthotto & Haber: smooth weights across time steps (0 for plain U-Nets).
+            loss = loss + PDE_TV_WEIGHT * tv_in_time_penalty(model)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingError(
@@ -449,6 +460,8 @@ def _train_one(
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        if has_pde_steps:
+            project_pde_weights_(model)  # keep PDE kernels in [-1, 1]
         step += 1
         history["loss"].append(value)
         history["lr"].append(lr)
