@@ -97,7 +97,11 @@ def review_image(probs: np.ndarray, given: np.ndarray, clean_config) -> ImageRev
     proposal = propose(probs, given, clean_config)
     score, _doubt = label_quality(probs, given)
     changed = float(np.mean(proposal != given))
-    return ImageReview(probs, proposal.astype(np.int64, copy=False), float(score), changed)
+    # compact for the trip to the GUI process (a smaller message is read without blocking):
+    # class indices as uint8 when they fit, probabilities (display only) as float16
+    if proposal.size and int(proposal.max()) < 256:
+        proposal = proposal.astype(np.uint8)
+    return ImageReview(probs.astype(np.float16), proposal, float(score), changed)
 
 
 def _load(scan, cancel, report):
@@ -142,7 +146,11 @@ class ScoreWriter:
             self._project = None
 
 
-def scoring_job(model, samples, clean_config, cancel: Callable[[], bool], chunk: int = 8) -> Iterator[Reviews]:
+REVIEWS_PER_MESSAGE = 4  # images per Reviews event: small messages keep the GUI's reads short
+
+
+def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
+                chunk: int = REVIEWS_PER_MESSAGE) -> Iterator[Reviews]:
     """Predict every sample with a trained model; yield proposals and scores in chunks."""
     from ielstudio.core.training import predict
 
@@ -208,7 +216,10 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
                 if name in given:
                     items[name] = review_image(probs, given[name], clean_config)
             reviewed.update(items)
-            yield writer(Reviews(ev.step, items, len(items), len(items)))
+            names_done = list(items)
+            for i in range(0, len(names_done), REVIEWS_PER_MESSAGE):
+                chunk = {n: items[n] for n in names_done[i:i + REVIEWS_PER_MESSAGE]}
+                yield writer(Reviews(ev.step, chunk, min(i + len(chunk), len(items)), len(items)))
         elif isinstance(ev, DoneEvent):
             model = ev.model
             saved = None

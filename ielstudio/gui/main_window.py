@@ -41,6 +41,7 @@ from .workers import GeneratorWorker, ProcessWorker
 MAX_RECENT = 8
 SAMPLE_CACHE = 24  # images kept loaded when the whole dataset is not
 PROBS_CACHE = 64  # probability maps kept (for the IEL panel)
+STEP_INTERVAL_S = 0.2  # progress, ETA and loss curve refresh at most 5 times a second
 ALL_SNAPSHOT_LIMIT = 256  # datasets up to this size get proposals for every image while training
 
 
@@ -778,14 +779,15 @@ class MainWindow(QMainWindow):
         self._training_state = "loading"
         self.last_training = None
         if self.train_in_process:
-            w = ProcessWorker(fn, *args, parent=self, **kwargs)
+            w = ProcessWorker(fn, *args, min_interval_s=STEP_INTERVAL_S, parent=self, **kwargs)
         else:
             import torch
 
             # leave one core to the GUI thread while training runs in the worker thread
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
             w = GeneratorWorker(fn, *args, cancel_kwarg="cancel", progress_kwarg="report",
-                                coalesce=lambda ev: isinstance(ev, StepEvent), min_interval_s=0.1, parent=self,
+                                coalesce=lambda ev: isinstance(ev, StepEvent), min_interval_s=STEP_INTERVAL_S,
+                                parent=self,
                                 **kwargs)
         w.yielded.connect(self._on_training_event)
         w.progress.connect(self._on_training_progress)

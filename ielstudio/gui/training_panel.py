@@ -198,7 +198,7 @@ class TrainingPanel(QWidget):
         cl.addStretch(1)
 
         # --- curves
-        pg.setConfigOptions(antialias=True)
+        pg.setConfigOptions(antialias=False)
         self.loss_plot = pg.PlotWidget(title="Training loss")
         self.loss_plot.setLabel("bottom", "step")
         self.loss_plot.showGrid(x=True, y=True, alpha=0.3)
