@@ -266,3 +266,40 @@ def test_drop_of_a_folder_with_images_and_masks_opens_it(qtbot, tmp_path):
     assert w.open_dropped([root])
     assert [r.name for r in w.queue.model.rows] == ["a"]
     w.close()
+
+
+def test_pan_and_zoom_on_a_2048_px_image_never_recompose_the_layers(qtbot, monkeypatch):
+    import pyqtgraph as pg
+
+    c = Canvas()
+    qtbot.addWidget(c)
+    c.resize(800, 700)
+    c.show()
+    qtbot.waitExposed(c)
+    rng = np.random.default_rng(0)
+    img = rng.random((1, 2048, 2048), dtype=np.float32)
+    given = (rng.random((2048, 2048)) > 0.5).astype(np.int64)
+    prop = (rng.random((2048, 2048)) > 0.5).astype(np.int64)
+    c.set_image(img)
+    c.set_mask(given)
+    c.set_proposal(prop, given)
+    c.set_overlay_visible("proposal", True)
+    c.view_widget.grab()  # first paint: each layer rendered once through its LUT
+    renders = []
+    real = pg.ImageItem.render
+    monkeypatch.setattr(pg.ImageItem, "render", lambda self, *a, **k: (renders.append(self), real(self, *a, **k))[1])
+    t0 = time.perf_counter()
+    for i in range(20):
+        c.viewbox.scaleBy((0.9, 0.9) if i % 2 else (1.1, 1.1))
+        c.viewbox.translateBy((37, -21))
+        c.view_widget.grab()
+    per_frame = (time.perf_counter() - t0) / 20
+    assert renders == []  # no layer was recomposed while panning and zooming
+    assert per_frame < 0.5, per_frame  # typically a few ms per repaint
+    # changing an overlay's opacity re-renders nothing either (a transform on the item)
+    c.set_overlay_opacity("difference", 0.3)
+    c.view_widget.grab()
+    assert renders == []
+    c.set_mask(prop)  # new data does go through the LUT again (the probe works)
+    c.view_widget.grab()
+    assert renders == [c.items["mask"]]
