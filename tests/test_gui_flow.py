@@ -464,3 +464,25 @@ def test_reopened_project_recomputes_proposals_with_its_saved_model(make_window,
     with qtbot.waitSignal(w3.trainingFinished, timeout=60000) as blocker:
         assert w3.start_training(steps=2, snapshot_every=2)
     assert blocker.args[0].steps == 2
+
+
+def test_failed_export_is_reported_and_session_kept(make_window, dataset, qtbot, tmp_path):
+    w = make_window()
+    w.open_folders(*dataset)
+    w.keep("cell0", advance=False)
+    blocker_path = tmp_path / "not-a-folder"
+    blocker_path.write_text("a file where the export folder should be")
+    with qtbot.waitSignal(w.exportFinished, timeout=20000) as blocker:
+        assert w.export(blocker_path)
+    assert blocker.args == [None]
+    assert "Export failed" in w.statusBar().currentMessage()
+    assert w.project.decision("cell0").status == "kept"
+
+
+def test_window_icon_is_set(make_window):
+    from ielstudio.gui.main_window import icon_path
+
+    p = icon_path()
+    assert p is not None and p.is_file()
+    w = make_window()
+    assert not w.windowIcon().pixmap(64, 64).isNull()
