@@ -35,7 +35,8 @@ def run_app(images_dir: str | Path | None = None, masks_dir: str | Path | None =
             screenshot: str | Path | None = None, argv: list[str] | None = None) -> int:
     """Open the main window and run the Qt event loop; returns the exit code.
 
-    demo: open the bundled nuclei sample (resources/sample/nuclei) with its own project.
+    demo: open the bundled nuclei sample (resources/sample/nuclei) with its own project
+    and start training (automatic budget).
     train_steps: start training with at most this many steps once the dataset is open.
     screenshot: wait for the first proposals (or the end of training), save the window
     to this PNG and exit 0 (exit 1 if that fails or nothing arrives within 10 minutes).
@@ -99,9 +100,9 @@ def run_app(images_dir: str | Path | None = None, masks_dir: str | Path | None =
             take_screenshot()
 
         QTimer.singleShot(600_000, give_up)
-    if train_steps is not None or screenshot:
-        steps = train_steps if train_steps is not None else 60
-        QTimer.singleShot(0, lambda: window.start_training(steps=steps) or (screenshot and take_screenshot()))
+    if train_steps is not None or screenshot or demo:
+        # the demo trains straight away (the form's automatic budget unless train_steps)
+        QTimer.singleShot(0, lambda: window.start_training(steps=train_steps) or (screenshot and take_screenshot()))
 
     window.show()
     code = app.exec()
