@@ -96,7 +96,7 @@ def test_open_lists_pairs_lazily_and_sorts_worst_first(make_window, dataset):
     assert w.open_folders(*dataset)
     assert w.project.path.parent == w.data_dir / "projects"
     assert len(w.queue.model.rows) == N_IMAGES
-    assert list(w._samples) == [w.current]  # nothing loaded beyond the current image
+    assert w.current in w._samples and len(w._samples) <= 4  # the shown image (+ prefetch of neighbours)
     inject_proposals(w, SCORES)
     order = w.queue.visible_names()
     assert order == ["cell5", "cell1", "cell3", "cell2", "cell4", "cell0"]  # score ascending
@@ -486,3 +486,15 @@ def test_window_icon_is_set(make_window):
     assert p is not None and p.is_file()
     w = make_window()
     assert not w.windowIcon().pixmap(64, 64).isNull()
+
+
+def test_next_images_are_prefetched_in_the_background(make_window, dataset, qtbot):
+    w = make_window()
+    w.open_folders(*dataset)
+    order = w.queue.visible_names()
+    w.queue.select(order[0])
+    qtbot.waitUntil(lambda: set(order[1:3]) <= set(w._samples), timeout=10000)
+    s = w._samples[order[1]]
+    np.testing.assert_array_equal(s.mask, noisy_mask(int(order[1][-1])))
+    w.actions["next"].trigger()
+    assert w.current == order[1]

@@ -130,7 +130,7 @@ def test_queue_of_5000_pairs_opens_fast(qtbot, tmp_path):
     assert w.open_folders(images, masks)
     elapsed = time.perf_counter() - t0
     assert len(w.queue.model.rows) == 5000 and w.project.count() == 5000
-    assert len(w._samples) == 1  # only the shown image was read
+    assert len(w._samples) <= 4  # only the shown image (and neighbours, in the background) is read
     assert elapsed < 10.0, elapsed  # names only: typically well under a second
     w.close()
 

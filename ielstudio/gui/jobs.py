@@ -255,6 +255,30 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
         writer.close()
 
 
+# --------------------------------------------------------------------------- prefetch
+
+@dataclass
+class Prefetched:
+    name: str
+    sample: Any  # core.dataset.Sample, or None when it could not be read (opening it says why)
+    generation: int = 0  # which request batch it answers (stale ones are dropped)
+
+
+def prefetch_job(requests: "queue.Queue", cancel: Callable[[], bool]) -> Iterator[Prefetched]:
+    """Load ``(name, pair, encoding, generation)`` requests ahead of navigation; a request
+    with name None ends it."""
+    from ielstudio.core.dataset import load_sample
+
+    while not cancel():
+        name, pair, encoding, generation = requests.get()
+        if name is None:
+            return
+        try:
+            yield Prefetched(name, load_sample(pair, encoding), generation)
+        except Exception:
+            yield Prefetched(name, None, generation)
+
+
 # --------------------------------------------------------------------------- thumbnails
 
 @dataclass

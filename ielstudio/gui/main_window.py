@@ -103,6 +103,10 @@ class MainWindow(QMainWindow):
         self.export_worker: GeneratorWorker | None = None
         self.thumb_worker: GeneratorWorker | None = None
         self.thumb_queue: queue.Queue = queue.Queue()
+        self.prefetch_worker: GeneratorWorker | None = None
+        self.prefetch_queue: queue.Queue = queue.Queue()
+        self._prefetching: set[str] = set()
+        self._prefetch_gen = 0  # bumped whenever the cache is cleared: late results are dropped
         self._train_settings: dict = {}
         self.train_base = None  # TrainConfig for the fields the form does not show (None = defaults)
         self._training_state = "idle"  # idle | loading | training | paused | stopping
@@ -400,6 +404,7 @@ class MainWindow(QMainWindow):
         self.pairs = {}
         self.dataset_info = None
         self._samples.clear()
+        self._prefetch_gen += 1
         self._probs.clear()
         self.proposals.clear()
         self.checkpoint = None
@@ -559,6 +564,36 @@ class MainWindow(QMainWindow):
         self.canvas.set_image(s.image, reset_view=True)
         self._refresh_overlays(name, s)
         self._update_status()
+        self._prefetch_around(name)
+
+    def _prefetch_around(self, name: str, ahead: int = 2) -> None:
+        """Load the next and previous images of the queue in the background (fast N / P)."""
+        if self.project is None:
+            return
+        names = self.queue.visible_names()
+        if name not in names:
+            return
+        i = names.index(name)
+        wanted = names[i + 1:i + 1 + ahead] + names[max(0, i - 1):i]
+        if self.prefetch_worker is None:
+            self.prefetch_worker = GeneratorWorker(jobs.prefetch_job, self.prefetch_queue, cancel_kwarg="cancel",
+                                                   parent=self)
+            self.prefetch_worker.yielded.connect(self._on_prefetched)
+            self.prefetch_worker.start()
+        encoding = self.project.mask_encoding()
+        for n in wanted:
+            if n in self.pairs and n not in self._samples and n not in self._prefetching:
+                self._prefetching.add(n)
+                self.prefetch_queue.put((n, self.pairs[n], encoding, self._prefetch_gen))
+
+    def _on_prefetched(self, item: "jobs.Prefetched") -> None:
+        self._prefetching.discard(item.name)
+        if (item.generation != self._prefetch_gen or item.sample is None or item.name in self._samples
+                or item.name not in self.pairs):
+            return  # unreadable ones are reported when opened
+        self._samples[item.name] = item.sample
+        while len(self._samples) > SAMPLE_CACHE:
+            self._samples.popitem(last=False)
 
     def _refresh_overlays(self, name: str, s=None, iel: bool = True) -> None:
         s = s or self.sample(name)
@@ -856,6 +891,8 @@ class MainWindow(QMainWindow):
             self.project.set_mask_encoding(info.encoding)
             if old != info.encoding:
                 self._samples.clear()  # re-read with the dataset's class mapping
+                self._prefetch_gen += 1
+                self._prefetching.clear()
         except Exception as e:
             self.report_error("Cannot update the project", str(e))
         self._set_classes(info.n_classes)
@@ -1006,6 +1043,12 @@ class MainWindow(QMainWindow):
     def _stop_workers(self) -> None:
         for attr in ("train_worker", "export_worker"):
             self._finish_worker(attr)
+        if self.prefetch_worker is not None:
+            self.prefetch_queue.put((None, None, None, None))
+            self.prefetch_worker.stop(5000)
+            self.prefetch_worker = None
+            self.prefetch_queue = queue.Queue()
+            self._prefetching.clear()
         if self.thumb_worker is not None:
             self.thumb_queue.put((None, None))  # wakes the thread, which then ends
             self.thumb_worker.stop(5000)
