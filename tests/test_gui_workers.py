@@ -55,14 +55,18 @@ def test_data_error_message_is_kept_verbatim():
 
 
 def test_cancel_is_honoured_between_yields_and_passed_to_generator(qtbot):
-    seen_cancel = []
+    closed = []
+    seen = []
 
     def job(cancel):
         i = 0
-        while not cancel():
-            yield i
-            i += 1
-        seen_cancel.append(i)
+        try:
+            while True:
+                seen.append(cancel())
+                yield i
+                i += 1
+        finally:
+            closed.append(i)  # the worker closes the generator after a cancel
 
     got = []
     w = GeneratorWorker(job, cancel_kwarg="cancel")
@@ -77,10 +81,11 @@ def test_cancel_is_honoured_between_yields_and_passed_to_generator(qtbot):
         w.start()
     assert blocker.args == [None]  # cancelled: no result
     w.wait(5000)
-    # the thread may have pulled a few more items before the GUI thread saw item 3,
-    # but it stopped: far fewer than an unbounded loop would give
-    assert got[:4] == [0, 1, 2, 3] and len(got) < 10_000
-    assert w.is_cancelled()
+    # the thread may have produced more items before the GUI thread saw item 3, but
+    # nothing after the cancel is delivered, and the generator was closed
+    assert got == [0, 1, 2, 3]
+    assert w.is_cancelled() and closed and closed[0] >= 3
+    assert seen[0] is False
 
 
 def test_pause_stops_pulling_until_resume(qtbot):
@@ -181,3 +186,31 @@ def test_request_stop_lets_the_generator_finish_its_last_event(qtbot):
     assert blocker.args == ["stopped"]  # not a hard cancel: the return value comes through
     assert got[-1][0] == "done" and got[:2] == [("step", 1), ("step", 2)]
     w.wait(5000)
+
+
+def test_process_worker_relays_events_and_a_job_error(qtbot, tmp_path):
+    """A job in a child process: its events arrive in order, its error as one line."""
+    from ielstudio.core.dataset import scan_pairs
+    from ielstudio.core.training import TrainConfig
+    from ielstudio.core.cleaning import CleanConfig
+    from ielstudio.gui.jobs import DatasetInfo, review_job
+    from ielstudio.gui.workers import ProcessWorker
+
+    import cv2
+    import numpy as np
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.full((16, 16), 100, np.uint8))
+    (tmp_path / "masks" / "a.png").write_bytes(b"not a png")  # the only pair is unreadable
+    scan = scan_pairs(tmp_path / "images", tmp_path / "masks")
+    w = ProcessWorker(review_job, scan, TrainConfig(), CleanConfig(), None, 0, None, n_threads=1)
+    got = []
+    w.yielded.connect(got.append)
+    with qtbot.waitSignal(w.errored, timeout=120000) as blocker:
+        w.start()
+    assert blocker.args == ["no usable image/mask pairs to train on"]
+    assert len(got) == 1 and isinstance(got[0], DatasetInfo) and got[0].names == []
+    assert len(got[0].skipped) == 1 and "a.png" in str(got[0].skipped[0].path)
+    assert "JobError" in w.traceback_text
+    assert w.wait(30000) and w.process.exitcode == 0

@@ -49,7 +49,8 @@ class GeneratorWorker(QObject):
       keeps the details);
     - ``paused()`` / ``resumed()``.
 
-    ``cancel()`` is honoured between yields (and, with ``cancel_kwarg``, inside the
+    ``cancel()`` is honoured between yields, and items produced but not yet delivered
+    are dropped (with ``cancel_kwarg``, the cancel is also seen inside the
     generator: the callable ``is_cancelled`` is passed under that keyword; likewise
     ``progress_kwarg`` passes a ``report(done, total)`` callable for progress inside
     one long call). ``request_stop()`` only tells the generator and lets it finish.
@@ -135,9 +136,11 @@ class GeneratorWorker(QObject):
             except queue.Empty:
                 return
             if kind == _YIELD:
-                self.yielded.emit(a)
+                if not self._cancel:  # after a (hard) cancel nothing more is delivered
+                    self.yielded.emit(a)
             elif kind == _PROGRESS:
-                self.progress.emit(a, b)
+                if not self._cancel:
+                    self.progress.emit(a, b)
             elif kind == _FINISH:
                 self._timer.stop()
                 self.done = True
