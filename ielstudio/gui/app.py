@@ -1,4 +1,10 @@
-"""Start the desktop application: ``run_app(...)`` (called by ``ielstudio`` / ``ielstudio demo``)."""
+"""Start the desktop application: ``run_app(...)`` (called by ``ielstudio`` / ``ielstudio demo``).
+
+Training and scoring run in a child process started with the ``spawn`` method, so a
+script that calls ``run_app`` must do so under ``if __name__ == "__main__":`` (the
+``ielstudio`` entry point does), and a frozen bundle must call
+``multiprocessing.freeze_support()`` first.
+"""
 
 from __future__ import annotations
 
