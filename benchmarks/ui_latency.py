@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot-every", type=int, default=10, help="steps between proposal refreshes")
     ap.add_argument("--sample", default="nuclei", help="bundled sample set (nuclei, lesions)")
     ap.add_argument("--verbose", action="store_true", help="also list the five worst stalls")
+    ap.add_argument("--in-thread", action="store_true",
+                    help="train in a thread of the GUI process instead of a child process (for comparison)")
     ap.add_argument("--idle", action="store_true",
                     help="no training: the noise floor of this machine (other load, the OS scheduler)")
     args = ap.parse_args(argv)
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([])
     tmp = Path(tempfile.mkdtemp(prefix="ielstudio-latency-"))
     window = MainWindow(settings=QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat), data_dir=tmp)
+    window.train_in_process = not args.in_thread
     window.resize(1560, 980)
     window.show()
     sample = sample_dir(args.sample)
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_review(r):
         state["reviews"] += 1
-        marks.append((clock.nsecsElapsed() / 1e9, f"proposals for {len(r.items)} images"))
+        marks.append((clock.nsecsElapsed() / 1e9, f"proposals for {len(r.items)} images (step {r.step})"))
 
     window.reviewsApplied.connect(on_review)
     window.trainingFinished.connect(lambda *_: QTimer.singleShot(500, finish))  # include the scoring pass start
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ("training runs in", "a child process" if window.train_in_process else "a thread"),
         ("measured for", f"{wall:.1f} s"),
         ("training steps shown", f"{steps}"),
-        ("proposal refreshes applied", f"{state['reviews']}"),
+        ("proposal/score messages applied", f"{state['reviews']}"),
         ("heartbeats", f"{len(g)}"),
         ("median interval", f"{np.median(g):.1f} ms"),
         ("p90 stall", f"{np.percentile(stalls, 90):.1f} ms"),
