@@ -399,21 +399,23 @@ def test_bad_files_are_listed_with_reason(make_window, dataset, qtbot):
 
 
 @pytest.mark.slow
-def test_app_screenshot_mode_saves_window_and_exits_zero(dataset, tmp_path):
+def test_demo_screenshot_mode_saves_window_and_exits_zero(tmp_path):
+    """`ielstudio demo --train-steps N --screenshot PATH`, the smoke check of the issue."""
+    import os
     import subprocess
     import sys
 
     shot = tmp_path / "shot.png"
-    code = ("import sys, torch; torch.set_num_threads(1);"
-            "from ielstudio.gui.app import run_app;"
-            f"sys.exit(run_app({str(dataset[0])!r}, {str(dataset[1])!r}, train_steps=2, screenshot={str(shot)!r}))")
-    env = dict(__import__("os").environ, QT_QPA_PLATFORM="offscreen", XDG_DATA_HOME=str(tmp_path / "xdg"),
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_DATA_HOME=str(tmp_path / "xdg"),
                XDG_CONFIG_HOME=str(tmp_path / "xdgc"), HOME=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "ielstudio", "demo", "--train-steps", "2", "--screenshot", str(shot)],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[0] > 400 and img.shape[1] > 800
     assert img.std() > 10  # not a blank picture
+    # the demo project lives in the user data folder
+    assert list((tmp_path / "xdg" / "ielstudio" / "projects").glob("demo-nuclei*.ielproj"))
 
 
 def test_single_key_shortcuts_work_while_a_plot_or_the_canvas_has_focus(make_window, dataset, qtbot):
