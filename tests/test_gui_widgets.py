@@ -159,6 +159,17 @@ def test_iel_panel_shows_defect_maps_and_steps(qtbot):
     assert p.step_label.text() == "k = 0"
     p.slider.setValue(3)
     np.testing.assert_allclose(p.heat_items[0].image, ref.steps[3], rtol=1e-6)
+    # with a convex class the curve-motion region is drawn over the maps
+    convex = IELConfig(heat_steps=2, convex_classes=(1,), convex_steps=3)
+    blob = np.zeros((32, 32), np.int64)
+    blob[8:24, 8:24] = 1
+    blob[8:16, 14:18] = 0  # a notch: a concavity
+    with qtbot.waitSignal(p.updated, timeout=20000):
+        p.request(blob, None, 2, convex)
+    ref = defect_maps(one_hot(blob, 2), convex)
+    assert ref.convex_region.any()
+    np.testing.assert_array_equal(p.region_items[0].image, ref.convex_region.astype(np.uint8))
+    assert p.heat_items[1].image is None  # no prediction yet
 
 
 # ----------------------------------------------------------------------------- training form
@@ -191,6 +202,11 @@ def test_training_form_fields_match_config_dataclasses(qtbot):
     assert panel2.config(TrainConfig(width=8)) == cfg
     with pytest.raises(ValueError):
         parse_classes("0")
+    # fine-tuning: the checkpoint path goes to TrainConfig.init_checkpoint, only when chosen
+    panel.checkpoint_edit.setText("/models/previous.pt")
+    assert panel.config().init_checkpoint is None
+    panel.finetune_radio.setChecked(True)
+    assert panel.config().init_checkpoint == "/models/previous.pt"
     panel.set_running(True)
     assert not panel.start_button.isEnabled() and panel.stop_button.isEnabled() and not panel.arch.isEnabled()
     assert "params" in panel.params_label.text()
