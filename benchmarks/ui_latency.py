@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from ielstudio.core.paths import sample_dir
-    from ielstudio.gui.main_window import MainWindow
+    from ielstudio.gui.main_window import MainWindow, freeze_startup_objects
 
     app = QApplication.instance() or QApplication([])
     tmp = Path(tempfile.mkdtemp(prefix="ielstudio-latency-"))
     window = MainWindow(settings=QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat), data_dir=tmp)
+    freeze_startup_objects()  # as run_app does
     window.train_in_process = not args.in_thread
     window.resize(1560, 980)
     window.show()

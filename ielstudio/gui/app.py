@@ -50,13 +50,14 @@ def run_app(images_dir: str | Path | None = None, masks_dir: str | Path | None =
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from .main_window import MainWindow
+    from .main_window import MainWindow, freeze_startup_objects
 
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
     app.setApplicationName("IEL Studio")
     app.setOrganizationName("ielstudio")
     app.setDesktopFileName("ielstudio")
     window = MainWindow()
+    freeze_startup_objects()
     state = {"code": 0, "shot": False}
 
     if demo:

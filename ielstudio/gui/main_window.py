@@ -9,7 +9,6 @@ each, through undoable commands) and export (core.session.iter_export).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -43,6 +42,15 @@ SAMPLE_CACHE = 24  # images kept loaded when the whole dataset is not
 PROBS_CACHE = 64  # probability maps kept (for the IEL panel)
 STEP_INTERVAL_S = 0.2  # progress, ETA and loss curve refresh at most 5 times a second
 ALL_SNAPSHOT_LIMIT = 256  # datasets up to this size get proposals for every image while training
+
+
+def freeze_startup_objects() -> None:
+    """Move everything built so far (modules, widgets) out of the cyclic garbage collector's
+    reach: its full passes over them would otherwise pause the GUI now and then."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def default_settings() -> QSettings:
@@ -153,10 +161,6 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._restore_settings()
         self.statusBar().showMessage("Open an image folder and a mask folder (File menu or drag and drop).")
-        # everything built so far lives as long as the window: keep it out of the cyclic
-        # collector, whose full passes over it would otherwise pause the GUI now and then
-        gc.collect()
-        gc.freeze()
 
     # ------------------------------------------------------------------ actions and menus
     def _build_actions(self) -> None:
