@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="open the application on the bundled sample and start training",
                        description="Open the application on the bundled sample dataset and start training at once.")
     d.add_argument("--train-steps", type=int, metavar="N", help="train for N steps (default: the automatic budget)")
-    d.add_argument("--screenshot", metavar="PATH", help="save a screenshot of the window to PATH once training is done, then quit")
+    d.add_argument("--screenshot", metavar="PATH", help="save a screenshot of the window to PATH as soon as the first proposals show (or training ends), then quit")
 
     c = sub.add_parser("clean", help="train on a dataset and write cleaned masks",
                        description="Train a segmenter on IMAGES with their noisy MASKS (paired by file name), then write "
