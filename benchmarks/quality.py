@@ -34,7 +34,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -447,10 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--only", default="", help="comma list of task kinds to run: case,budget,kfold (default all)")
     ap.add_argument("--no-samples", action="store_true", help="skip the bundled sample (e.g. not built yet)")
+    ap.add_argument("--train", default="", help="override training settings, e.g. 'width=16,crop=96,batch_size=8,steps=300'")
+    ap.add_argument("--cases", default="", help="comma list of case filters 'dataset:noise[:level]' (default: all)")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
     a = ap.parse_args(argv)
     s = Settings.make(a.quick)
-    prefix = "quality-quick" if a.quick else "quality"
-    cmd = "python benchmarks/quality.py" + (" --quick" if a.quick else "")
+    if a.train:
+        s = replace(s, **{k: int(v) for k, v in (kv.split("=") for kv in a.train.split(","))})
+    prefix = ("quality-quick" if a.quick else "quality") + (f"-{a.tag}" if a.tag else "")
+    cmd = "python benchmarks/quality.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:])
+                                                  if not x.startswith("--out"))
     facts = C.machine_facts()
     t0 = time.perf_counter()
     threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
@@ -466,6 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     only = {x for x in a.only.split(",") if x}
     if only:
         tasks = [t for t in tasks if t[0] in only]
+    if a.cases:
+        want = [c.split(":") for c in a.cases.split(",")]
+
+        def chosen(args: tuple) -> bool:
+            name = f"{'sample-' if args[0] == 'sample' else ''}{args[1]}"
+            return any(w[0] == name and w[1] == args[2] and (len(w) < 3 or int(w[2]) == args[3]) for w in want)
+
+        tasks = [t for t in tasks if t[0] != "case" or chosen(t[1])]
     if a.no_samples:
         tasks = [t for t in tasks if not (t[0] == "case" and t[1][0] == "sample")]
     cases, budget, kfold = [], [], []
