@@ -114,3 +114,15 @@ def test_speed_train_section_reports_ratios_tiny():
     r = speed.section_train("cpu", rounds=1, steps=2, n=2, size=32, crop=32, batch_size=2, width=4, depth=1)
     assert set(r["ratio"]) == set(speed.TRAIN_CONFIGS) and r["ratio"]["plain"] == 1.0
     assert all(v > 0 for v in r["median_step_s"].values())
+
+
+def test_architectures_run_reports_params_time_and_dice_tiny():
+    import architectures as A
+
+    ds = C.generated_set("nuclei", 2, 48, seed=1)
+    ds.given = [m.copy() for m in ds.clean]
+    row = A.run(ds, "unet", steps=2, crop=32, batch=2)
+    from ielstudio.core.models import build_model, count_parameters
+
+    assert row["params"] == count_parameters(build_model("unet", 1, 2))
+    assert row["step_ms"] > 0 and 0.0 <= row["dice"] <= 1.0 and 0.0 <= row["bf1"] <= 1.0
