@@ -101,9 +101,11 @@ class SymmetricLayer(nn.Module):
         return torch.cat(parts)
 
 
-def _check_steps(steps: int) -> None:
+def _step_layers(channels: int, steps: int, kernel_size: int, activation: str, normalize: bool) -> nn.ModuleList:
+    """One symmetric layer F_j per time step j (the weights of a PDE block)."""
     if steps < 1:
         raise ValueError(f"a PDE block needs at least one step, got {steps}")
+    return nn.ModuleList(SymmetricLayer(channels, kernel_size, activation, normalize) for _ in range(steps))
 
 
 def _tv_over_steps(layers: nn.ModuleList) -> torch.Tensor:
@@ -128,11 +130,8 @@ class ParabolicBlock(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        _check_steps(steps)
         self.h = h
-        self.layers = nn.ModuleList(
-            SymmetricLayer(channels, kernel_size, activation, normalize) for _ in range(steps)
-        )
+        self.layers = _step_layers(channels, steps, kernel_size, activation, normalize)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -160,17 +159,12 @@ class HamiltonianBlock(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        _check_steps(steps)
         if channels % 2:
             raise ValueError(f"HamiltonianBlock needs an even channel count, got {channels}")
         half = channels // 2
         self.h = h
-        self.f1 = nn.ModuleList(
-            SymmetricLayer(half, kernel_size, activation, normalize) for _ in range(steps)
-        )
-        self.f2 = nn.ModuleList(
-            SymmetricLayer(half, kernel_size, activation, normalize) for _ in range(steps)
-        )
+        self.f1 = _step_layers(half, steps, kernel_size, activation, normalize)
+        self.f2 = _step_layers(half, steps, kernel_size, activation, normalize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, z = x.chunk(2, dim=1)
@@ -204,11 +198,8 @@ class SecondOrderBlock(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        _check_steps(steps)
         self.h = h
-        self.layers = nn.ModuleList(
-            SymmetricLayer(channels, kernel_size, activation, normalize) for _ in range(steps)
-        )
+        self.layers = _step_layers(channels, steps, kernel_size, activation, normalize)
 
     def forward_states(self, y0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the last two states (Y_n, Y_{n-1})."""
