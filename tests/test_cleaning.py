@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from ielstudio.core.cleaning import CleanConfig, change_summary, label_quality, postprocess, propose
+import cv2
 
-NO_POST = CleanConfig(min_area=0, fill_holes=False)
+from ielstudio.core.cleaning import CleanConfig, change_summary, keep_given_edges, label_quality, postprocess, propose
+
+NO_POST = CleanConfig(min_area=0, fill_holes=False, edge_tolerance=0)
 
 
 def one_hot_probs(mask, n_classes, p=0.95):
@@ -92,12 +94,68 @@ def test_confident_only_keeps_label_where_model_is_unsure():
     probs[1, 3] = 0.05  # row 3: disagrees confidently (0.95) -> background
     probs[1, 6] = 0.95  # row 6: label 0, confident foreground -> 1
     probs[0] = 1 - probs[1]
-    cfg = CleanConfig(min_area=0, fill_holes=False, confident_only=True, threshold=0.9)
+    cfg = CleanConfig(min_area=0, fill_holes=False, confident_only=True, threshold=0.9, edge_tolerance=0)
     out = propose(probs, given, cfg)
     assert out[0:3].min() == 1 and out[3].max() == 0 and out[6].min() == 1
     assert int(out.sum()) == 8 * 4
     # plain argmax takes row 2 away as well
     assert int(propose(probs, given, NO_POST).sum()) == 8 * 3
+
+
+def disc(radius, size=40, center=(20, 20)):
+    m = np.zeros((size, size), np.uint8)
+    cv2.circle(m, center, radius, 1, -1)
+    return m.astype(np.int64)
+
+
+def test_edge_tolerance_keeps_the_given_outline_when_the_model_only_moves_it():
+    given = disc(10)
+    grown = cv2.dilate(given.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.int64)  # outline 1 px out
+    ring = int((grown != given).sum())
+    assert ring > 60
+    probs = one_hot_probs(grown, 2)
+    # tolerance 1: the 1-px ring is only a moved edge -> the given outline stays, exactly
+    assert np.array_equal(propose(probs, given, CleanConfig(min_area=0, fill_holes=False)), given)
+    # tolerance 0: every change applies
+    assert np.array_equal(propose(probs, given, NO_POST), grown)
+    # 2 px out: farther than tolerance 1 from the inside -> applied; tolerance 2 keeps it
+    grown2 = cv2.dilate(given.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.int64)
+    assert np.array_equal(keep_given_edges(grown2, given, 1), grown2)
+    assert np.array_equal(keep_given_edges(grown2, given, 2), given)
+    # shrinking by 1 px is the same kind of change, in the other direction
+    assert np.array_equal(keep_given_edges(given, grown, 1), grown)
+
+
+def test_edge_tolerance_never_undoes_real_corrections():
+    truth = disc(10)
+    speck = truth.copy()
+    speck[2:4, 2:4] = 1  # a 2x2 speck: all its pixels are within 1 px of its own edge
+    hole = truth.copy()
+    hole[20, 20] = 0  # a 1-px hole
+    notch = truth.copy()
+    notch[20, 22:31] = 0  # a 1-px wide crack, 9 px deep from the right edge
+    block = truth.copy()
+    block[8:16, 14:22] = 0  # a block of background over the top of the disc
+    for given, changed in ((speck, 4), (hole, 1), (notch, 9), (block, int((block != truth).sum()))):
+        out = keep_given_edges(truth, given, 1)
+        assert np.array_equal(out, truth)
+        assert int((out != given).sum()) == changed
+    # a 1-px bump on the outline is a moved edge: left as annotated
+    bump = truth.copy()
+    bump[9, 20] = 1
+    assert int((bump != truth).sum()) == 1
+    assert np.array_equal(keep_given_edges(truth, bump, 1), bump)
+
+
+def test_edge_tolerance_between_two_foreground_classes():
+    given = disc(10)
+    given[given == 1] = 2
+    given[disc(5) == 1] = 1  # class 1 core inside a class 2 body
+    proposal = given.copy()
+    proposal[disc(6) == 1] = 1  # the model draws the core 1 px larger
+    assert np.array_equal(keep_given_edges(proposal, given, 1), given)
+    proposal[disc(8) == 1] = 1  # 3 px larger: a real change
+    assert np.array_equal(keep_given_edges(proposal, given, 1), proposal)
 
 
 def test_label_quality_ranks_the_corrupted_label_lower():
@@ -152,6 +210,8 @@ def test_clean_config_round_trip_and_validation():
         CleanConfig(threshold=0.0)
     with pytest.raises(ValueError):
         CleanConfig(min_area=-1)
+    with pytest.raises(ValueError):
+        CleanConfig(edge_tolerance=-1)
 
 
 def test_label_quality_breaks_ties_by_confidence():

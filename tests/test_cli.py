@@ -226,6 +226,7 @@ def test_flags_reach_the_configs():
         "--convex-classes", "1,2", "--iel-dt", "0.2", "--iel-steps", "10", "--convex-dt", "0.05", "--convex-steps", "7",
         "--convex-radii", "2,4", "--convex-band", "3", "--heat-classes", "0,1", "--lr", "0.01", "--no-augment",
         "--min-area", "4", "--no-fill-holes", "--convex-hull", "--confident-only", "--threshold", "0.8",
+        "--edge-tolerance", "2",
     ])
     train, clean = cli.configs_from_args(args)
     assert (train.arch, train.width, train.epochs, train.max_steps, train.min_steps) == ("parabolic", 8, 3.0, 40, 40)
@@ -234,7 +235,7 @@ def test_flags_reach_the_configs():
     assert train.iel == IELConfig(heat=True, heat_dt=0.2, heat_steps=10, heat_classes=(0, 1), convex_classes=(1, 2),
                                   convex_dt=0.05, convex_steps=7, convex_radii=(2, 4), convex_band=3)
     assert clean == CleanConfig(min_area=4, fill_holes=False, convex_hull_classes=(1, 2), confident_only=True,
-                                threshold=0.8)
+                                threshold=0.8, edge_tolerance=2)
     # nothing given: the dataclass defaults exactly
     train, clean = cli.configs_from_args(parser.parse_args(["clean", "i", "m", "--out", "o"]))
     assert train == TrainConfig() and clean == CleanConfig()

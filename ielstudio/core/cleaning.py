@@ -60,6 +60,11 @@ class CleanConfig:
     confident_only: keep the given label except where the model is confident
         (max probability >= threshold) and disagrees with it.
     threshold: confidence needed to overrule the given label in confident_only mode.
+    edge_tolerance: a change that only moves the edge between two classes by at most
+        this many pixels is left as annotated (0 applies every change). The model's
+        edges are no more exact than a careful annotator's; without this, every
+        object's outline would be redrawn by a pixel here and there, which the
+        annotator then has to review and which is as often worse as better.
     """
 
     min_area: int = 10
@@ -67,6 +72,7 @@ class CleanConfig:
     convex_hull_classes: tuple[int, ...] = ()
     confident_only: bool = False
     threshold: float = 0.9
+    edge_tolerance: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "convex_hull_classes", tuple(int(c) for c in self.convex_hull_classes))
@@ -74,6 +80,8 @@ class CleanConfig:
             raise ValueError(f"min_area must be >= 0, got {self.min_area}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.edge_tolerance < 0:
+            raise ValueError(f"edge_tolerance must be >= 0, got {self.edge_tolerance}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,7 +102,8 @@ def _check(probs: np.ndarray, given: np.ndarray) -> None:
 def propose(probs: np.ndarray, given: np.ndarray, config: CleanConfig = CleanConfig()) -> np.ndarray:
     """The proposed clean mask (H,W) int64: the model's argmax (or, with
     `confident_only`, the given label overruled only where the model is confident),
-    then `postprocess`."""
+    then `postprocess`, then changes that only move an edge by up to
+    `edge_tolerance` px set back to the given label (`keep_given_edges`)."""
     probs = np.asarray(probs)
     given = np.asarray(given)
     _check(probs, given)
@@ -104,7 +113,41 @@ def propose(probs: np.ndarray, given: np.ndarray, config: CleanConfig = CleanCon
         mask = np.where(confident, arg, given).astype(np.int64)
     else:
         mask = arg
-    return postprocess(mask, config)
+    return keep_given_edges(postprocess(mask, config), given, config.edge_tolerance)
+
+
+def keep_given_edges(proposal: np.ndarray, given: np.ndarray, tolerance: int) -> np.ndarray:
+    """`proposal` with every change that only moves an edge set back to `given`.
+
+    A change is an 8-connected region where the two masks differ. It only moves an
+    edge when each of its pixels lies within `tolerance` px (chessboard distance) of a
+    pixel where both masks agree on the pixel's given class, and of one where they
+    agree on its proposed class: a sliver between two regions the model confirms.
+    Real corrections are never such slivers: a removed speck or a filled hole has no
+    agreeing pixels of its given class next to it, a filled notch or a restored
+    block has pixels farther than `tolerance` from one side."""
+    proposal = np.asarray(proposal)
+    given = np.asarray(given)
+    changed = proposal != given
+    if tolerance <= 0 or not changed.any():
+        return proposal
+    kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
+    agree = ~changed
+    near_given = np.zeros(given.shape, bool)
+    near_proposed = np.zeros(given.shape, bool)
+    for c in np.unique(np.concatenate([given[changed], proposal[changed]])):
+        near = cv2.dilate((agree & (given == c)).astype(np.uint8), kernel).astype(bool)
+        near_given |= near & (given == c)
+        near_proposed |= near & (proposal == c)
+    _, labels, _ = _components(changed)
+    moves_edge = near_given & near_proposed
+    real = np.unique(labels[changed & ~moves_edge])
+    back = changed & ~np.isin(labels, real)
+    if not back.any():
+        return proposal
+    out = proposal.copy()
+    out[back] = given[back]
+    return out
 
 
 def _components(binary: np.ndarray, connectivity: int = 8):
