@@ -108,22 +108,36 @@ def disc(radius, size=40, center=(20, 20)):
     return m.astype(np.int64)
 
 
-def test_edge_tolerance_keeps_the_given_outline_when_the_model_only_moves_it():
-    given = disc(10)
-    grown = cv2.dilate(given.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.int64)  # outline 1 px out
-    ring = int((grown != given).sum())
-    assert ring > 60
-    probs = one_hot_probs(grown, 2)
-    # tolerance 1: the 1-px ring is only a moved edge -> the given outline stays, exactly
-    assert np.array_equal(propose(probs, given, CleanConfig(min_area=0, fill_holes=False)), given)
-    # tolerance 0: every change applies
-    assert np.array_equal(propose(probs, given, NO_POST), grown)
-    # 2 px out: farther than tolerance 1 from the inside -> applied; tolerance 2 keeps it
-    grown2 = cv2.dilate(given.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.int64)
-    assert np.array_equal(keep_given_edges(grown2, given, 1), grown2)
-    assert np.array_equal(keep_given_edges(grown2, given, 2), given)
-    # shrinking by 1 px is the same kind of change, in the other direction
-    assert np.array_equal(keep_given_edges(given, grown, 1), grown)
+def square(size=40, lo=10, hi=30, cls=1):
+    m = np.zeros((size, size), np.int64)
+    m[lo:hi, lo:hi] = cls
+    return m
+
+
+def test_edge_tolerance_keeps_short_stretches_of_the_given_outline():
+    given = square()
+    bump = given.copy()
+    bump[9, 12:17] = 1  # the model draws 5 px of the top edge 1 px higher
+    dent = given.copy()
+    dent[10, 12:17] = 0  # ... or 1 px lower
+    for proposal in (bump, dent):
+        probs = one_hot_probs(proposal, 2)
+        assert np.array_equal(propose(probs, given, CleanConfig(min_area=0, fill_holes=False)), given)
+        assert np.array_equal(propose(probs, given, NO_POST), proposal)  # tolerance 0: applied
+    # longer than 8 px per px of tolerance: a misdrawn stretch of outline, corrected
+    long = given.copy()
+    long[9, 12:21] = 1
+    assert int((long != given).sum()) == 9
+    assert np.array_equal(keep_given_edges(long, given, 1), long)
+    assert np.array_equal(keep_given_edges(long, given, 2), given)
+    # the whole outline 1 px out (an annotator who draws every object too wide): corrected
+    grown = square(lo=9, hi=31)
+    assert np.array_equal(keep_given_edges(grown, given, 1), grown)
+    # 2 px deep: farther than tolerance 1 from the inside -> applied; tolerance 2 keeps it
+    deep = given.copy()
+    deep[8:10, 12:16] = 1
+    assert np.array_equal(keep_given_edges(deep, given, 1), deep)
+    assert np.array_equal(keep_given_edges(deep, given, 2), given)
 
 
 def test_edge_tolerance_never_undoes_real_corrections():
@@ -148,13 +162,12 @@ def test_edge_tolerance_never_undoes_real_corrections():
 
 
 def test_edge_tolerance_between_two_foreground_classes():
-    given = disc(10)
-    given[given == 1] = 2
-    given[disc(5) == 1] = 1  # class 1 core inside a class 2 body
+    given = square(cls=2)
+    given[15:25, 15:25] = 1  # class 1 core inside a class 2 body
     proposal = given.copy()
-    proposal[disc(6) == 1] = 1  # the model draws the core 1 px larger
+    proposal[14, 17:21] = 1  # the model draws 4 px of the core's edge 1 px out
     assert np.array_equal(keep_given_edges(proposal, given, 1), given)
-    proposal[disc(8) == 1] = 1  # 3 px larger: a real change
+    proposal[12:14, 15:25] = 1  # 3 px out over its whole width: a real change
     assert np.array_equal(keep_given_edges(proposal, given, 1), proposal)
 
 
