@@ -146,8 +146,8 @@ def _add_clean_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--confident-only", action="store_true", default=None, help="keep the given label except where the model is "
                    "confident (see --threshold) and disagrees")
     g.add_argument("--threshold", type=float, metavar="P", help=f"confidence needed by --confident-only (default: {_default(c, 'threshold')})")
-    g.add_argument("--edge-tolerance", type=int, metavar="PX", help="leave a change as annotated when it only moves an object's "
-                   f"edge by at most PX pixels (default: {_default(c, 'edge_tolerance')}; 0 applies every change)")
+    g.add_argument("--edge-tolerance", type=int, metavar="PX", help="leave a short stretch of outline (up to 8 px long per px) as "
+                   f"annotated when the model only moves it by at most PX pixels (default: {_default(c, 'edge_tolerance')}; 0 applies every change)")
     g = p.add_argument_group("report")
     g.add_argument("--report", metavar="FILE.json", help="where to write the JSON report (default: OUT/ielstudio-report.json)")
     g.add_argument("--csv", metavar="FILE.csv", help="also write a per-image table (score, pixels added/removed per class)")
