@@ -27,7 +27,14 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout withou
     sys.path.insert(0, str(ROOT))
 
 from ielstudio.core import metrics  # noqa: E402
-from ielstudio.core.cleaning import CleanConfig, label_quality, postprocess, propose  # noqa: E402
+from ielstudio.core.cleaning import (  # noqa: E402
+    CleanConfig,
+    calibration_subset,
+    label_quality,
+    postprocess,
+    propose,
+    thresholds_for,
+)
 from ielstudio.core.dataset import Sample, image_to_chw, load_samples, scan_pairs  # noqa: E402
 from ielstudio.core.imageio import MaskEncoding, atomic_write_bytes, atomic_write_text, normalize_intensity  # noqa: E402
 
@@ -229,8 +236,21 @@ def probabilities(done, samples: Sequence[Sample], out_of_sample: bool = True) -
     return [probs[s.name] for s in samples]
 
 
+def thresholds(probs: Sequence[np.ndarray], config: CleanConfig) -> np.ndarray | None:
+    """The data set's decision thresholds, chosen as `ielstudio clean` chooses them."""
+    return thresholds_for(calibration_subset(list(probs)), config)
+
+
 def proposals(probs: Sequence[np.ndarray], given: Sequence[np.ndarray], config: CleanConfig) -> list[np.ndarray]:
-    return [propose(p, g, config) for p, g in zip(probs, given)]
+    """`core.cleaning.propose` per image, at the data set's thresholds (as `ielstudio clean`)."""
+    t = thresholds(probs, config)
+    return [propose(p, g, config, t) for p, g in zip(probs, given)]
+
+
+def quality_scores(probs: Sequence[np.ndarray], given: Sequence[np.ndarray], config: CleanConfig) -> list[float]:
+    """`core.cleaning.label_quality` per image, at the data set's thresholds (as `ielstudio clean`)."""
+    t = thresholds(probs, config)
+    return [label_quality(p, g, t)[0] for p, g in zip(probs, given)]
 
 
 # --------------------------------------------------------------------------- baselines

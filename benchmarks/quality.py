@@ -129,7 +129,6 @@ def _init_worker(threads: int) -> None:
 def run_case(s: Settings, source: str, kind: str, noise: str, level: int, morph: C.Morphology) -> dict:
     """Every method on one (dataset, noise, level)."""
     from ielstudio.core import metrics
-    from ielstudio.core.cleaning import label_quality
 
     t0 = time.perf_counter()
     ds = dataset(source, kind, s.gen_n, s.gen_size) if source == "generated" else dataset(source, kind)
@@ -154,12 +153,12 @@ def run_case(s: Settings, source: str, kind: str, noise: str, level: int, morph:
         probs_by[name] = (probs, props)
     heat_probs, heat_props = probs_by["heat"]
     true_dice = [metrics.dice(g, c, ds.n_classes) for g, c in zip(given, ds.clean)]
-    ours = [label_quality(p, g)[0] for p, g in zip(heat_probs, given)]
+    ours = C.quality_scores(heat_probs, given, clean_config(pkind))
     res["true_dice"] = true_dice
     res["scores"] = {"ours": ours}
     res["ranking"] = {"ours": C.ranking(ours, true_dice)}
     if "heat+convex" in probs_by:
-        ours_c = [label_quality(p, g)[0] for p, g in zip(probs_by["heat+convex"][0], given)]
+        ours_c = C.quality_scores(probs_by["heat+convex"][0], given, clean_config(pkind))
         res["ranking"]["ours (heat+convex)"] = C.ranking(ours_c, true_dice)
     # ours: the pixels the heat proposal changes, judged like cleanlab's flags
     res["pixel_flags"] = {"ours": C.pixel_flag_quality([p != g for p, g in zip(heat_props, given)], given, ds.clean)}
@@ -211,7 +210,6 @@ def run_budget(s: Settings, size: int) -> dict:
 def run_kfold(s: Settings, size: int) -> dict:
     """Out-of-sample (2-fold) against in-sample heat-IEL proposals and scores, same budget per model."""
     from ielstudio.core import metrics
-    from ielstudio.core.cleaning import label_quality
     from ielstudio.core.iel import IELConfig
 
     ds = dataset("generated", "nuclei", size, s.budget_size_px)
@@ -224,7 +222,7 @@ def run_kfold(s: Settings, size: int) -> dict:
                                              **s.train_kw()))
         probs = C.probabilities(done, samples, out_of_sample=True)
         props = C.proposals(probs, given, clean_config("nuclei"))
-        scores = [label_quality(p, g)[0] for p, g in zip(probs, given)]
+        scores = C.quality_scores(probs, given, clean_config("nuclei"))
         out[label] = {"dice": C.mask_scores(props, ds.clean, ds.n_classes)["dice"], **C.ranking(scores, true_dice)}
     return out
 

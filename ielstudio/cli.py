@@ -54,6 +54,7 @@ CLEAN_FLAGS = {
     "convex_hull": "convex_hull_classes",
     "confident_only": "confident_only",
     "threshold": "threshold",
+    "no_adaptive_threshold": "adaptive_threshold",
     "edge_tolerance": "edge_tolerance",
 }
 # dataclass fields deliberately without a flag of their own, with the reason
@@ -146,6 +147,9 @@ def _add_clean_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--confident-only", action="store_true", default=None, help="keep the given label except where the model is "
                    "confident (see --threshold) and disagrees")
     g.add_argument("--threshold", type=float, metavar="P", help=f"confidence needed by --confident-only (default: {_default(c, 'threshold')})")
+    g.add_argument("--no-adaptive-threshold", action="store_true", default=None, help="decide every pixel by the model's "
+                   "argmax. Default: a class whose probabilities split clearly at a valley below 0.45 (as when annotators "
+                   "left objects out) is decided at that valley")
     g.add_argument("--edge-tolerance", type=int, metavar="PX", help="leave a short stretch of outline (up to 8 px long per px) as "
                    f"annotated when the model only moves it by at most PX pixels (default: {_default(c, 'edge_tolerance')}; 0 applies every change)")
     g = p.add_argument_group("report")
@@ -196,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run (default: auto)")
     r.add_argument("--min-area", type=int, metavar="N", help=f"remove objects smaller than N pixels (default: {_default(CleanConfig, 'min_area')})")
     r.add_argument("--no-fill-holes", action="store_true", default=None, help="keep holes enclosed by an object")
+    r.add_argument("--no-adaptive-threshold", action="store_true", default=None, help="decide every pixel by the model's "
+                   "argmax (default: at the valley of the folder's probabilities when it is clearly below 0.45)")
 
     sub.add_parser("install-desktop", help="add IEL Studio to the desktop's application menu",
                    description="Add IEL Studio (menu entry, icon, .ielproj file type) for the current user.")
@@ -240,6 +246,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, CleanConfi
         clean["confident_only"] = True
     if getattr(args, "threshold", None) is not None:
         clean["threshold"] = args.threshold
+    if getattr(args, "no_adaptive_threshold", None):
+        clean["adaptive_threshold"] = False
     if getattr(args, "edge_tolerance", None) is not None:
         clean["edge_tolerance"] = args.edge_tolerance
     return train, dataclasses.replace(CleanConfig(), **clean)
@@ -400,6 +408,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         clean = dataclasses.replace(clean, min_area=args.min_area)
     if args.no_fill_holes:
         clean = dataclasses.replace(clean, fill_holes=False)
+    if args.no_adaptive_threshold:
+        clean = dataclasses.replace(clean, adaptive_threshold=False)
     last = _consume(predict_folder(args.model, args.images, args.out, device=args.device, clean_config=clean), ProgressBar())
     if isinstance(last, PredictDone):
         _say(f"wrote {len(last.written)} mask(s) to {args.out}")

@@ -70,6 +70,8 @@ def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys)
     assert report["settings"]["train"]["max_steps"] == 2
     assert report["settings"]["train"]["width"] == 4
     assert report["settings"]["clean"] == CleanConfig().to_dict()
+    thresholds = report["decision_thresholds"]  # one per class, foreground never above 0.5
+    assert len(thresholds) == 2 and thresholds[0] == 0.5 and 0.2 <= thresholds[1] <= 0.5
     assert report["training"]["steps"] == 2
     assert report["training"]["stopped_because"] == "max-steps"
     assert report["model"]["arch"] == "unet" and report["model"]["n_parameters"] > 1000
@@ -226,7 +228,7 @@ def test_flags_reach_the_configs():
         "--convex-classes", "1,2", "--iel-dt", "0.2", "--iel-steps", "10", "--convex-dt", "0.05", "--convex-steps", "7",
         "--convex-radii", "2,4", "--convex-band", "3", "--heat-classes", "0,1", "--lr", "0.01", "--no-augment",
         "--min-area", "4", "--no-fill-holes", "--convex-hull", "--confident-only", "--threshold", "0.8",
-        "--edge-tolerance", "2",
+        "--edge-tolerance", "2", "--no-adaptive-threshold",
     ])
     train, clean = cli.configs_from_args(args)
     assert (train.arch, train.width, train.epochs, train.max_steps, train.min_steps) == ("parabolic", 8, 3.0, 40, 40)
@@ -235,7 +237,7 @@ def test_flags_reach_the_configs():
     assert train.iel == IELConfig(heat=True, heat_dt=0.2, heat_steps=10, heat_classes=(0, 1), convex_classes=(1, 2),
                                   convex_dt=0.05, convex_steps=7, convex_radii=(2, 4), convex_band=3)
     assert clean == CleanConfig(min_area=4, fill_holes=False, convex_hull_classes=(1, 2), confident_only=True,
-                                threshold=0.8, edge_tolerance=2)
+                                threshold=0.8, edge_tolerance=2, adaptive_threshold=False)
     # nothing given: the dataclass defaults exactly
     train, clean = cli.configs_from_args(parser.parse_args(["clean", "i", "m", "--out", "o"]))
     assert train == TrainConfig() and clean == CleanConfig()

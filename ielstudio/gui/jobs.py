@@ -89,13 +89,14 @@ class Cancelled(Exception):
 
 # --------------------------------------------------------------------------- jobs
 
-def review_image(probs: np.ndarray, given: np.ndarray, clean_config) -> ImageReview:
-    """Proposal + label-quality score of one image (core.cleaning)."""
+def review_image(probs: np.ndarray, given: np.ndarray, clean_config, thresholds=None) -> ImageReview:
+    """Proposal + label-quality score of one image (core.cleaning), decided at the data
+    set's `thresholds` (core.cleaning.thresholds_for; None: argmax)."""
     from ielstudio.core.cleaning import label_quality, propose
 
     probs = np.asarray(probs, np.float32)
-    proposal = propose(probs, given, clean_config)
-    score, _doubt = label_quality(probs, given)
+    proposal = propose(probs, given, clean_config, thresholds)
+    score, _doubt = label_quality(probs, given, thresholds)
     changed = float(np.mean(proposal != given))
     # compact for the trip to the GUI process (a smaller message is read without blocking):
     # class indices as uint8 when they fit, probabilities (display only) as float16
@@ -150,18 +151,34 @@ REVIEWS_PER_MESSAGE = 4  # images per Reviews event: small messages keep the GUI
 
 
 def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
-                chunk: int = REVIEWS_PER_MESSAGE) -> Iterator[Reviews]:
-    """Predict every sample with a trained model; yield proposals and scores in chunks."""
+                chunk: int = REVIEWS_PER_MESSAGE, calibration=None) -> Iterator[Reviews]:
+    """Predict every sample with a trained model; yield proposals and scores in chunks.
+    The decision thresholds come from `calibration` (samples; default: `samples`)."""
+    from ielstudio.core.cleaning import calibration_subset, thresholds_for
     from ielstudio.core.training import predict
 
     device = next(model.parameters()).device
     total = len(samples)
+    calib = calibration_subset(list(calibration if calibration is not None else samples))
+    if not calib:
+        return
+
+    def calibration_probs():
+        for s in calib:
+            if cancel():
+                raise Cancelled()
+            yield predict(model, s.image, device)
+
+    try:
+        thresholds = thresholds_for(calibration_probs(), clean_config)
+    except Cancelled:
+        return
     items: dict[str, ImageReview] = {}
     for i, s in enumerate(samples):
         if cancel():
             break
         probs = predict(model, s.image, device)
-        items[s.name] = review_image(probs, s.mask, clean_config)
+        items[s.name] = review_image(probs, s.mask, clean_config, thresholds)
         if len(items) >= chunk:
             yield Reviews(None, items, i + 1, total)
             items = {}
@@ -190,6 +207,7 @@ def review_job(scan, config, clean_config, snapshot_names: list[str] | None, sna
 
 def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path, cancel, report,
                 score_rest, writer) -> Iterator:
+    from ielstudio.core.cleaning import calibration_subset, thresholds_for
     from ielstudio.core.training import DoneEvent, SnapshotEvent, save_checkpoint, train
 
     try:
@@ -210,11 +228,12 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
     for ev in train(samples, config, **kwargs):
         if isinstance(ev, SnapshotEvent):
             items = {}
-            for name, probs in ev.probs.items():
+            shown = {n: p for n, p in ev.probs.items() if n in given}
+            thresholds = thresholds_for(calibration_subset(list(shown.values())), clean_config) if shown else None
+            for name, probs in shown.items():
                 if cancel():
                     break
-                if name in given:
-                    items[name] = review_image(probs, given[name], clean_config)
+                items[name] = review_image(probs, given[name], clean_config, thresholds)
             reviewed.update(items)
             names_done = list(items)
             for i in range(0, len(names_done), REVIEWS_PER_MESSAGE):
@@ -231,7 +250,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
             yield ev
     if model is not None and score_rest and not cancel():
         rest = [s for s in samples if s.name not in reviewed]
-        for r in scoring_job(model, rest, clean_config, cancel):
+        for r in scoring_job(model, rest, clean_config, cancel, calibration=samples):
             yield writer(r)
 
 
