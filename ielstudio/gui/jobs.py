@@ -160,7 +160,7 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
     device = next(model.parameters()).device
     total = len(samples)
     calib = calibration_subset(list(calibration if calibration is not None else samples))
-    if not calib:
+    if not samples or not calib:
         return
 
     def calibration_probs():

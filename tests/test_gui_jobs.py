@@ -1,0 +1,61 @@
+"""The GUI's background jobs decide proposals at the data set's thresholds (core.decision)."""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ielstudio.core.cleaning import CleanConfig
+from ielstudio.core.dataset import Sample
+from ielstudio.core.imageio import MaskEncoding
+from ielstudio.gui import jobs
+
+
+class FixedOdds(nn.Module):
+    """p(object) = 0.4 on bright pixels, 0.03 on dark ones: a model that learned that the
+    annotators label an object only part of the time."""
+
+    def __init__(self):
+        super().__init__()
+        self.device_marker = nn.Parameter(torch.zeros(1))  # the jobs read the device from it
+
+    def forward(self, x):
+        lo, hi = math.log(0.03 / 0.97), math.log(0.4 / 0.6)
+        fg = lo + (hi - lo) * (x[:, :1] > 0.5).float()
+        return torch.cat([torch.zeros_like(fg), fg], 1)
+
+
+def samples(n=4, size=32):
+    out, enc = [], MaskEncoding.gray(2, 255)
+    for i in range(n):
+        truth = np.zeros((size, size), np.int64)
+        truth[4:14, 4:14] = 1
+        truth[18:28, 16:26] = 1
+        image = truth[None].astype(np.float32)
+        given = truth.copy()
+        if i % 2:
+            given[18:28, 16:26] = 0  # every other label misses the second object
+        out.append(Sample(f"img_{i}", image, given, enc))
+    return out, truth
+
+
+def test_scoring_job_keeps_and_adds_the_objects_the_labels_half_miss():
+    data, truth = samples()
+    reviews = list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: False))
+    items = {k: v for r in reviews for k, v in r.items.items()}
+    assert sorted(items) == [s.name for s in data] and reviews[-1].done == reviews[-1].total == 4
+    for s in data:
+        assert np.array_equal(items[s.name].proposal, truth)  # nothing deleted, the missed one added
+    # the plain argmax deletes every object
+    argmax = list(jobs.scoring_job(FixedOdds(), data, CleanConfig(adaptive_threshold=False), cancel=lambda: False))
+    assert all(int(v.proposal.sum()) == 0 for r in argmax for v in r.items.values())
+
+
+def test_scoring_job_calibrates_on_the_given_set_and_stops_on_cancel():
+    data, truth = samples()
+    # thresholds from all four images, proposals for the last one only
+    reviews = list(jobs.scoring_job(FixedOdds(), data[3:], CleanConfig(), cancel=lambda: False, calibration=data))
+    assert list(reviews[0].items) == ["img_3"] and np.array_equal(reviews[0].items["img_3"].proposal, truth)
+    assert list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: True)) == []
+    assert list(jobs.scoring_job(FixedOdds(), [], CleanConfig(), cancel=lambda: False, calibration=data)) == []
