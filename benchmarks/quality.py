@@ -18,7 +18,8 @@ F1 (2 px), solidity of convex classes; label-quality ranking (Spearman with the 
 Dice of the given mask, precision of the worst 10 %); cleanlab's pixel flags.
 
 Also: the issue-2 table (noisy / no-IEL / heat-IEL Dice per noise type at two levels
-on the sample), the automatic training budget against a fixed sweep of budgets across
+on the sample), at the fixed budget and, over several seeds, at the automatic budget
+that `ielstudio clean` uses by default (task kind "auto"); the automatic training budget against a fixed sweep of budgets across
 dataset sizes, and k-fold (out-of-sample) against in-sample proposals.
 
 Writes <out>/quality[-quick].md (summary), quality[-quick]_<dataset>.md (all rows),
@@ -67,12 +68,13 @@ class Settings:
     kfold_sizes: tuple
     budget_size_px: int
     sample_noised: tuple = ("nuclei", "lesions")  # bundled sets whose clean masks are re-noised
+    auto_seeds: tuple = (0, 1, 2)  # training seeds of the issue-2 table at the automatic budget
 
     @staticmethod
     def make(quick: bool) -> "Settings":
         if quick:  # < 10 min on 2 quiet CPU cores
             return Settings(True, 8, 96, (), (1, 3), 300, 64, 4, 8, (8, 16), (100, 200, 400, 800), (8, 16), 96,
-                            ("nuclei",))
+                            ("nuclei",), (0, 1))
         return Settings(False, 24, 128, (1, 2, 3), (1, 2, 3), 300, 96, 8, 16, (8, 16, 32),
                         (100, 200, 400, 800, 1600), (8, 16, 32), 128)
 
@@ -176,6 +178,25 @@ def run_case(s: Settings, source: str, kind: str, noise: str, level: int, morph:
     if desc is not None:
         res["mixed"] = desc
     res["seconds"]["total"] = time.perf_counter() - t0
+    return res
+
+
+def run_auto(s: Settings, kind: str, noise: str, level: int, seed: int) -> dict:
+    """No IEL and heat IEL on a sample case, both at the automatic budget (`ielstudio clean`'s
+    default): Dice of the cleaned masks, the step kept and the steps run, for one training seed."""
+    from ielstudio.core.iel import IELConfig
+    from ielstudio.core.training import TrainConfig
+
+    ds = dataset("sample", kind)
+    given, _ = given_masks(ds, noise, level)
+    samples = C.make_samples(ds.names, ds.images, given, ds.n_classes)
+    res: dict[str, Any] = {"dataset": ds.name, "noise": noise, "level": level, "seed": seed,
+                           "noisy_dice": C.mask_scores(given, ds.clean, ds.n_classes)["dice"], "methods": {}}
+    for name, iel in iel_variants(ds.meta["kind"])[:2]:  # no-IEL, heat
+        done = C.fit(samples, TrainConfig(epochs=None, iel=iel, seed=seed, **s.train_kw()))
+        props = C.proposals(C.probabilities(done, samples), given, clean_config(ds.meta["kind"]))
+        res["methods"][name] = {"dice": C.mask_scores(props, ds.clean, ds.n_classes)["dice"],
+                                "kept_step": done.history["best_step"], "steps_run": done.steps}
     return res
 
 
@@ -302,8 +323,29 @@ def plot(cases: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def auto_table(auto: list[dict]) -> str:
+    """The issue-2 table at the automatic budget: per case, means over the training seeds."""
+    order = {n: i for i, n in enumerate(["given", *C.noise_types()])}
+    keys = sorted({(r["dataset"], r["noise"], r["level"]) for r in auto}, key=lambda k: (k[0], order.get(k[1], 99), k[2]))
+    rows = []
+    for key in keys:
+        rs = [r for r in auto if (r["dataset"], r["noise"], r["level"]) == key]
+        d0 = [r["methods"]["no-IEL"]["dice"] for r in rs]
+        d1 = [r["methods"]["heat"]["dice"] for r in rs]
+        noisy = rs[0]["noisy_dice"]
+        rows.append([key[0], key[1], key[2] if key[1] != "given" else "–", noisy, np.mean(d0),
+                     f"{min(d0):.3f}-{max(d0):.3f}", np.mean(d1), f"{min(d1):.3f}-{max(d1):.3f}",
+                     f"{np.mean([r['methods']['no-IEL']['kept_step'] for r in rs]):.0f} / "
+                     f"{np.mean([r['methods']['heat']['kept_step'] for r in rs]):.0f}",
+                     "yes" if min(min(d0), min(d1)) > noisy else "NO",
+                     "yes" if np.mean(d1) > np.mean(d0) else "no", f"{sum(b > a for a, b in zip(d0, d1))}/{len(rs)}"])
+    return C.md_table(["data set", "noise", "level", "noisy", "no IEL (mean)", "no IEL (range)", "heat IEL (mean)",
+                       "heat IEL (range)", "step kept (no IEL / heat)", "all beat noisy", "heat > no-IEL (mean)",
+                       "seeds heat wins"], rows)
+
+
 def report(s: Settings, facts: dict, morph: C.Morphology, morph_dice: float, cases: list[dict], budget: list[dict],
-           kfold: list[dict], elapsed: float, cmd: str, prefix: str) -> str:
+           kfold: list[dict], elapsed: float, cmd: str, prefix: str, auto: list[dict] | None = None) -> str:
     out = [f"# Quality benchmark{' (quick)' if s.quick else ''}\n\n",
            f"Command: `{cmd}`  \nMachine: {facts['cpu']}, {facts['nproc']} cores, torch {facts['torch']}, "
            f"cleanlab {facts['cleanlab']}, GPU: {facts['cuda'] or 'none'}. Wall time {elapsed / 60:.1f} min.  \n"
@@ -374,8 +416,18 @@ def report(s: Settings, facts: dict, morph: C.Morphology, morph_dice: float, cas
                          m["no-IEL"]["dice"], m["heat"]["dice"],
                          "yes" if min(m["no-IEL"]["dice"], m["heat"]["dice"]) > m["noisy"]["dice"] else "NO",
                          "yes" if m["heat"]["dice"] > m["no-IEL"]["dice"] else "no"])
-    out.append(C.md_table(["data set", "noise", "level", "noisy", "cleaned, no IEL", "cleaned, heat IEL",
-                           "both beat noisy", "heat > no-IEL"], rows))
+    if rows:
+        out.append(C.md_table(["data set", "noise", "level", "noisy", "cleaned, no IEL", "cleaned, heat IEL",
+                               "both beat noisy", "heat > no-IEL"], rows))
+    if auto:
+        seeds = sorted({r["seed"] for r in auto})
+        out.append("\n## Issue-2 table at the automatic budget (what `ielstudio clean` does by default)\n\n")
+        out.append(f"Both networks trained with the automatic budget (`TrainConfig(epochs=None)`: 20 % held out, "
+                   f"agreement with their given labels every 25 steps, patience 4, never stopping before step 100 "
+                   f"nor after 600, keeping the weights of the best evaluation) and the same given masks as the "
+                   f"table above; training seeds {', '.join(map(str, seeds))}. Dice of the cleaned "
+                   f"masks against the clean masks: mean and range over the seeds.\n\n")
+        out.append(auto_table(auto))
 
     if budget:
         out.append("\n## Automatic training budget vs a fixed sweep (generated nuclei, mixed noise, heat IEL)\n\n")
@@ -422,6 +474,12 @@ def plan(s: Settings) -> list[tuple]:
         for noise in C.noise_types() if kind in s.sample_noised else ():
             for lv in s.sample_levels:
                 tasks.append(("case", ("sample", kind, noise, lv)))
+    for kind in SAMPLES:
+        for seed in s.auto_seeds:
+            tasks.append(("auto", (kind, "given", 0, seed)))
+            for noise in C.noise_types() if kind in s.sample_noised else ():
+                for lv in s.sample_levels:
+                    tasks.append(("auto", (kind, noise, lv, seed)))
     for kind in GENERATED:
         tasks.append(("case", ("generated", kind, "mixed", 0)))
         for noise in C.noise_types():
@@ -435,6 +493,8 @@ def run_task(s: Settings, morph: C.Morphology, name: str, args: tuple) -> tuple[
         return name, run_case(s, *args, morph)
     if name == "budget":
         return name, run_budget(s, *args)
+    if name == "auto":
+        return name, run_auto(s, *args)
     return name, run_kfold(s, *args)
 
 
@@ -443,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small grid that finishes in < 10 min on 2 CPU cores")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR, help="folder for tables, plot and JSON")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    ap.add_argument("--only", default="", help="comma list of task kinds to run: case,budget,kfold (default all)")
+    ap.add_argument("--only", default="", help="comma list of task kinds to run: case,auto,budget,kfold (default all)")
     ap.add_argument("--no-samples", action="store_true", help="skip the bundled sample (e.g. not built yet)")
     ap.add_argument("--train", default="", help="override settings, e.g. 'width=16,crop=96,batch_size=8,steps=300,sweep=100/300/600'")
     ap.add_argument("--cases", default="", help="comma list of case filters 'dataset:noise[:level]' (default: all)")
@@ -479,9 +539,10 @@ def main(argv: list[str] | None = None) -> int:
             return any(w[0] == name and w[1] == args[2] and (len(w) < 3 or int(w[2]) == args[3]) for w in want)
 
         tasks = [t for t in tasks if t[0] != "case" or chosen(t[1])]
+        tasks = [t for t in tasks if t[0] != "auto" or chosen(("sample", *t[1][:3]))]
     if a.no_samples:
-        tasks = [t for t in tasks if not (t[0] == "case" and t[1][0] == "sample")]
-    cases, budget, kfold = [], [], []
+        tasks = [t for t in tasks if not (t[0] == "case" and t[1][0] == "sample") and t[0] != "auto"]
+    cases, budget, kfold, auto = [], [], [], []
     print(f"{len(tasks)} tasks on {a.jobs} worker(s) x {threads} thread(s)", flush=True)
     with ProcessPoolExecutor(a.jobs, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(run_task, s, morph, n, args): (n, args) for n, args in tasks}
@@ -498,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{i}/{len(tasks)}] {res['dataset']:>15} {res['noise']:>8} {res['level']}  "
                       + "  ".join(f"{k} {m[k]['dice']:.3f}" for k in METHODS if k in m)
                       + f"  ({res['seconds']['total']:.0f}s)", flush=True)
+            elif kind == "auto":
+                auto.append(res)
+                m = res["methods"]
+                print(f"[{i}/{len(tasks)}] auto {res['dataset']:>15} {res['noise']:>8} {res['level']} seed {res['seed']}: "
+                      f"noisy {res['noisy_dice']:.3f}  no-IEL {m['no-IEL']['dice']:.3f} (step {m['no-IEL']['kept_step']})  "
+                      f"heat {m['heat']['dice']:.3f} (step {m['heat']['kept_step']})", flush=True)
             elif kind == "budget":
                 budget.append(res)
                 print(f"[{i}/{len(tasks)}] budget n={res['size']}: auto picked {res['auto']['picked']} "
@@ -515,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     C.write_json(a.out / f"{prefix}.json", {"facts": facts, "settings": asdict(s), "command": cmd,
                                             "classical": asdict(morph), "classical_tune_dice": morph_dice,
-                                            "elapsed_s": elapsed, "cases": cases, "budget": budget, "kfold": kfold})
+                                            "elapsed_s": elapsed, "cases": cases, "budget": budget, "kfold": kfold,
+                                            "auto": auto})
     for name in sorted({r["dataset"] for r in cases}):
         rs = [r for r in cases if r["dataset"] == name]
         C.write_text(a.out / f"{prefix}_{name}.md", f"# {name}: every method on every noise case\n\n"
@@ -523,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"images.\n\n" + dataset_table(rs))
     if cases:
         plot(cases, a.out / f"{prefix}_dice_vs_level.png")
-    text = report(s, facts, morph, morph_dice, cases, budget, kfold, elapsed, cmd, prefix)
+    text = report(s, facts, morph, morph_dice, cases, budget, kfold, elapsed, cmd, prefix, auto)
     C.write_text(a.out / f"{prefix}.md", text)
     print(text)
     print(f"wrote {a.out / prefix}.md, .json, _<dataset>.md, _dice_vs_level.png in {elapsed / 60:.1f} min")

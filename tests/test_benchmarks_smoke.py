@@ -108,6 +108,24 @@ def test_quality_case_end_to_end_tiny():
     assert f"| nuclei | {noise} | 1 |" in text
 
 
+def test_issue2_table_at_the_automatic_budget_summarises_seeds():
+    import quality
+
+    def row(seed, none, heat):
+        return {"dataset": "sample-nuclei", "noise": "block", "level": 3, "seed": seed, "noisy_dice": 0.7,
+                "methods": {"no-IEL": {"dice": none, "kept_step": 50, "steps_run": 150},
+                            "heat": {"dice": heat, "kept_step": 150, "steps_run": 250}}}
+
+    text = quality.auto_table([row(0, 0.98, 0.99), row(1, 0.99, 0.985)])
+    # means 0.985 vs 0.9875, ranges, steps kept, all beat noisy, heat ahead on the mean, in 1 of 2 seeds
+    assert "| sample-nuclei | block | 3 | 0.700 | 0.985 | 0.980-0.990 | 0.988 | 0.985-0.990 | 50 / 150 | yes | yes | 1/2 |" \
+        in text
+    s = quality.Settings.make(True)
+    autos = [t for t in quality.plan(s) if t[0] == "auto"]
+    # every noise type at both sample levels on the nuclei, plus both samples' own noise, per seed
+    assert len(autos) == len(s.auto_seeds) * (2 + len(C.noise_types()) * len(s.sample_levels))
+
+
 def test_speed_train_section_reports_ratios_tiny():
     import speed
 
