@@ -344,15 +344,9 @@ def auto_table(auto: list[dict]) -> str:
                        "seeds heat wins"], rows)
 
 
-def report(s: Settings, facts: dict, morph: C.Morphology, morph_dice: float, cases: list[dict], budget: list[dict],
-           kfold: list[dict], elapsed: float, cmd: str, prefix: str, auto: list[dict] | None = None) -> str:
-    out = [f"# Quality benchmark{' (quick)' if s.quick else ''}\n\n",
-           f"Command: `{cmd}`  \nMachine: {facts['cpu']}, {facts['nproc']} cores, torch {facts['torch']}, "
-           f"cleanlab {facts['cleanlab']}, GPU: {facts['cuda'] or 'none'}. Wall time {elapsed / 60:.1f} min.  \n"
-           f"Settings: {s.gen_n} generated images of {s.gen_size} px per set, every network trained "
-           f"{s.steps} steps (crop {s.crop}, batch {s.batch_size}, U-Net width {s.width}); classical clean-up "
-           f"tuned once on generated nuclei with mixed noise: opening r={morph.open_r}, closing r={morph.close_r}, "
-           f"min area {morph.min_area} (Dice {morph_dice:.3f} there).\n"]
+def case_sections(cases: list[dict]) -> list[str]:
+    """The report's sections about the fixed-budget cases (task kind "case")."""
+    out: list[str] = []
     out.append("\n## Mean Dice per method (over all noise cases of each data set)\n\n")
     names = sorted({r["dataset"] for r in cases})
     rows = []
@@ -419,13 +413,28 @@ def report(s: Settings, facts: dict, morph: C.Morphology, morph_dice: float, cas
     if rows:
         out.append(C.md_table(["data set", "noise", "level", "noisy", "cleaned, no IEL", "cleaned, heat IEL",
                                "both beat noisy", "heat > no-IEL"], rows))
+    return out
+
+
+def report(s: Settings, facts: dict, morph: C.Morphology, morph_dice: float, cases: list[dict], budget: list[dict],
+           kfold: list[dict], elapsed: float, cmd: str, prefix: str, auto: list[dict] | None = None) -> str:
+    out = [f"# Quality benchmark{' (quick)' if s.quick else ''}\n\n",
+           f"Command: `{cmd}`  \nMachine: {facts['cpu']}, {facts['nproc']} cores, torch {facts['torch']}, "
+           f"cleanlab {facts['cleanlab']}, GPU: {facts['cuda'] or 'none'}. Wall time {elapsed / 60:.1f} min.  \n"
+           f"Settings: {s.gen_n} generated images of {s.gen_size} px per set, every network trained "
+           f"{s.steps} steps unless a section says otherwise (crop {s.crop}, batch {s.batch_size}, U-Net width "
+           f"{s.width}); classical clean-up "
+           f"tuned once on generated nuclei with mixed noise: opening r={morph.open_r}, closing r={morph.close_r}, "
+           f"min area {morph.min_area} (Dice {morph_dice:.3f} there).\n"]
+    if cases:
+        out += case_sections(cases)
     if auto:
         seeds = sorted({r["seed"] for r in auto})
         out.append("\n## Issue-2 table at the automatic budget (what `ielstudio clean` does by default)\n\n")
         out.append(f"Both networks trained with the automatic budget (`TrainConfig(epochs=None)`: 20 % held out, "
                    f"agreement with their given labels every 25 steps, patience 4, never stopping before step 100 "
                    f"nor after 600, keeping the weights of the best evaluation) and the same given masks as the "
-                   f"table above; training seeds {', '.join(map(str, seeds))}. Dice of the cleaned "
+                   f"fixed-budget issue-2 table; training seeds {', '.join(map(str, seeds))}. Dice of the cleaned "
                    f"masks against the clean masks: mean and range over the seeds.\n\n")
         out.append(auto_table(auto))
 
@@ -459,7 +468,7 @@ def report(s: Settings, facts: dict, morph: C.Morphology, morph_dice: float, cas
                                "Spearman 2-fold", "top-10% in", "top-10% 2-fold", "better proposals",
                                "better ranking"], rows))
     out.append(f"\nAll rows per data set: `{prefix}_<data set>.md`; raw numbers: `{prefix}.json`; "
-               f"plot: `{prefix}_dice_vs_level.png`.\n")
+               f"plot: `{prefix}_dice_vs_level.png`.\n" if cases else f"\nRaw numbers: `{prefix}.json`.\n")
     return "".join(x if x.endswith("\n") else x + "\n" for x in out)
 
 
@@ -498,6 +507,19 @@ def run_task(s: Settings, morph: C.Morphology, name: str, args: tuple) -> tuple[
     return name, run_kfold(s, *args)
 
 
+def rewrite_summary(path: Path) -> int:
+    """The .md summary of a finished run, rendered again from its .json (e.g. after a report fix)."""
+    import json
+
+    d = json.loads(Path(path).read_text())
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["settings"].items()})
+    text = report(s, d["facts"], C.Morphology(**d["classical"]), d["classical_tune_dice"], d["cases"], d["budget"],
+                  d["kfold"], d["elapsed_s"], d["command"], Path(path).stem, d.get("auto", []))
+    C.write_text(Path(path).with_suffix(".md"), text)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small grid that finishes in < 10 min on 2 CPU cores")
@@ -508,7 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", default="", help="override settings, e.g. 'width=16,crop=96,batch_size=8,steps=300,sweep=100/300/600'")
     ap.add_argument("--cases", default="", help="comma list of case filters 'dataset:noise[:level]' (default: all)")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--from-json", type=Path, metavar="FILE", help="write FILE's summary (.md next to it) again "
+                    "from its raw numbers, without running anything")
     a = ap.parse_args(argv)
+    if a.from_json:
+        return rewrite_summary(a.from_json)
     s = Settings.make(a.quick)
     if a.train:
         s = replace(s, **{k: tuple(int(x) for x in v.split("/")) if "/" in v else int(v)
