@@ -525,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small grid that finishes in < 10 min on 2 CPU cores")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR, help="folder for tables, plot and JSON")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    ap.add_argument("--only", default="", help="comma list of task kinds to run: case,auto,budget,kfold (default all)")
+    ap.add_argument("--only", default="", help="comma list of task kinds to run: case,auto,budget,kfold "
+                    "(default: all but auto)")
     ap.add_argument("--no-samples", action="store_true", help="skip the bundled sample (e.g. not built yet)")
     ap.add_argument("--train", default="", help="override settings, e.g. 'width=16,crop=96,batch_size=8,steps=300,sweep=100/300/600'")
     ap.add_argument("--cases", default="", help="comma list of case filters 'dataset:noise[:level]' (default: all)")
@@ -557,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     only = {x for x in a.only.split(",") if x}
     if only:
         tasks = [t for t in tasks if t[0] in only]
+    else:  # "auto" trains 2 networks per case and seed to the automatic budget: only when asked for
+        tasks = [t for t in tasks if t[0] != "auto"]
     if a.cases:
         want = [c.split(":") for c in a.cases.split(",")]
 
