@@ -298,6 +298,28 @@ def test_clean_dataset_cancel_writes_nothing(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_clean_dataset_cancel_after_training_writes_nothing(tmp_path, monkeypatch):
+    """Cancelled once training is done: not one image is predicted (not even to set the
+    decision thresholds), no mask, no report."""
+    from ielstudio.core import cleaning
+    from ielstudio.core.training import DoneEvent, TrainConfig
+
+    predicted = []
+    real_predict = cleaning.predict
+    monkeypatch.setattr(cleaning, "predict", lambda *a, **k: predicted.append(1) or real_predict(*a, **k))
+    images, masks = _colour_dataset(tmp_path)
+    out = tmp_path / "out"
+    trained = []
+    events = []
+    for e in cleaning.clean_dataset(images, masks, out, TrainConfig(**TINY), cancel=lambda: bool(trained)):
+        events.append(e)
+        if isinstance(e, DoneEvent):
+            trained.append(True)
+    assert trained and predicted == []
+    assert not any(isinstance(e, (cleaning.CleanDone, cleaning.PredictEvent)) for e in events)
+    assert list(out.iterdir()) == []
+
+
 def test_outputs_never_go_into_the_masks_folder(tmp_path):
     from ielstudio.core import cleaning
     from ielstudio.core.errors import DataError

@@ -258,7 +258,7 @@ def label_quality(probs: np.ndarray, given: np.ndarray,
     Returns (score, doubt): doubt (H,W) float32 = 1 - p(given label) per pixel;
     score in [0, 1], 1 = the label agrees with a confident model:
 
-        score = 0.9 * Dice(given, argmax) + 0.1 * mean p(given) over the union of foregrounds
+        score = 0.9 * Dice(given, decision) + 0.1 * mean p(given) over the union of foregrounds
 
     The hard foreground Dice (`metrics.dice`) between the label and the model's decision
     (its argmax, or `core.decision.decide` with the data set's `thresholds`)
@@ -499,7 +499,16 @@ def clean_dataset(
         per_image = model.model_for(s.name) if isinstance(model, CrossFitModel) else model
         return predict(per_image, s.image, device)
 
-    thresholds = thresholds_for((probs_of(s) for s in calibration_subset(samples)), clean_config)
+    def calibration_probs():
+        for s in calibration_subset(samples):
+            if cancel is not None and cancel():
+                return
+            yield probs_of(s)
+
+    try:
+        thresholds = thresholds_for(calibration_probs(), clean_config)
+    except ValueError:  # cancelled before the first calibration image
+        return
     images, written = [], []
     for i, s in enumerate(samples):
         if cancel is not None and cancel():
@@ -642,6 +651,8 @@ def predict_folder(
 
     def calibration_probs():
         for path in calibration_subset(files):
+            if cancel is not None and cancel():
+                return
             try:
                 yield probs_of(path)
             except DataError:
@@ -649,7 +660,7 @@ def predict_folder(
 
     try:
         thresholds = thresholds_for(calibration_probs(), clean_config)
-    except ValueError:  # no readable image among the calibration ones
+    except ValueError:  # cancelled, or no readable image among the calibration ones
         thresholds = None
     written, skipped = [], []
     for i, path in enumerate(files):
