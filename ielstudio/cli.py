@@ -60,6 +60,7 @@ CLEAN_FLAGS = {
 # dataclass fields deliberately without a flag of their own, with the reason
 EXEMPT = {
     "TrainConfig.iel": "built from the --iel, --iel-*, --heat-classes and --convex-* flags",
+    "TrainConfig.adaptive_threshold": "set with CleanConfig.adaptive_threshold by --no-adaptive-threshold",
 }
 
 
@@ -233,6 +234,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, CleanConfi
     if "max_steps" in values and "min_steps" not in values:
         values["min_steps"] = min(base.min_steps, values["max_steps"])
     values["iel"] = iel_config_from_args(args, base.iel)
+    if getattr(args, "no_adaptive_threshold", None):
+        values["adaptive_threshold"] = False
     train = dataclasses.replace(base, **values)
 
     clean: dict = {}

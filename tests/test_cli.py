@@ -234,6 +234,7 @@ def test_flags_reach_the_configs():
     assert (train.arch, train.width, train.epochs, train.max_steps, train.min_steps) == ("parabolic", 8, 3.0, 40, 40)
     assert (train.device, train.seed, train.init_checkpoint, train.folds, train.lr, train.augment) == \
         ("cpu", 5, "c.pt", 3, 0.01, False)
+    assert train.adaptive_threshold is False  # the budget judges held-out pixels as cleaning will
     assert train.iel == IELConfig(heat=True, heat_dt=0.2, heat_steps=10, heat_classes=(0, 1), convex_classes=(1, 2),
                                   convex_dt=0.05, convex_steps=7, convex_radii=(2, 4), convex_band=3)
     assert clean == CleanConfig(min_area=4, fill_holes=False, convex_hull_classes=(1, 2), confident_only=True,

@@ -55,11 +55,35 @@ def test_a_confident_model_keeps_the_argmax_exactly():
     assert np.array_equal(decide(probs, t), probs.argmax(0))
 
 
-@pytest.mark.parametrize("p_object", [0.05, 0.25])
-def test_no_clear_second_population_keeps_half(p_object):
-    # 0.05: nothing but background; 0.25: a bump only 0.22 above it (MIN_SEPARATION is 0.3)
-    probs, _ = two_objects(p_object)
+def test_nothing_but_background_keeps_half():
+    probs, _ = two_objects(0.05)
     assert decision_thresholds([probs]).tolist() == [0.5, 0.5]
+
+
+def test_a_close_population_with_a_clear_valley_is_found():
+    # objects at ~0.43 on a background at ~0.14: the means are only 0.29 apart (less than
+    # MIN_SEPARATION), but nothing lies between them, so the valley test accepts the split
+    probs, truth = two_objects(0.43, p_background=0.14, jitter=0.05)
+    hist = np.histogram(probs[1], bins=decision.BINS, range=(0, 1))[0]
+    t, lower, upper = decision._otsu(hist)
+    assert upper - lower < decision.MIN_SEPARATION and decision._dip(hist, t) >= decision.MIN_DIP
+    th = decision_thresholds([probs])
+    assert 0.19 < th[1] < 0.38
+    assert np.array_equal(decide(probs, th), truth)
+    assert decide(probs, None).sum() == 0
+
+
+def test_a_one_sided_tail_is_not_a_second_population():
+    # background probabilities with an exponential tail: Otsu splits the tail at ~0.23, but
+    # the density only falls from 0 to 1 (no valley) and the means are 0.26 apart
+    rng = np.random.default_rng(0)
+    p_fg = np.clip(0.02 + rng.exponential(0.13, (96, 96)), 0, 1)
+    hist = np.histogram(p_fg, bins=decision.BINS, range=(0, 1))[0]
+    t, lower, upper = decision._otsu(hist)
+    assert decision.MIN_THRESHOLD <= t <= decision.MAX_THRESHOLD  # only the two tests refuse it
+    assert upper - lower < decision.MIN_SEPARATION
+    assert decision._dip(hist, t) == pytest.approx(1.0)
+    assert decision_thresholds([binary(p_fg)]).tolist() == [0.5, 0.5]
 
 
 def test_a_valley_below_the_floor_is_refused():

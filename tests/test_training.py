@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ielstudio.core.dataset import Sample
+from ielstudio.core.decision import decide, decision_thresholds
 from ielstudio.core.errors import DataError
 from ielstudio.core.iel import IELConfig
 from ielstudio.core.imageio import MaskEncoding
@@ -188,11 +189,42 @@ def test_auto_budget_stops_when_held_out_agreement_falls():
     assert h["best_step"] == h["eval_steps"][best] == evals[best].step and evals[best].best
     assert done.steps == h["best_step"] + cfg.patience * cfg.eval_every
     assert max(h["agreement"]) - h["agreement"][-1] > 0.03  # it really fell
-    # The returned model holds the best weights: its held-out agreement is the peak.
+    # The returned model holds the best weights: its held-out agreement is the peak
+    # (pixels decided as cleaning decides them, at the held-out images' valley).
     held_samples = [s for s in samples if s.name in held]
-    pred = np.concatenate([predict(done.model, s.image).argmax(0) for s in held_samples])
+    probs = [predict(done.model, s.image) for s in held_samples]
+    thresholds = decision_thresholds(probs)
+    pred = np.concatenate([decide(p, thresholds) for p in probs])
     target = np.concatenate([s.mask for s in held_samples])
     assert dice(pred, target, 2) == pytest.approx(h["best_agreement"], abs=1e-9)
+
+
+class _FixedProbabilities(torch.nn.Module):
+    """A 'model' whose foreground probability is p_object inside the disk and 0.03 outside."""
+
+    def __init__(self, inside: np.ndarray, p_object: float):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        p = np.where(inside, p_object, 0.03)
+        self.logits = torch.from_numpy(np.log(np.stack([1 - p, p])).astype(np.float32))
+
+    def forward(self, x):
+        return self.logits[None].expand(x.shape[0], -1, -1, -1) + 0 * self.dummy
+
+
+def test_budget_agreement_decides_pixels_as_cleaning_does():
+    # A model that learned from labels missing half of the objects says 0.4 on every object:
+    # the argmax finds none of them, cleaning (the valley) finds all. The budget must judge
+    # the model by what cleaning makes of it, unless the adaptive threshold is off.
+    from ielstudio.core.training import _agreement
+
+    name, img, m, _ = disks(1, size=40)[0]
+    sample = Sample(name, img[None], m, ENC)
+    model = _FixedProbabilities(m == 1, 0.4)
+    adaptive = _agreement(model, [sample], torch.device("cpu"), 2, None)
+    plain = _agreement(model, [sample], torch.device("cpu"), 2, None, adaptive_threshold=False)
+    assert adaptive == pytest.approx(1.0) and plain == pytest.approx(0.0)
+    assert _agreement(model, [sample], torch.device("cpu"), 2, lambda: True) is None  # cancelled
 
 
 def test_auto_budget_single_image_falls_back_to_fixed_steps():

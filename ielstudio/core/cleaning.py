@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -476,6 +476,8 @@ def clean_dataset(
     t0 = time.time()
     train_config = train_config or TrainConfig()
     clean_config = clean_config or CleanConfig()
+    if not clean_config.adaptive_threshold:  # the budget then judges held-out pixels by the argmax too
+        train_config = replace(train_config, adaptive_threshold=False)
     out = check_out_dir(out_dir, images_dir, masks_dir)
     report_file = check_not_in_masks(report_path, masks_dir, "the report") if report_path else out / REPORT_NAME
     if csv_path:

@@ -15,8 +15,15 @@ threshold of each foreground class is put at the valley of that class's
 probabilities pooled over the data set (Otsu's split of their histogram), and
 accepted only when
 
-- the two populations it separates are far apart (upper mean - lower mean >=
-  `MIN_SEPARATION`): a histogram without a second mode keeps 0.5;
+- it separates two populations: their means are far apart (upper mean - lower
+  mean >= `MIN_SEPARATION`), or the histogram has a clear valley there (smoothed,
+  its density at the threshold is at most 1 / `MIN_DIP` of the highest density on
+  either side). A histogram without a second mode keeps 0.5. The second test is
+  scale-free: a model that learned to give objects ~0.43 against a background of
+  ~0.14 (objects missing from the labels, early in training) has means only 0.29
+  apart, but a valley 3.8 times lower than its object peak (probe on the bundled
+  nuclei with half of the objects missing, automatic budget, seed 0; Dice 0.90 at
+  the valley against 0.31 for the argmax);
 - it lies in [`MIN_THRESHOLD`, `MAX_THRESHOLD`]: the rule only lowers a threshold,
   never below the point where an object would be declared on weak evidence, and a
   valley within 0.05 of 0.5 is the argmax's own (moving it would only nudge outlines).
@@ -37,6 +44,8 @@ BINS = 256
 MIN_THRESHOLD = 0.2
 MAX_THRESHOLD = 0.45
 MIN_SEPARATION = 0.3
+MIN_DIP = 3.0
+SMOOTH_BINS = 4  # sigma (in bins) of the Gaussian that smooths a histogram before the valley test
 
 
 def _otsu(hist: np.ndarray) -> tuple[float, float, float]:
@@ -57,6 +66,34 @@ def _otsu(hist: np.ndarray) -> tuple[float, float, float]:
     best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
     i = int(best[len(best) // 2])
     return (i + 1) / len(hist), float(mu0[i]), float(mu1[i])
+
+
+def _smoothed(hist: np.ndarray) -> np.ndarray:
+    """The histogram convolved with a Gaussian of sigma SMOOTH_BINS (reflected at 0 and 1)."""
+    r = 3 * SMOOTH_BINS
+    x = np.arange(-r, r + 1)
+    kernel = np.exp(-0.5 * (x / SMOOTH_BINS) ** 2)
+    return np.convolve(np.pad(hist.astype(np.float64), r, mode="reflect"), kernel / kernel.sum(), mode="valid")
+
+
+def _dip(hist: np.ndarray, t: float) -> float:
+    """How deep the valley at threshold t is: the lower of the two peaks (highest smoothed
+    density below and above t) over the smoothed density at t (inf for an empty gap)."""
+    sm = _smoothed(hist)
+    i = min(max(int(round(t * len(hist))) - 1, 0), len(hist) - 1)
+    peak = min(sm[: i + 1].max(), sm[i:].max())
+    return float(peak / sm[i]) if sm[i] > 1e-12 * max(sm.max(), 1e-300) else float("inf")
+
+
+def _clear_valley(hist: np.ndarray) -> float | None:
+    """Otsu's split of a class's histogram when it separates two populations (see the
+    module docstring) and lies in [MIN_THRESHOLD, MAX_THRESHOLD]; else None."""
+    t, lower, upper = _otsu(hist)
+    if not MIN_THRESHOLD <= t <= MAX_THRESHOLD:
+        return None
+    if upper - lower >= MIN_SEPARATION or _dip(hist, t) >= MIN_DIP:
+        return t
+    return None
 
 
 def decision_thresholds(prob_maps: Iterable[np.ndarray]) -> np.ndarray:
@@ -82,8 +119,8 @@ def decision_thresholds(prob_maps: Iterable[np.ndarray]) -> np.ndarray:
         raise ValueError("no probability maps to set thresholds from")
     out = np.full(len(hists), 0.5)
     for c in range(1, len(hists)):
-        t, lower, upper = _otsu(hists[c])
-        if upper - lower >= MIN_SEPARATION and MIN_THRESHOLD <= t <= MAX_THRESHOLD:
+        t = _clear_valley(hists[c])
+        if t is not None:
             out[c] = t
     return out
 

@@ -7,7 +7,8 @@ holding the trained model. The inverse evolution layers are used only in the los
 
 Training budget (docs/training-budget.md): with `epochs=None` a held-out fold of
 images is kept out of training and the model's agreement (Dice) with their *given*
-(noisy) labels is measured every `eval_every` steps; training stops `patience`
+(noisy) labels is measured every `eval_every` steps (pixels decided as cleaning
+decides them: `core.decision`); training stops `patience`
 evaluations after it last improved and the best weights are kept. No clean labels
 are needed. `folds=k` trains k models so that every image gets an out-of-sample
 proposal (`predict_dataset`).
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dataset import Sample, SegmentationDataset
+from .decision import decide, decision_thresholds
 from .errors import DataError
 from .iel import IELConfig, IELStack
 from .imageio import atomic_write_bytes
@@ -97,6 +99,8 @@ class TrainConfig:
     patience: int = field(default=4, metadata=_help("automatic budget: evaluations without improvement before stopping"))
     min_improvement: float = field(default=0.002, metadata=_help("agreement gain that counts as improvement"))
     holdout: float = field(default=0.2, metadata=_help("automatic budget: share of images held out (1..32 images)"))
+    adaptive_threshold: bool = field(default=True, metadata=_help(
+        "automatic budget: decide held-out pixels at the valley of their probabilities, as cleaning does"))
     folds: int = field(default=1, metadata=_help("k > 1: k models, each image predicted out-of-sample"))
     augment: bool = field(default=True, metadata=_help("flips, 90-degree rotations, intensity jitter"))
 
@@ -339,15 +343,22 @@ class _CropStream:
 
 
 def _agreement(model: nn.Module, samples: Sequence[Sample], device: torch.device, n_classes: int,
-               cancel: Callable[[], bool] | None) -> float | None:
-    """Pooled foreground Dice between argmax predictions and the given masks (None if cancelled)."""
-    inter = np.zeros(n_classes)
-    total = np.zeros(n_classes)
+               cancel: Callable[[], bool] | None, adaptive_threshold: bool = True) -> float | None:
+    """Pooled foreground Dice between the predictions and the given masks (None if cancelled).
+    Pixels are decided as cleaning decides them: at the valley of the held-out images'
+    probabilities (`decision_thresholds`) when `adaptive_threshold`, else by the argmax. A
+    model whose objects sit below 0.5 (labels that miss objects) is judged by what cleaning
+    would make of it, not by an argmax that cleaning does not use."""
+    probs = []
     for s in samples:
         if cancel is not None and cancel():
             return None
-        pred = predict(model, s.image, device).argmax(0)
-        i, p, t = confusion_counts(pred, s.mask, n_classes)
+        probs.append(predict(model, s.image, device))
+    thresholds = decision_thresholds(probs) if adaptive_threshold and probs else None
+    inter = np.zeros(n_classes)
+    total = np.zeros(n_classes)
+    for s, p in zip(samples, probs):
+        i, p, t = confusion_counts(decide(p, thresholds), s.mask, n_classes)
         inter += i
         total += p + t
     fg = slice(1, None) if n_classes > 1 else slice(None)
@@ -474,7 +485,7 @@ def _train_one(
             yield SnapshotEvent(step, probs, fold, n_folds)
 
         if step % config.eval_every == 0 or step == total:
-            agreement = _agreement(model, eval_set, device, n_classes, cancel)
+            agreement = _agreement(model, eval_set, device, n_classes, cancel, config.adaptive_threshold)
             model.train()
             if agreement is None:
                 reason = "cancelled"
