@@ -367,6 +367,8 @@ def _print_summary(report: dict, report_path) -> None:
         _say(f"skipped {len(skipped)} file(s):")
         for s in skipped:
             _say(f"  {s['path']}: {s['problem']}")
+    for warning in report.get("warnings", []):
+        _say(f"warning: {warning}")
     if scores:
         _say(f"mean label-quality score {sum(scores) / len(scores):.3f} (1 = label agrees with the model); worst first in the report")
     saved = report.get("model", {}).get("saved_to")

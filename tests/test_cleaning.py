@@ -282,6 +282,7 @@ def test_clean_dataset_keeps_colour_convention_and_event_order(tmp_path):
     # argmax decisions asked for: the training budget judged held-out pixels the same way
     assert report["settings"]["clean"]["adaptive_threshold"] is False
     assert report["settings"]["train"]["adaptive_threshold"] is False
+    assert isinstance(report["warnings"], list)
     palette = {(0, 0, 0), (0, 255, 0), (255, 0, 0)}
     for i in range(4):
         rgb = cv2.imread(str(out / f"p{i}_mask.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
@@ -338,3 +339,16 @@ def test_outputs_never_go_into_the_masks_folder(tmp_path):
     assert cleaning.check_out_dir(tmp_path / "o", images, masks) == (tmp_path / "o").resolve()
     with pytest.raises(DataError, match="report"):
         list(cleaning.clean_dataset(images, masks, tmp_path / "o", report_path=masks / "r.json"))
+
+
+def test_a_class_the_model_did_not_learn_is_named():
+    from ielstudio.core.cleaning import LOST_CLASS_SHARE, lost_class_warnings
+
+    labelled = np.array([9000, 800, 300])
+    assert lost_class_warnings(labelled, np.array([9100, 690, 310])) == []  # both kept (86 %, 103 %)
+    warnings = lost_class_warnings(labelled, np.array([9400, 870, 29]))  # the core: 29 of 300 px left
+    assert len(warnings) == 1 and warnings[0].startswith("class 2: the given masks mark 300 pixels")
+    assert "only 29 (10%)" in warnings[0] and "--epochs" in warnings[0]
+    edge = int(LOST_CLASS_SHARE * 300)  # exactly the share is still kept
+    assert lost_class_warnings(labelled, np.array([9000, 800, edge])) == []
+    assert lost_class_warnings(np.array([100, 0]), np.array([100, 0])) == []  # an unlabelled class: nothing to lose

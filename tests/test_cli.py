@@ -309,3 +309,13 @@ def test_progress_bar_text():
     assert lines[-1] == "training [##########] 10/10 loss 0.10 ETA 0:00"
     assert len(lines) == 10  # not a terminal: one line per 10 %
     assert cli._duration(3725) == "1:02:05" and cli._duration(None) == "--:--"
+
+
+def test_summary_prints_the_report_warnings(capsys, tmp_path):
+    report = {"written": ["a.png"], "out_dir": str(tmp_path), "images": [{"score": 0.9}],
+              "warnings": ["class 2: the given masks mark 300 pixels, the cleaned masks only 0 (0%); ..."]}
+    cli._print_summary(report, tmp_path / "r.json")
+    err = capsys.readouterr().err
+    assert "warning: class 2: the given masks mark 300 pixels" in err
+    cli._print_summary({**report, "warnings": []}, tmp_path / "r.json")
+    assert "warning" not in capsys.readouterr().err

@@ -287,6 +287,25 @@ def label_quality(probs: np.ndarray, given: np.ndarray,
     return float(np.clip(0.9 * dice + 0.1 * confidence, 0.0, 1.0)), doubt
 
 
+#: A class whose cleaned masks keep less than this share of its labelled pixels is reported.
+LOST_CLASS_SHARE = 0.1
+
+
+def lost_class_warnings(labelled: np.ndarray, proposed: np.ndarray) -> list[str]:
+    """Warnings for the foreground classes the model did not learn: per class c, `labelled[c]`
+    pixels in the given masks and `proposed[c]` in the cleaned ones (summed over the data set).
+    A class that keeps less than LOST_CLASS_SHARE of its pixels is named: e.g. a small class
+    (a lesion core, a few % of the pixels) with noisy labels on a handful of images, which
+    the network did not pick up in the steps it trained. Its cleaned masks are then wrong."""
+    out = []
+    for c in range(1, len(labelled)):
+        if labelled[c] > 0 and proposed[c] < LOST_CLASS_SHARE * labelled[c]:
+            out.append(f"class {c}: the given masks mark {int(labelled[c])} pixels, the cleaned masks only "
+                       f"{int(proposed[c])} ({proposed[c] / labelled[c]:.0%}); the model did not learn this class. "
+                       f"Check these masks before using them; training longer (--epochs) or on more images may help")
+    return out
+
+
 def change_summary(before: np.ndarray, after: np.ndarray, n_classes: int) -> dict:
     """What changed between two masks: per class pixels added (now that class, was not)
     and removed (was, now not), total changed pixels and their fraction of the image."""
@@ -512,11 +531,14 @@ def clean_dataset(
     except ValueError:  # cancelled before the first calibration image
         return
     images, written = [], []
+    labelled, proposed = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
     for i, s in enumerate(samples):
         if cancel is not None and cancel():
             return
         probs = probs_of(s)
         proposal = propose(probs, s.mask, clean_config, thresholds)
+        labelled += np.bincount(np.asarray(s.mask).ravel(), minlength=n_classes)[:n_classes]
+        proposed += np.bincount(proposal.ravel(), minlength=n_classes)[:n_classes]
         score, _ = label_quality(probs, s.mask, thresholds)
         dst = out / s.mask_path.name
         write_mask(dst, proposal, s.encoding, protect=[s.mask_path])
@@ -558,6 +580,7 @@ def clean_dataset(
         "torch_version": torch.__version__,
         "device": str(device),
         "training": _training_summary(done),
+        "warnings": lost_class_warnings(labelled, proposed),
         "written": written,
         "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped)],
         "images": images,
