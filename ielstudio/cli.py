@@ -150,7 +150,7 @@ def _add_clean_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, metavar="P", help=f"confidence needed by --confident-only (default: {_default(c, 'threshold')})")
     g.add_argument("--no-adaptive-threshold", action="store_true", default=None, help="decide every pixel by the model's "
                    "argmax. Default: a class whose probabilities split clearly at a valley below 0.45 (as when annotators "
-                   "left objects out) is decided at that valley")
+                   "left objects out) is decided at that valley, and the automatic budget judges its held-out images the same way")
     g.add_argument("--edge-tolerance", type=int, metavar="PX", help="leave a short stretch of outline (up to 8 px long per px) as "
                    f"annotated when the model only moves it by at most PX pixels (default: {_default(c, 'edge_tolerance')}; 0 applies every change)")
     g = p.add_argument_group("report")

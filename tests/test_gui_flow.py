@@ -500,3 +500,16 @@ def test_next_images_are_prefetched_in_the_background(make_window, dataset, qtbo
     np.testing.assert_array_equal(s.mask, noisy_mask(int(order[1][-1])))
     w.actions["next"].trigger()
     assert w.current == order[1]
+
+
+def test_a_class_the_model_did_not_learn_is_shown_to_the_user(make_window, dataset):
+    from ielstudio.core.iel import one_hot
+
+    w = make_window()
+    assert w.open_folders(*dataset)
+    prop = clean_mask(0).astype(np.int64)
+    warning = "class 1: the given masks mark 300 pixels, the cleaned masks only 0 (0%); the model did not learn this class"
+    w.apply_reviews(jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
+                                 warnings=[warning]))
+    assert w.last_error == warning and warning in w.statusBar().currentMessage()
+    assert w._error_box is not None and w._error_box.windowTitle() == "A class was not learned"

@@ -59,3 +59,27 @@ def test_scoring_job_calibrates_on_the_given_set_and_stops_on_cancel():
     assert list(reviews[0].items) == ["img_3"] and np.array_equal(reviews[0].items["img_3"].proposal, truth)
     assert list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: True)) == []
     assert list(jobs.scoring_job(FixedOdds(), [], CleanConfig(), cancel=lambda: False, calibration=data)) == []
+
+
+class NeverClassTwo(nn.Module):
+    """Three classes; class 2 (labelled in the masks) is never the most likely one."""
+
+    def __init__(self):
+        super().__init__()
+        self.device_marker = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        bright = (x[:, :1] > 0.5).float()
+        return torch.cat([2 * (1 - bright), 2 * bright, torch.full_like(bright, -3.0)], 1)
+
+
+def test_scoring_job_names_a_class_the_model_did_not_learn():
+    data, _ = samples()
+    three = [Sample(s.name, s.image, np.where(s.mask == 1, 2, 0) * (np.arange(32) < 10)[None, :]
+                    + (s.mask == 1) * (np.arange(32) >= 10)[None, :], MaskEncoding.gray(3, 127)) for s in data]
+    reviews = list(jobs.scoring_job(NeverClassTwo(), three, CleanConfig(), cancel=lambda: False, chunk=3))
+    assert [r.done for r in reviews] == [3, 4] and reviews[0].warnings == []
+    assert len(reviews[-1].warnings) == 1 and reviews[-1].warnings[0].startswith("class 2: the given masks mark")
+    # a model that finds every labelled class: no warning
+    ok = list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: False))
+    assert ok[-1].warnings == []

@@ -70,6 +70,7 @@ class Reviews:
     done: int = 0
     total: int = 0
     saved: bool = False  # scores already written to the project by the job
+    warnings: list[str] = field(default_factory=list)  # on the last chunk: classes the model did not learn
 
 
 @dataclass
@@ -154,7 +155,7 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
                 chunk: int = REVIEWS_PER_MESSAGE, calibration=None) -> Iterator[Reviews]:
     """Predict every sample with a trained model; yield proposals and scores in chunks.
     The decision thresholds come from `calibration` (samples; default: `samples`)."""
-    from ielstudio.core.cleaning import calibration_subset, thresholds_for
+    from ielstudio.core.cleaning import calibration_subset, lost_class_warnings, thresholds_for
     from ielstudio.core.training import predict
 
     device = next(model.parameters()).device
@@ -174,16 +175,21 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
     except Cancelled:
         return
     items: dict[str, ImageReview] = {}
+    labelled = proposed = 0  # pixels per class in the given masks and in the proposals
     for i, s in enumerate(samples):
         if cancel():
-            break
+            if items:
+                yield Reviews(None, items, i, total)
+            return
         probs = predict(model, s.image, device)
-        items[s.name] = review_image(probs, s.mask, clean_config, thresholds)
-        if len(items) >= chunk:
+        review = items[s.name] = review_image(probs, s.mask, clean_config, thresholds)
+        n = probs.shape[0]
+        labelled = labelled + np.bincount(np.asarray(s.mask).ravel(), minlength=n)[:n]
+        proposed = proposed + np.bincount(review.proposal.ravel(), minlength=n)[:n]
+        if len(items) >= chunk and i + 1 < total:
             yield Reviews(None, items, i + 1, total)
             items = {}
-    if items:
-        yield Reviews(None, items, total, total)
+    yield Reviews(None, items, total, total, warnings=lost_class_warnings(labelled, proposed))
 
 
 def review_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,

@@ -946,6 +946,8 @@ class MainWindow(QMainWindow):
         self._update_status()
         if reviews.step is None:
             self.training_panel.set_progress_text(f"scoring {reviews.done}/{reviews.total}")
+        if reviews.warnings:
+            self.report_error("A class was not learned", "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
 
     def _on_done(self, ev: "jobs.TrainingFinished") -> None:
