@@ -348,7 +348,7 @@ def test_a_class_the_model_did_not_learn_is_named():
     assert lost_class_warnings(labelled, np.array([9100, 690, 310])) == []  # both kept (86 %, 103 %)
     warnings = lost_class_warnings(labelled, np.array([9400, 870, 29]))  # the core: 29 of 300 px left
     assert len(warnings) == 1 and warnings[0].startswith("class 2: the given masks mark 300 pixels")
-    assert "only 29 (10%)" in warnings[0] and "--epochs" in warnings[0]
+    assert "only 29 (10%)" in warnings[0] and "more epochs" in warnings[0]
     edge = int(LOST_CLASS_SHARE * 300)  # exactly the share is still kept
     assert lost_class_warnings(labelled, np.array([9000, 800, edge])) == []
     assert lost_class_warnings(np.array([100, 0]), np.array([100, 0])) == []  # an unlabelled class: nothing to lose

@@ -302,7 +302,7 @@ def lost_class_warnings(labelled: np.ndarray, proposed: np.ndarray) -> list[str]
         if labelled[c] > 0 and proposed[c] < LOST_CLASS_SHARE * labelled[c]:
             out.append(f"class {c}: the given masks mark {int(labelled[c])} pixels, the cleaned masks only "
                        f"{int(proposed[c])} ({proposed[c] / labelled[c]:.0%}); the model did not learn this class. "
-                       f"Check these masks before using them; training longer (--epochs) or on more images may help")
+                       f"Check these masks before using them; training longer (more epochs) or on more images may help")
     return out
 
 
