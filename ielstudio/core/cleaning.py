@@ -35,7 +35,7 @@ from .imageio import (
     read_image,
     write_mask,
 )
-from .metrics import dice as _dice
+from .metrics import confusion_counts, dice as _dice
 from .models import build_model, count_parameters
 from .training import (
     CrossFitModel,
@@ -531,14 +531,14 @@ def clean_dataset(
     except ValueError:  # cancelled before the first calibration image
         return
     images, written = [], []
-    labelled, proposed = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
+    labelled = proposed = np.zeros(n_classes)  # pixels per class: given masks, cleaned masks
     for i, s in enumerate(samples):
         if cancel is not None and cancel():
             return
         probs = probs_of(s)
         proposal = propose(probs, s.mask, clean_config, thresholds)
-        labelled += np.bincount(np.asarray(s.mask).ravel(), minlength=n_classes)[:n_classes]
-        proposed += np.bincount(proposal.ravel(), minlength=n_classes)[:n_classes]
+        _, in_proposal, in_label = confusion_counts(proposal, s.mask, n_classes)
+        labelled, proposed = labelled + in_label, proposed + in_proposal
         score, _ = label_quality(probs, s.mask, thresholds)
         dst = out / s.mask_path.name
         write_mask(dst, proposal, s.encoding, protect=[s.mask_path])

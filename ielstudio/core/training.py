@@ -357,8 +357,8 @@ def _agreement(model: nn.Module, samples: Sequence[Sample], device: torch.device
     thresholds = decision_thresholds(probs) if adaptive_threshold and probs else None
     inter = np.zeros(n_classes)
     total = np.zeros(n_classes)
-    for s, p in zip(samples, probs):
-        i, p, t = confusion_counts(decide(p, thresholds), s.mask, n_classes)
+    for s, prob in zip(samples, probs):
+        i, p, t = confusion_counts(decide(prob, thresholds), s.mask, n_classes)
         inter += i
         total += p + t
     fg = slice(1, None) if n_classes > 1 else slice(None)

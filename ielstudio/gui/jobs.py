@@ -156,6 +156,7 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
     """Predict every sample with a trained model; yield proposals and scores in chunks.
     The decision thresholds come from `calibration` (samples; default: `samples`)."""
     from ielstudio.core.cleaning import calibration_subset, lost_class_warnings, thresholds_for
+    from ielstudio.core.metrics import confusion_counts
     from ielstudio.core.training import predict
 
     device = next(model.parameters()).device
@@ -183,9 +184,8 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
             return
         probs = predict(model, s.image, device)
         review = items[s.name] = review_image(probs, s.mask, clean_config, thresholds)
-        n = probs.shape[0]
-        labelled = labelled + np.bincount(np.asarray(s.mask).ravel(), minlength=n)[:n]
-        proposed = proposed + np.bincount(review.proposal.ravel(), minlength=n)[:n]
+        _, in_proposal, in_label = confusion_counts(review.proposal, s.mask, probs.shape[0])
+        labelled, proposed = labelled + in_label, proposed + in_proposal
         if len(items) >= chunk and i + 1 < total:
             yield Reviews(None, items, i + 1, total)
             items = {}
