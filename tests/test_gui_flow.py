@@ -513,3 +513,13 @@ def test_a_class_the_model_did_not_learn_is_shown_to_the_user(make_window, datas
                                  warnings=[warning]))
     assert w.last_error == warning and warning in w.statusBar().currentMessage()
     assert w._error_box is not None and w._error_box.windowTitle() == "A class was not learned"
+
+
+def test_the_legend_names_every_class_of_the_shown_masks_before_training(make_window):
+    from ielstudio.core.paths import sample_dir
+
+    w = make_window()
+    root = sample_dir("lesions")  # masks with a body (1) and a core (2)
+    assert w.open_folders(root / "images", root / "masks")
+    assert w.dataset_info is None and w.n_classes() == 3
+    assert w.canvas.n_classes == 3 and "class 2" in w.canvas.legend.text()

@@ -566,6 +566,7 @@ class MainWindow(QMainWindow):
             return
         self.current = name
         self.canvas.set_image(s.image, reset_view=True)
+        self._set_classes(self.n_classes())  # before training: the classes of the masks loaded so far
         self._refresh_overlays(name, s)
         self._update_status()
         self._prefetch_around(name)
