@@ -566,7 +566,9 @@ class MainWindow(QMainWindow):
             return
         self.current = name
         self.canvas.set_image(s.image, reset_view=True)
-        self._set_classes(self.n_classes())  # before training: the classes of the masks loaded so far
+        seen = int(s.mask.max()) + 1  # before training the class count is unknown: grow the legend as masks show
+        if self.dataset_info is None and seen > self.canvas.n_classes:
+            self._set_classes(seen)
         self._refresh_overlays(name, s)
         self._update_status()
         self._prefetch_around(name)
