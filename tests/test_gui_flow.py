@@ -308,14 +308,19 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
     done = []
     with qtbot.waitSignal(w.trainingFinished, timeout=60000):
         w.start_training(steps=5000, snapshot_every=1000)
-        qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 2, timeout=30000)
+        qtbot.waitUntil(lambda: pulled["steps"] >= 2, timeout=30000)
         at_stop = pulled["steps"]
         w.train_worker.yielded.connect(lambda ev: done.append(ev) if hasattr(ev, "reason") else None)
         w.stop_training()
     assert done and done[-1].reason == "cancelled", w.last_error
     assert at_stop <= done[-1].steps <= at_stop + 1
-    assert not w.training_panel.stop_button.isEnabled() and w.training_panel.start_button.isEnabled()
     assert w.checkpoint is not None and w.checkpoint.is_file()  # the model so far is kept after a stop
+    # no snapshot came before the stop: the kept model scores every image in the background
+    assert w._job_kind == "score" and w.is_training() and not w.proposals
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000):
+        pass
+    assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
+    assert not w.training_panel.stop_button.isEnabled() and w.training_panel.start_button.isEnabled()
 
 
 def test_pause_and_resume(make_window, dataset, qtbot, monkeypatch):

@@ -83,3 +83,43 @@ def test_scoring_job_names_a_class_the_model_did_not_learn():
     # a model that finds every labelled class: no warning
     ok = list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: False))
     assert ok[-1].warnings == []
+
+
+def test_review_job_scores_every_image_with_the_kept_model_not_the_last_snapshot(tmp_path, monkeypatch):
+    """The automatic budget restores the weights of its best evaluation, which can be older than
+    the last snapshot: after training every image is scored again with the model that was kept."""
+    import cv2
+
+    import ielstudio.core.training as training
+    from ielstudio.core.dataset import scan_pairs
+    from ielstudio.core.training import DoneEvent, SnapshotEvent, TrainConfig
+
+    data, truth = samples()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for s in data:
+        cv2.imwrite(str(tmp_path / "images" / f"{s.name}.png"), (s.image[0] * 255).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / f"{s.name}.png"), (s.mask * 255).astype(np.uint8))
+    nothing = np.stack([np.ones((32, 32), np.float32), np.zeros((32, 32), np.float32)])  # p(object) = 0
+
+    def scripted_train(samples, config, **kw):
+        # the last snapshot (step 250) saw a model that finds no object; the kept one (step 175) finds both
+        yield SnapshotEvent(250, {s.name: nothing for s in samples})
+        yield DoneEvent(FixedOdds(), 275, "early-stop", {"best_step": 175}, config)
+
+    monkeypatch.setattr(training, "train", scripted_train)
+    scan = scan_pairs(tmp_path / "images", tmp_path / "masks")
+    events = list(jobs.review_job(scan, TrainConfig(), CleanConfig(), None, 50, None, cancel=lambda: False))
+    snap = {k: v for e in events if isinstance(e, jobs.Reviews) and e.step == 250 for k, v in e.items.items()}
+    final = {k: v for e in events if isinstance(e, jobs.Reviews) and e.step is None for k, v in e.items.items()}
+    assert sorted(snap) == sorted(final) == [s.name for s in data]
+    assert all(int(r.proposal.sum()) == 0 for r in snap.values())  # the preview deleted every object
+    for s in data:
+        assert np.array_equal(final[s.name].proposal, truth)  # the kept model's proposal replaces it
+    finished = [e for e in events if isinstance(e, jobs.TrainingFinished)]
+    assert len(finished) == 1 and events.index(finished[0]) < events.index(
+        next(e for e in events if isinstance(e, jobs.Reviews) and e.step is None))
+    # stopped by the user: no pass after training
+    stopped = list(jobs.review_job(scan, TrainConfig(), CleanConfig(), None, 50, None, cancel=lambda: False,
+                                   score_after=False))
+    assert not [e for e in stopped if isinstance(e, jobs.Reviews) and e.step is None]

@@ -194,25 +194,28 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
 
 def review_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,
                checkpoint_path: str | Path | None, cancel: Callable[[], bool],
-               report: Callable[[int, int], None] | None = None, score_rest: bool = True,
+               report: Callable[[int, int], None] | None = None, score_after: bool = True,
                project_path: str | Path | None = None) -> Iterator:
-    """Load the pairs, train (core.training.train), then score the images no snapshot covered.
+    """Load the pairs, train (core.training.train), then score every image with the kept model.
 
     Yields DatasetInfo, the training events (StepEvent, EvalEvent), Reviews for each
     snapshot (proposals and scores computed here), TrainingFinished (the model saved to
-    ``checkpoint_path``) and, unless stopped, Reviews(step=None) for the other images.
+    ``checkpoint_path``) and, unless stopped, Reviews(step=None) for every image.
+    Snapshots only preview: the automatic budget keeps the weights of its best
+    evaluation, which can be a hundred steps older than the last snapshot, so the
+    proposals a person accepts come from the saved model, as `ielstudio clean`'s do.
     With ``project_path`` the scores are also written to the project here.
     """
     writer = ScoreWriter(project_path)
     try:
         yield from _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path,
-                               cancel, report, score_rest, writer)
+                               cancel, report, score_after, writer)
     finally:
         writer.close()
 
 
 def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path, cancel, report,
-                score_rest, writer) -> Iterator:
+                score_after, writer) -> Iterator:
     from ielstudio.core.cleaning import calibration_subset, thresholds_for
     from ielstudio.core.training import DoneEvent, SnapshotEvent, save_checkpoint, train
 
@@ -230,7 +233,6 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
     if names:
         kwargs["snapshot_names"] = names
     model = None
-    reviewed: set[str] = set()
     for ev in train(samples, config, **kwargs):
         if isinstance(ev, SnapshotEvent):
             items = {}
@@ -240,7 +242,6 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
                 if cancel():
                     break
                 items[name] = review_image(probs, given[name], clean_config, thresholds)
-            reviewed.update(items)
             names_done = list(items)
             for i in range(0, len(names_done), REVIEWS_PER_MESSAGE):
                 chunk = {n: items[n] for n in names_done[i:i + REVIEWS_PER_MESSAGE]}
@@ -254,9 +255,8 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
             yield TrainingFinished(ev.steps, ev.reason, ev.history, ev.config, saved)
         else:
             yield ev
-    if model is not None and score_rest and not cancel():
-        rest = [s for s in samples if s.name not in reviewed]
-        for r in scoring_job(model, rest, clean_config, cancel, calibration=samples):
+    if model is not None and score_after and not cancel():
+        for r in scoring_job(model, samples, clean_config, cancel):
             yield writer(r)
 
 

@@ -965,14 +965,19 @@ class MainWindow(QMainWindow):
             except Exception as e:
                 self.report_error("Cannot record the model", str(e))
         if ev.reason != "cancelled" and self._training_state != "stopping":
-            self.training_panel.set_progress_text("scoring the other images…")
+            self.training_panel.set_progress_text("scoring every image with the kept model…")
 
     def _on_training_finished(self, result) -> None:
         stopped = self._training_state == "stopping"
+        finished = self.last_training
         self._training_state = "idle"
         self.training_panel.set_running(False)
         self.training_panel.set_progress_text("stopped" if stopped else "done")
-        self.trainingFinished.emit(self.last_training)
+        self.trainingFinished.emit(finished)
+        if stopped and self._job_kind == "train" and finished is not None and finished.checkpoint and finished.steps:
+            # a stopped training job scores nothing after training; the saved model is what was
+            # kept, so its proposals replace the last preview (Start replaces this pass at once)
+            self.score_with_saved_model()
 
     def _on_training_error(self, message: str) -> None:
         self._training_state = "idle"
