@@ -323,6 +323,30 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
     assert not w.training_panel.stop_button.isEnabled() and w.training_panel.start_button.isEnabled()
 
 
+def test_stop_while_scoring_after_training_starts_no_second_pass(make_window, dataset, qtbot, monkeypatch):
+    import threading
+    import time
+
+    scoring = threading.Event()
+
+    def slow_scoring(model, samples, clean_config, cancel, **kw):  # runs until stopped
+        scoring.set()
+        while not cancel():
+            time.sleep(0.01)
+        yield from ()
+
+    monkeypatch.setattr(jobs, "scoring_job", slow_scoring)
+    w = make_window()
+    w.open_folders(*dataset)
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
+        w.start_training(steps=3, snapshot_every=1000)
+        qtbot.waitUntil(scoring.is_set, timeout=30000)
+        w.stop_training()
+    assert blocker.args[0].steps == 3 and blocker.args[0].reason != "cancelled"
+    assert not w.is_training() and w._job_kind == "train"  # the user stopped the scoring: none restarts
+    assert w.training_panel.start_button.isEnabled()
+
+
 def test_pause_and_resume(make_window, dataset, qtbot, monkeypatch):
     pulled = _count_steps(monkeypatch)
     w = make_window()

@@ -974,9 +974,11 @@ class MainWindow(QMainWindow):
         self.training_panel.set_running(False)
         self.training_panel.set_progress_text("stopped" if stopped else "done")
         self.trainingFinished.emit(finished)
-        if stopped and self._job_kind == "train" and finished is not None and finished.checkpoint and finished.steps:
-            # a stopped training job scores nothing after training; the saved model is what was
-            # kept, so its proposals replace the last preview (Start replaces this pass at once)
+        if (stopped and self._job_kind == "train" and finished is not None and finished.reason == "cancelled"
+                and finished.checkpoint and finished.steps):
+            # stopped while training: the job scores nothing after training, but the saved model is
+            # what was kept, so its proposals replace the last preview (Start replaces this pass).
+            # Stopped while scoring after training: the user stopped that pass; leave it.
             self.score_with_saved_model()
 
     def _on_training_error(self, message: str) -> None:
