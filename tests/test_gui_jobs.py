@@ -102,14 +102,16 @@ def test_review_job_scores_every_image_with_the_kept_model_not_the_last_snapshot
         cv2.imwrite(str(tmp_path / "masks" / f"{s.name}.png"), (s.mask * 255).astype(np.uint8))
     nothing = np.stack([np.ones((32, 32), np.float32), np.zeros((32, 32), np.float32)])  # p(object) = 0
 
-    def scripted_train(samples, config, **kw):
+    stop = {"pressed": False}
+
+    def scripted_train(samples, config, cancel, **kw):
         # the last snapshot (step 250) saw a model that finds no object; the kept one (step 175) finds both
         yield SnapshotEvent(250, {s.name: nothing for s in samples})
-        yield DoneEvent(FixedOdds(), 275, "early-stop", {"best_step": 175}, config)
+        yield DoneEvent(FixedOdds(), 275, "cancelled" if cancel() else "early-stop", {"best_step": 175}, config)
 
     monkeypatch.setattr(training, "train", scripted_train)
     scan = scan_pairs(tmp_path / "images", tmp_path / "masks")
-    events = list(jobs.review_job(scan, TrainConfig(), CleanConfig(), None, 50, None, cancel=lambda: False))
+    events = list(jobs.review_job(scan, TrainConfig(), CleanConfig(), None, 50, None, cancel=lambda: stop["pressed"]))
     snap = {k: v for e in events if isinstance(e, jobs.Reviews) and e.step == 250 for k, v in e.items.items()}
     final = {k: v for e in events if isinstance(e, jobs.Reviews) and e.step is None for k, v in e.items.items()}
     assert sorted(snap) == sorted(final) == [s.name for s in data]
@@ -119,7 +121,11 @@ def test_review_job_scores_every_image_with_the_kept_model_not_the_last_snapshot
     finished = [e for e in events if isinstance(e, jobs.TrainingFinished)]
     assert len(finished) == 1 and events.index(finished[0]) < events.index(
         next(e for e in events if isinstance(e, jobs.Reviews) and e.step is None))
-    # stopped by the user: no pass after training
-    stopped = list(jobs.review_job(scan, TrainConfig(), CleanConfig(), None, 50, None, cancel=lambda: False,
-                                   score_after=False))
+    # stopped during training: the job ends with the saved model and scores nothing more (the window
+    # then scores with the saved model, tests/test_gui_flow.py)
+    stopped = []
+    for e in jobs.review_job(scan, TrainConfig(), CleanConfig(), None, 50, None, cancel=lambda: stop["pressed"]):
+        stopped.append(e)
+        stop["pressed"] = stop["pressed"] or isinstance(e, jobs.Reviews)  # Stop pressed while the preview shows
+    assert stopped[-1].reason == "cancelled"
     assert not [e for e in stopped if isinstance(e, jobs.Reviews) and e.step is None]

@@ -194,8 +194,7 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
 
 def review_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,
                checkpoint_path: str | Path | None, cancel: Callable[[], bool],
-               report: Callable[[int, int], None] | None = None, score_after: bool = True,
-               project_path: str | Path | None = None) -> Iterator:
+               report: Callable[[int, int], None] | None = None, project_path: str | Path | None = None) -> Iterator:
     """Load the pairs, train (core.training.train), then score every image with the kept model.
 
     Yields DatasetInfo, the training events (StepEvent, EvalEvent), Reviews for each
@@ -209,13 +208,13 @@ def review_job(scan, config, clean_config, snapshot_names: list[str] | None, sna
     writer = ScoreWriter(project_path)
     try:
         yield from _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path,
-                               cancel, report, score_after, writer)
+                               cancel, report, writer)
     finally:
         writer.close()
 
 
 def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path, cancel, report,
-                score_after, writer) -> Iterator:
+                writer) -> Iterator:
     from ielstudio.core.cleaning import calibration_subset, thresholds_for
     from ielstudio.core.training import DoneEvent, SnapshotEvent, save_checkpoint, train
 
@@ -255,7 +254,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
             yield TrainingFinished(ev.steps, ev.reason, ev.history, ev.config, saved)
         else:
             yield ev
-    if model is not None and score_after and not cancel():
+    if model is not None and not cancel():
         for r in scoring_job(model, samples, clean_config, cancel):
             yield writer(r)
 
