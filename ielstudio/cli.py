@@ -420,6 +420,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         _say(f"wrote {len(last.written)} mask(s) to {args.out}")
         for path, problem in last.skipped:
             _say(f"  skipped {path}: {problem}")
+        if not last.written:
+            _say(f"ielstudio predict: error: no image in {args.images} could be segmented")
+            return 2
     return 0
 
 

@@ -319,3 +319,51 @@ def test_summary_prints_the_report_warnings(capsys, tmp_path):
     assert "warning: class 2: the given masks mark 300 pixels" in err
     cli._print_summary({**report, "warnings": []}, tmp_path / "r.json")
     assert "warning" not in capsys.readouterr().err
+
+
+def test_output_files_that_would_replace_inputs_or_each_other_are_refused_before_training(dataset, tmp_path, capsys):
+    images, masks = dataset
+    before = digest(images), digest(masks)
+    out = tmp_path / "out"
+    cases = [
+        (["--report", str(images / "cell_0.png")], "images folder"),       # would replace an input image
+        (["--csv", str(images / "cell_1.png")], "images folder"),
+        (["--save-model", str(out / "ielstudio-report.json")], "same file"),  # the default report's name
+        (["--report", str(out / "cell_0.png")], "cleaned mask"),          # a cleaned mask's name
+        (["--report", str(tmp_path / "x.txt"), "--csv", str(tmp_path / "x.txt")], "same file"),
+        (["--save-model", str(tmp_path)], "folder"),                      # an existing folder
+    ]
+    for flags, why in cases:
+        assert cli.main(["clean", str(images), str(masks), "--out", str(out), *flags, *FAST]) == 2, flags
+        err = capsys.readouterr().err
+        assert why in err and "training" not in err and "Traceback" not in err, (flags, err)
+    assert (digest(images), digest(masks)) == before
+    assert not out.exists() or not any(out.iterdir())  # refused before anything was written
+    assert cli.main(["train", str(images), str(masks), "--save-model", str(images / "cell_2.png"), *FAST]) == 2
+    assert "images folder" in capsys.readouterr().err
+    assert digest(images) == before[0]
+
+
+def test_predict_refuses_a_file_as_out_skips_same_stem_images_and_fails_when_nothing_is_segmented(
+        dataset, tmp_path, capsys):
+    images, masks = dataset
+    model = tmp_path / "m.pt"
+    assert cli.main(["train", str(images), str(masks), "--save-model", str(model), *FAST]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(model), str(images), "--out", str(images / "cell_0.png")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+    cv2.imwrite(str(images / "cell_0.tif"), cv2.imread(str(images / "cell_0.png")))  # same stem as cell_0.png
+    pred = tmp_path / "pred"
+    assert cli.main(["predict", str(model), str(images), "--out", str(pred), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote 6 mask(s)" in err and "cell_0.tif: another image has the same name (cell_0.png)" in err
+    assert sorted(p.name for p in pred.iterdir()) == [f"cell_{i}.png" for i in range(6)]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"")
+    (bad / "b.png").write_text("not an image")
+    assert cli.main(["predict", str(model), str(bad), "--out", str(tmp_path / "p2"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "wrote 0 mask(s)" in err and "no image" in err and "a.png" in err

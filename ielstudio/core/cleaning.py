@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
@@ -408,13 +409,40 @@ def check_out_dir(out_dir: str | Path, images_dir: str | Path, masks_dir: str | 
     return out
 
 
-def check_not_in_masks(path: str | Path, masks_dir: str | Path, what: str) -> Path:
-    """DataError if an output file (report, table, model) would land in the masks folder."""
-    target = Path(path).expanduser().resolve()
+def check_output_files(files: dict[str, str | Path | None], images_dir: str | Path, masks_dir: str | Path,
+                       out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Resolved paths of the output files (``{"the report": path, ...}``; None entries are
+    left out), refused with DataError before any work starts when one of them
+
+    - would land in the masks folder, or replace a file of the images folder;
+    - is an existing folder, or its parent folder cannot be written;
+    - is the same file as another output, or as a cleaned mask in ``out_dir``.
+    """
+    images = Path(images_dir).expanduser().resolve()
     masks = Path(masks_dir).expanduser().resolve()
-    if masks == target or masks in target.parents:
-        raise DataError(path, f"{what} would be written into the masks folder; choose another place")
-    return target
+    out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
+    taken: dict[Path, str] = {}
+    for what, path in files.items():
+        if path is None:
+            continue
+        target = Path(path).expanduser().resolve()
+        if masks == target or masks in target.parents:
+            raise DataError(path, f"{what} would be written into the masks folder; choose another place")
+        if target.parent == images and target.exists():
+            raise DataError(path, f"{what} would replace a file of the images folder; choose another place")
+        if target.is_dir():
+            raise DataError(path, f"{what} must be a file name, but this is a folder")
+        if target in taken:
+            raise DataError(path, f"{what} and {taken[target]} would be written to the same file; give them different names")
+        if out is not None and target.parent == out and (masks / target.name).is_file():
+            raise DataError(path, f"{what} would replace the cleaned mask of the same name; choose another name")
+        parent = target.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise DataError(path, f"cannot write {what} here: {parent} is not a writable folder")
+        taken[target] = what
+    return {what: target for target, what in taken.items()}
 
 
 def load_dataset(images_dir: str | Path, masks_dir: str | Path) -> LoadedDataset:
@@ -498,13 +526,13 @@ def clean_dataset(
     if not clean_config.adaptive_threshold:  # the budget then judges held-out pixels by the argmax too
         train_config = replace(train_config, adaptive_threshold=False)
     out = check_out_dir(out_dir, images_dir, masks_dir)
-    report_file = check_not_in_masks(report_path, masks_dir, "the report") if report_path else out / REPORT_NAME
-    if csv_path:
-        check_not_in_masks(csv_path, masks_dir, "the CSV table")
-    if save_model:
-        check_not_in_masks(save_model, masks_dir, "the model")
+    report_file = Path(report_path) if report_path else out / REPORT_NAME
+    check_output_files({"the report": report_file, "the CSV table": csv_path, "the model": save_model},
+                       images_dir, masks_dir, out)
     loaded = load_dataset(images_dir, masks_dir)
     out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable place before training, not after
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError(out_dir, "output folder is not writable")
     samples, n_classes = loaded.samples, loaded.n_classes
     yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped))
     model_ev = _model_event(train_config, loaded.in_channels, n_classes)
@@ -612,7 +640,7 @@ def train_dataset(
     """Train on a folder and save the model (`ielstudio train`). Yields LoadedEvent,
     ModelEvent, the training events and, last, TrainDone (nothing saved if cancelled)."""
     train_config = train_config or TrainConfig()
-    check_not_in_masks(save_model, masks_dir, "the model")
+    check_output_files({"the model": save_model}, images_dir, masks_dir)
     loaded = load_dataset(images_dir, masks_dir)
     yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped))
     yield _model_event(train_config, loaded.in_channels, loaded.n_classes)
@@ -655,6 +683,8 @@ def predict_folder(
     out = Path(out_dir).expanduser().resolve()
     if out == images_dir.expanduser().resolve():
         raise DataError(out_dir, "output folder is the images folder; choose another")
+    if out.exists() and not out.is_dir():
+        raise DataError(out_dir, "output path exists and is not a folder")
     model, _, meta = load_checkpoint(model_path)
     spec = model.model_spec
     n_classes, in_channels = int(spec["n_classes"]), int(spec["in_channels"])
@@ -665,8 +695,17 @@ def predict_folder(
     suffix = encoding.suffix if encoding.suffix in WRITABLE_MASK_EXTENSIONS else ".png"
     dev = select_device(device)
     model.to(dev)
-    files = _list_images(images_dir)
+    files, skipped = [], []
+    by_stem: dict[str, Path] = {}
+    for path in _list_images(images_dir):  # one output name per stem: a.png and a.tif would collide
+        first = by_stem.setdefault(file_stem(path.name).lower(), path)
+        if first is path:
+            files.append(path)
+        else:
+            skipped.append((str(path), f"another image has the same name ({first.name}); skipped"))
     out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError(out_dir, "output folder is not writable")
 
     def probs_of(path: Path) -> np.ndarray:
         image = image_to_chw(normalize_intensity(read_image(path)))
@@ -687,7 +726,7 @@ def predict_folder(
         thresholds = thresholds_for(calibration_probs(), clean_config)
     except ValueError:  # cancelled, or no readable image among the calibration ones
         thresholds = None
-    written, skipped = [], []
+    written = []
     for i, path in enumerate(files):
         if cancel is not None and cancel():
             return
