@@ -129,11 +129,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     for f in advanced_train_fields():
         flag = "--" + f.name.replace("_", "-")
         default = _default(TrainConfig, f.name)
-        text = f.metadata.get("help", f.name) + f" (default: {default})"
+        text = f.metadata.get("help", f.name).replace("%", "%%") + f" (default: {'auto' if default is None else default})"
         if isinstance(default, bool):
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            kind = type(default)
+            kind = int if default is None else type(default)  # None: an automatic whole number (crop, batch)
             g.add_argument(flag, dest=f.name, type=kind, metavar={int: "N", float: "F"}.get(kind, "TEXT"), help=text)
     g = p.add_argument_group("model output")
     g.add_argument("--save-model", metavar="PATH", help="save the trained model to this file (e.g. model.pt)")

@@ -16,12 +16,13 @@ class FixedOdds(nn.Module):
     """p(object) = 0.4 on bright pixels, 0.03 on dark ones: a model that learned that the
     annotators label an object only part of the time."""
 
-    def __init__(self):
+    def __init__(self, p_object=0.4):
         super().__init__()
         self.device_marker = nn.Parameter(torch.zeros(1))  # the jobs read the device from it
+        self.p_object = p_object
 
     def forward(self, x):
-        lo, hi = math.log(0.03 / 0.97), math.log(0.4 / 0.6)
+        lo, hi = math.log(0.03 / 0.97), math.log(self.p_object / (1 - self.p_object))
         fg = lo + (hi - lo) * (x[:, :1] > 0.5).float()
         return torch.cat([torch.zeros_like(fg), fg], 1)
 
@@ -40,25 +41,27 @@ def samples(n=4, size=32):
     return out, truth
 
 
-def test_scoring_job_keeps_and_adds_the_objects_the_labels_half_miss():
+def test_scoring_job_keeps_the_objects_the_labels_half_miss_and_adds_them_only_when_sure():
     data, truth = samples()
     reviews = list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: False))
     items = {k: v for r in reviews for k, v in r.items.items()}
     assert sorted(items) == [s.name for s in data] and reviews[-1].done == reviews[-1].total == 4
-    for s in data:
-        assert np.array_equal(items[s.name].proposal, truth)  # nothing deleted, the missed one added
-    # the plain argmax deletes every object
+    for s in data:  # p = 0.4 on every object: nothing deleted, and too unsure to add the missed one
+        assert np.array_equal(items[s.name].proposal, s.mask)
+    # the plain argmax would delete every object; the confidence gate keeps them
     argmax = list(jobs.scoring_job(FixedOdds(), data, CleanConfig(adaptive_threshold=False), cancel=lambda: False))
-    assert all(int(v.proposal.sum()) == 0 for r in argmax for v in r.items.values())
+    assert all(np.array_equal(v.proposal, s.mask) for r in argmax for s, v in zip(data, r.items.values()))
+    # a model that is sure of every object (p = 0.95) restores the missed ones
+    sure = list(jobs.scoring_job(FixedOdds(0.95), data, CleanConfig(), cancel=lambda: False))
+    for r in sure:
+        for v in r.items.values():
+            assert np.array_equal(v.proposal, truth)
 
 
-def test_scoring_job_calibrates_on_the_given_set_and_stops_on_cancel():
-    data, truth = samples()
-    # thresholds from all four images, proposals for the last one only
-    reviews = list(jobs.scoring_job(FixedOdds(), data[3:], CleanConfig(), cancel=lambda: False, calibration=data))
-    assert list(reviews[0].items) == ["img_3"] and np.array_equal(reviews[0].items["img_3"].proposal, truth)
+def test_scoring_job_stops_on_cancel():
+    data, _ = samples()
     assert list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: True)) == []
-    assert list(jobs.scoring_job(FixedOdds(), [], CleanConfig(), cancel=lambda: False, calibration=data)) == []
+    assert list(jobs.scoring_job(FixedOdds(), [], CleanConfig(), cancel=lambda: False)) == []
 
 
 class NeverClassTwo(nn.Module):
@@ -79,7 +82,13 @@ def test_scoring_job_names_a_class_the_model_did_not_learn():
                     + (s.mask == 1) * (np.arange(32) >= 10)[None, :], MaskEncoding.gray(3, 127)) for s in data]
     reviews = list(jobs.scoring_job(NeverClassTwo(), three, CleanConfig(), cancel=lambda: False, chunk=3))
     assert [r.done for r in reviews] == [3, 4] and reviews[0].warnings == []
-    assert len(reviews[-1].warnings) == 1 and reviews[-1].warnings[0].startswith("class 2: the given masks mark")
+    class_two = [w for w in reviews[-1].warnings if w.startswith("class 2:")]
+    assert len(class_two) == 1 and class_two[0].startswith("class 2: the model agrees")
+    assert "not reliable for this class" in class_two[0]
+    for r in reviews:  # ... so its labels are kept as given
+        for s in three:
+            if s.name in r.items:
+                assert np.array_equal(r.items[s.name].proposal == 2, s.mask == 2)
     # a model that finds every labelled class: no warning
     ok = list(jobs.scoring_job(FixedOdds(), data, CleanConfig(), cancel=lambda: False))
     assert ok[-1].warnings == []
@@ -107,7 +116,7 @@ def test_review_job_scores_every_image_with_the_kept_model_not_the_last_snapshot
     def scripted_train(samples, config, cancel, **kw):
         # the last snapshot (step 250) saw a model that finds no object; the kept one (step 175) finds both
         yield SnapshotEvent(250, {s.name: nothing for s in samples})
-        yield DoneEvent(FixedOdds(), 275, "cancelled" if cancel() else "early-stop", {"best_step": 175}, config)
+        yield DoneEvent(FixedOdds(0.95), 275, "cancelled" if cancel() else "early-stop", {"best_step": 175}, config)
 
     monkeypatch.setattr(training, "train", scripted_train)
     scan = scan_pairs(tmp_path / "images", tmp_path / "masks")

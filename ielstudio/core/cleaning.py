@@ -38,6 +38,7 @@ from .imageio import (
 )
 from .metrics import confusion_counts, dice as _dice
 from .models import build_model, count_parameters
+from .review import ReviewCancelled, review_samples
 from .training import (
     CrossFitModel,
     DoneEvent,
@@ -534,6 +535,7 @@ def clean_dataset(
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(out_dir, "output folder is not writable")
     samples, n_classes = loaded.samples, loaded.n_classes
+    by_name = {s.name: s for s in samples}
     yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped))
     model_ev = _model_event(train_config, loaded.in_channels, n_classes)
     yield model_ev
@@ -543,45 +545,35 @@ def clean_dataset(
         return
     model = done.model
     device = next(model.parameters()).device
-
-    def probs_of(s):
-        per_image = model.model_for(s.name) if isinstance(model, CrossFitModel) else model
-        return predict(per_image, s.image, device)
-
-    def calibration_probs():
-        for s in calibration_subset(samples):
-            if cancel is not None and cancel():
-                return
-            yield probs_of(s)
-
-    try:
-        thresholds = thresholds_for(calibration_probs(), clean_config)
-    except ValueError:  # cancelled before the first calibration image
-        return
+    holdout = list(done.history.get("holdout", []))
     images, written = [], []
-    labelled = proposed = np.zeros(n_classes)  # pixels per class: given masks, cleaned masks
-    for i, s in enumerate(samples):
-        if cancel is not None and cancel():
-            return
-        probs = probs_of(s)
-        proposal = propose(probs, s.mask, clean_config, thresholds)
-        _, in_proposal, in_label = confusion_counts(proposal, s.mask, n_classes)
-        labelled, proposed = labelled + in_label, proposed + in_proposal
-        score, _ = label_quality(probs, s.mask, thresholds)
-        dst = out / s.mask_path.name
-        write_mask(dst, proposal, s.encoding, protect=[s.mask_path])
-        written.append(str(dst))
-        images.append({
-            "name": s.name, "image": str(s.image_path), "mask": str(s.mask_path), "output": str(dst),
-            "score": round(score, 6), **change_summary(s.mask, proposal, n_classes),
-        })
-        yield PredictEvent(i, len(samples), s.name, score)
+    reviews = review_samples(model, samples, clean_config, holdout, cancel)
+    try:
+        while True:
+            result = next(reviews)
+            s = by_name[result.name]
+            dst = out / s.mask_path.name
+            write_mask(dst, result.proposal, s.encoding, protect=[s.mask_path])
+            written.append(str(dst))
+            images.append({
+                "name": s.name, "image": str(s.image_path), "mask": str(s.mask_path), "output": str(dst),
+                "score": round(result.score, 6), "out_of_sample": result.out_of_sample,
+                **change_summary(s.mask, result.proposal, n_classes),
+            })
+            yield PredictEvent(len(images) - 1, len(samples), s.name, result.score)
+    except ReviewCancelled:
+        return
+    except StopIteration as stop:
+        summary = stop.value
+    if cancel is not None and cancel():
+        return
+    thresholds = summary.thresholds
 
     model_path = None
     if save_model:
         model_path = Path(save_model)
         meta = {"n_classes": n_classes, "in_channels": loaded.in_channels,
-                "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir)}
+                "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir), "holdout": holdout}
         save_checkpoint(model_path, model, done.config, meta)
 
     images.sort(key=lambda d: d["score"])  # worst label first
@@ -608,7 +600,9 @@ def clean_dataset(
         "torch_version": torch.__version__,
         "device": str(device),
         "training": _training_summary(done),
-        "warnings": lost_class_warnings(labelled, proposed),
+        "reliability": summary.reliability.to_dict(),
+        "labels_kept_as_given": not summary.reliability.any_reliable,
+        "warnings": summary.warnings,
         "written": written,
         "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped)],
         "images": images,

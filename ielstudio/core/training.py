@@ -16,6 +16,7 @@ proposal (`predict_dataset`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dataset import Sample, SegmentationDataset
+from .dataset import Sample, SegmentationDataset, augment_pair
 from .decision import decide, decision_thresholds
 from .errors import DataError
 from .iel import IELConfig, IELStack
@@ -83,14 +84,23 @@ class TrainConfig:
     depth: int = field(default=3, metadata=_help("number of down-sampling levels"))
     iel: IELConfig = field(default_factory=IELConfig, metadata=_help("inverse evolution layers in the loss"))
     epochs: float | None = field(default=None, metadata=_help("passes over the images; None = automatic budget"))
-    max_steps: int = field(default=600, metadata=_help("upper bound on optimiser steps"))
-    min_steps: int = field(default=100, metadata=_help("the automatic budget never stops before this"))
-    batch_size: int = field(default=8, metadata=_help("crops per step"))
-    crop: int = field(default=96, metadata=_help("square training crop size in px (small images are padded)"))
+    max_steps: int = field(default=800, metadata=_help("upper bound on optimiser steps"))
+    min_steps: int = field(default=300, metadata=_help(
+        "the automatic budget never stops before this (an early plateau is not convergence)"))
+    batch_size: int | None = field(default=None, metadata=_help(
+        "patches per step; None = auto: about 74,000 px per batch (8 of 96 px, 2 of 192 px), 2..8"))
+    crop: int | None = field(default=None, metadata=_help(
+        "square training patch in px (small images are padded); None = auto: the median image side, "
+        "up to 256 px (whole images, as nnU-Net does)"))
+    foreground_crops: float = field(default=0.33, metadata=_help(
+        "share of patches centred on a labelled pixel of a randomly chosen foreground class "
+        "(nnU-Net: a third), so that a class covering 1 % of the pixels is seen in every few batches"))
     lr: float = field(default=2e-3, metadata=_help("peak learning rate (AdamW)"))
     weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
     schedule: str = field(default="cosine", metadata=_help("learning-rate schedule: cosine | onecycle | constant"))
-    dice_weight: float = field(default=0.0, metadata=_help("weight of a soft Dice term on softmax(IEL(logits))"))
+    dice_weight: float = field(default=1.0, metadata=_help(
+        "weight of a soft Dice term on softmax(IEL(logits)), added to the cross-entropy "
+        "(nnU-Net's default loss: a small class cannot vanish from it); 0 = cross-entropy only"))
     device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N | mps"))
     seed: int = field(default=0, metadata=_help("random seed (runs on CPU are reproducible)"))
     amp: bool = field(default=True, metadata=_help("mixed precision on CUDA (ignored elsewhere)"))
@@ -98,6 +108,9 @@ class TrainConfig:
     eval_every: int = field(default=25, metadata=_help("steps between agreement evaluations"))
     patience: int = field(default=4, metadata=_help("automatic budget: evaluations without improvement before stopping"))
     min_improvement: float = field(default=0.002, metadata=_help("agreement gain that counts as improvement"))
+    learned_agreement: float = field(default=0.5, metadata=_help(
+        "automatic budget: no early stop while the model agrees with its own training labels less than "
+        "this (foreground Dice): a network that has not fitted what it was shown has not converged"))
     holdout: float = field(default=0.2, metadata=_help("automatic budget: share of images held out (1..32 images)"))
     adaptive_threshold: bool = field(default=True, metadata=_help(
         "automatic budget: decide held-out pixels at the valley of their probabilities, as cleaning does"))
@@ -118,15 +131,21 @@ class TrainConfig:
             bad("arch", "choose one of " + ", ".join(ARCHITECTURES))
         if not isinstance(self.iel, IELConfig):
             bad("iel", "must be an IELConfig")
-        for name in ("width", "batch_size", "max_steps", "eval_every", "patience", "folds"):
+        for name in ("width", "max_steps", "eval_every", "patience", "folds"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "must be a whole number >= 1")
         if not isinstance(self.depth, int) or not 0 <= self.depth <= 6:
             bad("depth", "must be 0..6")
         if not isinstance(self.min_steps, int) or not 0 <= self.min_steps <= self.max_steps:
             bad("min_steps", f"must be 0..max_steps ({self.max_steps})")
-        if not isinstance(self.crop, int) or self.crop < 8:
-            bad("crop", "must be at least 8 px")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            bad("batch_size", "must be a whole number >= 1, or None for auto")
+        if self.crop is not None and (not isinstance(self.crop, int) or self.crop < 8):
+            bad("crop", "must be at least 8 px, or None for auto")
+        if not 0 <= self.foreground_crops <= 1:
+            bad("foreground_crops", "must be between 0 and 1")
+        if not 0 <= self.learned_agreement <= 1:
+            bad("learned_agreement", "must be between 0 and 1")
         if self.epochs is not None and not self.epochs > 0:
             bad("epochs", "must be > 0, or None for the automatic budget")
         if not self.lr > 0:
@@ -312,16 +331,71 @@ def _state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+#: Pixels per training batch when the batch size is automatic: 8 patches of 96 px.
+PIXELS_PER_BATCH = 8 * 96 * 96
+#: Largest automatic patch side: images up to this size are trained on whole.
+MAX_AUTO_PATCH = 256
+#: At most this many pixels per image and class are kept as centres of foreground patches.
+MAX_CENTRES = 4096
+
+
+def patch_and_batch(samples: Sequence[Sample], config: TrainConfig) -> tuple[int, int]:
+    """The training patch side and batch size: the config's, or (None) self-configured from
+    the data as nnU-Net does from its fingerprint: the median image side up to
+    MAX_AUTO_PATCH px (rounded up to a multiple of 2**depth, so every level divides
+    evenly), and as many patches as fit in PIXELS_PER_BATCH pixels, 2..8."""
+    crop = config.crop
+    if crop is None:
+        multiple = 2 ** max(config.depth, 3)
+        side = int(np.median([max(s.mask.shape) for s in samples]))
+        crop = min(MAX_AUTO_PATCH, max(multiple, -(-side // multiple) * multiple))
+    batch = config.batch_size
+    if batch is None:
+        batch = int(min(8, max(2, round(PIXELS_PER_BATCH / crop ** 2))))
+    return crop, batch
+
+
 class _CropStream:
-    """Batches of augmented crops: seeded permutations of the images, epoch after epoch."""
+    """Batches of augmented patches: seeded permutations of the images, epoch after epoch.
+
+    A share `config.foreground_crops` of the patches is instead centred on a labelled
+    pixel of a foreground class drawn uniformly from the classes present (nnU-Net
+    forces a third of its patches onto foreground): a class that covers 1 % of the
+    pixels then fills a good part of every few batches instead of vanishing."""
 
     def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int):
-        self.ds = SegmentationDataset(samples, crop=config.crop, augment=config.augment, seed=seed)
+        self.crop, self.batch = patch_and_batch(samples, config)
+        self.ds = SegmentationDataset(samples, crop=self.crop, augment=config.augment, seed=seed)
         self.rng = np.random.default_rng(seed)
-        self.batch = config.batch_size
+        self.foreground = float(config.foreground_crops)
         self.queue: list[tuple[int, int]] = []
         self.epoch = 0
         self.consumed = 0
+        self.centres: dict[int, list[tuple[int, np.ndarray]]] = {}  # class -> [(image index, flat pixels)]
+        if self.foreground > 0:
+            for i, s in enumerate(samples):
+                for c in np.unique(s.mask):
+                    if c == 0:
+                        continue
+                    flat = np.flatnonzero(s.mask == c)
+                    if len(flat) > MAX_CENTRES:
+                        flat = np.sort(self.rng.choice(flat, MAX_CENTRES, replace=False))
+                    self.centres.setdefault(int(c), []).append((i, flat))
+        self.classes = sorted(self.centres)
+
+    def _foreground_patch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        cls = self.classes[int(rng.integers(len(self.classes)))]
+        idx, flat = self.centres[cls][int(rng.integers(len(self.centres[cls])))]
+        s = self.ds.get_sample(idx)
+        h, w = s.mask.shape
+        y, x = divmod(int(flat[int(rng.integers(len(flat)))]), w)
+        jitter = self.crop // 4  # the labelled pixel lies near, not exactly at, the centre
+        y0 = min(max(0, y - self.crop // 2 + int(rng.integers(-jitter, jitter + 1))), max(0, h - self.crop))
+        x0 = min(max(0, x - self.crop // 2 + int(rng.integers(-jitter, jitter + 1))), max(0, w - self.crop))
+        image = s.image[:, y0:y0 + self.crop, x0:x0 + self.crop]
+        mask = s.mask[y0:y0 + self.crop, x0:x0 + self.crop]
+        image, mask = augment_pair(image, mask, rng, self.crop, self.ds.augment)
+        return torch.from_numpy(image), torch.from_numpy(mask)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = [], []
@@ -330,8 +404,11 @@ class _CropStream:
                 self.queue = [(self.epoch, int(i)) for i in self.rng.permutation(len(self.ds))][::-1]
                 self.epoch += 1
             epoch, idx = self.queue.pop()
-            self.ds.set_epoch(epoch)
-            x, y = self.ds[idx]
+            if self.classes and self.rng.random() < self.foreground:
+                x, y = self._foreground_patch(self.rng)
+            else:
+                self.ds.set_epoch(epoch)
+                x, y = self.ds[idx]
             images.append(x)
             masks.append(y)
             self.consumed += 1
@@ -340,6 +417,13 @@ class _CropStream:
     @property
     def epochs_done(self) -> int:
         return self.consumed // len(self.ds)
+
+
+def _spread(items: Sequence, k: int) -> list:
+    """At most k items, spread evenly over `items`."""
+    if len(items) <= k:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, k).round().astype(int)]
 
 
 def _agreement(model: nn.Module, samples: Sequence[Sample], device: torch.device, n_classes: int,
@@ -413,9 +497,11 @@ def _train_one(
         "device": str(device), "seed": seed, "fold": fold,
     }
 
+    crop, batch = patch_and_batch(train_set, config)
+    history.update(crop=crop, batch_size=batch)
     auto = config.epochs is None
     if not auto:
-        total = max(1, min(config.max_steps, math.ceil(config.epochs * len(train_set) / config.batch_size)))
+        total = max(1, min(config.max_steps, math.ceil(config.epochs * len(train_set) / batch)))
         history["budget"] = f"fixed: {config.epochs} epochs = {total} steps"
     elif held:
         total = config.max_steps
@@ -429,6 +515,10 @@ def _train_one(
     # fold), else (fixed budget, nothing held out) a few training images, for display only.
     eval_set = held[:MAX_HOLDOUT] or train_set[:4]
     history["eval_in_sample"] = not held
+    # A few training images tell whether the network has fitted what it was shown: the
+    # budget does not stop on a plateau before it has (an early plateau is not convergence).
+    fit_set = _spread(train_set, 4) if early_stop else []
+    history["train_agreement"] = []
 
     model = _initial_model(config, in_channels, n_classes, history).to(device)
     model.train()
@@ -452,7 +542,10 @@ def _train_one(
             g["lr"] = lr
         x, y = stream.next()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        # no autocast context at all off CUDA: torch < 2.5 refuses device_type="mps" even disabled
+        amp_context = (torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp
+                       else contextlib.nullcontext())
+        with amp_context:
             logits = model(x)
         out = iel(logits.float())
         loss = F.cross_entropy(out, y)
@@ -490,9 +583,16 @@ def _train_one(
             if agreement is None:
                 reason = "cancelled"
                 break
+            fitted = _agreement(model, fit_set, device, n_classes, cancel, config.adaptive_threshold) \
+                if fit_set else 1.0
+            model.train()
+            if fitted is None:
+                reason = "cancelled"
+                break
             improved = agreement > best + config.min_improvement
             history["eval_steps"].append(step)
             history["agreement"].append(agreement)
+            history["train_agreement"].append(fitted)
             if improved or best < 0:
                 best, best_step, bad_evals = agreement, step, 0
                 if early_stop:
@@ -500,11 +600,12 @@ def _train_one(
             else:
                 bad_evals += 1
             yield EvalEvent(step, agreement, improved, fold, n_folds)
-            if early_stop and bad_evals >= config.patience and config.min_steps <= step < total:
+            if (early_stop and bad_evals >= config.patience and config.min_steps <= step < total
+                    and fitted >= config.learned_agreement):
                 reason = "early-stop"
                 break
     else:  # the loop ran out of steps
-        capped = not auto and config.epochs * len(train_set) / config.batch_size > total
+        capped = not auto and config.epochs * len(train_set) / batch > total
         reason = "max-steps" if early_stop or capped else "budget"
     if early_stop and best_state is not None:
         model.load_state_dict(best_state)

@@ -152,44 +152,38 @@ REVIEWS_PER_MESSAGE = 4  # images per Reviews event: small messages keep the GUI
 
 
 def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
-                chunk: int = REVIEWS_PER_MESSAGE, calibration=None) -> Iterator[Reviews]:
-    """Predict every sample with a trained model; yield proposals and scores in chunks.
-    The decision thresholds come from `calibration` (samples; default: `samples`)."""
-    from ielstudio.core.cleaning import calibration_subset, lost_class_warnings, thresholds_for
-    from ielstudio.core.metrics import confusion_counts
-    from ielstudio.core.training import predict
+                chunk: int = REVIEWS_PER_MESSAGE, holdout=None) -> Iterator[Reviews]:
+    """Propose and score every sample with a trained model through core.review.review_samples
+    (the path `ielstudio clean` takes); yield the reviews in chunks. `holdout`: the images
+    the model never trained on (they decide which classes it may change)."""
+    from ielstudio.core.review import ReviewCancelled, review_samples
 
-    device = next(model.parameters()).device
     total = len(samples)
-    calib = calibration_subset(list(calibration if calibration is not None else samples))
-    if not samples or not calib:
+    if not samples:
         return
-
-    def calibration_probs():
-        for s in calib:
-            if cancel():
-                raise Cancelled()
-            yield predict(model, s.image, device)
-
-    try:
-        thresholds = thresholds_for(calibration_probs(), clean_config)
-    except Cancelled:
-        return
+    given = {s.name: s.mask for s in samples}
     items: dict[str, ImageReview] = {}
-    labelled = proposed = 0  # pixels per class in the given masks and in the proposals
-    for i, s in enumerate(samples):
-        if cancel():
-            if items:
-                yield Reviews(None, items, i, total)
-            return
-        probs = predict(model, s.image, device)
-        review = items[s.name] = review_image(probs, s.mask, clean_config, thresholds)
-        _, in_proposal, in_label = confusion_counts(review.proposal, s.mask, probs.shape[0])
-        labelled, proposed = labelled + in_label, proposed + in_proposal
-        if len(items) >= chunk and i + 1 < total:
-            yield Reviews(None, items, i + 1, total)
-            items = {}
-    yield Reviews(None, items, total, total, warnings=lost_class_warnings(labelled, proposed))
+    done = 0
+    reviews = review_samples(model, samples, clean_config, holdout, cancel)
+    try:
+        while True:
+            r = next(reviews)
+            done += 1
+            proposal = r.proposal.astype(np.uint8) if r.proposal.size and int(r.proposal.max()) < 256 else r.proposal
+            items[r.name] = ImageReview(np.asarray(r.probs, np.float32).astype(np.float16), proposal, float(r.score),
+                                        float(np.mean(r.proposal != given[r.name])))
+            if len(items) >= chunk and done < total:
+                yield Reviews(None, items, done, total)
+                items = {}
+    except ReviewCancelled:
+        return
+    except StopIteration as stop:
+        summary = stop.value
+    if cancel():
+        if items:
+            yield Reviews(None, items, done, total)
+        return
+    yield Reviews(None, items, total, total, warnings=summary.warnings)
 
 
 def review_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,
@@ -231,7 +225,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
     kwargs: dict[str, Any] = {"cancel": cancel, "snapshot_every": snapshot_every}
     if names:
         kwargs["snapshot_names"] = names
-    model = None
+    model, holdout = None, []
     for ev in train(samples, config, **kwargs):
         if isinstance(ev, SnapshotEvent):
             items = {}
@@ -246,16 +240,17 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
                 chunk = {n: items[n] for n in names_done[i:i + REVIEWS_PER_MESSAGE]}
                 yield writer(Reviews(ev.step, chunk, min(i + len(chunk), len(items)), len(items)))
         elif isinstance(ev, DoneEvent):
-            model = ev.model
+            model, holdout = ev.model, list(ev.history.get("holdout", []))
             saved = None
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, ev.model, ev.config, {"steps": ev.steps, "reason": ev.reason})
+                save_checkpoint(checkpoint_path, ev.model, ev.config, {"steps": ev.steps, "reason": ev.reason,
+                                                                       "holdout": list(ev.history.get("holdout", []))})
                 saved = str(checkpoint_path)
             yield TrainingFinished(ev.steps, ev.reason, ev.history, ev.config, saved)
         else:
             yield ev
     if model is not None and not cancel():
-        for r in scoring_job(model, samples, clean_config, cancel):
+        for r in scoring_job(model, samples, clean_config, cancel, holdout=holdout):
             yield writer(r)
 
 
@@ -265,7 +260,7 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
     """Proposals and scores for every pair with a saved model (reopening a project)."""
     from ielstudio.core.training import load_checkpoint
 
-    model, _config, _meta = load_checkpoint(checkpoint_path)
+    model, _config, meta = load_checkpoint(checkpoint_path)
     try:
         ds = _load(scan, cancel, report)
     except Cancelled:
@@ -273,7 +268,7 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
     yield _info(ds)
     writer = ScoreWriter(project_path)
     try:
-        for r in scoring_job(model, list(ds.samples), clean_config, cancel):
+        for r in scoring_job(model, list(ds.samples), clean_config, cancel, holdout=meta.get("holdout")):
             yield writer(r)
     finally:
         writer.close()

@@ -1,0 +1,226 @@
+"""One review path: from a trained model to proposals that do no harm, and scores.
+
+Both `ielstudio clean` (`core.cleaning.clean_dataset`) and the window
+(`gui.jobs.scoring_job`) call `review_samples`, so the same model and settings give
+the same proposals and scores in both.
+
+Do no harm. A label is changed only where the evidence is strong:
+
+1. **The class is reliable.** On images the model never trained on (the automatic
+   budget's hold-out, or every image with k folds) the model's decision must agree
+   with the given masks of that class at a pooled Dice of at least
+   `RELIABLE_AGREEMENT`. Label noise caps this agreement (a model that is exactly
+   right scores the labels' own Dice), so the bar sits below what typical
+   annotation noise allows, and far above a model that has not learned the class.
+   A class that misses the bar keeps its given pixels everywhere; when no class
+   reaches it, every mask is kept as given, and the report and the window say so.
+2. **The model is confident about the change.** The proposal's changes are taken
+   region by region (8-connected regions where proposal and label differ: an
+   object added or removed, an outline moved): a region is applied only when the
+   model's mean probability of the proposed class over it is at least
+   `CHANGE_CONFIDENCE`; otherwise the region keeps its given label.
+
+Scores (`cleaning.label_quality`) come from the model's decision before these
+gates, so the ranking still orders images by doubt when nothing is changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from .decision import decide
+from .metrics import confusion_counts
+
+#: Held-out Dice with the given masks a class needs before its labels may be changed.
+#: Chosen on the development data (generated sets, the bundled sample, the real-data
+#: development scans; benchmarks/README.md), never on the data it is reported on.
+RELIABLE_AGREEMENT = 0.7
+#: Mean probability of the proposed class over a changed region needed to apply it.
+CHANGE_CONFIDENCE = 0.75
+#: Held-out images whose agreement decides reliability (enough for a pooled Dice).
+MAX_RELIABILITY_IMAGES = 32
+
+
+@dataclass
+class Reliability:
+    """Which classes the model may change. `agreement[c]`: pooled Dice of the model's
+    decision with the given masks of class c (None: class absent from both);
+    `out_of_sample`: measured on images the model never trained on."""
+
+    agreement: list[float | None]
+    reliable: list[bool]
+    out_of_sample: bool
+    n_images: int
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def any_reliable(self) -> bool:
+        return any(self.reliable[1:])
+
+    def to_dict(self) -> dict:
+        return {"agreement": [None if a is None else round(a, 4) for a in self.agreement],
+                "reliable": self.reliable, "out_of_sample": self.out_of_sample, "n_images": self.n_images,
+                "required_agreement": RELIABLE_AGREEMENT, "change_confidence": CHANGE_CONFIDENCE,
+                "messages": self.messages}
+
+
+def assess_reliability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int,
+                       thresholds: np.ndarray | None, out_of_sample: bool) -> Reliability:
+    """Per-class reliability from (probabilities (C,H,W), given mask (H,W)) pairs."""
+    inter = np.zeros(n_classes)
+    total = np.zeros(n_classes)
+    for probs, given in pairs:
+        i, p, t = confusion_counts(decide(probs, thresholds), given, n_classes)
+        inter += i
+        total += p + t
+    agreement: list[float | None] = [None] * n_classes
+    reliable = [True] + [False] * (n_classes - 1)
+    messages = []
+    where = (f"on {len(pairs)} image(s) it did not train on" if out_of_sample
+             else f"on {len(pairs)} image(s) it trained on (no image was held out; this overstates it)")
+    for c in range(1, n_classes):
+        if total[c] == 0:
+            continue
+        agreement[c] = float(2 * inter[c] / total[c])
+        reliable[c] = agreement[c] >= RELIABLE_AGREEMENT
+        if not reliable[c]:
+            messages.append(
+                f"class {c}: the model agrees with the given masks only at Dice {agreement[c]:.2f} {where} "
+                f"(needs {RELIABLE_AGREEMENT:.2f}); it is not reliable for this class, so its labels are kept as given")
+    if not pairs:
+        reliable = [True] + [False] * (n_classes - 1)
+        messages.append("no image could be used to check the model, so every mask is kept as given")
+    elif not any(reliable[1:]):
+        messages.insert(0, "the model is not reliable for any class: every mask is kept as given. The scores "
+                           "still rank the images by how much the model doubts them, but treat the ranking with care")
+    return Reliability(agreement, reliable, out_of_sample, len(pairs), messages)
+
+
+def decision_probabilities(probs: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+    """The probabilities as the decision weighs them (`core.decision.decide`: class c
+    weighted by (1 - t_c) / t_c), renormalised; the plain probabilities for None."""
+    if thresholds is None or np.all(np.asarray(thresholds)[1:] == 0.5):
+        return probs
+    t = np.asarray(thresholds, dtype=np.float64)
+    w = (1.0 - t) / t
+    w[0] = 1.0
+    weighted = probs * w[:, None, None].astype(probs.dtype)
+    return weighted / np.maximum(weighted.sum(0, keepdims=True), 1e-12)
+
+
+def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, reliable: Sequence[bool],
+                 thresholds: np.ndarray | None = None, confidence: float = CHANGE_CONFIDENCE) -> np.ndarray:
+    """`proposal` with every change that lacks strong evidence set back to `given`: changes
+    touching a class that is not reliable, and changed regions (8-connected) over which
+    the model's mean probability of the proposed class (weighed as the decision at
+    `thresholds` weighs it) is below `confidence`."""
+    proposal = np.asarray(proposal)
+    given = np.asarray(given)
+    changed = proposal != given
+    if not changed.any():
+        return proposal
+    out = proposal.copy()
+    unreliable = np.flatnonzero(~np.asarray(reliable, bool))
+    if unreliable.size:
+        touch = changed & (np.isin(given, unreliable) | np.isin(proposal, unreliable))
+        out[touch] = given[touch]
+        changed &= ~touch
+    if not changed.any():
+        return out
+    n_classes = probs.shape[0]
+    probs = decision_probabilities(np.asarray(probs, np.float32), thresholds)
+    p_proposed = np.take_along_axis(probs, np.clip(out, 0, n_classes - 1)[None].astype(np.int64), axis=0)[0]
+    n, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
+    sums = np.bincount(labels.ravel(), weights=p_proposed.ravel(), minlength=n)
+    counts = np.bincount(labels.ravel(), minlength=n)
+    weak = np.flatnonzero(sums / np.maximum(counts, 1) < confidence)
+    weak = weak[weak != 0]
+    if weak.size:
+        back = np.isin(labels, weak)
+        out[back] = given[back]
+    return out
+
+
+@dataclass
+class ImageResult:
+    """The review of one image: probabilities, the proposal after the do-no-harm gates,
+    its label-quality score, whether its model never trained on it."""
+
+    name: str
+    probs: np.ndarray
+    proposal: np.ndarray
+    score: float
+    out_of_sample: bool
+
+
+@dataclass
+class ReviewSummary:
+    thresholds: np.ndarray | None
+    reliability: Reliability
+    warnings: list[str]
+    labelled: np.ndarray  # pixels per class in the given masks
+    proposed: np.ndarray  # pixels per class in the proposals
+
+
+class ReviewCancelled(Exception):
+    """`review_samples` was cancelled before its thresholds were set."""
+
+
+def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> Iterator[ImageResult]:
+    """Propose and score every sample with a trained model (the one review path).
+
+    `holdout`: names of the images the model never trained on (the automatic budget's);
+    with a CrossFitModel every image is predicted by the fold model that never saw it.
+    Yields ImageResult per sample; returns a ReviewSummary (StopIteration.value).
+    Raises ReviewCancelled when cancelled before the first image.
+    """
+    from .cleaning import calibration_subset, label_quality, lost_class_warnings, propose, thresholds_for
+    from .training import CrossFitModel, predict
+
+    cancelled = cancel or (lambda: False)
+    device = next(model.parameters()).device
+    crossfit = isinstance(model, CrossFitModel)
+
+    def probs_of(s) -> np.ndarray:
+        return predict(model.model_for(s.name) if crossfit else model, s.image, device)
+
+    def calibration_probs():
+        for s in calibration_subset(list(samples)):
+            if cancelled():
+                raise ReviewCancelled()
+            yield probs_of(s)
+
+    if not samples:
+        return ReviewSummary(None, assess_reliability([], 2, None, False), [], np.zeros(2), np.zeros(2))
+    thresholds = thresholds_for(calibration_probs(), clean_config)
+    held = set(holdout or ())
+    oos = [s for s in samples if crossfit or s.name in held]
+    judged = oos or list(samples)
+    pairs = []
+    for s in judged[:MAX_RELIABILITY_IMAGES]:
+        if cancelled():
+            raise ReviewCancelled()
+        pairs.append((probs_of(s), s.mask))
+    n_classes = int(pairs[0][0].shape[0])
+    reliability = assess_reliability(pairs, n_classes, thresholds, out_of_sample=bool(oos))
+    labelled = np.zeros(n_classes)
+    proposed = np.zeros(n_classes)
+    for s in samples:
+        if cancelled():
+            break
+        probs = probs_of(s)
+        raw = propose(probs, s.mask, clean_config, thresholds)
+        proposal = gate_changes(raw, s.mask, probs, reliability.reliable, thresholds)
+        _, in_proposal, in_label = confusion_counts(raw, s.mask, n_classes)
+        labelled, proposed = labelled + in_label, proposed + in_proposal
+        score, _ = label_quality(probs, s.mask, thresholds)
+        yield ImageResult(s.name, probs, proposal, score, crossfit or s.name in held)
+    warnings = list(reliability.messages)
+    warnings += [w for w in lost_class_warnings(labelled, proposed)
+                 if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]
+    return ReviewSummary(thresholds, reliability, warnings, labelled, proposed)

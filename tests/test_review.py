@@ -1,0 +1,180 @@
+"""Do no harm (core.review), the self-configured training recipe and the budget's plateau rule."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ielstudio.core import cleaning
+from ielstudio.core.cleaning import CleanConfig
+from ielstudio.core.dataset import Sample
+from ielstudio.core.decision import decision_thresholds
+from ielstudio.core.iel import IELConfig
+from ielstudio.core.imageio import MaskEncoding
+from ielstudio.core.review import (
+    CHANGE_CONFIDENCE,
+    RELIABLE_AGREEMENT,
+    assess_reliability,
+    gate_changes,
+)
+from ielstudio.core.training import DoneEvent, EvalEvent, TrainConfig, _CropStream, patch_and_batch, train
+
+ENC = MaskEncoding.gray(2, 255)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def two_class_probs(p_object: np.ndarray) -> np.ndarray:
+    return np.stack([1 - p_object, p_object]).astype(np.float32)
+
+
+def test_gate_applies_a_confident_change_and_keeps_an_unsure_one():
+    given = np.zeros((20, 20), np.int64)
+    given[2:8, 2:8] = 1
+    proposal = given.copy()
+    proposal[12:17, 12:17] = 1  # an object added ...
+    proposal[2:8, 2:8] = 0  # ... and one removed
+    p = np.full((20, 20), 0.02)
+    p[12:17, 12:17] = 0.9  # sure of the added object
+    p[2:8, 2:8] = 0.4  # unsure the labelled one is wrong: mean p(background) = 0.6 < CHANGE_CONFIDENCE
+    out = gate_changes(proposal, given, two_class_probs(p), [True, True])
+    assert out[12:17, 12:17].all() and out[2:8, 2:8].all()
+    assert int(out.sum()) == 36 + 25
+    # the whole change is reverted when the class is not reliable
+    assert np.array_equal(gate_changes(proposal, given, two_class_probs(p), [True, False]), given)
+
+
+def test_gate_threshold_is_the_mean_probability_of_the_region():
+    given = np.zeros((10, 10), np.int64)
+    proposal = given.copy()
+    proposal[2:6, 2:6] = 1
+    for p_in, kept in ((CHANGE_CONFIDENCE + 0.01, True), (CHANGE_CONFIDENCE - 0.01, False)):
+        p = np.zeros((10, 10))
+        p[2:6, 2:6] = p_in
+        out = gate_changes(proposal, given, two_class_probs(p), [True, True])
+        assert bool(out.any()) is kept
+
+
+def test_reliability_per_class_from_held_out_agreement():
+    truth = np.zeros((3, 16, 16), np.int64)
+    truth[:, 2:10, 2:10] = 1
+    truth[:, 11:15, 11:15] = 2
+    probs = np.zeros((3, 3, 16, 16), np.float32)
+    probs[:, 0] = 1.0
+    probs[:, 0][truth == 1] = 0.0
+    probs[:, 1][truth == 1] = 1.0  # class 1 found exactly; class 2 never
+    rel = assess_reliability(list(zip(probs, truth)), 3, None, out_of_sample=True)
+    assert rel.agreement[1] == pytest.approx(1.0) and rel.agreement[2] == pytest.approx(0.0)
+    assert rel.reliable == [True, True, False] and rel.any_reliable
+    assert len(rel.messages) == 1 and rel.messages[0].startswith("class 2:")
+    none = assess_reliability(list(zip(probs[:, [0, 2, 1]], truth)), 3, None, out_of_sample=False)
+    assert not none.any_reliable and none.messages[0].startswith("the model is not reliable for any class")
+    assert RELIABLE_AGREEMENT > 0.5
+
+
+def test_threshold_stays_at_half_for_a_confident_soft_edged_model():
+    """A model of correct masks with soft edges: its histogram has a valley, but its objects
+    sit near 1, so the argmax is right and the threshold must not drop (it fell to 0.38)."""
+    yy, xx = np.mgrid[:64, :64]
+    maps = []
+    for cy, cx in ((20, 20), (40, 44)):
+        r = np.hypot(yy - cy, xx - cx)
+        p = 1 / (1 + np.exp((r - 10) / 1.5))  # interior ~1, a 3-4 px soft rim
+        maps.append(two_class_probs(np.clip(p, 0.001, 0.999)))
+    assert decision_thresholds(maps)[1] == 0.5
+    # objects the model gives only 0.42 (labels that miss objects) still lower it
+    low = [two_class_probs(np.where(m[1] > 0.5, 0.42, 0.03)) for m in maps]
+    assert decision_thresholds(low)[1] < 0.45
+
+
+def test_patch_and_batch_are_self_configured_from_the_images():
+    def s(h, w):
+        return Sample("x", np.zeros((1, h, w), np.float32), np.zeros((h, w), np.int64), ENC)
+
+    assert patch_and_batch([s(192, 192)] * 3, TrainConfig()) == (192, 2)
+    assert patch_and_batch([s(128, 100)] * 3, TrainConfig()) == (128, 4)
+    assert patch_and_batch([s(1024, 1024)], TrainConfig()) == (256, 2)
+    assert patch_and_batch([s(30, 30)], TrainConfig()) == (32, 8)
+    assert patch_and_batch([s(192, 192)], TrainConfig(crop=64, batch_size=3)) == (64, 3)
+
+
+def test_foreground_patches_show_a_tiny_class_in_a_third_of_the_patches():
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(6):
+        m = np.zeros((128, 128), np.int64)
+        y, x = rng.integers(0, 124, 2)
+        m[y:y + 4, x:x + 4] = 1  # 16 px: 0.1 % of the image
+        samples.append(Sample(f"s{i}", rng.random((1, 128, 128), dtype=np.float32), m, ENC))
+    shown = {}
+    for share in (0.0, 0.33):
+        stream = _CropStream(samples, TrainConfig(crop=32, batch_size=8, foreground_crops=share), seed=1)
+        hits = [bool((y == 1).any()) for _ in range(40) for y in stream.next()[1]]
+        shown[share] = float(np.mean(hits))
+    assert shown[0.0] < 0.15 and shown[0.33] > 0.25
+
+
+def disks(n, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for i in range(n):
+        cy, cx = rng.integers(9, size - 9, 2)
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= 36).astype(np.int64)
+        img = (np.where(m > 0, 0.8, 0.2) + 0.05 * rng.standard_normal((size, size))).astype(np.float32)
+        out.append(Sample(f"d{i}", img[None], m, ENC))
+    return out
+
+
+def budget_run(**kw):
+    cfg = TrainConfig(width=4, depth=2, crop=32, batch_size=2, max_steps=16, min_steps=0, eval_every=2, patience=1,
+                      min_improvement=0.5, iel=IELConfig(heat_steps=2), device="cpu", **kw)
+    events = list(train(disks(5), cfg))
+    return events[-1], [e for e in events if isinstance(e, EvalEvent)]
+
+
+def test_budget_does_not_stop_on_a_plateau_before_the_network_fitted_its_labels():
+    """With an unreachable improvement (0.5) the budget would stop at its second evaluation;
+    while the network agrees with its own training labels less than `learned_agreement`
+    it goes on to max_steps."""
+    stopped, _ = budget_run(learned_agreement=0.0)
+    assert stopped.reason == "early-stop" and stopped.steps == 4
+    kept_on, evals = budget_run(learned_agreement=1.0)
+    assert kept_on.reason == "max-steps" and kept_on.steps == 16 and len(evals) == 8
+    fitted = kept_on.history["train_agreement"]
+    assert len(fitted) == 8 and all(0.0 <= f < 1.0 for f in fitted)
+
+
+def write_set(folder, samples):
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for s in samples:
+        cv2.imwrite(str(folder / "images" / f"{s.name}.png"), (s.image[0] * 255).clip(0, 255).astype(np.uint8))
+        cv2.imwrite(str(folder / "masks" / f"{s.name}.png"), (s.mask * 255).astype(np.uint8))
+
+
+def test_correct_labels_in_the_same_labels_out_when_the_model_is_not_reliable(tmp_path):
+    """Two training steps learn nothing: the report says the model is not reliable and
+    every written mask equals the given one, pixel for pixel."""
+    data = disks(6)
+    write_set(tmp_path, data)
+    cfg = TrainConfig(width=4, depth=2, crop=32, batch_size=2, max_steps=2, min_steps=0, eval_every=1,
+                      iel=IELConfig(heat_steps=2), device="cpu")
+    events = list(cleaning.clean_dataset(tmp_path / "images", tmp_path / "masks", tmp_path / "out", cfg, CleanConfig()))
+    report = events[-1].report
+    assert report["labels_kept_as_given"] is True and report["reliability"]["out_of_sample"] is True
+    assert report["warnings"][0].startswith("the model is not reliable for any class")
+    for s in data:
+        out = cv2.imread(str(tmp_path / "out" / f"{s.name}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(out, (s.mask * 255).astype(np.uint8))
+    held = {d["name"]: d["out_of_sample"] for d in report["images"]}
+    assert sum(held.values()) == len(report["training"]["holdout"]) >= 1
+    assert all(math.isfinite(d["score"]) for d in report["images"])
