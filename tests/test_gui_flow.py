@@ -541,7 +541,21 @@ def test_a_class_the_model_did_not_learn_is_shown_to_the_user(make_window, datas
     w.apply_reviews(jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
                                  warnings=[warning]))
     assert w.last_error == warning and warning in w.statusBar().currentMessage()
-    assert w._error_box is not None and w._error_box.windowTitle() == "A class was not learned"
+    assert w._error_box is not None and w._error_box.windowTitle() == "Labels kept where the model is not reliable"
+
+
+def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
+    from ielstudio.core.iel import one_hot
+
+    w = make_window()
+    assert w.open_folders(*dataset)
+    given = noisy_mask(0).astype(np.int64)
+    warning = ("the model is not reliable for any class: every mask is kept as given. The scores still rank "
+               "the images by how much the model doubts them, but treat the ranking with care")
+    w.apply_reviews(jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
+                                 warnings=[warning]))
+    assert w._error_box.windowTitle() == "The model is not reliable: masks kept as given"
+    assert "every mask is kept as given" in w.statusBar().currentMessage()
 
 
 def test_the_legend_names_every_class_of_the_shown_masks_before_training(make_window):

@@ -178,3 +178,17 @@ def test_correct_labels_in_the_same_labels_out_when_the_model_is_not_reliable(tm
     held = {d["name"]: d["out_of_sample"] for d in report["images"]}
     assert sum(held.values()) == len(report["training"]["holdout"]) >= 1
     assert all(math.isfinite(d["score"]) for d in report["images"])
+
+
+def test_fill_holes_fills_a_hole_in_a_blob_but_not_the_loop_of_a_vessel():
+    blob = np.zeros((40, 40), np.uint8)
+    cv2.circle(blob, (20, 20), 12, 1, -1)
+    blob = blob.astype(np.int64)
+    blob[18:22, 18:22] = 0  # a 4 px hole
+    filled = cleaning.postprocess(blob, CleanConfig(min_area=0))
+    assert filled[18:22, 18:22].all()
+    vessels = np.zeros((60, 60), np.uint8)
+    cv2.rectangle(vessels, (10, 10), (50, 50), 1, 2)  # a loop of 2 px vessels around 38 x 38 px of background
+    cv2.line(vessels, (0, 30), (10, 30), 1, 2)
+    out = cleaning.postprocess(vessels.astype(np.int64), CleanConfig(min_area=0))
+    assert np.array_equal(out, vessels)

@@ -213,14 +213,36 @@ def _remove_specks(mask: np.ndarray, cls: int, min_area: int) -> None:
 
 
 def _fill_holes(mask: np.ndarray, cls: int) -> None:
-    """In place: background pixels not connected (4-conn.) to the border outside `cls` become `cls`."""
+    """In place: background enclosed by `cls` (not 4-connected to the border outside it)
+    becomes `cls` when the hole is no wider than the object around it: its inscribed
+    radius is at most the object's largest half-thickness within that radius (+2 px) of
+    the hole. A hole in a blob is filled; the loop of a vessel tree, which encloses
+    background far wider than the vessels, is not."""
     outside = mask != cls
-    n, labels, _ = _components(outside, connectivity=4)
+    n, labels, stats = _components(outside, connectivity=4)
     if n <= 1:
         return
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    hole = outside & ~np.isin(labels, border)
-    mask[hole & (mask == 0)] = cls
+    h, w = mask.shape
+    obj = None
+    for i in range(1, n):
+        if i in border:
+            continue
+        x, y, bw, bh, _ = stats[i]
+        hole = labels[y:y + bh, x:x + bw] == i
+        if not (mask[y:y + bh, x:x + bw][hole] == 0).any():
+            continue
+        radius = float(cv2.distanceTransform(np.pad(hole, 1).astype(np.uint8), cv2.DIST_L2, 3).max())
+        m = int(np.ceil(radius)) + 2
+        y0, y1, x0, x1 = max(y - m, 0), min(y + bh + m, h), max(x - m, 0), min(x + bw + m, w)
+        if obj is None:
+            obj = cv2.distanceTransform((mask == cls).astype(np.uint8), cv2.DIST_L2, 3)
+        window = labels[y0:y1, x0:x1] == i
+        near = cv2.dilate(window.astype(np.uint8), np.ones((2 * m + 1, 2 * m + 1), np.uint8)).astype(bool)
+        thickness = float(obj[y0:y1, x0:x1][near].max(initial=0.0))
+        if radius <= thickness:
+            region = mask[y0:y1, x0:x1]
+            region[window & (region == 0)] = cls
 
 
 def _convex_hulls(mask: np.ndarray, cls: int) -> None:

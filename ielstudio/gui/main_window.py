@@ -950,7 +950,9 @@ class MainWindow(QMainWindow):
         if reviews.step is None:
             self.training_panel.set_progress_text(f"scoring {reviews.done}/{reviews.total}")
         if reviews.warnings:
-            self.report_error("A class was not learned", "\n".join(reviews.warnings))
+            kept = reviews.warnings[0].startswith("the model is not reliable for any class")
+            title = "The model is not reliable: masks kept as given" if kept else "Labels kept where the model is not reliable"
+            self.report_error(title, "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
 
     def _on_done(self, ev: "jobs.TrainingFinished") -> None:
