@@ -144,3 +144,52 @@ def test_architectures_run_reports_params_time_and_dice_tiny():
 
     assert row["params"] == count_parameters(build_model("unet", 1, 2))
     assert row["step_ms"] > 0 and 0.0 <= row["dice"] <= 1.0 and 0.0 <= row["bf1"] <= 1.0
+
+
+def test_realdata_pure_functions_without_data():
+    """benchmarks/realdata.py: mixture noise, windowing, cropping, slicing helpers (no download)."""
+    import cv2
+    import realdata as R
+
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.ellipse(mask, (30, 34), (14, 10), 20, 0, 360, 1, -1)
+    a, ops_a = R.mixture_noise(mask, 3, clean_share=0.0)
+    b, ops_b = R.mixture_noise(mask, 3, clean_share=0.0)
+    assert np.array_equal(a, b) and ops_a == ops_b and 1 <= len(ops_a) <= 2  # deterministic for a seed
+    assert a.shape == mask.shape and a.dtype == mask.dtype and set(np.unique(a)) <= {0, 1}
+    assert not np.array_equal(a, mask)
+    for name, op in R.MIXTURE_OPS.items():  # every op changes the object, keeps the shape
+        out = op(mask > 0, np.random.default_rng(1))
+        assert out.shape == mask.shape and out.dtype == bool and (out != (mask > 0)).any(), name
+    same, ops = R.mixture_noise(mask, 0, clean_share=1.0)
+    assert ops == [] and np.array_equal(same, mask)
+    # multi-class: relabelling keeps class indices in range
+    multi = mask.astype(np.int64) * 2
+    multi[30:38, 25:35] = 1
+    out, ops = R.mixture_noise(multi, 5, n_classes=3, clean_share=0.0, relabel=True)
+    assert out.dtype == multi.dtype and out.max() <= 2 and ops[-1] == "relabel"
+
+    # windowing: soft tissue W 400 / L 40 maps -160 -> 0, 240 -> 255, clipped outside
+    assert R.window(np.array([-1000, -160, 40, 240, 3000]), 40, 400).tolist() == [0, 0, 128, 255, 255]
+    mr = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    u8 = R.percentile_window(mr)
+    assert u8.dtype == np.uint8 and u8.min() == 0 and u8.max() == 255
+
+    # crop: square centred on the lesion, at least the minimum side, inside the plane
+    m = np.zeros((200, 300), bool)
+    m[90:110, 140:160] = True
+    assert R.crop_box(m, 2.5, 96) == (52, 102, 96)
+    m[20:180, 140:160] = True
+    assert R.crop_box(m, 2.5, 96)[2] == 200  # capped by the plane
+    assert R.spread(range(10), 3) == [0, 4, 9] and R.spread(range(10), 20, 3) == [0, 3, 6, 9]
+
+    # orientation: a negative step flips that axis; axes reordered to S, P, L
+    vol = np.arange(24).reshape(2, 3, 4)  # axes follow L, P, S in LPS space
+    out, spacing = R.canonical(vol, np.diag([1.0, -2.0, 5.0]))
+    assert out.shape == (4, 3, 2) and spacing.tolist() == [5.0, 2.0, 1.0]
+    assert out[0, 0, 0] == vol[0, 2, 0]
+    # shape-based label interpolation reproduces the label on the acquired planes
+    lab = np.zeros((3, 20, 20), np.int64)
+    lab[1, 5:15, 6:12] = 1
+    sdf = R.lesion_sdf(lab, 0, (5.0, 1.0, 1.0))
+    assert np.array_equal(sdf < 0, lab > 0)
