@@ -9,9 +9,9 @@ Do no harm. A label is changed only where the evidence is strong:
 1. **The class is reliable.** On images the model never trained on (the automatic
    budget's hold-out, or every image with k folds) the model's decision must agree
    with the given masks of that class at a pooled Dice of at least
-   `RELIABLE_AGREEMENT`. Label noise caps this agreement (a model that is exactly
-   right scores the labels' own Dice), so the bar sits below what typical
-   annotation noise allows, and far above a model that has not learned the class.
+   `RELIABLE_AGREEMENT` (0.85). Label noise caps this agreement (a model that is
+   exactly right scores the labels' own Dice), so with very noisy labels nothing is
+   changed: doing no harm comes first.
    A class that misses the bar keeps its given pixels everywhere; when no class
    reaches it, every mask is kept as given, and the report and the window say so.
 2. **The model is confident about the change.** The proposal's changes are taken
@@ -36,9 +36,13 @@ from .decision import decide
 from .metrics import confusion_counts
 
 #: Held-out Dice with the given masks a class needs before its labels may be changed.
-#: Chosen on the development data (generated sets, the bundled sample, the real-data
-#: development scans; benchmarks/README.md), never on the data it is reported on.
-RELIABLE_AGREEMENT = 0.7
+#: Chosen on the development data, never on the data it is reported on
+#: (benchmarks/README.md): given the *correct* masks of the real lesion dev scans, a
+#: model at held-out agreement 0.795 still deleted whole lesions with confidence
+#: (output Dice 0.756 against the correct masks), while on the bundled nuclei a model
+#: at 0.876 cleaned well (0.902 -> 0.971). The price: with labels noisier than Dice
+#: ~0.85 even a right model cannot reach the bar, and the masks are kept as given.
+RELIABLE_AGREEMENT = 0.85
 #: Mean probability of the proposed class over a changed region needed to apply it.
 CHANGE_CONFIDENCE = 0.75
 #: Held-out images whose agreement decides reliability (enough for a pooled Dice).
