@@ -378,3 +378,257 @@ def test_atomic_write_gives_umask_mode_not_private(tmp_path):
     atomic_write_bytes(target, b"x")
     mode = stat.S_IMODE(target.stat().st_mode)
     assert mode == 0o666 & ~old, oct(mode)
+
+
+# ------------------------------------------------------------------ hostile input (issue 19)
+
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from ielstudio.core.errors import DataError as _DataError  # noqa: E402
+
+
+def _png_with_size(width, height):
+    """A small valid PNG whose IHDR (with a correct CRC) claims width x height px."""
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_png_claiming_100000_px_square_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_with_size(100_000, 100_000))
+    for read in (read_image, read_mask):
+        with pytest.raises(DataError) as e:  # was cv2.error, which aborted the whole run
+            read(path)
+        assert e.value.path == path and "100000 x 100000" in str(e.value) and "MAX_IMAGE_PIXELS" in str(e.value)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+def test_image_size_limit_is_checked_before_decoding_every_format(tmp_path, monkeypatch, suffix):
+    path = tmp_path / f"a{suffix}"
+    atomic_write_image(path, ramp(20, 30))
+    assert imageio.image_size_from_header(path.read_bytes()) in (None, (30, 20))
+    monkeypatch.setattr(imageio, "MAX_IMAGE_PIXELS", 599)
+    decoded = []
+    monkeypatch.setattr(imageio.cv2, "imdecode", lambda *a: decoded.append(1))
+    monkeypatch.setattr(imageio.tifffile.TiffPage, "asarray", lambda *a, **k: decoded.append(1))
+    with pytest.raises(DataError, match="30 x 20 px"):
+        read_image(path)
+    assert decoded == []
+    monkeypatch.setattr(imageio, "MAX_IMAGE_PIXELS", 600)
+    monkeypatch.undo()
+    assert read_image(path).shape == (20, 30)
+
+
+def test_cv2_error_and_memory_error_become_data_error(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    atomic_write_image(path, ramp())
+
+    def cv2_fails(*a):
+        raise cv2.error("OpenCV(4.x) error: (-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS")
+
+    monkeypatch.setattr(imageio.cv2, "imdecode", cv2_fails)
+    with pytest.raises(DataError, match="OpenCV") as e:
+        read_mask(path)
+    assert e.value.path == path
+
+    def no_memory(*a):
+        raise MemoryError
+
+    monkeypatch.setattr(imageio.cv2, "imdecode", no_memory)
+    with pytest.raises(DataError, match="not enough memory"):
+        read_image(path)
+
+
+def test_misnamed_files_say_what_they_are(tmp_path):
+    jpg = cv2.imencode(".jpg", ramp(16, 16))[1].tobytes()
+    (tmp_path / "photo.png").write_bytes(jpg)
+    with pytest.raises(DataError, match="it is a JPEG image, not PNG") as e:
+        read_image(tmp_path / "photo.png")
+    assert "truncated" not in str(e.value) and ".jpg" in str(e.value)
+    (tmp_path / "notes.png").write_text("just some notes\nnot an image\n")
+    with pytest.raises(DataError, match="not an image"):
+        read_mask(tmp_path / "notes.png")
+    (tmp_path / "scan.tif").write_bytes(cv2.imencode(".png", ramp())[1].tobytes())
+    with pytest.raises(DataError, match="PNG image"):
+        read_image(tmp_path / "scan.tif")
+    assert imageio.sniff_format(b"GIF89a" + b"\0" * 20) == "gif"
+    assert imageio.sniff_format(bytes(range(256))) is None
+
+
+def test_nan_and_inf_pixels_are_zeroed_with_a_warning_naming_the_file(tmp_path):
+    arr = np.ones((4, 5), np.float32)
+    arr[0, 0], arr[1, 1], arr[2, 2] = np.nan, np.inf, -np.inf
+    tifffile.imwrite(tmp_path / "f.tif", arr)
+    warnings = []
+    img = read_image(tmp_path / "f.tif", warnings)
+    assert np.isfinite(img).all() and img[0, 0] == 0 and img[3, 4] == 1
+    assert len(warnings) == 1 and str(tmp_path / "f.tif") in warnings[0] and "3 pixel" in warnings[0]
+    read_image(tmp_path / "f.tif")  # without a list: still fine
+    atomic_write_image(tmp_path / "ok.tif", np.ones((3, 3), np.float32))
+    ok = []
+    read_image(tmp_path / "ok.tif", ok)
+    assert ok == []
+
+
+def test_multipage_tiff_mask_is_refused_not_cut_to_page_one(tmp_path):
+    stack = np.zeros((3, 6, 7), np.uint8)
+    stack[1, 2:4, 2:4] = 255
+    tifffile.imwrite(tmp_path / "vol.tif", stack, photometric="minisblack")
+    with pytest.raises(DataError, match="stack of 3 pages"):
+        read_mask(tmp_path / "vol.tif")
+    tifffile.imwrite(tmp_path / "one.tif", stack[1], photometric="minisblack")
+    assert read_mask(tmp_path / "one.tif")[0].sum() == 4
+
+
+def test_rgba_mask_with_label_in_alpha_is_read_and_written_back_in_alpha(tmp_path):
+    m = np.zeros((6, 8, 4), np.uint8)
+    m[..., :3] = (10, 20, 30)  # constant colour: it carries no label
+    m[1:4, 2:6, 3] = 255
+    atomic_write_image(tmp_path / "a.png", m)
+    classes, enc = read_mask(tmp_path / "a.png")
+    assert classes.sum() == 12 and classes[0, 0] == 0  # was: all foreground
+    assert enc.alpha == "label" and enc.fill == (10, 20, 30) and enc.channels == 4
+    assert MaskEncoding.from_dict(json.loads(json.dumps(enc.to_dict()))) == enc
+    edited = classes.copy()
+    edited[5, 7] = 1
+    write_mask(tmp_path / "out" / "a.png", edited, enc)
+    back = read_raw(tmp_path / "out" / "a.png")
+    assert back.shape == (6, 8, 4) and (back[..., :3] == (10, 20, 30)).all()
+    np.testing.assert_array_equal(back[..., 3], edited.astype(np.uint8) * 255)
+
+
+def test_rgba_colour_mask_transparent_pixels_are_background(tmp_path):
+    m = np.zeros((6, 8, 4), np.uint8)
+    m[...] = (255, 255, 255, 0)  # fully transparent white: background
+    m[:2] = (255, 0, 0, 255)
+    m[4:, :3] = (0, 0, 255, 255)
+    atomic_write_image(tmp_path / "c.png", m)
+    classes, enc = read_mask(tmp_path / "c.png")
+    assert enc.kind == "color" and enc.colors == ((0, 0, 0), (0, 0, 255), (255, 0, 0))
+    assert (classes == 0).sum() == 48 - 16 - 6 and enc.alpha == "background"
+    write_mask(tmp_path / "out" / "c.png", classes, enc)
+    back = read_raw(tmp_path / "out" / "c.png")
+    np.testing.assert_array_equal(back[..., 3], np.where(classes > 0, 255, 0))
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "c.png")[0], classes)
+
+
+def test_palette_png_mask_classes_are_palette_indices_and_written_back_indexed(tmp_path):
+    palette = [(0, 0, 0), (255, 0, 0), (0, 0, 0), (0, 255, 0, 128)]  # index 2 repeats black
+    idx = np.zeros((5, 6), np.uint8)
+    idx[1, :] = 1
+    idx[2, :] = 2
+    idx[3, :] = 3
+    data = imageio.encode_indexed_png(idx, palette)
+    assert data[25] == 3 and b"PLTE" in data and b"tRNS" in data
+    rgba = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+    assert rgba[3, 0].tolist() == [0, 255, 0, 128] and rgba[1, 0].tolist() == [255, 0, 0, 255]
+    (tmp_path / "p.png").write_bytes(data)
+    classes, enc = read_mask(tmp_path / "p.png")
+    np.testing.assert_array_equal(classes, idx)  # was: colours, black of index 0 and 2 merged
+    assert enc.n_classes == 4 and enc.palette[1] == (255, 0, 0, 255) and enc.palette[3] == (0, 255, 0, 128)
+    edited = classes.copy()
+    edited[0, 0] = 3
+    write_mask(tmp_path / "out" / "p.png", edited, enc)
+    out = (tmp_path / "out" / "p.png").read_bytes()
+    assert out[25] == 3 and imageio._png_palette(out) == enc.palette
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "p.png")[0], edited)
+
+
+def test_palette_png_made_by_pillow(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    idx = np.zeros((4, 4), np.uint8)
+    idx[1:3, 1:3] = 5
+    img = Image.fromarray(idx, mode="P")
+    img.putpalette([0, 0, 0] + [200, 10, 10] * 4 + [0, 128, 255] + [0, 0, 0] * 250)
+    img.save(tmp_path / "pil.png")
+    classes, enc = read_mask(tmp_path / "pil.png")
+    np.testing.assert_array_equal(classes, idx)
+    assert enc.n_classes == 6 and enc.palette[5] == (0, 128, 255)
+    write_mask(tmp_path / "out" / "pil.png", classes, enc)
+    again = Image.open(tmp_path / "out" / "pil.png")
+    assert again.mode == "P" and np.array_equal(np.asarray(again), idx)
+    assert again.getpalette()[15:18] == [0, 128, 255]
+
+
+def test_palette_index_beyond_class_limit_is_refused(tmp_path):
+    idx = np.zeros((3, 3), np.uint8)
+    idx[1, 1] = 255
+    (tmp_path / "voc.png").write_bytes(imageio.encode_indexed_png(idx, [(i, i, i) for i in range(256)]))
+    with pytest.raises(DataError, match="palette index 255"):
+        read_mask(tmp_path / "voc.png")
+
+
+def test_sixteen_bit_binary_mask_reads_as_binary_and_maps_onto_a_0_255_dataset(tmp_path):
+    m = np.zeros((5, 5), np.uint16)
+    m[1:3, 1:3] = 65535
+    atomic_write_image(tmp_path / "m16.png", m)
+    classes, enc = read_mask(tmp_path / "m16.png")
+    assert enc.kind == "binary" and enc.values == (0, 65535) and imageio.is_binary_mask_encoding(enc)
+    dataset = MaskEncoding.gray(2, 255)
+    mapped, fenc = read_mask(tmp_path / "m16.png", dataset)
+    assert mapped.max() == 1 and fenc.values == (0, 65535) and fenc.dtype == "uint16"
+    write_mask(tmp_path / "out" / "m16.png", mapped, fenc)
+    np.testing.assert_array_equal(read_raw(tmp_path / "out" / "m16.png"), m)
+    assert not imageio.is_binary_mask_encoding(MaskEncoding.gray(2, 3))  # 0/3 is class 3
+
+
+def test_encoding_values_that_overflow_the_file_dtype_give_a_clear_error(tmp_path):
+    enc = MaskEncoding.gray(3, 200, "uint8", ".bmp")
+    with pytest.raises(ValueError, match="do not fit"):
+        write_mask(tmp_path / "x.bmp", np.array([[0, 2]]), enc)
+    assert enc.with_file_format(MaskEncoding.gray(2, 1, "uint8", ".png")).dtype == "uint16"
+
+
+def test_atomic_write_text_escapes_names_that_are_not_utf8(tmp_path):
+    name = os.fsdecode(b"\xff.png")  # a Linux file name that is not UTF-8
+    atomic_write_text(tmp_path / "report.csv", f"name\n{name}\n")
+    assert (tmp_path / "report.csv").read_text("utf-8") == "name\n\\udcff.png\n"
+    if sys.platform.startswith("linux"):
+        atomic_write_text(tmp_path / name, "x")  # the file name itself is fine too
+        assert os.fsencode(tmp_path / name).endswith(b"\xff.png")
+
+
+@pytest.mark.parametrize("where,err", [("fsync", 28), ("replace", 13)])
+def test_atomic_write_errors_name_the_target_not_the_temp_file(tmp_path, monkeypatch, where, err):
+    target = tmp_path / "mask.png"
+
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err), str(tmp_path / ".mask.png.abc123.ielstudio-tmp"))
+
+    monkeypatch.setattr(imageio.os, where, fail)
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(target, b"data")
+    monkeypatch.undo()
+    assert e.value.errno == err and e.value.filename == str(target)
+    assert "mask.png" in str(e.value) and "ielstudio-tmp" not in str(e.value)
+    assert (err == 13) == isinstance(e.value, PermissionError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_stale_temp_files_removes_only_old_temp_files_of_ours(tmp_path):
+    import time
+
+    old = time.time() - 3600
+    stale = tmp_path / f"{imageio.temp_name_prefix(tmp_path / 'a.png')}k3j2h1{imageio.TEMP_SUFFIX}"
+    fresh = tmp_path / f".b.png.x8y7z6{imageio.TEMP_SUFFIX}"
+    user = tmp_path / ".notes.tmp"
+    for p in (stale, fresh, user):
+        p.write_bytes(b"partial")
+    os.utime(stale, (old, old))
+    os.utime(user, (old, old))
+    removed = imageio.remove_stale_temp_files(tmp_path)
+    assert removed == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, user.name])
+    assert imageio.remove_stale_temp_files(tmp_path / "missing") == []
+    # the temp files atomic writes make are recognised
+    seen = []
+    real = imageio.os.replace
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(imageio.os, "replace", lambda a, b: (seen.append(a), real(a, b)))
+    atomic_write_bytes(tmp_path / ("n" * 250 + ".png"), b"x")  # long names still fit
+    monkey.undo()
+    assert imageio.is_temp_file_name(os.path.basename(seen[0]))

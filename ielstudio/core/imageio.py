@@ -18,6 +18,17 @@ name. Accepted conventions (per file):
 Anything else (many grey levels from JPEG compression or interpolation, stray
 values such as 128 in a 0/255 mask, negative or fractional values) raises
 :class:`~ielstudio.core.errors.DataError` naming the file and the problem.
+Indexed (palette) PNGs: class = palette index, written back indexed with the
+file's palette. RGBA: labels in the alpha channel (constant colour) are read
+from and written to the alpha channel; fully transparent pixels are background.
+Multi-page TIFF masks are refused (volumes are not supported yet).
+
+Hostile files: the readers raise only DataError. The content must match the
+name (a JPEG named ``.png`` is reported as a JPEG); sizes are checked from the
+header against :data:`MAX_IMAGE_PIXELS` before anything is decoded.
+
+Writes are atomic (temp file ``.<name>.<random>.ielstudio-tmp`` + ``os.replace``);
+:func:`remove_stale_temp_files` removes the ones a killed process left.
 """
 
 from __future__ import annotations
@@ -25,11 +36,16 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import stat
+import struct
 import tempfile
+import time
+import zlib
 from dataclasses import asdict, dataclass, replace
 from functools import reduce
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -68,6 +84,128 @@ def file_stem(path: str | Path) -> str:
     return name[: len(name) - len(suf)] if suf else name
 
 
+# --------------------------------------------------------------------------- limits
+
+#: Largest image (width x height, any number of channels) the readers decode. A
+#: 10000 x 10000 px RGB image takes 1.2 GB as the float32 array training uses, plus
+#: the decoded file and the int64 class mask (0.8 GB): about what a 16 GB desktop
+#: can hold next to the model. Set ``imageio.MAX_IMAGE_PIXELS`` higher to allow more
+#: (the value is read on every call). Checked from the file header, before decoding.
+MAX_IMAGE_PIXELS = 100_000_000
+
+#: File signatures (magic bytes) -> format name; see :func:`sniff_format`.
+_FORMAT_NAMES = {
+    "png": "PNG image", "jpeg": "JPEG image", "bmp": "BMP image", "tiff": "TIFF image",
+    "gif": "GIF image", "webp": "WebP image", "dicom": "DICOM file", "gzip": "gzip archive",
+    "zip": "ZIP archive", "pdf": "PDF document", "text": "text file",
+}
+_FORMAT_SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif", "gif": ".gif",
+                  "webp": ".webp", "dicom": ".dcm", "gzip": ".gz", "zip": ".zip", "pdf": ".pdf", "text": ".txt"}
+_SUFFIX_FORMAT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """What a file's first bytes say it is, whatever its name.
+
+    One of ``"png", "jpeg", "bmp", "tiff", "gif", "webp", "dicom", "gzip", "zip",
+    "pdf", "text"``, or None when the content is not recognised.
+    """
+    head = data[:16]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"BM") and len(data) >= 26:
+        return "bmp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"%PDF"):
+        return "pdf"
+    sample = data[:1024]
+    if sample and b"\x00" not in sample:
+        try:
+            text = sample.decode("utf-8")
+        except UnicodeDecodeError as e:  # a multi-byte character cut at the sample's end is fine
+            text = sample[: e.start].decode("utf-8") if e.start >= len(sample) - 3 else ""
+        if text and sum(c.isprintable() or c in "\r\n\t" for c in text) >= 0.95 * len(text):
+            return "text"
+    return None
+
+
+def _check_format(path: Path, suffix: str, data: bytes) -> None:
+    """Raise DataError when the bytes are not the format the file name says, naming what they are."""
+    expected = _SUFFIX_FORMAT[suffix]
+    actual = sniff_format(data)
+    if actual == expected:
+        return
+    want = suffix[1:].upper()
+    if actual == "text":
+        raise DataError(path, f"cannot decode {want} file: it is not an image (the file holds text)")
+    if actual is None:
+        raise DataError(path, f"cannot decode {want} file: it does not start like one "
+                              "(damaged, or not an image)")
+    raise DataError(path, f"cannot decode {want} file: it is a {_FORMAT_NAMES[actual]}, not {want} "
+                          f"(rename it to {_FORMAT_SUFFIX[actual]})")
+
+
+def image_size_from_header(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG, JPEG or BMP header without decoding pixels; None if unknown."""
+    kind = sniff_format(data)
+    try:
+        if kind == "png":
+            if data[12:16] != b"IHDR":
+                return None
+            w, h = struct.unpack(">II", data[16:24])
+            return w, h
+        if kind == "bmp":
+            dib = struct.unpack("<I", data[14:18])[0]
+            if dib == 12:
+                w, h = struct.unpack("<HH", data[18:22])
+            else:
+                w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if kind == "jpeg":
+            i, n = 2, len(data)
+            while i + 4 <= n:
+                if data[i] != 0xFF:
+                    return None
+                m = data[i + 1]
+                if m == 0xFF:  # fill byte
+                    i += 1
+                    continue
+                if m in (0x01, 0xD8) or 0xD0 <= m <= 0xD7:
+                    i += 2
+                    continue
+                if m in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                    return None
+                length = struct.unpack(">H", data[i + 2:i + 4])[0]
+                if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
+                    h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                    return (w, h) if h else None  # height 0: given later by a DNL marker
+                i += 2 + length
+    except struct.error:  # header cut short
+        return None
+    return None
+
+
+def check_image_size(path: str | Path, width: int, height: int) -> None:
+    """Raise DataError when ``width x height`` exceeds :data:`MAX_IMAGE_PIXELS`."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(path, f"image is {width} x {height} px ({width * height / 1e6:,.0f} Mpx), more than "
+                              f"the {MAX_IMAGE_PIXELS / 1e6:,.0f} Mpx limit (imageio.MAX_IMAGE_PIXELS); "
+                              "crop or tile it, or raise the limit")
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -75,11 +213,15 @@ def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise DataError(path, "is a broken link (its target does not exist)") from None
         raise DataError(path, "file does not exist") from None
     except IsADirectoryError:
         raise DataError(path, "is a folder, not a file") from None
     except OSError as e:
         raise DataError(path, f"cannot read file ({e.strerror or e})") from None
+    except MemoryError:
+        raise DataError(path, "not enough memory to read the file") from None
     if not data:
         raise DataError(path, "file is empty (0 bytes)")
     return data
@@ -108,12 +250,31 @@ def _first_plane(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _read_cv2(path: Path, suffix: str) -> np.ndarray:
-    data = _read_bytes(path)
-    _check_complete(path, suffix, data)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+def _decode_cv2(path: Path, suffix: str, data: bytes) -> np.ndarray:
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        first = (str(e).strip().splitlines() or [""])[-1][:160]
+        raise DataError(path, f"cannot decode {suffix[1:].upper()} file (OpenCV: {first})") from None
+    except MemoryError:
+        raise DataError(path, "not enough memory to decode the image") from None
     if arr is None:
         raise DataError(path, f"cannot decode {suffix[1:].upper()} file (damaged or not an image)")
+    return arr
+
+
+def _read_cv2(path: Path, suffix: str, data: bytes | None = None) -> np.ndarray:
+    data = _read_bytes(path) if data is None else data
+    _check_format(path, suffix, data)
+    size = image_size_from_header(data)
+    if size is None and suffix == ".png":
+        raise DataError(path, "PNG file is damaged (no image header)")
+    if size is not None:
+        if 0 in size:
+            raise DataError(path, f"image header says {size[0]} x {size[1]} px")
+        check_image_size(path, *size)
+    _check_complete(path, suffix, data)
+    arr = _decode_cv2(path, suffix, data)
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     elif arr.ndim == 3 and arr.shape[2] == 4:
@@ -121,15 +282,32 @@ def _read_cv2(path: Path, suffix: str) -> np.ndarray:
     return arr
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, single_page: bool = False) -> np.ndarray:
+    """First page of a TIFF; ``single_page``: refuse stacks (masks must not lose pages)."""
     data = _read_bytes(path)
+    _check_format(path, ".tif", data)
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tf:
             if not tf.pages:
                 raise DataError(path, "TIFF file has no pages")
-            return tf.pages[0].asarray()
+            page = tf.pages[0]
+            h, w = int(getattr(page, "imagelength", 0)), int(getattr(page, "imagewidth", 0))
+            if h <= 0 or w <= 0:
+                raise DataError(path, f"TIFF page is {w} x {h} px")
+            check_image_size(path, w, h)
+            if single_page:
+                series = tf.series[0] if tf.series else None
+                n = len(series.pages) if series is not None else len(tf.pages)
+                depth = int(getattr(page, "imagedepth", 1) or 1)
+                if n > 1 or depth > 1:
+                    raise DataError(path, f"TIFF holds a stack of {max(n, depth)} pages; masks must be "
+                                          "single 2-D images (volumes are not supported yet) - "
+                                          "save each slice as its own file")
+            return page.asarray()
     except DataError:
         raise
+    except MemoryError:
+        raise DataError(path, "not enough memory to decode the TIFF file") from None
     except Exception as e:  # tifffile raises many kinds for damaged files
         raise DataError(path, f"cannot decode TIFF file ({type(e).__name__}: {e})") from None
 
@@ -141,7 +319,11 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DataError(path, "DICOM support is not installed: pip install 'ielstudio[medical]'") from None
     try:
         ds = pydicom.dcmread(str(path))
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        check_image_size(path, cols, rows)
         arr = np.asarray(ds.pixel_array)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(path, f"cannot decode DICOM file ({type(e).__name__}: {e})") from None
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
@@ -163,10 +345,16 @@ def _read_nifti(path: Path) -> np.ndarray:
         raise DataError(path, "NIfTI support is not installed: pip install 'ielstudio[medical]'") from None
     try:
         img = nibabel.load(str(path))
-        arr = np.asarray(img.dataobj)
+        shape = tuple(int(s) for s in img.shape)
+        if len(shape) >= 2:
+            check_image_size(path, shape[0], shape[1])
+        # NIfTI stores (x, y, z, ...): read only the first slice of every extra axis
+        arr = np.asarray(img.dataobj[(slice(None), slice(None)) + (0,) * (len(shape) - 2)]
+                         if len(shape) > 2 else img.dataobj)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(path, f"cannot decode NIfTI file ({type(e).__name__}: {e})") from None
-    # NIfTI stores (x, y, z, ...): take the first slice of every extra axis and
     # transpose so rows are y (the usual radiological display is left to viewers).
     while arr.ndim > 2:
         arr = arr[..., 0]
@@ -175,14 +363,12 @@ def _read_nifti(path: Path) -> np.ndarray:
     return arr.T
 
 
-def read_raw(path: str | Path) -> np.ndarray:
-    """Decode a file to its stored values and dtype: (H, W) or (H, W, 3|4), RGB order."""
-    path = Path(path)
+def _read_raw(path: Path, single_page: bool = False) -> np.ndarray:
     suffix = file_suffix(path)
     if suffix in _CV2_EXTENSIONS:
         arr = _read_cv2(path, suffix)
     elif suffix in _TIFF_EXTENSIONS:
-        arr = _read_tiff(path)
+        arr = _read_tiff(path, single_page)
     elif suffix == ".dcm":
         arr = _read_dicom(path)
     elif suffix in (".nii", ".nii.gz"):
@@ -197,19 +383,42 @@ def read_raw(path: str | Path) -> np.ndarray:
     return arr
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_raw(path: str | Path) -> np.ndarray:
+    """Decode a file to its stored values and dtype: (H, W) or (H, W, 3|4), RGB order.
+
+    Raises DataError (never another error) for unreadable, damaged, mislabelled
+    (e.g. a JPEG named ``.png``) or oversized files (:data:`MAX_IMAGE_PIXELS`).
+    """
+    path = Path(path)
+    try:
+        return _read_raw(path)
+    except MemoryError:
+        raise DataError(path, "not enough memory to decode the image") from None
+
+
+def read_image(path: str | Path, warnings: list[str] | None = None) -> np.ndarray:
     """Read an image as float32 ``(H, W)`` or ``(H, W, 3)`` in its raw value range.
 
-    Alpha channels are dropped; multi-page files give their first page.
+    Alpha channels are dropped; multi-page files give their first page. NaN and
+    infinite values become 0; when ``warnings`` (a list) is given, a message naming
+    the file and the count is appended to it.
     """
+    path = Path(path)
     arr = read_raw(path)
     if arr.ndim == 3:
         arr = arr[..., :3]
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
-        out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    try:
+        out = arr.astype(np.float32)
+        finite = np.isfinite(out)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+            if warnings is not None:
+                warnings.append(f"{path}: {bad} pixel value(s) were NaN or infinite and were set to 0")
+    except MemoryError:
+        raise DataError(path, "not enough memory to convert the image to float32") from None
     return out
 
 
@@ -243,6 +452,12 @@ class MaskEncoding:
     gray value of class ``c`` (binary/index); ``colors[c]`` its RGB colour (color).
     ``dtype``, ``suffix`` (file format, e.g. ``".png"``) and ``channels`` (1 gray,
     3 RGB, 4 RGBA; gray masks saved as RGB keep 3) describe the file itself.
+
+    RGBA files: ``alpha`` is ``"label"`` when the classes are stored in the alpha
+    channel (the colour channels then hold the constant ``fill``), ``"background"``
+    when fully transparent pixels are background (written back transparent), and
+    ``""`` otherwise (opaque). ``palette``: the RGB(A) entries of an indexed
+    (palette) PNG, whose classes are its palette indices; written back indexed.
     """
 
     kind: str
@@ -251,6 +466,9 @@ class MaskEncoding:
     dtype: str = "uint8"
     suffix: str = ".png"
     channels: int = 1
+    alpha: str = ""
+    fill: tuple[int, ...] = ()
+    palette: tuple[tuple[int, ...], ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -265,6 +483,8 @@ class MaskEncoding:
         d = asdict(self)
         d["values"] = list(self.values)
         d["colors"] = [list(c) for c in self.colors]
+        d["fill"] = list(self.fill)
+        d["palette"] = [list(c) for c in self.palette]
         return d
 
     @classmethod
@@ -276,13 +496,20 @@ class MaskEncoding:
             dtype=str(d.get("dtype", "uint8")),
             suffix=str(d.get("suffix", ".png")),
             channels=int(d.get("channels", 1)),
+            alpha=str(d.get("alpha", "") or ""),
+            fill=tuple(int(v) for v in d.get("fill", ()) or ()),
+            palette=tuple(tuple(int(x) for x in c) for c in d.get("palette", ()) or ()),
         )
 
     def with_file_format(self, other: "MaskEncoding") -> "MaskEncoding":
-        """This class mapping with the file details (dtype, suffix, channels) of ``other``."""
+        """This class mapping with the file details (dtype, suffix, channels, alpha, palette) of ``other``."""
         if self.kind == "color":
-            return replace(self, suffix=other.suffix, channels=4 if other.channels == 4 else 3)
-        return replace(self, dtype=other.dtype, suffix=other.suffix, channels=other.channels)
+            rgba = other.channels == 4
+            return replace(self, suffix=other.suffix, channels=4 if rgba else 3,
+                           alpha=other.alpha if rgba and other.alpha != "label" else "", fill=(), palette=())
+        out = replace(self, dtype=other.dtype, suffix=other.suffix, channels=other.channels,
+                      alpha=other.alpha, fill=other.fill, palette=other.palette)
+        return _fit_dtype(out)
 
     @staticmethod
     def gray(n_classes: int, step: int, dtype: str = "uint8", suffix: str = ".png",
@@ -290,6 +517,44 @@ class MaskEncoding:
         """Gray-level encoding with classes stored as ``0, step, 2*step, ...``."""
         kind = "binary" if n_classes == 2 else "index"
         return MaskEncoding(kind, tuple(i * step for i in range(n_classes)), (), dtype, suffix, channels)
+
+
+def _fit_dtype(enc: MaskEncoding) -> MaskEncoding:
+    """A gray encoding whose values exceed its file dtype gets the smallest dtype that holds them
+    (PNG/TIFF), losing a palette that cannot hold them; else unchanged (writing then says why)."""
+    if enc.kind == "color" or not enc.values:
+        return enc
+    dt = np.dtype(enc.dtype)
+    top = max(enc.values)
+    if dt.kind not in "ui" or top <= np.iinfo(dt).max:
+        return enc
+    for cand in ("uint16", "uint32"):
+        if top <= np.iinfo(cand).max and (enc.suffix in _TIFF_EXTENSIONS or (enc.suffix == ".png" and cand == "uint16")):
+            return replace(enc, dtype=cand, palette=())
+    return enc
+
+
+def is_binary_mask_encoding(enc: MaskEncoding) -> bool:
+    """True for a two-valued gray mask storing 0 and 1, 255, 65535 or its dtype's maximum:
+    background/foreground, whatever the value (unlike 0/3, which is class 3)."""
+    if enc.kind != "binary" or len(enc.values) != 2 or enc.values[0] != 0:
+        return False
+    v = enc.values[1]
+    dt = np.dtype(enc.dtype)
+    return v in (1, 255, 65535) or (dt.kind in "ui" and v == np.iinfo(dt).max)
+
+
+def file_encoding(target: MaskEncoding, file_enc: MaskEncoding, classes: np.ndarray) -> MaskEncoding:
+    """The encoding to write a file back with: ``target``'s classes in ``file_enc``'s format.
+
+    A binary mask (:func:`is_binary_mask_encoding`) in a binary dataset keeps its own stored values (a 0/65535
+    file is written back as 0/65535 even where most masks are 0/255).
+    """
+    out = target.with_file_format(file_enc)
+    if (is_binary_mask_encoding(target) and is_binary_mask_encoding(file_enc)
+            and classes.size and int(classes.max()) > 0):
+        out = replace(out, values=file_enc.values, dtype=file_enc.dtype)
+    return out
 
 
 def _too_many_values_message(n: int, suffix: str, what: str = "values") -> str:
@@ -360,27 +625,139 @@ def _decode_color(path: Path, rgb: np.ndarray, suffix: str, channels: int) -> tu
     return classes, MaskEncoding("color", (), tuple(palette), "uint8", suffix, channels)
 
 
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, payload) of each chunk of PNG bytes, stopping at a cut or IEND."""
+    i = 8
+    while i + 8 <= len(data):
+        length = struct.unpack(">I", data[i:i + 4])[0]
+        kind = data[i + 4:i + 8]
+        payload = data[i + 8:i + 8 + length]
+        if len(payload) < length:
+            return
+        yield kind, payload
+        if kind == b"IEND":
+            return
+        i += 12 + length
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def _png_palette(data: bytes) -> tuple[tuple[int, ...], ...] | None:
+    """The RGB(A) palette of an indexed PNG (colour type 3), or None for other PNGs."""
+    if len(data) < 26 or data[12:16] != b"IHDR" or data[25] != 3:
+        return None
+    plte, trns = b"", b""
+    for kind, payload in _png_chunks(data):
+        if kind == b"PLTE":
+            plte = payload
+        elif kind == b"tRNS":
+            trns = payload
+        elif kind == b"IDAT":
+            break
+    n = len(plte) // 3
+    if n == 0:
+        return None  # no palette: let the decoder report the damage
+    rgb = [tuple(plte[3 * i:3 * i + 3]) for i in range(n)]
+    if trns:
+        return tuple(c + ((trns[i] if i < len(trns) else 255),) for i, c in enumerate(rgb))
+    return tuple(rgb)
+
+
+def _read_palette_mask(path: Path, data: bytes, palette: tuple) -> tuple[np.ndarray, MaskEncoding]:
+    """Classes = palette indices: decode with the palette replaced by a gray ramp (entry i = i)."""
+    ramp = bytes(v for i in range(len(palette)) for v in (i, i, i))
+    out = [data[:8]]
+    for kind, payload in _png_chunks(data):
+        if kind == b"PLTE":
+            payload = ramp
+        elif kind == b"tRNS":
+            continue
+        out.append(_png_chunk(kind, payload))
+    arr = _read_cv2(path, ".png", b"".join(out))
+    index = arr[..., 0] if arr.ndim == 3 else arr
+    top = int(index.max())
+    if top + 1 > MAX_CLASSES:
+        raise DataError(path, f"palette mask uses palette index {top}; at most {MAX_CLASSES} classes "
+                              f"(indices 0..{MAX_CLASSES - 1}) are supported")
+    n = max(2, top + 1)
+    enc = MaskEncoding("binary" if n == 2 else "index", tuple(range(n)), (), "uint8", ".png", 1,
+                       palette=tuple(palette))
+    return index.astype(np.int64), enc
+
+
+def encode_indexed_png(indices: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
+    """An indexed (colour type 3) PNG of ``uint8`` palette indices with ``palette`` (RGB or RGBA entries).
+
+    Entries missing for indices beyond the palette are added as gray ``(i, i, i)``.
+    """
+    idx = np.ascontiguousarray(indices, dtype=np.uint8)
+    entries = [tuple(int(x) for x in c) for c in palette]
+    top = int(idx.max()) if idx.size else 0
+    entries += [(i, i, i) for i in range(len(entries), top + 1)]
+    entries = entries[:256]
+    ok, buf = cv2.imencode(".png", idx)
+    if not ok:  # pragma: no cover - cv2 encodes any 2-D uint8 array
+        raise ValueError("PNG encoding failed")
+    data = buf.tobytes()
+    plte = bytes(v for c in entries for v in c[:3])
+    alphas = [c[3] if len(c) > 3 else 255 for c in entries]
+    while alphas and alphas[-1] == 255:
+        alphas.pop()
+    out = [data[:8]]
+    for kind, payload in _png_chunks(data):
+        if kind == b"IHDR":
+            payload = payload[:9] + b"\x03" + payload[10:]  # 8-bit gray rows = 8-bit index rows
+            out.append(_png_chunk(kind, payload))
+            out.append(_png_chunk(b"PLTE", plte))
+            if alphas:
+                out.append(_png_chunk(b"tRNS", bytes(alphas)))
+        elif kind in (b"IDAT", b"IEND"):
+            out.append(_png_chunk(kind, payload))
+    return b"".join(out)
+
+
 def _read_mask_native(path: Path) -> tuple[np.ndarray, MaskEncoding]:
     """Classes and encoding as this one file defines them."""
     suffix = file_suffix(path)
     if suffix not in MASK_EXTENSIONS:
         raise DataError(path, f"unsupported mask format '{suffix}'; use PNG, TIFF or BMP")
-    raw = read_raw(path)
+    if suffix == ".png":
+        data = _read_bytes(path)
+        _check_format(path, suffix, data)
+        palette = _png_palette(data)
+        if palette is not None:
+            return _read_palette_mask(path, data, palette)
+    raw = _read_raw(path, single_page=True)
     channels = 1 if raw.ndim == 2 else raw.shape[2]
     if suffix in _JPEG_EXTENSIONS:
         n = len(np.unique(raw.reshape(-1, channels), axis=0))
         if n > 2:
             raise DataError(path, _too_many_values_message(n, suffix, "values" if channels == 1 else "colours"))
         raise DataError(path, "mask is a JPEG file; JPEG is lossy and cannot hold exact class values - save masks as PNG or TIFF")
+    alpha_mode = ""
     if raw.ndim == 3:
         rgb = raw[..., :3]
+        if channels == 4:
+            a = raw[..., 3]
+            first = rgb.reshape(-1, 3)[0]
+            if np.array_equal(rgb, np.broadcast_to(first, rgb.shape)) and not np.all(a == a.flat[0]):
+                # the colour channels carry nothing: the label is in the alpha channel
+                classes, enc = _decode_gray(path, a, suffix, 4)
+                return classes, replace(enc, alpha="label", fill=tuple(int(v) for v in first))
+            transparent = a == 0
+            if transparent.any():  # fully transparent pixels are background, whatever their colour
+                rgb = rgb.copy()
+                rgb[transparent] = 0
+                alpha_mode = "background"
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             classes, enc = _decode_gray(path, rgb[..., 0], suffix, channels)
         else:
             classes, enc = _decode_color(path, rgb, suffix, channels)
     else:
         classes, enc = _decode_gray(path, raw, suffix, channels)
-    return classes, enc
+    return classes, replace(enc, alpha=alpha_mode) if alpha_mode else enc
 
 
 def stored_keys(enc: MaskEncoding) -> list:
@@ -399,12 +776,16 @@ def remap_classes(path: str | Path, classes: np.ndarray, file_enc: MaskEncoding,
                   target: MaskEncoding) -> np.ndarray:
     """Translate a file's own class indices into ``target``'s classes via stored values.
 
-    Raises DataError if a class present in the file has no counterpart in ``target``.
+    Binary masks (:func:`is_binary_mask_encoding`: 0/1, 0/255, 0/65535) map onto a
+    binary ``target`` whatever value they store: all mean background/foreground. Raises DataError if
+    a class present in the file has no counterpart in ``target``.
     """
     if not classes.size or classes.max() == 0:  # background only fits any mapping
         return np.zeros(classes.shape, np.int64)
+    if is_binary_mask_encoding(target) and is_binary_mask_encoding(file_enc):
+        return classes.astype(np.int64, copy=False)
     if target.kind == "color" and file_enc.kind != "color":
-        if file_enc.channels < 3:
+        if file_enc.channels < 3 or file_enc.alpha == "label":
             raise DataError(path, "mask is gray but the dataset's masks are colour-coded")
         file_enc = as_color(file_enc)
     elif target.kind != "color" and file_enc.kind == "color":
@@ -426,12 +807,16 @@ def read_mask(path: str | Path, encoding: MaskEncoding | None = None) -> tuple[n
     With ``encoding`` (the dataset's class mapping) stored values are translated to
     that mapping's classes; values outside it raise DataError. The returned encoding
     always carries this file's own dtype/suffix/channels, ready for :func:`write_mask`.
+    Only DataError escapes for bad files (multi-page TIFF stacks are refused).
     """
     path = Path(path)
-    classes, enc = _read_mask_native(path)
-    if encoding is None:
-        return classes, enc
-    return remap_classes(path, classes, enc, encoding), encoding.with_file_format(enc)
+    try:
+        classes, enc = _read_mask_native(path)
+        if encoding is None:
+            return classes, enc
+        return remap_classes(path, classes, enc, encoding), file_encoding(encoding, enc, classes)
+    except MemoryError:
+        raise DataError(path, "not enough memory to read the mask") from None
 
 
 def ensure_not_overwriting(dst: str | Path, protected: Iterable[str | Path]) -> None:
@@ -457,6 +842,15 @@ def encode_mask(classes: np.ndarray, encoding: MaskEncoding) -> np.ndarray:
     if classes.size and (classes.min() < 0 or classes.max() >= n):
         raise ValueError(f"class indices {int(classes.min())}..{int(classes.max())} do not fit an encoding with {n} classes")
     idx = classes.astype(np.intp)
+    if encoding.kind != "color":
+        dtype = np.dtype(encoding.dtype)
+        if dtype.kind in "ui" and encoding.values and max(encoding.values) > np.iinfo(dtype).max:
+            raise ValueError(f"class values up to {max(encoding.values)} do not fit a {dtype} {encoding.suffix} file")
+    if encoding.kind != "color" and encoding.channels == 4 and encoding.alpha == "label":
+        dtype = np.dtype(encoding.dtype)
+        alpha = np.array(encoding.values, dtype=dtype)[idx]
+        fill = np.array((tuple(encoding.fill) + (0, 0, 0))[:3], dtype=dtype)
+        return np.concatenate([np.broadcast_to(fill, alpha.shape + (3,)), alpha[..., None]], axis=2)
     if encoding.kind == "color":
         lut = np.array(encoding.colors, np.uint8).reshape(-1, 3)
         out = lut[idx]
@@ -467,6 +861,8 @@ def encode_mask(classes: np.ndarray, encoding: MaskEncoding) -> np.ndarray:
             out = np.repeat(out[..., None], 3, axis=2)
     if encoding.channels == 4:
         alpha = np.full(out.shape[:2] + (1,), np.iinfo(out.dtype).max if out.dtype.kind in "ui" else 1, out.dtype)
+        if encoding.alpha == "background":
+            alpha[classes == 0] = 0
         out = np.concatenate([out, alpha], axis=2)
     return out
 
@@ -475,13 +871,20 @@ def write_mask(path: str | Path, classes: np.ndarray, encoding: MaskEncoding,
                protect: Iterable[str | Path] = ()) -> None:
     """Atomically write class indices in ``encoding``'s convention; format from ``path``'s suffix.
 
+    Masks read from an indexed PNG are written as an indexed PNG with the file's
+    palette; alpha-channel labels go back into the alpha channel.
     ``protect``: original mask paths that must never be overwritten (DataError).
     """
     path = Path(path)
     ensure_not_overwriting(path, protect)
-    if file_suffix(path) not in WRITABLE_MASK_EXTENSIONS:
-        raise DataError(path, f"masks are written losslessly as PNG, TIFF or BMP, not '{file_suffix(path)}'")
-    atomic_write_image(path, encode_mask(classes, encoding))
+    suffix = file_suffix(path)
+    if suffix not in WRITABLE_MASK_EXTENSIONS:
+        raise DataError(path, f"masks are written losslessly as PNG, TIFF or BMP, not '{suffix}'")
+    arr = encode_mask(classes, encoding)
+    if encoding.palette and suffix == ".png" and arr.ndim == 2 and arr.dtype == np.uint8:
+        atomic_write_bytes(path, encode_indexed_png(arr, encoding.palette))
+    else:
+        atomic_write_image(path, arr)
 
 
 # --------------------------------------------------------------------------- writing
@@ -497,32 +900,112 @@ def _default_file_mode() -> int:
 _FILE_MODE = _default_file_mode()
 
 
+#: Temp files of atomic writes are named ``.<target name>.<random>`` + this suffix, so
+#: that :func:`remove_stale_temp_files` can recognise the ones a killed process left.
+TEMP_SUFFIX = ".ielstudio-tmp"
+#: Temp files older than this (seconds) are stale: no write takes that long.
+STALE_TEMP_AGE_S = 15 * 60
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX) + "$", re.DOTALL)
+
+
+def temp_name_prefix(path: str | Path) -> str:
+    """Prefix of a temp file for ``path`` (the name is shortened to keep under 255 bytes)."""
+    name = os.path.basename(os.fspath(path))
+    raw = os.fsencode(name)
+    if len(raw) > 150:
+        name = os.fsdecode(raw[:150])
+    return f".{name}."
+
+
+def is_temp_file_name(name: str) -> bool:
+    """True for names made by :func:`atomic_write_bytes` (and the project file's creation)."""
+    return bool(_TEMP_RE.match(name))
+
+
+def remove_stale_temp_files(folder: str | Path, older_than_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete temp files of atomic writes left in ``folder`` (not its subfolders) by a killed process.
+
+    Only regular files named like our temp files (``.<name>.<random>.ielstudio-tmp``)
+    and last modified more than ``older_than_s`` seconds ago are removed, so writes in
+    progress (this or another process) are left alone. Returns the removed paths;
+    never raises for a missing folder or a file that cannot be removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    cutoff = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        if not is_temp_file_name(e.name):
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
+                continue
+            os.unlink(e.path)
+            removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _error_naming_target(e: OSError, path: Path, what: str) -> OSError:
+    """The same kind of OSError, naming the file being written (not the temp file)."""
+    reason = e.strerror or str(e)
+    if e.errno is not None:
+        return OSError(e.errno, f"cannot write {path.name} ({what}): {reason}", os.fspath(path))
+    try:
+        return type(e)(f"cannot write {path} ({what}): {reason}")
+    except Exception:  # an OSError subclass with another signature
+        return OSError(f"cannot write {path} ({what}): {reason}")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
-    Readers see the old file or the complete new one, never a partial file.
+    Readers see the old file or the complete new one, never a partial file. The temp
+    file is ``.<name>.<random>.ielstudio-tmp`` (see :func:`remove_stale_temp_files`).
+    Errors (disk full, permission denied) are raised as OSError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _error_naming_target(e, path, "creating its folder") from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise _error_naming_target(e, path, "creating a temporary file in its folder") from None
+    step = "writing"
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        step = "setting its permissions"
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the usual umask-based mode
+        step = "replacing it"
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _error_naming_target(e, path, step) from None
         raise
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
-    """Atomically write a text file."""
-    atomic_write_bytes(path, text.encode(encoding))
+    """Atomically write a text file.
+
+    Characters the encoding cannot hold (e.g. the surrogate escapes Python uses for
+    file names that are not UTF-8) are written as backslash escapes (``\\udcff``), so
+    reports never fail because of a file name.
+    """
+    atomic_write_bytes(path, text.encode(encoding, errors="backslashreplace"))
 
 
 def encode_image(suffix: str, array: np.ndarray) -> bytes:
