@@ -159,7 +159,9 @@ def test_load_samples_unifies_index_masks_and_skips_bad_files(tmp_path):
 def test_load_samples_majority_convention_wins(tmp_path):
     for i in range(3):
         write_pair(tmp_path, f"w{i}", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=255))
-    write_pair(tmp_path, "one", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=1))
+    # 0/1/2 class indices clash with the 0/255 convention (a 0/1 mask would not: both
+    # are binary, see test_binary_masks_of_any_value_make_one_binary_dataset)
+    write_pair(tmp_path, "one", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=1) + square_mask(8, 8, fg=2, y=0, x=0, s=2))
     loaded = load_samples(scan_pairs(tmp_path / "images", tmp_path / "masks"))
     assert loaded.encoding.values == (0, 255) and loaded.n_classes == 2
     assert [s.path.name for s in loaded.skipped] == ["one_mask.png"]
@@ -283,3 +285,101 @@ def test_every_file_is_paired_or_skipped_exactly_once(tmp_path_factory, imgs, ma
     used = [p.image_path for p in scan.pairs] + [p.mask_path for p in scan.pairs] + [s.path for s in scan.skipped]
     on_disk = sorted(list((root / "i").iterdir()) + list((root / "m").iterdir()))
     assert sorted(used) == on_disk
+
+
+# ------------------------------------------------------------------ hostile input (issue 19)
+
+def test_binary_masks_of_any_value_make_one_binary_dataset(tmp_path):
+    """One 16-bit 0/65535 mask among 0/255 ones made 258 classes, trained, then OverflowError."""
+    for i in range(3):
+        write_pair(tmp_path, f"w{i}", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=255))
+    m16 = square_mask(8, 8, fg=1).astype(np.uint16) * 65535
+    write_pair(tmp_path, "deep", np.zeros((8, 8), np.uint8), m16)
+    write_pair(tmp_path, "one", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=1))
+    loaded = load_samples(scan_pairs(tmp_path / "images", tmp_path / "masks"))
+    assert loaded.n_classes == 2 and loaded.encoding.values == (0, 255) and loaded.skipped == []
+    by_name = {s.name: s for s in loaded.samples}
+    assert all(s.mask.max() == 1 for s in loaded.samples)
+    for name, original in (("deep", m16), ("one", square_mask(8, 8, fg=1))):
+        s = by_name[name]
+        out = tmp_path / "out" / s.mask_path.name
+        write_mask(out, s.mask, s.encoding, protect=[s.mask_path])  # each file in its own values
+        np.testing.assert_array_equal(read_raw(out), original)
+    lazy = SegmentationDataset([Pair("deep", tmp_path / "images/deep.png", tmp_path / "masks/deep_mask.png")],
+                               crop=None, augment=False, encoding=loaded.encoding)
+    assert int(lazy[0][1].max()) == 1
+
+
+def test_a_mask_that_would_make_too_many_classes_is_skipped(tmp_path):
+    for i, fg in enumerate((1, 2, 3)):
+        write_pair(tmp_path, f"i{i}", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=fg))
+    write_pair(tmp_path, "deep", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=1).astype(np.uint16) * 65535)
+    loaded = load_samples(scan_pairs(tmp_path / "images", tmp_path / "masks"))
+    assert loaded.n_classes == 4
+    assert [s.path.name for s in loaded.skipped] == ["deep_mask.png"]
+    assert "65536 classes" in loaded.skipped[0].problem and "at most" in loaded.skipped[0].problem
+
+
+def test_an_oversized_image_is_skipped_not_fatal(tmp_path):
+    import struct
+    import zlib
+
+    import cv2
+
+    write_pair(tmp_path, "ok", np.zeros((8, 8), np.uint8), square_mask(8, 8))
+    png = bytearray(cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", 100_000, 100_000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
+    (tmp_path / "images" / "huge.png").write_bytes(bytes(png))
+    atomic_write_image(tmp_path / "masks" / "huge_mask.png", square_mask(8, 8))
+    loaded = load_samples(scan_pairs(tmp_path / "images", tmp_path / "masks"))
+    assert [s.name for s in loaded.samples] == ["ok"]
+    assert [s.path.name for s in loaded.skipped] == ["huge.png"] and "MAX_IMAGE_PIXELS" in loaded.skipped[0].problem
+
+
+def test_nan_pixels_are_recorded_as_warnings(tmp_path):
+    import tifffile
+
+    img = np.ones((8, 8), np.float32)
+    img[0, 0] = np.nan
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "n.tif", img)
+    atomic_write_image(tmp_path / "masks" / "n_mask.png", square_mask(8, 8))
+    loaded = load_samples(scan_pairs(tmp_path / "images", tmp_path / "masks"))
+    assert len(loaded.samples) == 1 and np.isfinite(loaded.samples[0].image).all()
+    assert len(loaded.warnings) == 1 and "n.tif" in loaded.warnings[0] and "NaN" in loaded.warnings[0]
+    assert loaded.samples[0].warnings == loaded.warnings
+    s = load_sample(Pair("n", tmp_path / "images" / "n.tif", tmp_path / "masks" / "n_mask.png"))
+    assert s.warnings == loaded.warnings
+
+
+def test_broken_links_link_loops_and_folders_named_like_images_are_listed_as_skipped(tmp_path):
+    write_pair(tmp_path, "a", np.zeros((8, 8), np.uint8), square_mask(8, 8))
+    imgs, masks = tmp_path / "images", tmp_path / "masks"
+    (imgs / "dangling.png").symlink_to(imgs / "gone.png")
+    (imgs / "loop.png").symlink_to(imgs / "loop.png")
+    (imgs / "x.png").mkdir()
+    (masks / "folder_mask.tif").mkdir()
+    (imgs / "good_link.png").symlink_to(imgs / "a.png")
+    atomic_write_image(masks / "good_link_mask.png", square_mask(8, 8))
+    scan = scan_pairs(imgs, masks)
+    assert [p.name for p in scan.pairs] == ["a", "good_link"]
+    reasons = {s.path.name: s.problem for s in scan.skipped}
+    assert "broken link" in reasons["dangling.png"] and "gone.png" in reasons["dangling.png"]
+    assert "loop" in reasons["loop.png"]
+    assert "folder" in reasons["x.png"] and "folder" in reasons["folder_mask.tif"]
+    same = scan_pairs(imgs, imgs)  # one folder: each bad entry listed once
+    assert sorted(s.path.name for s in same.skipped if "skipped" in s.problem and "link" in s.problem) == [
+        "dangling.png", "loop.png"]
+
+
+def test_file_names_that_are_not_utf8_scan_and_load(tmp_path):
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("non-UTF-8 file names are a Linux matter")
+    name = os.fsdecode(b"caf\xe9")
+    write_pair(tmp_path, name, np.zeros((8, 8), np.uint8), square_mask(8, 8))
+    loaded = load_samples(scan_pairs(tmp_path / "images", tmp_path / "masks"))
+    assert [s.name for s in loaded.samples] == [name] and loaded.skipped == []

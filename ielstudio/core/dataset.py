@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import reduce
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -30,6 +32,8 @@ from .imageio import (
     MAX_CLASSES,
     MaskEncoding,
     as_color,
+    file_encoding,
+    is_binary_mask_encoding,
     normalize_intensity,
     read_image,
     read_mask,
@@ -100,14 +104,17 @@ def _split_name(name: str) -> tuple[str, str]:
     return (name[:dot], low[dot:]) if dot > 0 else (name, "")
 
 
-def _list_files(folder: Path, extensions: Sequence[str], what: str) -> list[tuple[str, str, str]]:
-    """(name, stem, suffix) of the files in ``folder`` with one of ``extensions``, naturally sorted."""
+def _list_files(folder: Path, extensions: Sequence[str], what: str) -> tuple[list[tuple[str, str, str]], list[Skipped]]:
+    """(name, stem, suffix) of the files in ``folder`` with one of ``extensions``, naturally sorted,
+    and the entries with such a name that are not usable files (folders, broken links,
+    link loops, devices), each with the reason."""
     if not folder.exists():
         raise DataError(folder, f"{what} folder does not exist")
     if not folder.is_dir():
         raise DataError(folder, f"{what} folder is not a folder")
     exts = set(extensions)
     out = []
+    skipped: list[Skipped] = []
     try:
         with os.scandir(folder) as it:
             for e in it:
@@ -117,16 +124,37 @@ def _list_files(folder: Path, extensions: Sequence[str], what: str) -> list[tupl
                 stem, suffix = _split_name(name)
                 if suffix not in exts:
                     continue
-                try:
-                    if not e.is_file():
-                        continue
-                except OSError:
+                problem = _not_a_file(e)
+                if problem:
+                    skipped.append(Skipped(folder / name, problem))
                     continue
                 out.append((name, stem, suffix))
     except OSError as e:
         raise DataError(folder, f"cannot list {what} folder ({e.strerror or e})") from None
     out.sort(key=lambda t: _natural_key(t[0]))
-    return out
+    skipped.sort(key=lambda s: _natural_key(s.path.name))
+    return out, skipped
+
+
+def _not_a_file(entry: os.DirEntry) -> str | None:
+    """Why a directory entry named like an image is not one (None: a regular file, or a link to one)."""
+    try:
+        st = entry.stat()  # follows links
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself); skipped"
+        if entry.is_symlink():
+            try:
+                target = os.readlink(entry.path)
+            except OSError:
+                target = "?"
+            return f"broken link (its target {target} does not exist); skipped"
+        return f"cannot read file information ({e.strerror or e}); skipped"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file; skipped"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (device, pipe or socket); skipped"
+    return None
 
 
 def scan_pairs(images_dir: str | Path, masks_dir: str | Path) -> Scan:
@@ -136,13 +164,18 @@ def scan_pairs(images_dir: str | Path, masks_dir: str | Path) -> Scan:
     optionally with a mask word as suffix or prefix (``_mask, _masks, _label(s),
     _seg, _gt, _annotation, -mask, .labels, mask_`` ...). ``images_dir`` and
     ``masks_dir`` may be the same folder; then files whose names carry a mask word
-    and match an image are the masks. Unpaired files are reported in ``skipped``.
+    and match an image are the masks. Unpaired files, and entries named like images
+    that are no usable file (folders, broken links, link loops), are reported in ``skipped``.
     Raises DataError if a folder is missing or holds no image/mask files.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    img_files = _list_files(images_dir, IMAGE_EXTENSIONS, "images")
+    img_files, skipped = _list_files(images_dir, IMAGE_EXTENSIONS, "images")
     same = images_dir.resolve() == masks_dir.resolve()
-    mask_files = img_files if same else _list_files(masks_dir, MASK_EXTENSIONS, "masks")
+    if same:
+        mask_files = img_files
+    else:
+        mask_files, bad_masks = _list_files(masks_dir, MASK_EXTENSIONS, "masks")
+        skipped += bad_masks
     if not img_files:
         raise DataError(images_dir, "no image files (" + ", ".join(IMAGE_EXTENSIONS) + ") in this folder")
     if not same and not mask_files:
@@ -154,7 +187,6 @@ def scan_pairs(images_dir: str | Path, masks_dir: str | Path) -> Scan:
         mask_names = {f[0] for f in mask_files}
         img_files = [f for f in img_files if f[0] not in mask_names]
 
-    skipped: list[Skipped] = []
     images: dict[str, tuple[str, str]] = {}  # key -> (name, stem)
     for name, stem, _ in img_files:
         key = stem.lower()
@@ -193,6 +225,7 @@ class Sample:
 
     ``encoding`` is the dataset's class mapping with this mask file's format, so
     ``write_mask(out_dir / mask_path.name, mask, encoding)`` reproduces the convention.
+    ``warnings``: what was repaired while reading (e.g. NaN pixels set to 0), naming the file.
     """
 
     name: str
@@ -201,6 +234,7 @@ class Sample:
     encoding: MaskEncoding
     image_path: Path | None = None
     mask_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def in_channels(self) -> int:
@@ -216,8 +250,8 @@ def image_to_chw(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(img, -1, 0))
 
 
-def _load_image(path: Path) -> np.ndarray:
-    return image_to_chw(normalize_intensity(read_image(path)))
+def _load_image(path: Path, warnings: list[str] | None = None) -> np.ndarray:
+    return image_to_chw(normalize_intensity(read_image(path, warnings)))
 
 
 def _check_sizes(pair: Pair, image: np.ndarray, mask: np.ndarray) -> None:
@@ -231,10 +265,11 @@ def load_sample(pair: Pair, encoding: MaskEncoding | None = None) -> Sample:
 
     Raises DataError for unreadable files, bad mask values or a size mismatch.
     """
-    image = _load_image(pair.image_path)
+    warnings: list[str] = []
+    image = _load_image(pair.image_path, warnings)
     mask, enc = read_mask(pair.mask_path, encoding)
     _check_sizes(pair, image, mask)
-    return Sample(pair.name, image, mask, enc, pair.image_path, pair.mask_path)
+    return Sample(pair.name, image, mask, enc, pair.image_path, pair.mask_path, warnings)
 
 
 @dataclass
@@ -244,7 +279,8 @@ class LoadedDataset:
     ``encoding``: the dataset's class mapping (``n_classes`` classes; file details of
     the most common mask format). ``in_channels``: 1 or 3 (gray images are repeated
     to 3 channels when the dataset also holds colour images). Unpacks as
-    ``samples, skipped = load_samples(scan)``.
+    ``samples, skipped = load_samples(scan)``. ``warnings``: one line per repair made
+    while reading a file that was kept (``"<path>: <what>"``, e.g. NaN pixels set to 0).
     """
 
     samples: list[Sample]
@@ -252,6 +288,7 @@ class LoadedDataset:
     n_classes: int
     encoding: MaskEncoding
     in_channels: int
+    warnings: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator:
         return iter((self.samples, self.skipped))
@@ -260,16 +297,22 @@ class LoadedDataset:
 def unify_encodings(items: Sequence[tuple[Path, np.ndarray, MaskEncoding]]) -> tuple[MaskEncoding, list[Skipped]]:
     """One class mapping for masks read on their own (``(path, classes, encoding)`` each).
 
-    Gray masks: classes are stored at multiples of the largest common step (0/255
-    binary, 0..C-1 indices, 0/85/170/255 levels); n_classes = max value / step + 1.
+    Binary masks (0/1, 0/255, 0/65535 or 0/dtype maximum; see
+    ``imageio.is_binary_mask_encoding``): if every gray mask is one, the dataset is
+    binary (background/foreground) whatever value each file stores, and each file
+    keeps its values when written. (0/3 is not binary: it is class 3.)
+    Other gray masks: classes are stored at multiples of the largest common step
+    (0..C-1 indices, 0/85/170/255 levels); n_classes = max value / step + 1.
     Colour masks: one palette, black first, other colours sorted. If files disagree
-    (gray vs colour, 0/1 vs 0/255) the majority convention wins and the other files
-    are returned as skipped. Files whose mask is all background fit any mapping.
+    (gray vs colour, steps that clash) the majority convention wins and the other
+    files are returned as skipped, and so is a file that would need more than
+    ``MAX_CLASSES`` classes. Files whose mask is all background fit any mapping.
     """
     skipped: list[Skipped] = []
     informative = [(p, c, e) for p, c, e in items if c.size and c.max() > 0]
     fmt_source = Counter((e.dtype, e.suffix, e.channels) for _, _, e in items).most_common(1)
     dtype, suffix, channels = fmt_source[0][0] if fmt_source else ("uint8", ".png", 1)
+    channels = channels if channels in (1, 3, 4) else 1
     if not informative:
         return MaskEncoding("binary", (0, 255 if dtype == "uint8" else 1), (), dtype, suffix, channels), skipped
 
@@ -277,7 +320,7 @@ def unify_encodings(items: Sequence[tuple[Path, np.ndarray, MaskEncoding]]) -> t
     if n_color * 2 > len(informative):
         colours: set[tuple[int, int, int]] = set()
         for path, classes, enc in informative:
-            if enc.kind != "color" and enc.channels < 3:
+            if enc.kind != "color" and (enc.channels < 3 or enc.alpha == "label"):
                 skipped.append(Skipped(path, "mask is gray but most masks in this dataset are colour-coded"))
                 continue
             enc = as_color(enc)
@@ -297,15 +340,27 @@ def unify_encodings(items: Sequence[tuple[Path, np.ndarray, MaskEncoding]]) -> t
         else:
             gray.append((path, classes, enc))
 
+    if all(is_binary_mask_encoding(e) for _, _, e in gray):
+        # 0/1, 0/255 and 0/65535 all mean background/foreground: one binary dataset
+        values, vdtype = Counter((e.values, e.dtype) for _, _, e in gray).most_common(1)[0][0]
+        return MaskEncoding("binary", values, (), vdtype, suffix, channels), skipped
+
     def max_value(item):
         _, classes, enc = item
         return int(classes.max()) * enc.step
 
     step = reduce(math.gcd, (e.step for _, _, e in gray))
     top = max(max_value(it) for it in gray)
+    kept = gray
     if top // step + 1 > MAX_CLASSES:
-        # Conventions clash (e.g. 0/1 and 0/255): keep the most common step.
-        step = Counter(e.step for _, _, e in gray).most_common(1)[0][0]
+        # Conventions clash (e.g. 0/1/2 and 0/255): keep the step that keeps the most masks
+        # (ties: the step more masks use, then the smaller one).
+        counts = Counter(e.step for _, _, e in gray)
+
+        def keeps(c: int) -> int:
+            return sum(e.step % c == 0 and max_value(it) // c + 1 <= MAX_CLASSES for it in gray for e in [it[2]])
+
+        step = max(counts, key=lambda c: (keeps(c), counts[c], -c))
         kept = []
         for item in gray:
             path, _, enc = item
@@ -314,9 +369,22 @@ def unify_encodings(items: Sequence[tuple[Path, np.ndarray, MaskEncoding]]) -> t
             else:
                 skipped.append(Skipped(path, f"mask stores classes as {', '.join(map(str, enc.values))} "
                                              f"but most masks in this dataset use steps of {step}"))
-        top = max(max_value(it) for it in kept)
+    within = []
+    for item in kept:  # the class limit: one file must not turn the dataset into thousands of classes
+        n = max_value(item) // step + 1
+        if n > MAX_CLASSES:
+            skipped.append(Skipped(item[0], f"mask values up to {max_value(item)} with steps of {step} would make "
+                                            f"{n} classes; at most {MAX_CLASSES} classes are supported "
+                                            "(is it a 16-bit or instance-label mask?)"))
+        else:
+            within.append(item)
+    if not within:
+        return MaskEncoding("binary", (0, 255 if dtype == "uint8" else 1), (), dtype, suffix, channels), skipped
+    top = max(max_value(it) for it in within)
     n_classes = max(2, top // step + 1)
-    return MaskEncoding.gray(n_classes, step, dtype, suffix, channels if channels in (1, 3, 4) else 1), skipped
+    dtype = Counter(e.dtype for _, _, e in within).most_common(1)[0][0]
+    enc = MaskEncoding.gray(n_classes, step, dtype, suffix, channels)
+    return enc.with_file_format(enc), skipped
 
 
 def load_samples(scan: Scan, progress: Callable[[int, int], None] | None = None) -> LoadedDataset:
@@ -327,13 +395,17 @@ def load_samples(scan: Scan, progress: Callable[[int, int], None] | None = None)
     """
     skipped = list(scan.skipped)
     raw: list[tuple[Pair, np.ndarray, np.ndarray, MaskEncoding]] = []
+    file_warnings: dict[Path, list[str]] = {}
     total = len(scan.pairs)
     for i, pair in enumerate(scan.pairs):
         try:
-            image = _load_image(pair.image_path)
+            notes: list[str] = []
+            image = _load_image(pair.image_path, notes)
             classes, enc = read_mask(pair.mask_path)
             _check_sizes(pair, image, classes)
             raw.append((pair, image, classes, enc))
+            if notes:
+                file_warnings[pair.mask_path] = notes
         except DataError as e:
             skipped.append(Skipped(e.path or pair.mask_path, e.problem))
         if progress is not None:
@@ -354,8 +426,11 @@ def load_samples(scan: Scan, progress: Callable[[int, int], None] | None = None)
             continue
         if image.shape[0] != in_channels:
             image = np.repeat(image, in_channels, axis=0)
-        samples.append(Sample(pair.name, image, mask, encoding.with_file_format(enc), pair.image_path, pair.mask_path))
-    return LoadedDataset(samples, skipped, encoding.n_classes, encoding, in_channels)
+        notes = file_warnings.get(pair.mask_path, [])
+        samples.append(Sample(pair.name, image, mask, file_encoding(encoding, enc, classes),
+                              pair.image_path, pair.mask_path, notes))
+    warnings = [w for s in samples for w in s.warnings]
+    return LoadedDataset(samples, skipped, encoding.n_classes, encoding, in_channels, warnings)
 
 
 # --------------------------------------------------------------------------- training dataset
