@@ -1,6 +1,7 @@
 """The review project file: schema, migration, decisions with provenance, paging at 100k, export."""
 
 import json
+import os
 import sqlite3
 import time
 
@@ -341,3 +342,119 @@ def test_export_can_be_cancelled(tmp_path):
     assert isinstance(seen[-1], S.ExportDone) and len(seen[-1].report.rows) == 1
     assert json.loads((tmp_path / "out" / "report.json").read_text())["complete"] is False
     p.close()
+
+
+# ------------------------------------------------------------------ hostile input (issue 19)
+
+def test_a_copy_of_the_project_file_alone_holds_every_committed_decision(tmp_path):
+    import shutil
+
+    p = _project(tmp_path)
+    m = np.zeros((6, 6), np.int64)
+    m[1:3, 1:3] = 1
+    p.record_decision("img1", "edited", m)
+    p.record_decision("img2", "kept")
+    copy = tmp_path / "copy.ielproj"
+    shutil.copyfile(tmp_path / "review.ielproj", copy)  # no -wal: what a file manager copies
+    with Project.open(copy) as c:
+        assert c.decision("img2").status == "kept"
+        np.testing.assert_array_equal(c.final_mask("img1"), m)
+    p.close()
+    wal = tmp_path / "review.ielproj-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # close checkpoints and truncates
+
+
+def _damaged_project(tmp_path):
+    p = _project(tmp_path, n=40)
+    rng = np.random.default_rng(0)
+    for i in range(40):  # incompressible masks: their blobs span many pages
+        p.record_decision(f"img{i}", "edited", rng.integers(0, 200, (64, 64)))
+    p.close()
+    path = tmp_path / "review.ielproj"
+    data = bytearray(path.read_bytes())
+    page = 4096
+    n_pages = len(data) // page
+    assert n_pages > 20
+    for k in range(n_pages - 8, n_pages - 2):  # damage past the first pages
+        data[k * page:(k + 1) * page] = b"\xff" * page
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_damage_past_the_first_pages_is_found_on_open(tmp_path):
+    path = _damaged_project(tmp_path)
+    with pytest.raises(S.DamagedProjectError, match="damaged") as e:  # was: opened, failed later
+        Project.open(path)
+    assert isinstance(e.value, DataError) and e.value.path == path and "read-only" in str(e.value)
+    with Project.open(path, read_only=True) as p:  # salvage what is readable
+        assert p.damage and p.read_only
+        assert len(p) == 40
+        with pytest.raises(DataError, match="read-only"):
+            p.record_decision("img0", "kept")
+        errors = 0
+        for i in range(40):
+            try:
+                p.final_mask(f"img{i}")
+            except S.DamagedProjectError:
+                errors += 1
+        assert errors > 0  # damaged parts raise the project's own error, never sqlite3's
+
+
+def test_sqlite_errors_in_use_become_the_projects_own_error(tmp_path):
+    p = _project(tmp_path)
+
+    class Broken:
+        def execute(self, *a):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+        def close(self):
+            pass
+
+    real = p._conn
+    p._conn = Broken()
+    with pytest.raises(S.DamagedProjectError):
+        p.images()
+    with pytest.raises(S.DamagedProjectError):
+        p.record_decision("img0", "kept")
+    p._conn = real
+    p.close()
+
+
+def test_names_and_paths_that_are_not_utf8_are_stored_and_exported(tmp_path):
+    import sys
+
+    from ielstudio.core.imageio import atomic_write_image
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("non-UTF-8 file names are a Linux matter")
+    name = os.fsdecode(b"\xff")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((5, 5), np.uint8)
+    mask[1:3, 1:3] = 255
+    atomic_write_image(tmp_path / "masks" / f"{name}.png", mask)
+    p = Project.create(tmp_path / "review.ielproj", tmp_path / "images", tmp_path / "masks")
+    assert p.add_images([(name, tmp_path / "images" / f"{name}.png", tmp_path / "masks" / f"{name}.png"),
+                         ("plain", tmp_path / "images" / "plain.png", tmp_path / "masks" / "plain.png")]) == 2
+    assert p.image(name).mask_path == tmp_path / "masks" / f"{name}.png"
+    assert {r.name for r in p.images()} == {name, "plain"}
+    p.set_scores({name: 0.5})
+    p.record_decision(name, "edited", (mask > 0).astype(np.int64))
+    assert p.decision(name).status == "edited" and len(p.history(name)) == 1
+    report = S.export_project(p, tmp_path / "out")
+    assert report.written == 1 and os.path.exists(tmp_path / "out" / f"{name}.png")
+    assert "\\udcff" in report.csv_path.read_text("utf-8")
+    assert name in {r["name"] for r in json.loads(report.json_path.read_text("utf-8"))["images"]}
+    p.close()
+    with Project.open(tmp_path / "review.ielproj") as again:
+        assert again.decision(name).status == "edited"
+
+
+def test_project_creation_leaves_a_recognisable_temp_name(tmp_path, monkeypatch):
+    from ielstudio.core import imageio
+
+    seen = []
+    real = S.os.replace
+    monkeypatch.setattr(S.os, "replace", lambda a, b: (seen.append(a), real(a, b)))
+    _project(tmp_path).close()
+    assert imageio.is_temp_file_name(os.path.basename(seen[0]))

@@ -12,3 +12,8 @@ class DataError(Exception):
         self.path = Path(path) if path is not None else None
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+class DamagedProjectError(DataError):
+    """A project file (``.ielproj``) whose database is damaged: its integrity check failed,
+    or SQLite reported a malformed page while it was in use."""

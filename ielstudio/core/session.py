@@ -8,7 +8,11 @@ the model checkpoint reference (path + sha256) and free-form settings.
 
 Why SQLite: one file, crash-safe (WAL journal, one transaction per decision, so a
 crash loses at most the action in flight), indexed (100,000 images page fast) and
-never rewritten whole. The schema is versioned with `PRAGMA user_version` and the
+never rewritten whole. After every committed write the WAL is checkpointed into the
+.ielproj file (PASSIVE, a few ms) and on close it is truncated, so a copy of the
+.ielproj alone, taken between two actions, holds every decision made so far. The
+file is checked on open (`PRAGMA quick_check`); damage raises `DamagedProjectError`,
+and `Project.open(path, read_only=True)` opens it anyway to salvage what is readable. The schema is versioned with `PRAGMA user_version` and the
 `MIGRATIONS` list; opening an older file migrates it in place.
 
 `export_project` / `iter_export` write the final masks (decided mask, or the
@@ -39,7 +43,8 @@ import cv2
 import numpy as np
 
 from ielstudio import __version__
-from ielstudio.core.errors import DataError
+from ielstudio.core.errors import DamagedProjectError, DataError
+from ielstudio.core.imageio import TEMP_SUFFIX, temp_name_prefix
 
 PROJECT_SUFFIX = ".ielproj"
 APPLICATION_ID = 0x49454C53  # "IELS": marks a SQLite file as an IEL Studio project
@@ -107,6 +112,26 @@ ORDERINGS = {
     "-name": "i.name DESC",
     "status": "i.status, i.score IS NULL, i.score, i.name",
 }
+
+
+def _db_text(s: str | None) -> str | bytes | None:
+    """A name or path for the database: text when it is valid Unicode; the raw file-system
+    bytes (a BLOB) for names that are not UTF-8 (Python holds them surrogate-escaped)."""
+    if s is None:
+        return None
+    s = str(s)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return os.fsencode(s)
+
+
+def _py_text(v: str | bytes | None) -> str | None:
+    """Inverse of `_db_text`."""
+    if isinstance(v, (bytes, memoryview)):
+        return os.fsdecode(bytes(v))
+    return v
 
 
 def _now() -> str:
@@ -223,6 +248,12 @@ class Project:
         self.path = path
         self._conn = conn
         self._lock = threading.RLock()
+        #: opened with ``read_only=True``: nothing is written
+        self.read_only = False
+        #: problems `PRAGMA quick_check` found (only a read-only project opens with any)
+        self.damage: list[str] = []
+        #: checkpoint the WAL after every committed write (see `checkpoint_wal`)
+        self.checkpoint_after_commit = True
 
     # ----- opening
 
@@ -234,15 +265,15 @@ class Project:
             raise DataError(path, "already exists; open it or choose another name")
         if not path.parent.is_dir():
             raise DataError(path, "folder does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         try:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 _migrate(conn, Path(tmp))
                 meta = {
-                    "images_dir": str(Path(images_dir).resolve()),
-                    "masks_dir": str(Path(masks_dir).resolve()),
+                    "images_dir": _db_text(str(Path(images_dir).resolve())),
+                    "masks_dir": _db_text(str(Path(masks_dir).resolve())),
                     "created": _now(),
                     "app_version": __version__,
                 }
@@ -258,18 +289,26 @@ class Project:
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Project":
-        """Open (and migrate to the current schema) an existing project file."""
+    def open(cls, path: str | Path, read_only: bool = False) -> "Project":
+        """Open (and migrate to the current schema) an existing project file.
+
+        The file's structure is checked (``PRAGMA quick_check``, a few ms per MB):
+        a damaged file raises `DamagedProjectError`. With ``read_only=True`` nothing is
+        written (no migration, no checkpoint) and damage does not stop the opening:
+        it is listed in ``project.damage`` so that what is still readable can be
+        salvaged (reads of damaged parts then raise `DamagedProjectError`).
+        """
         path = Path(path)
         if not path.is_file():
             raise DataError(path, "no such project file")
         if path.stat().st_size == 0:
             raise DataError(path, "empty file, not an IEL Studio project")
         try:
-            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True,
+            conn = sqlite3.connect(path.resolve().as_uri() + ("?mode=ro" if read_only else "?mode=rw"), uri=True,
                                    isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise DataError(path, f"cannot open project ({e})") from None
+        damage: list[str] = []
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -277,26 +316,69 @@ class Project:
                 raise DataError(path, "not an IEL Studio project (SQLite file of another program)")
             if version > SCHEMA_VERSION:
                 raise DataError(path, f"made by a newer IEL Studio (schema {version} > {SCHEMA_VERSION}); update the app")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            if read_only and version < SCHEMA_VERSION:
+                raise DataError(path, f"made by an older IEL Studio (schema {version}); open it writable once to upgrade it")
+            if not read_only:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
-            _migrate(conn, path)
-            conn.execute("SELECT count(*) FROM images").fetchone()
+            damage = _quick_check(conn)
+            if damage and not read_only:
+                raise DamagedProjectError(path, _damage_message(damage))
+            if not read_only:
+                _migrate(conn, path)
+            try:
+                conn.execute("SELECT count(*) FROM images").fetchone()
+            except sqlite3.DatabaseError as e:
+                if not (read_only and damage):
+                    raise
+                damage.append(f"the image list cannot be counted ({e})")
         except DataError:
             conn.close()
             raise
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise DataError(path, f"not a readable IEL Studio project ({e})") from None
-        return cls(path, conn)
+            if "not a database" in str(e):
+                raise DataError(path, f"not a readable IEL Studio project ({e})") from None
+            raise _project_error(path, e) from None
+        project = cls(path, conn)
+        project.read_only = read_only
+        project.damage = damage
+        return project
 
     def close(self) -> None:
-        """Close the file (WAL is checkpointed into it)."""
+        """Close the file; the WAL is checkpointed into the .ielproj and truncated first."""
         with self._lock:
             if self._conn is not None:
+                try:
+                    if not self.read_only:
+                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass  # closing still checkpoints what it can
                 self._conn.close()
                 self._conn = None
+
+    def checkpoint_wal(self, mode: str = "PASSIVE") -> None:
+        """Copy committed transactions from the ``-wal`` file into the .ielproj file itself.
+
+        Done after every committed write (PASSIVE: never waits for readers), so that a
+        copy of the .ielproj alone holds every decision made up to that moment.
+        """
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
+        if self.read_only:
+            return
+        with self._lock:
+            if self._conn is not None:
+                self._run(lambda: self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall())
+
+    def _run(self, fn):
+        """Call ``fn()``, turning SQLite's damage reports into `DamagedProjectError`."""
+        try:
+            return fn()
+        except sqlite3.DatabaseError as e:
+            raise _project_error(self.path, e) from None
 
     def __enter__(self) -> "Project":
         return self
@@ -305,19 +387,27 @@ class Project:
         self.close()
 
     def _tx(self):
-        return _Transaction(self._conn, self._lock)
+        if self.read_only:
+            raise DataError(self.path, "project was opened read-only; nothing can be changed")
+        return _Transaction(self)
 
     def _q(self, sql: str, args: Iterable = ()) -> list[tuple]:
         with self._lock:
             if self._conn is None:
                 raise ValueError("project is closed")
-            return self._conn.execute(sql, tuple(args)).fetchall()
+            return self._run(lambda: self._conn.execute(sql, tuple(args)).fetchall())
 
     # ----- meta
 
     def _meta(self, key: str) -> str | None:
         rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
+        return _py_text(rows[0][0]) if rows else None
+
+    def _required_meta(self, key: str) -> str:
+        value = self._meta(key)
+        if not isinstance(value, str):
+            raise DamagedProjectError(self.path, f"project file is damaged (its {key!r} entry is missing)")
+        return value
 
     def _set_meta(self, items: Mapping[str, str]) -> None:
         with self._tx() as c:
@@ -326,11 +416,11 @@ class Project:
 
     @property
     def images_dir(self) -> Path:
-        return Path(self._meta("images_dir"))
+        return Path(self._required_meta("images_dir"))
 
     @property
     def masks_dir(self) -> Path:
-        return Path(self._meta("masks_dir"))
+        return Path(self._required_meta("masks_dir"))
 
     @property
     def created(self) -> str:
@@ -369,7 +459,7 @@ class Project:
         except OSError as e:
             raise DataError(path, f"cannot read checkpoint ({e.strerror or e})") from None
         ref = CheckpointRef(path.resolve(), digest, _now())
-        self._set_meta({"checkpoint_path": str(ref.path), "checkpoint_sha256": digest,
+        self._set_meta({"checkpoint_path": _db_text(str(ref.path)), "checkpoint_sha256": digest,
                         "checkpoint_set_at": ref.set_at})
         return ref
 
@@ -378,7 +468,7 @@ class Project:
         digest = self._meta("checkpoint_sha256")
         if digest is None:
             return None
-        return CheckpointRef(Path(self._meta("checkpoint_path")), digest, self._meta("checkpoint_set_at"))
+        return CheckpointRef(Path(self._required_meta("checkpoint_path")), digest, self._meta("checkpoint_set_at"))
 
     def get_setting(self, key: str, default: Any = None) -> Any:
         rows = self._q("SELECT value FROM settings WHERE key = ?", (key,))
@@ -400,11 +490,14 @@ class Project:
         """Add `dataset.Pair`s or (name, image_path, mask_path) tuples in one transaction.
 
         Known names keep their review state (their paths are updated). Returns how many are new.
+        Names and paths that are not valid UTF-8 (surrogate-escaped by Python) are stored as
+        their file-system bytes and come back as the same `str`.
         """
         rows = []
         for p in pairs:
             name, image_path, mask_path = (p.name, p.image_path, p.mask_path) if hasattr(p, "name") else p
-            rows.append((str(name), str(image_path), None if mask_path is None else str(mask_path)))
+            rows.append((_db_text(str(name)), _db_text(str(image_path)),
+                         None if mask_path is None else _db_text(str(mask_path))))
         with self._tx() as c:
             before = c.execute("SELECT count(*) FROM images").fetchone()[0]
             c.executemany("INSERT INTO images(name, image_path, mask_path) VALUES (?, ?, ?) "
@@ -423,9 +516,9 @@ class Project:
         plain, with_changed = [], []
         for item in items:
             if len(item) == 2:
-                plain.append((_opt_float(item[1]), item[0]))
+                plain.append((_opt_float(item[1]), _db_text(item[0])))
             else:
-                with_changed.append((_opt_float(item[1]), _opt_float(item[2]), item[0]))
+                with_changed.append((_opt_float(item[1]), _opt_float(item[2]), _db_text(item[0])))
         with self._tx() as c:
             start = self._conn.total_changes
             c.executemany("UPDATE images SET score = ? WHERE name = ?", plain)
@@ -433,7 +526,7 @@ class Project:
             return self._conn.total_changes - start
 
     def image(self, name: str) -> ImageRow:
-        rows = self._q(_IMAGE_SELECT + " WHERE i.name = ?", (name,))
+        rows = self._q(_IMAGE_SELECT + " WHERE i.name = ?", (_db_text(name),))
         if not rows:
             raise KeyError(name)
         return _image_row(rows[0])
@@ -499,7 +592,7 @@ class Project:
         settings = json.dumps(dict(prov.settings), sort_keys=True)
         at = _now()
         with self._tx() as c:
-            row = c.execute("SELECT id FROM images WHERE name = ?", (name,)).fetchone()
+            row = c.execute("SELECT id FROM images WHERE name = ?", (_db_text(name),)).fetchone()
             if row is None:
                 raise KeyError(name)
             if blob is not None:
@@ -517,7 +610,7 @@ class Project:
     def decision(self, name: str) -> Decision:
         """The image's current decision (id None and status "unreviewed" when never decided)."""
         rows = self._q(_DECISION_SELECT + " FROM images i LEFT JOIN decisions d ON d.id = i.decision_id "
-                       "WHERE i.name = ?", (name,))
+                       "WHERE i.name = ?", (_db_text(name),))
         if not rows:
             raise KeyError(name)
         return _decision(name, rows[0], rows[0][-1])
@@ -525,8 +618,8 @@ class Project:
     def history(self, name: str) -> list[Decision]:
         """Every decision recorded for the image, oldest first."""
         rows = self._q(_DECISION_SELECT + " FROM decisions d JOIN images i ON i.id = d.image_id "
-                       "WHERE i.name = ? ORDER BY d.id", (name,))
-        if not rows and not self._q("SELECT 1 FROM images WHERE name = ?", (name,)):
+                       "WHERE i.name = ? ORDER BY d.id", (_db_text(name),))
+        if not rows and not self._q("SELECT 1 FROM images WHERE name = ?", (_db_text(name),)):
             raise KeyError(name)
         return [_decision(name, r, r[1]) for r in rows]
 
@@ -536,7 +629,11 @@ class Project:
         if not rows:
             raise KeyError(mask_id)
         codec, data, h, w = rows[0]
-        return decode_mask(codec, data, h, w)
+        try:
+            return decode_mask(codec, data, h, w)
+        except (ValueError, TypeError, zlib.error, cv2.error) as e:
+            raise DamagedProjectError(self.path, f"project file is damaged (stored mask {mask_id} "
+                                                 f"cannot be decoded: {e})") from None
 
     def final_mask(self, name: str) -> np.ndarray | None:
         """The mask to export: the accepted/edited mask, or None = keep the original file's mask."""
@@ -545,24 +642,77 @@ class Project:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) under the project lock."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) under the project lock; then a WAL checkpoint."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock):
-        self.conn, self.lock = conn, lock
+    def __init__(self, project: Project):
+        self.project = project
+        self.conn, self.lock = project._conn, project._lock
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
+        self.conn = self.project._conn
         if self.conn is None:
             self.lock.release()
             raise ValueError("project is closed")
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as e:
+            self.lock.release()
+            raise _project_error(self.project.path, e) from None
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            try:
+                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            except sqlite3.DatabaseError as e:
+                if exc_type is None:
+                    raise _project_error(self.project.path, e) from None
+                return  # the original error is the one to report
+            if exc_type is None and self.project.checkpoint_after_commit:
+                try:  # best effort: the decision is committed (in the WAL) either way
+                    self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.DatabaseError:
+                    pass
         finally:
             self.lock.release()
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+            raise _project_error(self.project.path, exc) from None
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
+
+def _project_error(path: Path, e: sqlite3.DatabaseError) -> DataError:
+    """The project's own error for an SQLite failure: in use, damaged, or unusable."""
+    if _is_busy(e):
+        return DataError(path, f"project is in use by another program ({e}); try again")
+    text = str(e).lower()
+    if ("malformed" in text or "not a database" in text or "corrupt" in text
+            or not isinstance(e, sqlite3.OperationalError)):
+        return DamagedProjectError(path, f"project file is damaged ({e}); open it read-only to "
+                                         "salvage what is readable, or use a backup")
+    return DataError(path, f"project file cannot be used ({e})")
+
+
+def _quick_check(conn: sqlite3.Connection) -> list[str]:
+    """Problems `PRAGMA quick_check` reports (empty when the file is sound)."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
+    except sqlite3.DatabaseError as e:
+        if _is_busy(e):
+            raise
+        return [str(e)]  # too damaged to even list the problems
+    return [] if rows == ["ok"] else [str(r) for r in rows]
+
+
+def _damage_message(damage: list[str]) -> str:
+    first = damage[0].splitlines()[0][:160] if damage else "unknown damage"
+    more = f" (and {len(damage) - 1} more problem(s))" if len(damage) > 1 else ""
+    return (f"project file is damaged: {first}{more}; open it read-only (Project.open(path, read_only=True)) "
+            "to salvage what is readable, or use a backup")
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -592,7 +742,8 @@ _DECISION_SELECT = ("SELECT d.id, d.status, d.mask_id, d.reason, d.who, d.at, d.
 
 
 def _image_row(r: tuple) -> ImageRow:
-    return ImageRow(r[0], Path(r[1]), None if r[2] is None else Path(r[2]), r[3], r[4], r[5], r[6], r[7])
+    return ImageRow(_py_text(r[0]), Path(_py_text(r[1])), None if r[2] is None else Path(_py_text(r[2])),
+                    r[3], r[4], r[5], r[6], r[7])
 
 
 def _decision(name: str, r: tuple, status: str) -> Decision:
@@ -696,8 +847,8 @@ def iter_export(project: Project, out_dir: str | Path,
             yield ExportProgress(len(rows), total, img.name)
         if cancelled:
             break
-    history = dict(project._q("SELECT i.name, count(d.id) FROM images i "
-                              "LEFT JOIN decisions d ON d.image_id = i.id GROUP BY i.id"))
+    history = {_py_text(k): v for k, v in project._q("SELECT i.name, count(d.id) FROM images i "
+                                                     "LEFT JOIN decisions d ON d.image_id = i.id GROUP BY i.id")}
     for row in rows:
         row["history_length"] = history.get(row["name"], 0)
     report = ExportReport(out_dir, rows, written, sum(r["error"] is not None for r in rows),
