@@ -81,3 +81,40 @@ def test_pde_backbones_when_present(arch):
     with torch.no_grad():
         out = net(torch.rand(1, 1, 19, 21))
     assert out.shape == (1, 2, 19, 21)
+
+
+# ------------------------------------------------------------------ hostile input (issue 19)
+
+@pytest.mark.parametrize("arch,kw,match", [
+    ("unet", {"width": 4_000_000}, "width 4000000"),
+    ("unet", {"depth": 40}, "depth 40"),
+    ("unet", {"width": 0}, "width 0"),
+    ("unet", {"width": 256, "depth": 5}, "8192 channels"),
+    ("unet", {"width": 16.5}, "must be an integer"),
+    ("pdegcnn", {"orientations": 100_000}, "orientations"),
+    ("pdegcnn", {"layers": 10_000}, "layers"),
+])
+def test_build_model_refuses_sizes_beyond_the_limits(arch, kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(arch, 1, 2, **kw)
+
+
+def test_build_model_bounds_channels_and_classes():
+    with pytest.raises(ValueError, match="in_channels"):
+        build_model("unet", 10_000, 2)
+    with pytest.raises(ValueError, match="n_classes"):
+        build_model("unet", 1, 10**6)
+    assert models.MODEL_LIMITS["width"] >= 64 and models.MAX_MODEL_CHANNELS >= 16 * 2**3
+    build_model("unet", 3, models.MODEL_LIMITS["n_classes"], width=4, depth=1)  # at the limit: fine
+
+
+def test_crafted_checkpoint_with_a_huge_model_is_refused_without_allocating(tmp_path):
+    from ielstudio.core.errors import DataError
+    from ielstudio.core.training import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainConfig, load_checkpoint
+
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": TrainConfig().to_dict(),
+               "model": {"arch": "unet", "in_channels": 1, "n_classes": 2, "kw": {"width": 4_000_000, "depth": 3}},
+               "state_dict": {}, "meta": {}}
+    torch.save(payload, tmp_path / "evil.pt")
+    with pytest.raises(DataError, match="width 4000000"):
+        load_checkpoint(tmp_path / "evil.pt")

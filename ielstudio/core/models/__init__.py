@@ -8,6 +8,7 @@ or broken backbone module gives a clear error for that architecture alone.
 from __future__ import annotations
 
 import importlib
+import numbers
 from typing import Callable
 
 from torch import nn
@@ -46,14 +47,54 @@ ARCHITECTURES: dict[str, ModelBuilder] = {
 }
 
 
+#: Largest sizes `build_model` accepts (a crafted checkpoint must not allocate terabytes).
+#: The defaults are width 16, depth 3; these bounds are far above any useful model for
+#: 2-D mask cleaning and keep the largest model near 1.5 GB of float32 weights.
+MODEL_LIMITS: dict[str, int] = {
+    "in_channels": 16,       # gray, RGB, RGBA and a few stacked channels
+    "n_classes": 256,        # more than any mask reader accepts (imageio.MAX_CLASSES)
+    "width": 512,            # channels of the first level
+    "depth": 8,              # down/up levels (U-Net) or 2*depth PDE layers (PDE-G-CNN)
+    "layers": 64,            # PDE-G-CNN layers, when given
+    "orientations": 64,      # PDE-G-CNN orientations
+    "steps": 64,             # steps of a PDE block
+    "kernel_size": 15,
+    "lift_kernel": 15,
+    "orientation_size": 15,
+}
+#: Largest channel count of the deepest U-Net level (width * 2**depth).
+MAX_MODEL_CHANNELS = 4096
+
+
+def check_model_size(arch: str, in_channels: int, n_classes: int, **kw) -> None:
+    """Raise ValueError when a size is not a positive integer within `MODEL_LIMITS`."""
+    sizes = {"in_channels": in_channels, "n_classes": n_classes, **kw}
+    for key, limit in MODEL_LIMITS.items():
+        if key not in sizes or sizes[key] is None:
+            continue
+        value = sizes[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"model {key} must be an integer, got {value!r}")
+        low = 0 if key == "depth" else 1
+        if not low <= value <= limit:
+            raise ValueError(f"model {key} {value} is outside the supported range {low}..{limit}")
+    if arch != "pdegcnn":
+        width, depth = int(kw.get("width", 16)), int(kw.get("depth", 3))
+        if width * 2**depth > MAX_MODEL_CHANNELS:
+            raise ValueError(f"model width {width} with depth {depth} gives {width * 2**depth} channels at the "
+                             f"deepest level; at most {MAX_MODEL_CHANNELS} are supported")
+
+
 def build_model(arch: str, in_channels: int, n_classes: int, **kw) -> nn.Module:
     """Build architecture `arch` (a key of ARCHITECTURES); `kw` e.g. width, depth.
 
+    Sizes are bounded by `MODEL_LIMITS` and `MAX_MODEL_CHANNELS` (ValueError beyond).
     The model gets a plain `model_spec` dict (arch, in_channels, n_classes, kw) so a
     checkpoint can rebuild it.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    check_model_size(arch, in_channels, n_classes, **kw)
     try:
         model = ARCHITECTURES[arch](in_channels, n_classes, **kw)
     except ImportError as e:
@@ -67,4 +108,5 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["ARCHITECTURES", "UNet", "build_model", "count_parameters"]
+__all__ = ["ARCHITECTURES", "MAX_MODEL_CHANNELS", "MODEL_LIMITS", "UNet", "build_model", "check_model_size",
+           "count_parameters"]
