@@ -34,6 +34,7 @@ from .imageio import (
     file_suffix,
     normalize_intensity,
     read_image,
+    remove_stale_temp_files,
     write_mask,
 )
 from .metrics import confusion_counts, dice as _dice
@@ -556,6 +557,7 @@ def clean_dataset(
     out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable place before training, not after
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(out_dir, "output folder is not writable")
+    remove_stale_temp_files(out)  # left by a run that was killed while writing
     samples, n_classes = loaded.samples, loaded.n_classes
     by_name = {s.name: s for s in samples}
     yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped))
