@@ -367,3 +367,14 @@ def test_predict_refuses_a_file_as_out_skips_same_stem_images_and_fails_when_not
     assert cli.main(["predict", str(model), str(bad), "--out", str(tmp_path / "p2"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "wrote 0 mask(s)" in err and "no image" in err and "a.png" in err
+
+
+def test_predict_never_replaces_masks_of_the_same_names(dataset, tmp_path, capsys):
+    images, masks = dataset
+    model = tmp_path / "m.pt"
+    assert cli.main(["train", str(images), str(masks), "--save-model", str(model), *FAST]) == 0
+    before = {p.name: p.read_bytes() for p in masks.iterdir()}
+    capsys.readouterr()
+    assert cli.main(["predict", str(model), str(images), "--out", str(masks), "--device", "cpu"]) == 2
+    assert "predict never replaces a file" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == before

@@ -721,6 +721,11 @@ def predict_folder(
             files.append(path)
         else:
             skipped.append((str(path), f"another image has the same name ({first.name}); skipped"))
+    for path in files:  # e.g. --out pointed at the masks folder: never replace a file that is there
+        target = out / (file_stem(path.name) + suffix)
+        if target.exists():
+            raise DataError(target, "already exists and predict never replaces a file (it may be an original "
+                                    "mask); choose an empty or new output folder")
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(out_dir, "output folder is not writable")
