@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -191,12 +193,12 @@ def test_convex_fast_equals_reference(update, monkeypatch):
     monkeypatch.setattr(iel, "SPARSE_UPDATE_BUDGET", 1e9 if update == "sparse" else 0.0)
     torch.manual_seed(3)
     x = F.avg_pool2d(torch.randn(2, 3, 36, 32, dtype=torch.float64), 5, 1, 2) * 5
-    for classes, radii, band in [((1,), (3, 6, 9), 2), ((1, 2), (2, 5), 1), ((2,), (4,), 0)]:
+    # the last case has a band wider than the largest radius
+    for classes, radii, band in [((1,), (3, 6, 9), 2), ((1, 2), (2, 5), 1), ((2,), (2, 4), 7)]:
         xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         stats = {}
         out, s = ConvexIEL(0.1, 20, classes, radii, band).forward_with_region(xa, stats=stats)
-        # band 0: S holds background pixels only, so the hard mask never changes
-        assert (stats[update] > 0 and len(stats) == 1) if band else stats == {}
+        assert stats[update] > 0 and len(stats) == 1
         ref, s_ref = reference_convex(xb, 0.1, 20, classes, radii, band)
         assert torch.equal(s, s_ref)
         assert torch.allclose(out, ref, atol=1e-12)
@@ -206,10 +208,120 @@ def test_convex_fast_equals_reference(update, monkeypatch):
         (out * weight).sum().backward()
         (ref * weight).sum().backward()
         assert torch.allclose(xa.grad, xb.grad, atol=1e-10)
-        if band:
-            assert (xa.grad - weight).abs().max() > 0.1  # the layer really changes the gradient
-        else:  # S holds background pixels only, and those keep their logits
-            assert torch.equal(out, xa.detach()) and torch.equal(xa.grad, weight)
+        assert (xa.grad - weight).abs().max() > 0.1  # the layer really changes the gradient
+
+
+def _smooth_logits(seed: int, b: int = 1, h: int = 36, w: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.avg_pool2d(torch.randn(b, 2, h, w, dtype=torch.float64, generator=g), 5, 1, 2) * 5
+
+
+@pytest.mark.parametrize("update", ["sparse", "full"])
+@pytest.mark.parametrize("radii, band", [((3,), 4), ((2,), 6), ((1, 3), 9), ((1,), 40)])
+def test_convex_band_wider_than_largest_radius_single_map(update, radii, band, monkeypatch):
+    # S's band window reaches further than the padding sized for the radii alone: this
+    # used to raise IndexError (or read pixels of the next row); band 40 exceeds the image
+    monkeypatch.setattr(iel, "SPARSE_UPDATE_BUDGET", 1e9 if update == "sparse" else 0.0)
+    maps = [_smooth_logits(3), logits_of(disc_mask(40, 12, notch_deg=30))]
+    for x in maps:
+        stats = {}
+        out, s = ConvexIEL(0.1, 20, (1,), radii, band).forward_with_region(x, stats=stats)
+        ref, s_ref = reference_convex(x, 0.1, 20, (1,), radii, band)
+        assert stats.get(update, 0) > 0  # the mask changed, so S was updated that way
+        assert torch.equal(s, s_ref) and s.sum() > 0
+        assert torch.allclose(out, ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("update", ["sparse", "full"])
+@pytest.mark.parametrize("radii, band", [((3,), 4), ((2, 3), 8), ((1,), 20), ((3, 6, 9), 2)])
+def test_convex_batch_equals_per_sample(update, radii, band, monkeypatch):
+    # each sample of a batch gets the S (and the output) it gets alone, also when the band
+    # is wider than the largest radius (the band window used to reach into the neighbouring
+    # sample: a wrong S, or IndexError at the ends of the batch)
+    monkeypatch.setattr(iel, "SPARSE_UPDATE_BUDGET", 1e9 if update == "sparse" else 0.0)
+    maps = [_smooth_logits(5), logits_of(disc_mask(36, 12, notch_deg=30))[..., :32], _smooth_logits(11)]
+    batch = torch.cat(maps)
+    layer = ConvexIEL(0.1, 20, (1,), radii, band)
+    out, s = layer.forward_with_region(batch)
+    for i, x in enumerate(maps):
+        out_i, s_i = layer.forward_with_region(x)
+        assert s_i.sum() > 0
+        assert torch.equal(s[i : i + 1], s_i)
+        assert torch.allclose(out[i : i + 1], out_i, atol=1e-12)
+        assert torch.equal(s_i, reference_convex(x, 0.1, 20, (1,), radii, band)[1])
+    assert not torch.equal(s[0], s[2])  # three different maps
+
+
+def dented_disc(n: int, cy: float, cx: float, r: float, notch_deg: float) -> np.ndarray:
+    """Like ``disc_mask`` but centred at (cy, cx) (the disc may leave the image)."""
+    y, x = np.mgrid[:n, :n].astype(float)
+    y, x = y - cy, x - cx
+    d2 = y * y + x * x
+    ang = np.degrees(np.arctan2(y, x))
+    return ((d2 <= r * r) & ~((np.abs(ang) < notch_deg) & (d2 > (0.3 * r) ** 2))).astype(np.int64)
+
+
+def test_convex_batch_band_does_not_leak_into_neighbour_samples():
+    # objects touching the bottom of sample 0 and the top of sample 1: with a band (10)
+    # wider than the radius (1) the band windows of one sample used to read the next one
+    # and the batch returned a wrong S without any error
+    n, radii, band = 38, (1,), 10
+    maps = [logits_of(dented_disc(n, *p)) for p in ((34, 18, 16, 20), (4, 26, 17, 30), (26, 2, 18, 30))]
+    layer = ConvexIEL(0.1, 20, (1,), radii, band)
+    out, s = layer.forward_with_region(torch.cat(maps))
+    for i, x in enumerate(maps):
+        out_i, s_i = layer.forward_with_region(x)
+        ref, s_ref = reference_convex(x, 0.1, 20, (1,), radii, band)
+        assert torch.equal(s_i, s_ref) and torch.allclose(out_i, ref, atol=1e-12)
+        assert torch.equal(s[i : i + 1], s_i)
+        assert torch.allclose(out[i : i + 1], out_i, atol=1e-12)
+    # sample 0 has no dent: its S is empty (the leak used to put some 240 of its pixels in S)
+    assert s[0].sum() == 0 and s[1].sum() > 0
+
+
+def test_convex_band_zero_is_refused():
+    # band 0 leaves S with background pixels only, which keep their logits: a silent no-op
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"convex_band must be an integer >= 1"):
+            IELConfig(convex_band=bad)
+    with pytest.raises(ValueError, match=r"convex_band must be an integer >= 1.*got 0"):
+        IELConfig.from_spec("convex", convex_band=0)
+    with pytest.raises(ValueError, match="convex_band"):
+        IELConfig.from_dict({**IELConfig().to_dict(), "convex_band": 0})
+    with pytest.raises(ValueError, match="convex_band"):
+        ConvexIEL(band=0)
+    assert IELConfig(convex_band=1).convex_band == 1 and IELConfig(convex_band=50.0).convex_band == 50
+
+
+def test_layer_defaults_equal_config_defaults():
+    # one source of defaults: the IELConfig fields
+    d = {f.name: f.default for f in fields(IELConfig)}
+    heat = inspect.signature(HeatIEL).parameters
+    assert (heat["dt"].default, heat["steps"].default, heat["classes"].default) == (
+        d["heat_dt"], d["heat_steps"], d["heat_classes"]
+    )
+    conv = inspect.signature(ConvexIEL).parameters
+    assert (conv["dt"].default, conv["steps"].default, conv["radii"].default, conv["band"].default) == (
+        d["convex_dt"], d["convex_steps"], d["convex_radii"], d["convex_band"]
+    )
+    # a bare ConvexIEL is the layer of the plain "convex" spec
+    cfg = IELConfig.from_spec("convex")
+    layer = ConvexIEL()
+    assert (layer.dt, layer.steps, layer.classes, layer.radii, layer.band) == (
+        cfg.convex_dt, cfg.convex_steps, cfg.convex_classes, cfg.convex_radii, cfg.convex_band
+    )
+    h = HeatIEL()
+    assert (h.dt, h.steps, h.classes) == (cfg.heat_dt, cfg.heat_steps, cfg.heat_classes)
+    for fn in (iel.concave_support, iel.convex_evolve, reference_convex):
+        p = inspect.signature(fn).parameters
+        assert (p["radii"].default, p["band"].default) == (d["convex_radii"], d["convex_band"])
+    # the stack builds its layers from the config it is given
+    custom = IELConfig(heat_dt=0.07, heat_steps=9, convex_classes=(1,), convex_dt=0.02, convex_steps=5,
+                       convex_radii=(2, 4), convex_band=3)
+    stack = IELStack(custom)
+    assert (stack.heat.dt, stack.heat.steps) == (0.07, 9)
+    c = stack.convex
+    assert (c.dt, c.steps, c.classes, c.radii, c.band) == (0.02, 5, (1,), (2, 4), 3)
 
 
 def test_concave_support_counts_in_image_pixels_only():

@@ -39,7 +39,7 @@ from torch import nn
 #: Largest image side for the DCT fast path of ``HeatIEL``; larger maps use the step loop.
 DCT_MAX_SIDE = 512
 
-#: ConvexIEL updates S from a (2 max(radii) + 1)^2 window gathered around each flipped
+#: ConvexIEL updates S from a (2 max(radii, band) + 1)^2 window gathered around each flipped
 #: pixel while those windows hold at most this many times the mask's pixels; above, it
 #: recomputes the affected samples in full (both exact; CPU crossover measured near 9).
 SPARSE_UPDATE_BUDGET = 8.0
@@ -63,14 +63,27 @@ def _int_tuple(value, name: str) -> tuple[int, ...]:
     return out
 
 
+def _is_integer(v) -> bool:
+    try:
+        return int(v) == v
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+#: Class made convex when the curve-motion layer is asked for without naming classes
+#: (``IELConfig.from_spec("convex")`` and ``ConvexIEL()``).
+DEFAULT_CONVEX_CLASSES: tuple[int, ...] = (1,)
+
+
 @dataclass(frozen=True)
 class IELConfig:
     """Which IELs regularise training, with their step size dt and step count K.
 
     ``heat_classes=None`` smooths every class channel; ``convex_classes=()``
     disables the curve-motion layer. ``convex_radii`` are the box-window radii
-    (px) of the concavity detector, ``convex_band`` the width (px) of the inner
-    band inside the object.
+    (px) of the concavity detector, ``convex_band`` (>= 1) the width (px) of the
+    inner band inside the object. These field defaults are the only defaults:
+    ``HeatIEL`` and ``ConvexIEL`` take theirs from here.
     """
 
     heat: bool = True
@@ -91,10 +104,19 @@ class IELConfig:
             if not math.isfinite(v) or v <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
             set_(self, name, v)
-        for name in ("heat_steps", "convex_steps", "convex_band"):
+        for name, low in (("heat_steps", 0), ("convex_steps", 0), ("convex_band", 1)):
             v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or int(v) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+            if isinstance(v, bool) or not _is_integer(v) or int(v) < low:
+                extra = ""
+                if name == "convex_band":
+                    # Only the input's foreground moves (ConvexIEL), and without the inner
+                    # band S holds background pixels only: band 0 would silently do nothing.
+                    extra = (
+                        " (width in px of the inner band of the convexity region; with 0 the region"
+                        " holds background pixels only, which keep their logits, so the layer would do"
+                        " nothing; to switch the layer off leave convex_classes empty)"
+                    )
+                raise ValueError(f"{name} must be an integer >= {low}{extra}, got {v!r}")
             set_(self, name, int(v))
         if self.heat_classes is not None:
             set_(self, "heat_classes", _int_tuple(self.heat_classes, "heat_classes"))
@@ -138,7 +160,7 @@ class IELConfig:
         heat, convex = "heat" in tokens, "convex" in tokens
         kw = dict(overrides)
         if convex:
-            kw.setdefault("convex_classes", (1,))
+            kw.setdefault("convex_classes", DEFAULT_CONVEX_CLASSES)
             if not _int_tuple(kw["convex_classes"], "convex_classes"):
                 raise ValueError(f"IEL spec {spec!r} enables convex but convex_classes is empty")
         elif kw.get("convex_classes"):
@@ -201,6 +223,10 @@ class IELConfig:
         return " + ".join(parts) if parts else "no IEL"
 
 
+#: The field defaults of ``IELConfig``: the single source of every layer default below.
+_DEFAULTS = IELConfig()
+
+
 # --------------------------------------------------------------------------- heat
 
 
@@ -243,11 +269,21 @@ class HeatIEL(nn.Module):
     float32.
     """
 
-    def __init__(self, dt: float = 0.1, steps: int = 20, classes: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        dt: float = _DEFAULTS.heat_dt,
+        steps: int = _DEFAULTS.heat_steps,
+        classes: tuple[int, ...] | None = _DEFAULTS.heat_classes,
+    ):
         super().__init__()
         cfg = IELConfig(heat_dt=dt, heat_steps=steps, heat_classes=classes)  # validates
         self.dt, self.steps, self.classes = cfg.heat_dt, cfg.heat_steps, cfg.heat_classes
         self._cache: dict = {}
+
+    @classmethod
+    def from_config(cls, config: IELConfig) -> HeatIEL:
+        """The heat layer of ``config`` (its ``heat_dt``, ``heat_steps``, ``heat_classes``)."""
+        return cls(config.heat_dt, config.heat_steps, config.heat_classes)
 
     def extra_repr(self) -> str:
         return f"dt={self.dt}, steps={self.steps}, classes={self.classes}"
@@ -351,12 +387,15 @@ def box_sums(x: torch.Tensor, radii) -> list[torch.Tensor]:
     return out
 
 
-def concave_support(mask: torch.Tensor, radii=(3, 6, 9), band: int = 2) -> torch.Tensor:
+def concave_support(
+    mask: torch.Tensor, radii=_DEFAULTS.convex_radii, band: int = _DEFAULTS.convex_band
+) -> torch.Tensor:
     """Region S of one detection step for hard foreground masks (N, 1, H, W) bool.
 
     Outer part: background pixels where the foreground fraction of the box window
     of radius r (in-image pixels only) is >= 1/2, for any r. Inner part:
-    foreground pixels within ``band`` px (square neighbourhood) of the outer part.
+    foreground pixels within ``band`` px (square neighbourhood) of the outer part
+    (``band`` 0: the outer part alone; ``IELConfig`` refuses 0 for the layer).
     Box sums and the band dilation use integral images (exact integers); no gradient.
     """
     with torch.no_grad():
@@ -415,7 +454,12 @@ class _Support:
 
     def __init__(self, mask: torch.Tensor, radii, band: int):
         self.n, _, self.h, self.w = mask.shape
-        self.radii, self.band, self.big = tuple(radii), band, max(radii)
+        # The padding must hold every gathered window: the radius windows *and* the band
+        # window. Padding by max(radii) alone let a band wider than the largest radius
+        # reach past the padding: the flat offsets then wrapped into the neighbouring row,
+        # the neighbouring sample of the batch (a wrong S) or past the array (IndexError).
+        self.radii, self.band = tuple(radii), band
+        self.big = max(max(self.radii), band)
         self.to_pad, self.from_pad, self.nbr_all = _index_tables(self.n, self.h, self.w, self.big, mask.device)
         wp, dev = self.w + 2 * self.big, mask.device
 
@@ -542,8 +586,8 @@ def convex_evolve(
     phi: torch.Tensor,
     dt: float,
     steps: int,
-    radii=(3, 6, 9),
-    band: int = 2,
+    radii=_DEFAULTS.convex_radii,
+    band: int = _DEFAULTS.convex_band,
     on_step=None,
     stats: dict | None = None,
     update_every: int = 1,
@@ -593,7 +637,13 @@ class ConvexIEL(nn.Module):
     """
 
     def __init__(
-        self, dt: float = 0.1, steps: int = 20, classes=(1,), radii=(3, 6, 9), band: int = 2, update_every: int = 1
+        self,
+        dt: float = _DEFAULTS.convex_dt,
+        steps: int = _DEFAULTS.convex_steps,
+        classes=DEFAULT_CONVEX_CLASSES,
+        radii=_DEFAULTS.convex_radii,
+        band: int = _DEFAULTS.convex_band,
+        update_every: int = 1,
     ):
         super().__init__()
         if int(update_every) != update_every or update_every < 1:
@@ -602,6 +652,12 @@ class ConvexIEL(nn.Module):
         cfg = IELConfig(convex_dt=dt, convex_steps=steps, convex_classes=classes, convex_radii=radii, convex_band=band)
         self.dt, self.steps = cfg.convex_dt, cfg.convex_steps
         self.classes, self.radii, self.band = cfg.convex_classes, cfg.convex_radii, cfg.convex_band
+
+    @classmethod
+    def from_config(cls, config: IELConfig, steps: int | None = None, update_every: int = 1) -> ConvexIEL:
+        """The curve-motion layer of ``config`` (``steps`` overrides ``convex_steps``)."""
+        k = config.convex_steps if steps is None else steps
+        return cls(config.convex_dt, k, config.convex_classes, config.convex_radii, config.convex_band, update_every)
 
     def extra_repr(self) -> str:
         return (
@@ -637,7 +693,14 @@ class ConvexIEL(nn.Module):
         return self.forward_with_region(logits)[0]
 
 
-def reference_convex(logits: torch.Tensor, dt: float, steps: int, classes, radii=(3, 6, 9), band: int = 2):
+def reference_convex(
+    logits: torch.Tensor,
+    dt: float,
+    steps: int,
+    classes,
+    radii=_DEFAULTS.convex_radii,
+    band: int = _DEFAULTS.convex_band,
+):
     """Direct, slow transcription of the curve-motion IEL (oracle for tests and benchmarks).
 
     Recomputes argmax, one full box filter per radius and the band dilation at
@@ -683,12 +746,8 @@ class IELStack(nn.Module):
         super().__init__()
         self.config = config if config is not None else IELConfig()
         cfg = self.config
-        self.heat = HeatIEL(cfg.heat_dt, cfg.heat_steps, cfg.heat_classes) if cfg.heat_on else None
-        self.convex = (
-            ConvexIEL(cfg.convex_dt, cfg.convex_steps, cfg.convex_classes, cfg.convex_radii, cfg.convex_band)
-            if cfg.convex_on
-            else None
-        )
+        self.heat = HeatIEL.from_config(cfg) if cfg.heat_on else None
+        self.convex = ConvexIEL.from_config(cfg) if cfg.convex_on else None
 
     @property
     def is_identity(self) -> bool:
@@ -769,9 +828,7 @@ def defect_maps(u, config: IELConfig, n_steps_record: int | None = None) -> Defe
                 record(k, (cur - x[0]).abs())
         region = torch.zeros((h, w), dtype=torch.bool, device=x.device)
         if k_convex:
-            layer = ConvexIEL(
-                config.convex_dt, k_convex, config.convex_classes, config.convex_radii, config.convex_band
-            )
+            layer = ConvexIEL.from_config(config, steps=k_convex)
             cidx = torch.tensor(config.convex_classes, dtype=torch.long, device=x.device)
             base = cur
 
