@@ -321,6 +321,11 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     torch.save(payload, wrong)
     with pytest.raises(DataError, match="weights do not fit architecture 'unet'"):
         load_checkpoint(wrong)
+    for folds in (0, 10**9):  # a crafted fold count is refused before any network is built
+        payload["model"]["folds"] = folds
+        torch.save(payload, wrong)
+        with pytest.raises(DataError, match=f"cannot build .{folds} fold models .at most 32"):
+            load_checkpoint(wrong)
     with pytest.raises(DataError, match="missing.pt: checkpoint file does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="JSON-serialisable"):

@@ -62,6 +62,9 @@ PDE_STEP_ARCHS = ("parabolic", "hamiltonian", "second-order")
 PDE_TV_WEIGHT = 1e-4
 CHECKPOINT_FORMAT = "ielstudio-checkpoint"
 CHECKPOINT_VERSION = 1
+#: A checkpoint asking for more fold models than this is refused (each is a full network:
+#: a crafted count would allocate without bound before the weights are checked).
+MAX_CHECKPOINT_FOLDS = 32
 
 
 class TrainingError(RuntimeError):
@@ -827,6 +830,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, TrainConfig, dict]:
         meta = dict(payload.get("meta", {}))
         arch, kw = spec["arch"], dict(spec.get("kw", {}))
         n_folds = int(spec.get("folds", 1))
+        if not 1 <= n_folds <= MAX_CHECKPOINT_FOLDS:
+            raise ValueError(f"{n_folds} fold models (at most {MAX_CHECKPOINT_FOLDS})")
 
         def make() -> nn.Module:
             return build_model(arch, int(spec["in_channels"]), int(spec["n_classes"]), **kw)
