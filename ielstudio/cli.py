@@ -318,6 +318,8 @@ def _consume(events: Iterable, bar: ProgressBar, upper_bound: bool = False):
             _say(f"found {ev.n_samples} image/mask pairs ({ev.n_classes} classes), skipped {len(ev.skipped)} file(s)")
             for path, problem in ev.skipped:
                 _say(f"  skipped {path}: {problem}")
+            for warning in ev.warnings:
+                _say(f"warning: {warning}")
         elif isinstance(ev, cleaning.ModelEvent):
             bar.end()
             _say(f"network: {ev.arch}, {ev.n_parameters:,} parameters, on {ev.device}")
@@ -420,6 +422,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         _say(f"wrote {len(last.written)} mask(s) to {args.out}")
         for path, problem in last.skipped:
             _say(f"  skipped {path}: {problem}")
+        for warning in last.warnings:
+            _say(f"warning: {warning}")
         if not last.written:
             _say(f"ielstudio predict: error: no image in {args.images} could be segmented")
             return 2

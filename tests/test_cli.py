@@ -378,3 +378,41 @@ def test_predict_never_replaces_masks_of_the_same_names(dataset, tmp_path, capsy
     assert cli.main(["predict", str(model), str(images), "--out", str(masks), "--device", "cpu"]) == 2
     assert "predict never replaces a file" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in masks.iterdir()} == before
+
+
+def test_a_run_cut_short_is_reported_by_the_next_run(dataset, tmp_path, capsys):
+    from ielstudio.core.cleaning import RUN_MARKER
+
+    images, masks = dataset
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RUN_MARKER).write_text('{"started": "2026-12-01T10:00:00+00:00"}')  # what a killed run leaves
+    (out / "cell_0.png").write_bytes(b"half a mask")
+    assert cli.main(["clean", str(images), str(masks), "--out", str(out), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "started 2026-12-01T10:00:00+00:00" in err and "ended before it wrote its report" in err
+    report = json.loads((out / "ielstudio-report.json").read_text())
+    assert any("ended before it wrote its report" in w for w in report["warnings"])
+    assert not (out / RUN_MARKER).exists()  # this run finished: no warning next time
+    assert cv2.imread(str(out / "cell_0.png"), cv2.IMREAD_UNCHANGED).shape == (48, 48)  # rewritten
+    assert cli.main(["clean", str(images), str(masks), "--out", str(out), *FAST]) == 0
+    assert "ended before it wrote its report" not in capsys.readouterr().err
+
+
+def test_nan_pixels_are_repaired_and_said_in_clean_and_predict(dataset, tmp_path, capsys):
+    import tifffile
+
+    images, masks = dataset
+    bad = cv2.imread(str(images / "cell_1.png"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    bad[:3, :] = np.nan  # 3 rows of 48
+    (images / "cell_1.png").unlink()
+    tifffile.imwrite(images / "cell_1.tif", bad)
+    out, model = tmp_path / "out", tmp_path / "m.pt"
+    assert cli.main(["clean", str(images), str(masks), "--out", str(out), "--save-model", str(model), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "cell_1.tif" in err and "144" in err
+    report = json.loads((out / "ielstudio-report.json").read_text())
+    assert [w for w in report["warnings"] if "cell_1.tif" in w and "144" in w]
+    assert cli.main(["predict", str(model), str(images), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("cell_1.tif") == 1 and "144" in err  # once, though calibration reads it twice

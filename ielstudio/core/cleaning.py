@@ -7,12 +7,13 @@ The job: `clean_dataset(...)`, a generator of progress events ending in `CleanDo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -360,6 +361,7 @@ class LoadedEvent:
     n_samples: int
     n_classes: int
     skipped: list[tuple[str, str]]  # (path, problem)
+    warnings: list[str] = field(default_factory=list)  # repairs made while reading kept files
 
 
 @dataclass
@@ -414,9 +416,26 @@ class PredictDone:
 
     written: list[Path]
     skipped: list[tuple[str, str]]
+    warnings: list[str] = field(default_factory=list)  # repairs made while reading (e.g. NaN pixels)
 
 
 REPORT_NAME = "ielstudio-report.json"
+#: Written into the output folder before `clean` writes its first mask and removed once
+#: its report is written: when a run is killed in between, the next run finds it and says so.
+RUN_MARKER = ".ielstudio-run-in-progress.json"
+
+
+def previous_run_cut_short(out: Path) -> str | None:
+    """A warning when the last `clean` into `out` was killed or cut short before its report."""
+    marker = Path(out) / RUN_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        started = json.loads(marker.read_text(encoding="utf-8")).get("started", "at an unknown time")
+    except (OSError, ValueError, AttributeError):
+        started = "at an unknown time"
+    return (f"{out}: the last run into this folder (started {started}) ended before it wrote its report "
+            "(it was killed or stopped); masks it wrote may still be here. This run writes every mask again")
 
 
 def check_out_dir(out_dir: str | Path, images_dir: str | Path, masks_dir: str | Path) -> Path:
@@ -558,9 +577,13 @@ def clean_dataset(
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(out_dir, "output folder is not writable")
     remove_stale_temp_files(out)  # left by a run that was killed while writing
+    read_warnings = list(loaded.warnings)
+    cut_short = previous_run_cut_short(out)
+    if cut_short:
+        read_warnings.insert(0, cut_short)
     samples, n_classes = loaded.samples, loaded.n_classes
     by_name = {s.name: s for s in samples}
-    yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped))
+    yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped), read_warnings)
     model_ev = _model_event(train_config, loaded.in_channels, n_classes)
     yield model_ev
 
@@ -571,12 +594,17 @@ def clean_dataset(
     device = next(model.parameters()).device
     holdout = list(done.history.get("holdout", []))
     images, written = [], []
+    marker = out / RUN_MARKER  # written before the first mask: a cancel before it leaves the folder as it was
     reviews = review_samples(model, samples, clean_config, holdout, cancel)
     try:
         while True:
             result = next(reviews)
             s = by_name[result.name]
             dst = out / s.mask_path.name
+            if not written:
+                atomic_write_text(marker, json.dumps({
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "pid": os.getpid(), "report": str(report_file)}))
             write_mask(dst, result.proposal, s.encoding, protect=[s.mask_path])
             written.append(str(dst))
             images.append({
@@ -626,7 +654,7 @@ def clean_dataset(
         "training": _training_summary(done),
         "reliability": summary.reliability.to_dict(),
         "labels_kept_as_given": not summary.reliability.any_reliable,
-        "warnings": summary.warnings,
+        "warnings": read_warnings + summary.warnings,
         "written": written,
         "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped)],
         "images": images,
@@ -634,6 +662,8 @@ def clean_dataset(
     atomic_write_text(report_file, json.dumps(report, indent=2, default=_json_default))
     if csv_path:
         atomic_write_text(Path(csv_path), _report_csv(images, n_classes))
+    with contextlib.suppress(OSError):
+        marker.unlink()
     yield CleanDone(report, report_file)
 
 
@@ -660,7 +690,7 @@ def train_dataset(
     train_config = train_config or TrainConfig()
     check_output_files({"the model": save_model}, images_dir, masks_dir)
     loaded = load_dataset(images_dir, masks_dir)
-    yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped))
+    yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped), list(loaded.warnings))
     yield _model_event(train_config, loaded.in_channels, loaded.n_classes)
     done = yield from _fit(loaded.samples, train_config, cancel)
     if done is None or done.reason == "cancelled":
@@ -730,8 +760,12 @@ def predict_folder(
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(out_dir, "output folder is not writable")
 
+    repairs: dict[str, None] = {}  # ordered set: calibration reads an image twice
+
     def probs_of(path: Path) -> np.ndarray:
-        image = image_to_chw(normalize_intensity(read_image(path)))
+        found: list[str] = []
+        image = image_to_chw(normalize_intensity(read_image(path, found)))
+        repairs.update(dict.fromkeys(found))
         if image.shape[0] != in_channels:
             image = np.repeat(image, in_channels, 0) if image.shape[0] == 1 else image.mean(0, keepdims=True)
         return predict(model, image, dev)
@@ -763,4 +797,4 @@ def predict_folder(
         write_mask(dst, mask, encoding)
         written.append(dst)
         yield PredictEvent(i, len(files), path.name, float(probs.max(0).mean()))
-    yield PredictDone(written, skipped)
+    yield PredictDone(written, skipped, list(repairs))
