@@ -2,7 +2,7 @@
 
 import sys
 
-from ielstudio.cli import main
+from ielstudio.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -458,7 +459,7 @@ HANDLERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the `ielstudio` command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the `ielstudio` command line; returns the exit code (0 ok, 2 bad input, 130 Ctrl+C, 143 SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         argv.insert(0, "gui")
@@ -469,16 +470,42 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     from ielstudio.core.training import TrainingError
 
+    previous = _stop_on_sigterm() if args.command not in ("gui", "demo") else None  # Qt handles the window's
     try:
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:
         _say(f"\nielstudio {args.command}: interrupted; files already written are complete, nothing half-written is left")
         return 130
+    except Terminated:
+        _say(f"\nielstudio {args.command}: stopped by SIGTERM; files already written are complete, "
+             "nothing half-written is left")
+        return 128 + signal.SIGTERM
     except (DataError, OSError, ValueError, TrainingError) as e:
         if os.environ.get("IELSTUDIO_DEBUG"):
             raise
         _say(f"ielstudio {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process gets SIGTERM (`kill`, a job scheduler, systemd).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows
+    it; atomic writers remove their temp file on the way out."""
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into `Terminated` for the duration of a headless command; returns the old handler
+    (None where signals cannot be set: not the main thread)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread of the main interpreter
+        return None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import multiprocessing
 import sys
 
-from ielstudio.cli import main
+from ielstudio.entry import main
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()  # torch DataLoader workers re-enter a frozen executable

@@ -416,3 +416,42 @@ def test_nan_pixels_are_repaired_and_said_in_clean_and_predict(dataset, tmp_path
     assert cli.main(["predict", str(model), str(images), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert err.count("cell_1.tif") == 1 and "144" in err  # once, though calibration reads it twice
+
+
+def test_sigterm_stops_clean_with_a_message_and_exit_143(dataset, tmp_path):
+    """`kill PID` during training: one line, exit 128 + 15, no mask, report or temp file."""
+    import signal
+    import subprocess
+
+    images, masks = dataset
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ielstudio", "clean", str(images), str(masks), "--out", str(out),
+           *FAST[:1], "100000", *FAST[2:]]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until it is training
+        lines.append(line)
+        if line.startswith("network:"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, "".join(lines) + rest
+    assert "stopped by SIGTERM" in rest and "Traceback" not in rest
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_ctrl_c_while_starting_exits_130_without_a_traceback(monkeypatch, capsys):
+    """A KeyboardInterrupt while `ielstudio.cli` (and torch) is being imported."""
+    from ielstudio import entry
+
+    class InterruptImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ielstudio.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "ielstudio.cli")
+    monkeypatch.delattr(sys.modules["ielstudio"], "cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [InterruptImport(), *sys.meta_path])
+    assert entry.main(["clean", "--help"]) == 130
+    assert "interrupted while starting" in capsys.readouterr().err
