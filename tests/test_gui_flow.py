@@ -566,3 +566,54 @@ def test_the_legend_names_every_class_of_the_shown_masks_before_training(make_wi
     assert w.open_folders(root / "images", root / "masks")
     assert w.dataset_info is None and w.n_classes() == 3
     assert w.canvas.n_classes == 3 and "class 2" in w.canvas.legend.text()
+
+
+def test_a_project_open_elsewhere_asks_first(make_window, dataset, tmp_path):
+    import os
+    import socket
+
+    from ielstudio.core.session import lock_path
+
+    w = make_window()
+    assert w.open_folders(*dataset)
+    path = w.project.path
+    assert lock_path(path).exists()
+    w.close_project()
+    assert not lock_path(path).exists()
+    other = {"pid": os.getppid(), "host": socket.gethostname(), "user": "ann", "since": "2026-12-03T09:00:00+00:00"}
+    lock_path(path).write_text(json.dumps(other))
+    asked = []
+    w.confirm_open_in_use = lambda p, who: asked.append((p, who)) or False
+    assert not w.open_project(path) and w.project is None
+    assert asked == [(path, other)]
+    w.confirm_open_in_use = lambda p, who: True
+    assert w.open_project(path) and w.project is not None
+    assert json.loads(lock_path(path).read_text())["pid"] == os.getpid()  # ours now
+
+
+def test_a_project_whose_folders_moved_can_be_pointed_at_them(make_window, dataset, tmp_path):
+    images, masks = dataset
+    w = make_window()
+    assert w.open_folders(images, masks)
+    w.keep("cell2", advance=False)
+    path = w.project.path
+    w.close_project()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    images.rename(moved / "images")
+    masks.rename(moved / "masks")
+    w.ask_moved_folders = lambda i, m: None  # the user gives up
+    assert not w.open_project(path) and "not reachable" in w.last_error
+    wrong = tmp_path / "wrong"
+    (wrong / "i").mkdir(parents=True)
+    (wrong / "m").mkdir()
+    cv2.imwrite(str(wrong / "i" / "x.png"), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(wrong / "m" / "x.png"), np.zeros((8, 8), np.uint8))
+    w.ask_moved_folders = lambda i, m: (str(wrong / "i"), str(wrong / "m"))
+    assert not w.open_project(path) and "holds none of the 6 images" in w.last_error
+    w.ask_moved_folders = lambda i, m: (str(moved / "images"), str(moved / "masks"))
+    assert w.open_project(path)
+    assert w.project.images_dir == (moved / "images").resolve()
+    assert w.project.decision("cell2").status == "kept"  # decisions kept
+    assert w.project.image("cell0").image_path == (moved / "images" / "cell0.png").resolve()
+    assert len(w.queue.model.rows) == N_IMAGES

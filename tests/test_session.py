@@ -458,3 +458,51 @@ def test_project_creation_leaves_a_recognisable_temp_name(tmp_path, monkeypatch)
     monkeypatch.setattr(S.os, "replace", lambda a, b: (seen.append(a), real(a, b)))
     _project(tmp_path).close()
     assert imageio.is_temp_file_name(os.path.basename(seen[0]))
+
+
+def test_lock_file_names_another_holder_and_ignores_a_crashed_one(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    p = _project(tmp_path)
+    lock = S.lock_path(p.path)
+    assert lock.name == "review.ielproj.lock" and p.holder() is None and not lock.exists()
+    p.hold()
+    info = json.loads(lock.read_text())
+    assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+    assert p.holder() is None  # this process is not "another IEL Studio"
+    assert S.project_holder(p.path)["pid"] == os.getpid()
+    p.close()
+    assert not lock.exists()  # released on close
+
+    here = socket.gethostname()
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": here, "user": "ann", "since": "2026-12-03T09:00:00+00:00"}))
+    q = Project.open(p.path)
+    assert q.holder() == {"pid": os.getppid(), "host": here, "user": "ann", "since": "2026-12-03T09:00:00+00:00"}
+    q.close()
+    assert lock.exists()  # not ours: closing never removes another holder's lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": here, "user": "bob", "since": "x"}))
+    assert S.project_holder(p.path) is None  # left by a process that no longer runs (a crash)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": "other-machine", "user": "bob", "since": "x"}))
+    assert S.project_holder(p.path)["host"] == "other-machine"  # cannot be checked from here: reported
+    lock.write_text("{not json")
+    assert S.project_holder(p.path) is None
+
+
+def test_relocate_points_a_moved_project_at_its_new_folders(tmp_path):
+    p = _project(tmp_path)
+    p.record_decision("img1", "kept")
+    new_images, new_masks = tmp_path / "moved" / "images", tmp_path / "moved" / "masks"
+    new_images.mkdir(parents=True)
+    new_masks.mkdir()
+    with pytest.raises(DataError, match="holds none of the 3 images of project review.ielproj"):
+        p.relocate(new_images, new_masks, ["other0", "other1"])
+    assert p.images_dir == (tmp_path / "images").resolve()  # unchanged after a refusal
+    assert p.relocate(new_images, new_masks, ["img0", "img1", "new"]) == 2
+    assert (p.images_dir, p.masks_dir) == (new_images.resolve(), new_masks.resolve())
+    p.add_images([("img1", new_images / "img1.png", new_masks / "img1.png")])
+    assert p.image("img1").image_path == new_images / "img1.png" and p.decision("img1").status == "kept"
+    p.close()

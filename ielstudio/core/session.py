@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -44,7 +45,7 @@ import numpy as np
 
 from ielstudio import __version__
 from ielstudio.core.errors import DamagedProjectError, DataError
-from ielstudio.core.imageio import TEMP_SUFFIX, temp_name_prefix
+from ielstudio.core.imageio import TEMP_SUFFIX, atomic_write_text, temp_name_prefix
 
 PROJECT_SUFFIX = ".ielproj"
 APPLICATION_ID = 0x49454C53  # "IELS": marks a SQLite file as an IEL Studio project
@@ -238,6 +239,47 @@ class CheckpointRef:
     set_at: str
 
 
+# --------------------------------------------------------------------------- who has it open
+
+#: Next to an open project, ``<name>.ielproj.lock`` says who holds it open (JSON: pid,
+#: host, user, since). It is advice, not a lock: SQLite keeps the file consistent
+#: either way, but two windows on one project would interleave their decisions.
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(project_path: str | Path) -> Path:
+    project_path = Path(project_path)
+    return project_path.with_name(project_path.name + LOCK_SUFFIX)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there; assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def project_holder(project_path: str | Path) -> dict | None:
+    """Who else holds the project open, from its lock file: ``{"pid", "host", "user", "since"}``.
+
+    None when there is no lock file, when it is unreadable, or when it was left by a
+    process of this machine that no longer runs (a crash). A lock from another machine
+    (a shared drive) cannot be checked and is reported."""
+    try:
+        info = json.loads(lock_path(project_path).read_text(encoding="utf-8"))
+        pid, host = int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host == socket.gethostname() and not _pid_alive(pid):
+        return None
+    return {"pid": pid, "host": host, "user": str(info.get("user", "?")), "since": str(info.get("since", "?"))}
+
+
 # --------------------------------------------------------------------------- project
 
 class Project:
@@ -254,6 +296,8 @@ class Project:
         self.damage: list[str] = []
         #: checkpoint the WAL after every committed write (see `checkpoint_wal`)
         self.checkpoint_after_commit = True
+        #: this process wrote the project's lock file (`hold`) and removes it on close
+        self._holding = False
 
     # ----- opening
 
@@ -347,8 +391,33 @@ class Project:
         project.damage = damage
         return project
 
+    def holder(self) -> dict | None:
+        """Who else (another process) holds this project open (see `project_holder`); None when nobody."""
+        other = project_holder(self.path)
+        if other and other["pid"] == os.getpid() and other["host"] == socket.gethostname():
+            return None
+        return other
+
+    def hold(self) -> None:
+        """Say in the project's lock file that this process has it open (the window does this;
+        `close` removes it). A later `holder()` in another process then names us."""
+        if self.read_only:
+            return
+        atomic_write_text(lock_path(self.path), json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "user": _current_user(), "since": _now()}))
+        self._holding = True
+
+    def _release(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        mine = project_holder(self.path)
+        if mine and mine["pid"] == os.getpid() and mine["host"] == socket.gethostname():
+            lock_path(self.path).unlink(missing_ok=True)
+
     def close(self) -> None:
         """Close the file; the WAL is checkpointed into the .ielproj and truncated first."""
+        self._release()
         with self._lock:
             if self._conn is not None:
                 try:
@@ -413,6 +482,19 @@ class Project:
         with self._tx() as c:
             c.executemany("INSERT INTO meta(key, value) VALUES (?, ?) "
                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", items.items())
+
+    def relocate(self, images_dir: str | Path, masks_dir: str | Path, names: Iterable[str]) -> int:
+        """Point a project whose folders moved at their new place; ``names``: the image names
+        found there. Refused when none of them is an image of this project (a wrong folder).
+        Each image's paths are updated by the next `add_images`. Returns how many names match."""
+        known = {r[0] for r in self._q("SELECT name FROM images")}
+        matched = len(known & {_db_text(str(n)) for n in names})
+        if known and not matched:
+            raise DataError(images_dir, f"holds none of the {len(known)} images of project {self.path.name}; "
+                                        "choose the folder the project's images moved to")
+        self._set_meta({"images_dir": _db_text(str(Path(images_dir).resolve())),
+                        "masks_dir": _db_text(str(Path(masks_dir).resolve()))})
+        return matched
 
     @property
     def images_dir(self) -> Path:

@@ -372,6 +372,8 @@ class MainWindow(QMainWindow):
         except (DataError, OSError) as e:
             self.report_error("Cannot open the dataset", str(e))
             return False
+        if not self._claim(project):
+            return False
         return self._attach(project, scan)
 
     def open_project(self, path: str | Path) -> bool:
@@ -380,14 +382,71 @@ class MainWindow(QMainWindow):
 
         try:
             project = Project.open(path)
+            moved = not (project.images_dir.is_dir() and project.masks_dir.is_dir())
         except (DataError, OSError) as e:
             self.report_error("Cannot open the project", str(e))
             return False
+        if moved and not self._relocate(project):
+            project.close()
+            return False
         scan = self._scan(project.images_dir, project.masks_dir)
-        if scan is None:
+        if scan is None or not self._claim(project):
             project.close()
             return False
         return self._attach(project, scan)
+
+    def _claim(self, project) -> bool:
+        """False (project closed) when another IEL Studio has it open and the user does not go on."""
+        other = project.holder()
+        if other and not self.confirm_open_in_use(project.path, other):
+            project.close()
+            return False
+        return True
+
+    def confirm_open_in_use(self, path: Path, other: dict) -> bool:
+        """Ask before opening a project another IEL Studio holds open (tests replace this method)."""
+        answer = QMessageBox.question(
+            self, "Project already open",
+            f"{path.name} is open in another IEL Studio (user {other['user']} on {other['host']}, "
+            f"process {other['pid']}, since {other['since']}).\n\nDecisions made in both windows would "
+            "interleave. Open it here anyway?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _relocate(self, project) -> bool:
+        """The project's folders are gone: ask where they moved, check, and point the project there."""
+        from ielstudio.core.dataset import scan_pairs
+        from ielstudio.core.errors import DataError
+
+        folders = self.ask_moved_folders(project.images_dir, project.masks_dir)
+        if folders is None:
+            self.report_error("Cannot open the project",
+                              f"its folders are not reachable: {project.images_dir}, {project.masks_dir}")
+            return False
+        try:
+            scan = scan_pairs(*folders)
+            project.relocate(folders[0], folders[1], [p.name for p in scan.pairs])
+        except (DataError, OSError) as e:
+            self.report_error("Cannot use these folders", str(e))
+            return False
+        return True
+
+    def ask_moved_folders(self, images_dir: Path, masks_dir: Path) -> tuple[str, str] | None:
+        """Where did the image and mask folders go? None when the user gives up (tests replace this)."""
+        answer = QMessageBox.question(
+            self, "Folders moved",
+            f"The folders of this project are not reachable:\n{images_dir}\n{masks_dir}\n\n"
+            "Locate them? (The review decisions are kept.)",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes)
+        if answer != QMessageBox.StandardButton.Yes:
+            return None
+        images = QFileDialog.getExistingDirectory(self, f"Where is the image folder {images_dir.name} now?",
+                                                  str(images_dir.parent))
+        if not images:
+            return None
+        masks = QFileDialog.getExistingDirectory(self, f"Where is the mask folder {masks_dir.name} now?",
+                                                 str(Path(images).parent))
+        return (images, masks) if masks else None
 
     def _scan(self, images_dir, masks_dir):
         from ielstudio.core.dataset import scan_pairs
@@ -419,12 +478,18 @@ class MainWindow(QMainWindow):
         self.iel_panel.clear()
 
     def _attach(self, project, scan) -> bool:
+        from ielstudio.core.errors import DataError
+
         if self.train_worker is not None and not self.train_worker.done:
             if not self.confirm_close_during_training():
                 project.close()
                 return False
         self.close_project()
         self.project, self.scan = project, scan
+        try:
+            project.hold()  # after closing the previous project, which releases its own lock
+        except (DataError, OSError) as e:  # a read-only folder: the project still opens
+            self.statusBar().showMessage(f"Could not write the project's lock file: {e}", 10000)
         self.pairs = {p.name: p for p in scan.pairs}
         try:
             project.add_images(scan.pairs)
