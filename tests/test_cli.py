@@ -455,3 +455,18 @@ def test_ctrl_c_while_starting_exits_130_without_a_traceback(monkeypatch, capsys
     monkeypatch.setattr(sys, "meta_path", [InterruptImport(), *sys.meta_path])
     assert entry.main(["clean", "--help"]) == 130
     assert "interrupted while starting" in capsys.readouterr().err
+
+
+def test_an_unreadable_masks_folder_is_named(dataset, tmp_path, monkeypatch, capsys):
+    import os
+
+    from ielstudio.core import cleaning
+
+    images, masks = dataset
+    real_access = os.access
+    monkeypatch.setattr(cleaning.os, "access",  # as without read permission (tests may run as root)
+                        lambda p, mode: False if Path(p) == masks.resolve() and mode & os.R_OK else real_access(p, mode))
+    assert cli.main(["clean", str(images), str(masks), "--out", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{masks.resolve()}: masks folder cannot be read (permission denied)" in err
+    assert "ielstudio-report.json" not in err

@@ -463,6 +463,9 @@ def check_output_files(files: dict[str, str | Path | None], images_dir: str | Pa
     """
     images = Path(images_dir).expanduser().resolve()
     masks = Path(masks_dir).expanduser().resolve()
+    for folder, what in ((images, "images"), (masks, "masks")):  # before any check that looks inside them
+        if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+            raise DataError(folder, f"{what} folder cannot be read (permission denied)")
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else None
     taken: dict[Path, str] = {}
     for what, path in files.items():
