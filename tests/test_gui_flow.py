@@ -495,6 +495,18 @@ def test_reopened_project_recomputes_proposals_with_its_saved_model(make_window,
     with qtbot.waitSignal(w3.trainingFinished, timeout=60000) as blocker:
         assert w3.start_training(steps=2, snapshot_every=2)
     assert blocker.args[0].steps == 2
+    w3.close()
+    # a model file that changed since the project used it is refused, not silently used
+    import torch
+
+    payload = torch.load(ckpt, weights_only=True)
+    payload["meta"]["note"] = "replaced"
+    torch.save(payload, ckpt)
+    w4 = make_window()
+    with qtbot.waitSignal(w4.trainingFinished, timeout=60000) as blocker:
+        assert w4.open_project(path)
+    assert blocker.args == [None] and w4.proposals == {}
+    assert "has changed since the project used it" in w4.last_error
 
 
 def test_failed_export_is_reported_and_session_kept(make_window, dataset, qtbot, tmp_path):

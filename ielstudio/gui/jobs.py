@@ -256,10 +256,19 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
 
 def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, cancel: Callable[[], bool],
                            report: Callable[[int, int], None] | None = None,
-                           project_path: str | Path | None = None) -> Iterator:
-    """Proposals and scores for every pair with a saved model (reopening a project)."""
+                           project_path: str | Path | None = None, expected_sha256: str | None = None) -> Iterator:
+    """Proposals and scores for every pair with a saved model (reopening a project).
+
+    ``expected_sha256``: the digest the project recorded for the model; a file that has
+    changed since (replaced, retrained elsewhere) is refused rather than silently used."""
+    from ielstudio.core.errors import DataError
+    from ielstudio.core.session import file_sha256
     from ielstudio.core.training import load_checkpoint
 
+    if expected_sha256 is not None and file_sha256(checkpoint_path) != expected_sha256:
+        raise DataError(checkpoint_path, "this model file has changed since the project used it (its sha256 differs); "
+                                         "its proposals would not be the ones the decisions were made with. "
+                                         "Train again, or put the original file back")
     model, _config, meta = load_checkpoint(checkpoint_path)
     try:
         ds = _load(scan, cancel, report)

@@ -875,7 +875,8 @@ class MainWindow(QMainWindow):
         self._train_settings = {"checkpoint": str(ref.path), "clean": self.clean_config().to_dict()}
         self._job_kind = "score"
         self._start_job(jobs.checkpoint_scoring_job, (self.scan, str(ref.path), self.clean_config()),
-                        "scoring with the saved model…", project_path=str(self.project.path))
+                        "scoring with the saved model…", project_path=str(self.project.path),
+                        expected_sha256=ref.sha256)
         return True
 
     def _start_job(self, fn, args: tuple, text: str, **kwargs) -> None:
