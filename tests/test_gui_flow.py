@@ -629,3 +629,32 @@ def test_a_project_whose_folders_moved_can_be_pointed_at_them(make_window, datas
     assert w.project.decision("cell2").status == "kept"  # decisions kept
     assert w.project.image("cell0").image_path == (moved / "images" / "cell0.png").resolve()
     assert len(w.queue.model.rows) == N_IMAGES
+
+
+def test_keys_reach_the_queue_after_opening_and_the_filter_only_when_clicked(make_window, dataset, qtbot):
+    """N after opening goes to the next image (it typed "n" into the filter and emptied the queue)."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    w = make_window()
+    w.show()
+    qtbot.waitExposed(w)
+    w.activateWindow()
+    assert w.open_folders(*dataset)
+    QApplication.processEvents()
+    assert QApplication.focusWidget() is w.queue.table
+    first = w.current
+    QTest.keyClick(QApplication.focusWidget(), Qt.Key.Key_N)
+    assert w.current != first and w.queue.filter_edit.text() == ""
+    assert len(w.queue.visible_names()) == N_IMAGES
+    w.queue.table.setFocus()
+    QTest.keyClick(w.queue.table, Qt.Key.Key_Tab)  # tabbing never lands in the filter box
+    assert QApplication.focusWidget() is not w.queue.filter_edit
+    QTest.mouseClick(w.queue.filter_edit, Qt.MouseButton.LeftButton)
+    assert QApplication.focusWidget() is w.queue.filter_edit
+    QTest.keyClicks(w.queue.filter_edit, "cell3")
+    assert w.queue.visible_names() == ["cell3"]
+    QTest.keyClick(w.queue.filter_edit, Qt.Key.Key_Escape)
+    assert QApplication.focusWidget() is w.queue.table
+    assert w.queue.filter_edit.text() == "cell3"  # Esc leaves the box, the filter stays

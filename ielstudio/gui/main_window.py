@@ -508,6 +508,7 @@ class MainWindow(QMainWindow):
             msg += f" ({len(scan.skipped)} files skipped, see the queue)"
         self.statusBar().showMessage(msg, 10000)
         self.queue.step(0)
+        self.queue.focus_table()  # keys go to the queue and the window's shortcuts, never the filter box
         self.datasetOpened.emit()
         self._load_checkpoint_from_project()
         return True

@@ -211,6 +211,23 @@ class QueueProxy(QSortFilterProxyModel):
         return super().filterAcceptsRow(source_row, source_parent)
 
 
+class FilterEdit(QLineEdit):
+    """The name filter: takes keys only once clicked (single-key shortcuts such as N and A
+    must reach the window after a data set opens); Esc hands the keys back to the queue."""
+
+    left = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() == Qt.Key.Key_Escape:
+            self.left.emit()
+            return
+        super().keyPressEvent(event)
+
+
 class ReviewQueue(QWidget):
     """Filter box + status filter + table. ``currentChanged(name)`` when the selection moves."""
 
@@ -242,8 +259,9 @@ class ReviewQueue(QWidget):
         self.table.sortByColumn(COL_SCORE, Qt.SortOrder.AscendingOrder)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
 
-        self.filter_edit = QLineEdit()
-        self.filter_edit.setPlaceholderText("Filter names…")
+        self.filter_edit = FilterEdit()
+        self.filter_edit.left.connect(self.focus_table)
+        self.filter_edit.setPlaceholderText("Filter names… (click; Esc leaves)")
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.textChanged.connect(self.proxy.setFilterFixedString)
         self.status_combo = QComboBox()
@@ -283,6 +301,10 @@ class ReviewQueue(QWidget):
     def _on_current(self, current: QModelIndex, _previous: QModelIndex) -> None:
         if current.isValid():
             self.currentChanged.emit(current.data(NAME_ROLE))
+
+    def focus_table(self) -> None:
+        """Give the keyboard to the table (its arrows, and the window's single-key shortcuts)."""
+        self.table.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def current_name(self) -> str | None:
         idx = self.table.currentIndex()
