@@ -658,3 +658,24 @@ def test_keys_reach_the_queue_after_opening_and_the_filter_only_when_clicked(mak
     QTest.keyClick(w.queue.filter_edit, Qt.Key.Key_Escape)
     assert QApplication.focusWidget() is w.queue.table
     assert w.queue.filter_edit.text() == "cell3"  # Esc leaves the box, the filter stays
+
+
+def test_undo_says_what_it_undoes_and_shows_that_image(make_window, dataset):
+    w = make_window()
+    w.open_folders(*dataset)
+    inject_proposals(w, SCORES)
+    w.accept("cell1", advance=False)
+    w.queue.select("cell4")  # the reviewer has moved on
+    w.undo()
+    assert w.current == "cell1" and w.project.decision("cell1").status == "unreviewed"
+    assert w.statusBar().currentMessage() == "Undid: Accept proposal for cell1"
+    w.queue.select("cell0")
+    w.redo()
+    assert w.current == "cell1" and w.project.decision("cell1").status == "accepted"
+    assert w.statusBar().currentMessage() == "Redid: Accept proposal for cell1"
+    w.redo()
+    assert w.statusBar().currentMessage() == "Nothing to redo"
+    w.accept_worse_than(0.5)  # one macro over several images: said, the view stays
+    before = w.current
+    w.undo()
+    assert w.statusBar().currentMessage().startswith("Undid: Accept ") and w.current == before

@@ -170,8 +170,8 @@ class MainWindow(QMainWindow):
             "open_project": self.choose_project,
             "export": lambda: self.export(),
             "quit": self.close,
-            "undo": self.undo_stack.undo,
-            "redo": self.undo_stack.redo,
+            "undo": self.undo,
+            "redo": self.redo,
             "accept": lambda: self.accept(),
             "keep": lambda: self.keep(),
             "accept_worse": lambda: self.accept_worse_than(),
@@ -712,6 +712,26 @@ class MainWindow(QMainWindow):
         from ielstudio.core.session import Provenance
 
         return Provenance(settings=dict(self._train_settings))
+
+    def undo(self) -> None:
+        """Undo the last decision, show the image it was on and say what was undone."""
+        self._step_history(self.undo_stack.index() - 1, "undo", self.undo_stack.canUndo(), self.undo_stack.undo)
+
+    def redo(self) -> None:
+        self._step_history(self.undo_stack.index(), "redo", self.undo_stack.canRedo(), self.undo_stack.redo)
+
+    def _step_history(self, index: int, verb: str, possible: bool, step) -> None:
+        if not possible:
+            self.statusBar().showMessage(f"Nothing to {verb}", 3000)
+            return
+        command = self.undo_stack.command(index)
+        text = command.text()
+        names = [command.name] if isinstance(command, DecisionCommand) else [
+            c.name for c in (command.child(i) for i in range(command.childCount())) if isinstance(c, DecisionCommand)]
+        step()
+        if len(names) == 1 and names[0] != self.current:
+            self.queue.select(names[0])  # show the image whose decision changed
+        self.statusBar().showMessage(f"{'Undid' if verb == 'undo' else 'Redid'}: {text}", 8000)
 
     def decision_changed(self, name: str) -> None:
         """After a command changed ``name`` in the project: update its row and the view."""
