@@ -304,18 +304,27 @@ def test_export_writes_final_masks_in_input_format_and_reports(tmp_path):
 
     doc = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in doc["images"]}
-    assert doc["written"] == 3 and doc["complete"] is True
+    assert doc["written"] == 3 and doc["finished"] is True
+    assert doc["all_reviewed"] is False  # s2 was never reviewed
     assert rows["s0"]["pixels_before"] == {"0": 256 - 16, "1": 16}
     assert rows["s0"]["pixels_after"] == {"0": 112, "1": 144}
     assert rows["s0"]["changed_pixels"] == 128 and rows["s0"]["who"] == "alice"
+    # the changed fraction is what was written (128 of 256 px), the proposal's own is kept beside it
+    assert rows["s0"]["changed_fraction"] == 0.5 and rows["s0"]["proposal_changed_fraction"] == 0.1
+    assert rows["s1"]["changed_fraction"] == 0.0  # kept: the proposal would have changed nothing here
     assert rows["s0"]["settings"] == {"iel": "heat"} and rows["s0"]["score"] == 0.2
     assert rows["s1"]["changed_pixels"] == 0 and rows["s1"]["status"] == "kept"
     assert rows["s2"]["pixels_after"] == {"0": 256 - 48, "1": 48}
     lines = (out / "report.csv").read_text().splitlines()
     head = lines[0].split(",")
     first = dict(zip(head, lines[1].split(",")))
-    assert head[:6] == ["name", "status", "output", "score", "changed_fraction", "changed_pixels"]
+    assert head[:7] == ["name", "status", "output", "score", "changed_fraction", "changed_pixels",
+                        "proposal_changed_fraction"]
     assert (first["name"], first["before_1"], first["after_1"], first["changed_pixels"]) == ("s0", "16", "144", "128")
+    assert (first["changed_fraction"], first["proposal_changed_fraction"]) == ("0.5", "0.1")
+    p.record_decision("s2", "kept")
+    S.export_project(p, tmp_path / "out2")
+    assert json.loads((tmp_path / "out2" / "report.json").read_text())["all_reviewed"] is True
     p.close()
 
 
@@ -340,7 +349,8 @@ def test_export_can_be_cancelled(tmp_path):
     for ev in S.iter_export(p, tmp_path / "out", cancel=lambda: len(seen) >= 1):
         seen.append(ev)
     assert isinstance(seen[-1], S.ExportDone) and len(seen[-1].report.rows) == 1
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["complete"] is False
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert doc["finished"] is False and doc["all_reviewed"] is False
     p.close()
 
 

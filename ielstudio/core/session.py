@@ -903,7 +903,8 @@ def iter_export(project: Project, out_dir: str | Path,
                 break
             d = project.decision(img.name)
             row = {"name": img.name, "status": img.status, "output": None, "score": img.score,
-                   "changed_fraction": img.changed_fraction, "skip_reason": img.skip_reason,
+                   "changed_fraction": None, "proposal_changed_fraction": img.changed_fraction,
+                   "skip_reason": img.skip_reason,
                    "decided_at": d.at, "who": d.who, "checkpoint_sha256": d.checkpoint_sha256,
                    "settings": d.settings, "history_length": None, "pixels_before": None,
                    "pixels_after": None, "changed_pixels": None, "error": None}
@@ -921,8 +922,9 @@ def iter_export(project: Project, out_dir: str | Path,
                 write_mask(target, after, file_encoding, protect=[img.mask_path])
                 used.add(target.name)
                 written += 1
-                row.update(output=target.name, pixels_before=_class_counts(before),
-                           pixels_after=_class_counts(after), changed_pixels=int((before != after).sum()))
+                changed = int((before != after).sum())  # what was written, not what was proposed
+                row.update(output=target.name, pixels_before=_class_counts(before), pixels_after=_class_counts(after),
+                           changed_pixels=changed, changed_fraction=changed / max(1, before.size))
             except (DataError, ValueError, OSError) as e:
                 row["error"] = str(e)
             rows.append(row)
@@ -940,7 +942,10 @@ def iter_export(project: Project, out_dir: str | Path,
         "images_dir": str(project.images_dir), "masks_dir": str(masks_dir),
         "checkpoint": None if project.checkpoint is None else
         {"path": str(project.checkpoint.path), "sha256": project.checkpoint.sha256},
-        "complete": not cancelled, "total": total, "written": written, "errors": report.errors,
+        # finished: the export went through every image (not cancelled); all_reviewed: every
+        # image has a decision (none left unreviewed), so the export is the reviewed data set
+        "finished": not cancelled, "all_reviewed": not cancelled and all(r["status"] != "unreviewed" for r in rows),
+        "total": total, "written": written, "errors": report.errors,
         "statuses": dict(Counter(r["status"] for r in rows)), "images": rows,
     }
     atomic_write_text(report.json_path, json.dumps(summary, indent=1))
@@ -966,7 +971,7 @@ def _class_counts(mask: np.ndarray) -> dict[str, int]:
 def _report_csv(rows: list[dict]) -> str:
     classes = sorted({int(k) for r in rows for key in ("pixels_before", "pixels_after")
                       for k in (r[key] or {})})
-    head = ["name", "status", "output", "score", "changed_fraction", "changed_pixels"]
+    head = ["name", "status", "output", "score", "changed_fraction", "changed_pixels", "proposal_changed_fraction"]
     head += [f"before_{c}" for c in classes] + [f"after_{c}" for c in classes]
     head += ["decided_at", "who", "checkpoint_sha256", "settings", "history_length", "skip_reason", "error"]
     buf = io.StringIO()
@@ -975,7 +980,7 @@ def _report_csv(rows: list[dict]) -> str:
     for r in rows:
         b, a = r["pixels_before"] or {}, r["pixels_after"] or {}
         w.writerow([r["name"], r["status"], r["output"] or "", _fmt(r["score"]), _fmt(r["changed_fraction"]),
-                    _fmt(r["changed_pixels"])]
+                    _fmt(r["changed_pixels"]), _fmt(r["proposal_changed_fraction"])]
                    + [b.get(str(c), 0) if r["pixels_before"] else "" for c in classes]
                    + [a.get(str(c), 0) if r["pixels_after"] else "" for c in classes]
                    + [r["decided_at"] or "", r["who"] or "", r["checkpoint_sha256"] or "",
