@@ -98,7 +98,7 @@ class TrainConfig:
     foreground_crops: float = field(default=0.33, metadata=_help(
         "share of patches centred on a labelled pixel of a randomly chosen foreground class "
         "(nnU-Net: a third), so that a class covering 1 % of the pixels is seen in every few batches"))
-    lr: float = field(default=2e-3, metadata=_help("peak learning rate (AdamW)"))
+    lr: float = field(default=5e-3, metadata=_help("peak learning rate (AdamW); chosen on the real-data dev sets (benchmarks/README.md)"))
     weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
     schedule: str = field(default="cosine", metadata=_help("learning-rate schedule: cosine | onecycle | constant"))
     dice_weight: float = field(default=1.0, metadata=_help(
