@@ -137,9 +137,18 @@ def test_queue_of_5000_pairs_opens_fast(qtbot, tmp_path):
 
 # ----------------------------------------------------------------------------- IEL panel
 
+def test_display_scale_is_log_from_a_thousandth_of_the_maximum():
+    from ielstudio.gui.iel_panel import display_scale
+
+    v = display_scale(np.array([0.0, 0.002, 0.02, 0.2, 2.0, 5.0], np.float32), 2.0)
+    np.testing.assert_allclose(v, [0.0, np.log(2) / np.log(1001), np.log(11) / np.log(1001),
+                                   np.log(101) / np.log(1001), 1.0, 1.0], rtol=1e-6)
+    assert display_scale(np.zeros(3, np.float32), 0.0).tolist() == [0.0, 0.0, 0.0]  # an all-zero map
+
+
 def test_iel_panel_shows_defect_maps_and_steps(qtbot):
     from ielstudio.core.iel import IELConfig, defect_maps, one_hot
-    from ielstudio.gui.iel_panel import IELPanel
+    from ielstudio.gui.iel_panel import IELPanel, display_scale
 
     p = IELPanel()
     qtbot.addWidget(p)
@@ -151,14 +160,20 @@ def test_iel_panel_shows_defect_maps_and_steps(qtbot):
     with qtbot.waitSignal(p.updated, timeout=20000):
         p.request(mask, probs, 2, cfg)
     ref = defect_maps(one_hot(mask, 2), cfg)
+    top = float(ref.steps.max())
     assert p.slider.maximum() == ref.steps.shape[0] - 1 and p.slider.value() == p.slider.maximum()
-    np.testing.assert_allclose(p.heat_items[0].image, ref.steps[-1], rtol=1e-6)
+    np.testing.assert_allclose(p.heat_items[0].image, display_scale(ref.steps[-1], top), rtol=1e-6)
     assert p.heat_items[1].image is not None
+    assert p.titles[0].text == f"Given mask (max {top:.3g})"
     p.slider.setValue(0)
     assert float(np.abs(p.heat_items[0].image).max()) == 0.0  # k = 0: nothing amplified yet
     assert p.step_label.text() == "k = 0"
+    p.slider.setValue(1)  # the first step is far below the maximum, and still visible
+    assert float(ref.steps[1].max()) / top < 0.5 and float(p.heat_items[0].image.max()) > 0.5
     p.slider.setValue(3)
-    np.testing.assert_allclose(p.heat_items[0].image, ref.steps[3], rtol=1e-6)
+    np.testing.assert_allclose(p.heat_items[0].image, display_scale(ref.steps[3], top), rtol=1e-6)
+    ticks = p.colour_bar.getAxis("bottom")._tickLevels[0]
+    assert [label for _, label in ticks] == ["0", "0.001", "0.01", "0.1", "1"]
     # with a convex class the curve-motion region is drawn over the maps
     convex = IELConfig(heat_steps=2, convex_classes=(1,), convex_steps=3)
     blob = np.zeros((32, 32), np.int64)

@@ -25,6 +25,18 @@ def heat_lut() -> np.ndarray:
     return pg.colormap.get("inferno").getLookupTable(0.0, 1.0, 256, alpha=False)
 
 
+#: The maps are shown on a log scale from this share of a map's maximum up to the maximum,
+#: so that the small amplification of the first steps k is visible (linear, k <= 5 looked black).
+LOG_FLOOR = 1e-3
+BAR_TICKS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def display_scale(values: np.ndarray, top: float) -> np.ndarray:
+    """``values / top`` on a log scale, in [0, 1]: 0 -> 0, ``top`` -> 1, ``LOG_FLOOR * top`` -> 0.1."""
+    share = np.clip(np.asarray(values, np.float32) / np.float32(top if top > 0 else 1.0), 0.0, 1.0)
+    return (np.log1p(share / LOG_FLOOR) / np.log1p(1.0 / LOG_FLOOR)).astype(np.float32)
+
+
 def region_lut() -> np.ndarray:
     lut = np.zeros((256, 4), np.uint8)
     lut[1] = (80, 220, 255, 90)
@@ -109,6 +121,13 @@ class IELPanel(QWidget):
             self.titles.append(label)
         self.boxes[1].setXLink(self.boxes[0])
         self.boxes[1].setYLink(self.boxes[0])
+        # what the colours mean: one bar, as each map is scaled to its own maximum (in its title)
+        self.colour_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=pg.colormap.get("inferno"), interactive=False,
+                                          orientation="horizontal", colorMapMenu=False, width=12,
+                                          label="|u_k - u|: share of the map's maximum (log scale)")
+        self.colour_bar.getAxis("bottom").setTicks([[(float(display_scale(np.float32(t), 1.0)), f"{t:g}")
+                                                     for t in BAR_TICKS]])
+        self.plots.addItem(self.colour_bar, row=4, col=0)
 
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 0)
@@ -212,4 +231,7 @@ class IELPanel(QWidget):
                 continue
             top = float(np.max(maps.steps)) or 1.0
             kk = min(k, maps.steps.shape[0] - 1)
-            item.setImage(np.asarray(maps.steps[kk], np.float32), levels=(0.0, top), autoLevels=False)
+            item.setImage(display_scale(maps.steps[kk], top), levels=(0.0, 1.0), autoLevels=False)
+        for i, (name, maps) in enumerate((("Given mask", self.given_maps), ("Prediction", self.pred_maps))):
+            top = None if maps is None else float(np.max(maps.steps))
+            self.titles[i].setText(name if top is None else f"{name} (max {top:.3g})")
