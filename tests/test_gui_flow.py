@@ -679,3 +679,27 @@ def test_undo_says_what_it_undoes_and_shows_that_image(make_window, dataset):
     before = w.current
     w.undo()
     assert w.statusBar().currentMessage().startswith("Undid: Accept ") and w.current == before
+
+
+def test_an_unreadable_file_is_marked_skipped_once_without_a_dialog_on_every_visit(make_window, dataset):
+    images, masks = dataset
+    (masks / "cell2.png").write_text("not an image at all")
+    (images / "cell4.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # a truncated PNG
+    w = make_window()
+    w.open_folders(images, masks)
+    shown = []
+    w.errorShown.connect(shown.append)
+    w.queue.select("cell1")
+    assert w.canvas.image_item.image is not None and w.iel_panel.slider is not None
+    w.queue.select("cell2")
+    assert len(shown) == 1 and w._error_box.windowTitle() == "Cannot load mask"
+    assert "cell2.png" in shown[0] and "not an image" in shown[0]
+    assert w.queue.model.get("cell2").status == "skipped" and w.project.decision("cell2").status == "skipped"
+    assert w.current is None and w.canvas.image_item.image is None  # nothing of cell1 stays on screen
+    assert w.iel_panel.given_maps is None
+    for name in ("cell3", "cell2", "cell3", "cell2"):  # coming back: no new dialog
+        w.queue.select(name)
+    assert len(shown) == 1
+    w.queue.select("cell4")
+    assert len(shown) == 1 and w.statusBar().currentMessage().startswith("Cannot load image: ")
+    assert w.queue.model.get("cell4").status == "skipped"

@@ -114,6 +114,8 @@ class MainWindow(QMainWindow):
         self.prefetch_worker: GeneratorWorker | None = None
         self.prefetch_queue: queue.Queue = queue.Queue()
         self._prefetching: set[str] = set()
+        #: images whose image or mask file failed to load this session: name -> reason
+        self._unreadable: dict[str, str] = {}
         self._prefetch_gen = 0  # bumped whenever the cache is cleared: late results are dropped
         self._train_settings: dict = {}
         self.train_base = None  # TrainConfig for the fields the form does not show (None = defaults)
@@ -467,6 +469,7 @@ class MainWindow(QMainWindow):
         self.pairs = {}
         self.dataset_info = None
         self._samples.clear()
+        self._unreadable.clear()
         self._prefetch_gen += 1
         self._probs.clear()
         self.proposals.clear()
@@ -592,7 +595,7 @@ class MainWindow(QMainWindow):
             self._samples.move_to_end(name)
             return self._samples[name]
         pair = self.pairs.get(name)
-        if pair is None:
+        if pair is None or name in self._unreadable:
             return None
         from ielstudio.core.dataset import load_sample
         from ielstudio.core.errors import DataError
@@ -600,12 +603,31 @@ class MainWindow(QMainWindow):
         try:
             s = load_sample(pair, self.project.mask_encoding() if self.project else None)
         except (DataError, OSError, ValueError) as e:
-            self.report_error("Cannot load image", str(e))
+            self._mark_unreadable(pair, e)
             return None
         self._samples[name] = s
         while len(self._samples) > SAMPLE_CACHE:
             self._samples.popitem(last=False)
         return s
+
+    def _mark_unreadable(self, pair, error: Exception) -> None:
+        """A file of ``pair`` failed to load: mark the image skipped (project and queue) at once,
+        so that N and P step over it; a dialog only for the first such file of the session."""
+        bad = getattr(error, "path", None) or getattr(error, "filename", None)
+        what = "mask" if bad is not None and Path(bad) == Path(pair.mask_path) else "image"
+        reason = str(error)
+        first = not self._unreadable
+        self._unreadable[pair.name] = reason
+        try:
+            if self.project is not None and self.project.image(pair.name).status == "unreviewed":
+                self.project.record_decision(pair.name, "skipped", reason=reason)
+        except Exception as e:  # the queue still shows it; the project says why it could not
+            self.statusBar().showMessage(f"Cannot update the project: {e}", 10000)
+        self.queue.model.update(pair.name, status="skipped", reason=reason)
+        if first:
+            self.report_error(f"Cannot load {what}", reason + "\nIt is marked skipped; the review goes on.")
+        else:
+            self.statusBar().showMessage(f"Cannot load {what}: {reason} (marked skipped)", 10000)
 
     def current_mask(self, name: str) -> np.ndarray | None:
         """The mask as decided so far: the stored accepted/edited mask, else the given one."""
@@ -626,9 +648,11 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{name}: skipped: {row.reason}", 10000)
             return
         s = self.sample(name)
-        if s is None:
+        if s is None:  # nothing of the previous image stays on screen
             self.current = None
             self.canvas.set_image(None)
+            self.iel_panel.clear()
+            self._update_status()
             return
         self.current = name
         self.canvas.set_image(s.image, reset_view=True)
