@@ -703,3 +703,21 @@ def test_an_unreadable_file_is_marked_skipped_once_without_a_dialog_on_every_vis
     w.queue.select("cell4")
     assert len(shown) == 1 and w.statusBar().currentMessage().startswith("Cannot load image: ")
     assert w.queue.model.get("cell4").status == "skipped"
+
+
+def test_the_demo_trains_only_when_its_project_has_no_saved_model(make_window, dataset, qtbot, tmp_path):
+    from ielstudio.gui.app import train_on_start
+
+    project = tmp_path / "demo.ielproj"
+    w = make_window()
+    w.open_folders(*dataset, project_path=project)
+    assert train_on_start(w, demo=True, train_steps=None, screenshot=None)  # first run: trains
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000):
+        w.start_training(steps=2, snapshot_every=2)
+    w.close()
+    w2 = make_window()
+    with qtbot.waitSignal(w2.trainingFinished, timeout=60000):  # the saved model's proposals
+        w2.open_folders(*dataset, project_path=project)
+    assert not train_on_start(w2, demo=True, train_steps=None, screenshot=None)  # reopened, not retrained
+    assert train_on_start(w2, demo=True, train_steps=3, screenshot=None)  # asked for: trains
+    assert not train_on_start(w2, demo=False, train_steps=None, screenshot=None)

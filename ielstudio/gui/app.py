@@ -36,13 +36,22 @@ def _fresh_demo_path(path: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="ielstudio-demo-")) / path.name
 
 
+def train_on_start(window, demo: bool, train_steps: int | None, screenshot) -> bool:
+    """Start training once the window is open? Asked for (steps, a screenshot), or a demo
+    whose project has no saved model yet: running `ielstudio demo` again reopens its project
+    with the model it trained (proposals recomputed) instead of retraining and replacing it."""
+    if train_steps is not None or screenshot:
+        return True
+    return bool(demo) and window.project is not None and window.checkpoint is None
+
+
 def run_app(images_dir: str | Path | None = None, masks_dir: str | Path | None = None,
             project: str | Path | None = None, demo: bool = False, train_steps: int | None = None,
             screenshot: str | Path | None = None, argv: list[str] | None = None) -> int:
     """Open the main window and run the Qt event loop; returns the exit code.
 
     demo: open the bundled nuclei sample (resources/sample/nuclei) with its own project
-    and start training (automatic budget).
+    and start training (automatic budget), unless that project already has a saved model.
     train_steps: start training with at most this many steps once the dataset is open.
     screenshot: wait for the first proposals (or the end of training), save the window
     to this PNG and exit 0 (exit 1 if that fails or nothing arrives within 10 minutes).
@@ -107,7 +116,7 @@ def run_app(images_dir: str | Path | None = None, masks_dir: str | Path | None =
             take_screenshot()
 
         QTimer.singleShot(600_000, give_up)
-    if train_steps is not None or screenshot or demo:
+    if train_on_start(window, demo, train_steps, screenshot):
         # the demo trains straight away (the form's automatic budget unless train_steps)
         QTimer.singleShot(0, lambda: window.start_training(steps=train_steps) or (screenshot and take_screenshot()))
 
