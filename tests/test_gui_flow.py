@@ -721,3 +721,40 @@ def test_the_demo_trains_only_when_its_project_has_no_saved_model(make_window, d
     assert not train_on_start(w2, demo=True, train_steps=None, screenshot=None)  # reopened, not retrained
     assert train_on_start(w2, demo=True, train_steps=3, screenshot=None)  # asked for: trains
     assert not train_on_start(w2, demo=False, train_steps=None, screenshot=None)
+
+
+def test_default_project_names_say_which_data_they_hold(make_window, tmp_path):
+    import hashlib
+
+    w = make_window()
+    projects = tmp_path / "data" / "projects"
+    nuclei = tmp_path / "nuclei" / "images"
+    p = w.default_project_path(nuclei, tmp_path / "nuclei" / "masks")
+    assert p.parent == projects and p.name.startswith("nuclei-images-") and len(p.stem) == len("nuclei-images-") + 6
+    assert w.default_project_path(nuclei, tmp_path / "other-masks") != p  # another mask folder, another project
+    assert w.default_project_path(tmp_path / "CT scans: 2024", tmp_path / "m").name.startswith("CT_scans__2024-")
+    # a project made under the old name (images-<10 hex>) is still found
+    key = f"{nuclei.resolve()}\n{(tmp_path / 'nuclei' / 'masks').resolve()}"
+    legacy = projects / f"images-{hashlib.sha1(key.encode()).hexdigest()[:10]}.ielproj"
+    projects.mkdir(parents=True, exist_ok=True)
+    legacy.write_bytes(b"")
+    assert w.default_project_path(nuclei, tmp_path / "nuclei" / "masks") == legacy
+
+
+def test_save_as_goes_on_in_the_copy_and_close_empties_the_window(make_window, dataset, qtbot, tmp_path):
+    w = make_window()
+    w.open_folders(*dataset)
+    w.keep("cell1", advance=False)
+    old = w.project.path
+    with qtbot.waitSignal(w.projectSaved, timeout=20000) as blocker:
+        assert w.save_project_as(tmp_path / "mine")
+    assert blocker.args == [str(tmp_path / "mine.ielproj")]
+    assert w.project.path == tmp_path / "mine.ielproj" and w.project.decision("cell1").status == "kept"
+    w.keep("cell2", advance=False)  # goes into the copy, not the old file
+    from ielstudio.core.session import Project
+
+    with Project.open(old, read_only=True) as p:
+        assert p.decision("cell2").status == "unreviewed"
+    assert not w.save_project_as(tmp_path / "mine.ielproj") and "already exists" in w.last_error
+    w.actions["close_project"].trigger()
+    assert w.project is None and w.windowTitle() == "IEL Studio" and w.queue.model.rows == []

@@ -516,3 +516,18 @@ def test_relocate_points_a_moved_project_at_its_new_folders(tmp_path):
     p.add_images([("img1", new_images / "img1.png", new_masks / "img1.png")])
     assert p.image("img1").image_path == new_images / "img1.png" and p.decision("img1").status == "kept"
     p.close()
+
+
+def test_copy_to_writes_a_self_contained_project_and_never_replaces_a_file(tmp_path):
+    p = _project(tmp_path)
+    p.record_decision("img0", "edited", np.eye(4, dtype=np.int64))
+    p.record_decision("img1", "kept")
+    copy = p.copy_to(tmp_path / "copy.ielproj")
+    assert not (tmp_path / "copy.ielproj-wal").exists()  # one file: a copy holds everything
+    with Project.open(copy) as q:
+        assert q.decision("img1").status == "kept" and q.images_dir == p.images_dir
+        np.testing.assert_array_equal(q.final_mask("img0"), np.eye(4, dtype=np.int64))
+    with pytest.raises(DataError, match="already exists"):
+        p.copy_to(copy)
+    assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".ielstudio-tmp")] == []
+    p.close()

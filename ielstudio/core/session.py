@@ -428,6 +428,33 @@ class Project:
                 self._conn.close()
                 self._conn = None
 
+    def copy_to(self, path: str | Path) -> Path:
+        """Write a consistent copy of the whole project (every committed decision, the WAL
+        included) to a new file ``path`` (SQLite's online backup; temp file + rename).
+        Refuses to replace an existing file. The copy is a project on its own."""
+        path = Path(path)
+        if path.exists():
+            raise DataError(path, "already exists; choose another name")
+        if not path.parent.is_dir():
+            raise DataError(path, "folder does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        try:
+            dst = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                with self._lock:
+                    if self._conn is None:
+                        raise ValueError("project is closed")
+                    self._run(lambda: self._conn.backup(dst))
+                dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            finally:
+                dst.close()
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
     def checkpoint_wal(self, mode: str = "PASSIVE") -> None:
         """Copy committed transactions from the ``-wal`` file into the .ielproj file itself.
 

@@ -20,6 +20,8 @@ SHORTCUTS: list[tuple[str, tuple[str, ...], str]] = [
     ("open_images", ("Ctrl+O",), "Open image folder"),
     ("open_masks", ("Ctrl+M",), "Open mask folder"),
     ("open_project", ("Ctrl+Shift+O",), "Open project"),
+    ("save_as", ("Ctrl+Shift+S",), "Save the project as a new file (and go on in it)"),
+    ("close_project", ("Ctrl+W",), "Close the project"),
     ("export", ("Ctrl+E",), "Export corrected masks and report"),
     ("quit", ("Ctrl+Q",), "Quit"),
     ("undo", ("Ctrl+Z",), "Undo the last decision or edit"),

@@ -73,6 +73,16 @@ def icon_path() -> Path | None:
     return None
 
 
+#: Folder names that say nothing about the data: the project is named after the parent too.
+GENERIC_FOLDER_NAMES = {"images", "image", "imgs", "img", "raw", "data", "input", "inputs", "scans", "slices"}
+
+
+def _safe_file_name(text: str) -> str:
+    """``text`` usable as a file name everywhere (letters, digits, ``-_.``), at most 60 characters."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._") or "project"
+    return out[:60]
+
+
 class MainWindow(QMainWindow):
     """IEL Studio's window. Signals let scripts and tests wait for background work."""
 
@@ -82,6 +92,7 @@ class MainWindow(QMainWindow):
     reviewsApplied = Signal(object)  # jobs.Reviews
     scoringFinished = Signal()
     exportFinished = Signal(object)  # session.ExportReport, or None on failure
+    projectSaved = Signal(str)  # the path saved to and now open, or "" when saving failed
     errorShown = Signal(str)
 
     def __init__(self, settings: QSettings | None = None, data_dir: str | Path | None = None):
@@ -170,6 +181,8 @@ class MainWindow(QMainWindow):
             "open_images": self.choose_images_folder,
             "open_masks": self.choose_masks_folder,
             "open_project": self.choose_project,
+            "save_as": lambda: self.save_project_as(),
+            "close_project": self.close_project_by_user,
             "export": lambda: self.export(),
             "quit": self.close,
             "undo": self.undo,
@@ -214,6 +227,8 @@ class MainWindow(QMainWindow):
             file_menu.addAction(self.actions[key])
         self.recent_menu = file_menu.addMenu("Recent projects")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addAction(self.actions["save_as"])
+        file_menu.addAction(self.actions["close_project"])
         file_menu.addSeparator()
         file_menu.addAction(self.actions["export"])
         file_menu.addSeparator()
@@ -324,10 +339,20 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ opening
     def default_project_path(self, images_dir: str | Path, masks_dir: str | Path) -> Path:
-        """One project per (images, masks) folder pair, in the user data folder."""
-        key = f"{Path(images_dir).resolve()}\n{Path(masks_dir).resolve()}"
-        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-        return self.data_dir / "projects" / f"{Path(images_dir).resolve().name}-{digest}.ielproj"
+        """One project per (images, masks) folder pair, in the user data folder, named after the
+        data (``nuclei-images-1a2b3c.ielproj`` for ``.../nuclei/images``: a generic folder name
+        takes its parent's). A project made under the old name (``images-<10 hex>``) is kept."""
+        images = Path(images_dir).resolve()
+        key = f"{images}\n{Path(masks_dir).resolve()}"
+        digest = hashlib.sha1(key.encode()).hexdigest()
+        folder = self.data_dir / "projects"
+        legacy = folder / f"{images.name}-{digest[:10]}.ielproj"
+        if legacy.exists():
+            return legacy
+        label = images.name
+        if label.lower() in GENERIC_FOLDER_NAMES and images.parent.name:
+            label = f"{images.parent.name}-{label}"
+        return folder / f"{_safe_file_name(label)}-{digest[:6]}.ielproj"
 
     def choose_images_folder(self) -> None:
         start = self.settings.value("last/images_dir", "")
@@ -459,6 +484,47 @@ class MainWindow(QMainWindow):
         except (DataError, OSError) as e:
             self.report_error("Cannot read the folders", str(e))
             return None
+
+    def save_project_as(self, path: str | Path | None = None) -> bool:
+        """Copy the project (every decision so far) to a new file and go on working in the copy."""
+        if self.project is None:
+            self.report_error("Nothing to save", "open a dataset first")
+            return False
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save project as", str(self.project.path.parent),
+                                                  "IEL Studio projects (*.ielproj)")
+            if not path:
+                return False
+        path = Path(path)
+        if path.suffix != ".ielproj":
+            path = path.with_name(path.name + ".ielproj")
+        if path.exists():
+            self.report_error("Cannot save the project", f"{path}: already exists; choose another name")
+            return False
+        from .workers import run_once
+
+        # a large project takes seconds to copy: in a worker (SQLite's online backup)
+        w = run_once(self.project.copy_to, path, parent=self)
+        self.statusBar().showMessage(f"Saving the project as {path}…")
+
+        def saved(_):
+            if self.open_project(path):
+                self.statusBar().showMessage(f"Saved as {path}; working in it now", 8000)
+            self.projectSaved.emit(str(path))
+
+        w.yielded.connect(saved)
+        w.errored.connect(lambda msg: (self.report_error("Cannot save the project", msg), self.projectSaved.emit("")))
+        self._save_worker = w
+        w.start()
+        return True
+
+    def close_project_by_user(self) -> None:
+        """File > Close: asks first while training runs."""
+        if self.train_worker is not None and not self.train_worker.done and not self.confirm_close_during_training():
+            return
+        self.close_project()
+        self._update_title()
+        self.statusBar().showMessage("Project closed. Open an image folder and a mask folder, or a project.", 8000)
 
     def close_project(self) -> None:
         self._stop_workers()
