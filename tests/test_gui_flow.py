@@ -758,3 +758,43 @@ def test_save_as_goes_on_in_the_copy_and_close_empties_the_window(make_window, d
     assert not w.save_project_as(tmp_path / "mine.ielproj") and "already exists" in w.last_error
     w.actions["close_project"].trigger()
     assert w.project is None and w.windowTitle() == "IEL Studio" and w.queue.model.rows == []
+
+
+def hover(window, row, col):
+    """Move the (simulated) mouse over image pixel (row, col) of the canvas."""
+    from PySide6.QtCore import QPointF
+
+    c = window.canvas
+    c._on_mouse_moved(c.viewbox.mapViewToScene(QPointF(col + 0.5, row + 0.5)))
+
+
+def test_o_accepts_the_object_under_the_cursor_and_the_brush_paints_any_class(make_window, dataset, qtbot):
+    w = make_window()
+    w.show()
+    qtbot.waitExposed(w)
+    w.open_folders(*dataset)
+    inject_proposals(w, SCORES)
+    w.queue.select("cell1")
+    hover(w, 3, 5)  # on the spurious block of cell1 (rows 2-5, columns 3-8), absent from the proposal
+    assert w.canvas.hover == (3, 5) and "x 5, y 3" in w.canvas.info.text() and "label 1" in w.canvas.info.text()
+    w.actions["tool_object"].trigger()
+    final = w.project.final_mask("cell1")
+    assert w.project.decision("cell1").status == "edited"
+    assert final[2:6, 3:9].max() == 0  # that object taken from the proposal
+    np.testing.assert_array_equal(final[10:], noisy_mask(1)[10:])  # nothing else changed
+    assert w.canvas.tool == "pan"
+
+    w._set_classes(3)  # a three-class data set: the brush can paint class 2
+    assert [w.canvas.class_combo.itemData(i) for i in range(w.canvas.class_combo.count())] == [1, 2]
+    w.canvas.class_combo.setCurrentIndex(1)
+    assert w.canvas.brush_class == 2
+    w.canvas.set_brush_radius(1)
+    w.canvas.paint_stroke([(35, 35)], tool="brush")
+    assert w.project.final_mask("cell1")[35, 35] == 2
+    hover(w, 14, 13)  # inside a disc of class 1: L picks it
+    w.actions["pick_class"].trigger()
+    assert w.canvas.brush_class == 1 and w.canvas.class_combo.currentData() == 1
+    hover(w, -5, -5)  # off the image: O picks the object tool instead
+    assert w.canvas.hover is None
+    w.actions["tool_object"].trigger()
+    assert w.canvas.tool == "object"

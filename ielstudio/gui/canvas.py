@@ -17,6 +17,7 @@ from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QGraphicsEllipseItem,
     QHBoxLayout,
     QLabel,
@@ -150,6 +151,7 @@ class Canvas(QWidget):
     objectClicked = Signal(int, int)  # row, col
     toolChanged = Signal(str)
     brushRadiusChanged = Signal(int)
+    brushClassChanged = Signal(int)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -161,6 +163,9 @@ class Canvas(QWidget):
         self._stroke: np.ndarray | None = None
         self._stroke_last: tuple[int, int] | None = None
         self._mask: np.ndarray | None = None
+        self._shown: np.ndarray | None = None  # the displayed image (H,W) or (H,W,3) in [0, 1]
+        #: the image pixel (row, col) under the mouse, None when it is off the image
+        self.hover: tuple[int, int] | None = None
 
         self.view_widget = pg.GraphicsView()
         self.view_widget.setBackground(QColor(30, 30, 30))
@@ -231,6 +236,12 @@ class Canvas(QWidget):
             self.tool_buttons[tool] = b
             controls.addWidget(b)
         self.tool_buttons["pan"].setChecked(True)
+        self.class_combo = QComboBox()
+        self.class_combo.setToolTip("Class the brush paints (L picks the class under the cursor)")
+        self.class_combo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.class_combo.currentIndexChanged.connect(
+            lambda i: self.set_brush_class(self.class_combo.itemData(i)) if i >= 0 else None)
+        controls.addWidget(self.class_combo)
         self.legend = QLabel()
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         self.info = QLabel("No image")
@@ -250,6 +261,13 @@ class Canvas(QWidget):
     # --- content -------------------------------------------------------------------
     def set_class_names(self, names: list[str]) -> None:
         self.n_classes = len(names)
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        for c, name in enumerate(names):
+            if c:
+                self.class_combo.addItem(f"paint: {name}", c)
+        self.class_combo.blockSignals(False)
+        self.set_brush_class(min(max(1, self.brush_class), max(1, self.n_classes - 1)))
         parts = []
         for c, name in enumerate(names):
             if c == 0:
@@ -264,6 +282,8 @@ class Canvas(QWidget):
         """Show a normalised image ((C,H,W) or (H,W)); clears the overlays."""
         if image is None:
             self._shape = None
+            self._shown = None
+            self.hover = None
             self.image_item.clear()
             for item in self.items.values():
                 item.clear()
@@ -271,6 +291,7 @@ class Canvas(QWidget):
             self.info.setText("No image")
             return
         disp = display_image(image)
+        self._shown = disp
         new_shape = disp.shape[:2]
         self.image_item.setImage(disp, levels=(0.0, 1.0), autoLevels=False)
         for item in self.items.values():
@@ -345,8 +366,52 @@ class Canvas(QWidget):
         return r, c
 
     def _on_mouse_moved(self, scene_pos) -> None:
+        pos = self.viewbox.mapSceneToView(scene_pos)
         if self.tool in ("brush", "eraser"):
-            self._update_cursor(self.viewbox.mapSceneToView(scene_pos))
+            self._update_cursor(pos)
+        p = self._pixel(pos)
+        h, w = self._shape or (0, 0)
+        self.hover = p if p is not None and 0 <= p[0] < h and 0 <= p[1] < w else None
+        self.info.setText(self.readout())
+
+    def readout(self) -> str:
+        """What is under the mouse: position, displayed image value, label of the current mask."""
+        if self._shape is None:
+            return "No image"
+        size = f"{self._shape[1]} x {self._shape[0]} px"
+        if self.hover is None:
+            return size
+        r, c = self.hover
+        value = self._shown[r, c]
+        value = f"{float(value):.3f}" if np.ndim(value) == 0 else "(" + ", ".join(f"{float(v):.2f}" for v in value) + ")"
+        label = "" if self._mask is None or self._mask.shape != self._shape else f" · label {int(self._mask[r, c])}"
+        return f"x {c}, y {r} · value {value}{label} · {size}"
+
+    def set_brush_class(self, c: int) -> None:
+        """The class the brush paints (1..n_classes-1)."""
+        c = int(min(max(1, c), max(1, self.n_classes - 1)))
+        self.brush_class = c
+        i = self.class_combo.findData(c)
+        if i >= 0 and self.class_combo.currentIndex() != i:
+            self.class_combo.setCurrentIndex(i)
+        self.brushClassChanged.emit(c)
+
+    def pick_class(self) -> int | None:
+        """Eyedropper: paint with the class under the cursor; returns it (None: background or off the image)."""
+        if self.hover is None or self._mask is None or self._mask.shape != self._shape:
+            return None
+        c = int(self._mask[self.hover])
+        if c <= 0:
+            return None
+        self.set_brush_class(c)
+        return c
+
+    def accept_object_under_cursor(self) -> bool:
+        """Emit ``objectClicked`` for the pixel under the mouse (key O); False when off the image."""
+        if self.hover is None:
+            return False
+        self.objectClicked.emit(*self.hover)
+        return True
 
     def _update_cursor(self, pos: QPointF | None) -> None:
         if pos is None:

@@ -195,7 +195,9 @@ class MainWindow(QMainWindow):
             "tool_pan": lambda: self.canvas.set_tool("pan"),
             "brush": lambda: self.canvas.set_tool("brush"),
             "eraser": lambda: self.canvas.set_tool("eraser"),
-            "tool_object": lambda: self.canvas.set_tool("object"),
+            # O over the image accepts the object under the cursor; elsewhere it picks the object tool
+            "tool_object": lambda: self.canvas.accept_object_under_cursor() or self.canvas.set_tool("object"),
+            "pick_class": self._pick_class,
             "smaller": lambda: self.canvas.set_brush_radius(self.canvas.brush_radius - max(1, self.canvas.brush_radius // 5)),
             "larger": lambda: self.canvas.set_brush_radius(self.canvas.brush_radius + max(1, self.canvas.brush_radius // 5)),
             "toggle_mask": lambda: self._toggle_overlay("mask"),
@@ -235,7 +237,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.actions["quit"])
         edit = mb.addMenu("&Edit")
         for key in ("undo", "redo", None, "accept", "keep", "accept_worse", None,
-                    "tool_pan", "brush", "eraser", "tool_object", "smaller", "larger"):
+                    "tool_pan", "brush", "eraser", "tool_object", "pick_class", "smaller", "larger"):
             edit.addSeparator() if key is None else edit.addAction(self.actions[key])
         view = mb.addMenu("&View")
         for key in ("next", "previous", None, "toggle_mask", "toggle_proposal", "toggle_difference"):
@@ -802,6 +804,11 @@ class MainWindow(QMainWindow):
         from ielstudio.core.session import Provenance
 
         return Provenance(settings=dict(self._train_settings))
+
+    def _pick_class(self) -> None:
+        c = self.canvas.pick_class()
+        self.statusBar().showMessage("Move the mouse over a labelled pixel to pick its class" if c is None
+                                     else f"The brush paints class {c}", 4000)
 
     def undo(self) -> None:
         """Undo the last decision, show the image it was on and say what was undone."""
