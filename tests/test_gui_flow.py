@@ -118,7 +118,10 @@ def test_accept_keep_brush_undo_redo_change_mask_and_project(make_window, datase
     assert w.current == "cell1"
     given1 = noisy_mask(1).astype(np.int64)
     np.testing.assert_array_equal(layer(w, "mask"), given1)
-    np.testing.assert_array_equal(layer(w, "proposal"), clean_mask(1))
+    from ielstudio.gui.canvas import outline
+
+    np.testing.assert_array_equal(layer(w, "proposal"), outline(clean_mask(1)))  # outlines, not a second fill
+    assert "unreviewed" in w.canvas.badge.text()
     diff = layer(w, "difference")
     assert int((diff == 2).sum()) == int(((given1 == 1) & (clean_mask(1) == 0)).sum()) == 24  # block removed
     assert int((diff == 1).sum()) == 0
@@ -129,6 +132,10 @@ def test_accept_keep_brush_undo_redo_change_mask_and_project(make_window, datase
     np.testing.assert_array_equal(w.project.final_mask("cell1"), clean_mask(1))
     assert w.queue.model.get("cell1").status == "accepted"
     assert w.current == "cell3"  # next in worst-first order
+    w.queue.select("cell1")  # the canvas shows the decision: the accepted mask, nothing left to change
+    np.testing.assert_array_equal(layer(w, "mask"), clean_mask(1))
+    assert not layer(w, "difference").any() and "accepted" in w.canvas.badge.text()
+    w.queue.select("cell3")
     # keep (R)
     w.actions["keep"].trigger()
     assert w.project.decision("cell3").status == "kept"
@@ -277,7 +284,9 @@ def test_training_fills_scores_proposals_and_curves(make_window, dataset, qtbot)
     assert scores == sorted(scores)
     assert {r.name: r.score for r in w.project.images()} == {r.name: r.score for r in rows}
     cur = w.current
-    np.testing.assert_array_equal(layer(w, "proposal"), w.proposals[cur])
+    from ielstudio.gui.canvas import outline
+
+    np.testing.assert_array_equal(layer(w, "proposal"), outline(w.proposals[cur]))
     assert w.training_panel.progress.value() == 6
     assert len(w.training_panel._loss) >= 1 and w.training_panel._agree  # live curves got data
     assert w.project.checkpoint is not None and w.project.checkpoint.path.is_file()

@@ -13,7 +13,7 @@ pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
-from ielstudio.gui.canvas import ADDED_COLOR, REMOVED_COLOR, Canvas, class_lut, difference_lut, difference_map  # noqa: E402
+from ielstudio.gui.canvas import ADDED_COLOR, RELABELLED_COLOR, REMOVED_COLOR, Canvas, class_lut, difference_lut, difference_map  # noqa: E402
 from ielstudio.gui.review_queue import QueueRow, ReviewQueue  # noqa: E402
 
 
@@ -28,8 +28,25 @@ def test_difference_map_marks_added_and_removed_pixels():
     d = difference_map(given, prop)
     assert d.tolist() == [[2, 0, 0, 1, 0], [0] * 5, [0] * 5, [1, 0, 0, 0, 0]]
     assert tuple(difference_lut()[1, :3]) == ADDED_COLOR and tuple(difference_lut()[2, :3]) == REMOVED_COLOR
+    three = np.array([[1, 2, 0, 2]])  # a class change is shown as such, not as added + removed
+    assert difference_map(three, np.array([[2, 2, 1, 0]])).tolist() == [[3, 0, 1, 2]]
+    assert tuple(difference_lut()[3, :3]) == RELABELLED_COLOR
     lut = class_lut()
     assert lut[0, 3] == 0 and lut[1, 3] == 255  # background transparent, classes opaque
+
+
+def test_outline_keeps_the_border_pixels_of_each_region():
+    from ielstudio.gui.canvas import outline
+
+    m = np.zeros((6, 6), np.int64)
+    m[1:5, 1:5] = 1
+    m[2:4, 3:5] = 2
+    o = outline(m)
+    assert o[1, 1:5].tolist() == [1, 1, 1, 1] and o[2, 2] == 1 and o[2, 1] == 1
+    assert o[2, 3] == 2 and o[3, 4] == 2 and o[0].max() == 0
+    assert int((o == 1).sum()) == 12 and int((o == 2).sum()) == 4  # the 2x2 block is all border
+    full = np.ones((3, 3), np.int64)
+    assert outline(full).tolist() == [[1, 1, 1], [1, 0, 1], [1, 1, 1]]  # the image edge bounds it
 
 
 def test_canvas_layers_toggles_and_opacity(qtbot):

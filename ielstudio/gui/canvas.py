@@ -41,9 +41,18 @@ CLASS_COLORS = [
 ]
 ADDED_COLOR = (40, 230, 60)  # pixels the proposal adds
 REMOVED_COLOR = (255, 40, 40)  # pixels the proposal removes
+RELABELLED_COLOR = (255, 0, 230)  # pixels the proposal gives another foreground class
 
 OVERLAYS = ("mask", "proposal", "difference")
-OVERLAY_TITLES = {"mask": "Mask", "proposal": "Proposal", "difference": "Difference"}
+OVERLAY_TITLES = {"mask": "Mask", "proposal": "Proposal (outline)", "difference": "Still to change"}
+#: the badge over the canvas: what the mask shown (and exported) is
+STATUS_BADGES = {
+    "unreviewed": ("unreviewed: the mask shown is the original", "#bbbbbb"),
+    "accepted": ("accepted: the mask shown is the proposal", "#5fd35f"),
+    "edited": ("edited: the mask shown is your edit", "#ffb347"),
+    "kept": ("kept: the mask shown is the original", "#7fb2ff"),
+    "skipped": ("skipped", "#ff6b6b"),
+}
 DEFAULT_OPACITY = {"mask": 0.45, "proposal": 0.45, "difference": 0.8}
 DEFAULT_VISIBLE = {"mask": True, "proposal": False, "difference": True}
 TOOLS = ("pan", "brush", "eraser", "object")
@@ -69,16 +78,29 @@ def difference_lut() -> np.ndarray:
     lut = np.zeros((256, 4), np.uint8)
     lut[1] = (*ADDED_COLOR, 255)
     lut[2] = (*REMOVED_COLOR, 255)
+    lut[3] = (*RELABELLED_COLOR, 255)
     return lut
 
 
-def difference_map(given: np.ndarray, proposal: np.ndarray) -> np.ndarray:
-    """uint8 (H,W): 1 where the proposal adds a foreground label, 2 where it removes one."""
-    d = np.zeros(given.shape, np.uint8)
-    differs = given != proposal
-    d[differs & (proposal != 0)] = 1
+def difference_map(current: np.ndarray, proposal: np.ndarray) -> np.ndarray:
+    """uint8 (H,W) of what accepting the proposal would still change in the ``current`` mask:
+    1 a foreground label added (was background), 2 one removed, 3 another foreground class."""
+    d = np.zeros(current.shape, np.uint8)
+    differs = current != proposal
+    d[differs & (proposal != 0) & (current == 0)] = 1
     d[differs & (proposal == 0)] = 2
+    d[differs & (proposal != 0) & (current != 0)] = 3
     return d
+
+
+def outline(labels: np.ndarray) -> np.ndarray:
+    """The 1 px inner outline of every labelled region (its class there, 0 elsewhere): the
+    proposal is drawn as outlines so that it never looks like the filled current mask."""
+    a = np.asarray(labels)
+    pad = np.pad(a, 1, mode="constant", constant_values=-1)
+    edge = ((pad[1:-1, 1:-1] != pad[:-2, 1:-1]) | (pad[1:-1, 1:-1] != pad[2:, 1:-1])
+            | (pad[1:-1, 1:-1] != pad[1:-1, :-2]) | (pad[1:-1, 1:-1] != pad[1:-1, 2:]))
+    return np.where(edge & (a != 0), a, 0)
 
 
 def display_image(image: np.ndarray) -> np.ndarray:
@@ -247,9 +269,12 @@ class Canvas(QWidget):
         self.info = QLabel("No image")
         self.info.setStyleSheet("color: gray")
 
+        self.badge = QLabel()
+        self.badge.setTextFormat(Qt.TextFormat.RichText)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(controls)
+        layout.addWidget(self.badge)
         layout.addWidget(self.view_widget, 1)
         bottom = QHBoxLayout()
         bottom.addWidget(self.legend)
@@ -274,7 +299,8 @@ class Canvas(QWidget):
                 continue
             r, g, b = class_color(c)
             parts.append(f"<span style='color:rgb({r},{g},{b})'>&#9632;</span> {name}")
-        for (r, g, b), name in ((ADDED_COLOR, "added"), (REMOVED_COLOR, "removed")):
+        for (r, g, b), name in ((ADDED_COLOR, "added"), (REMOVED_COLOR, "removed"),
+                                (RELABELLED_COLOR, "other class")):
             parts.append(f"<span style='color:rgb({r},{g},{b})'>&#9632;</span> {name}")
         self.legend.setText("&nbsp;&nbsp;".join(parts))
 
@@ -289,6 +315,7 @@ class Canvas(QWidget):
                 item.clear()
             self.stroke_item.clear()
             self.info.setText("No image")
+            self.set_status(None)
             return
         disp = display_image(image)
         self._shown = disp
@@ -314,13 +341,22 @@ class Canvas(QWidget):
         self._mask = None if mask is None else np.asarray(mask)
         self._set_layer("mask", mask)
 
-    def set_proposal(self, proposal: np.ndarray | None, given: np.ndarray | None = None) -> None:
-        """The model's proposal and its difference from the given (original) mask."""
-        self._set_layer("proposal", proposal)
-        if proposal is None or given is None:
+    def set_proposal(self, proposal: np.ndarray | None, current: np.ndarray | None = None) -> None:
+        """The model's proposal (drawn as outlines) and what it would still change in the
+        ``current`` mask (the one shown and exported): after an accept nothing is left."""
+        self._set_layer("proposal", None if proposal is None else outline(proposal))
+        if proposal is None or current is None:
             self._set_layer("difference", None)
         else:
-            self._set_layer("difference", difference_map(np.asarray(given), np.asarray(proposal)))
+            self._set_layer("difference", difference_map(np.asarray(current), np.asarray(proposal)))
+
+    def set_status(self, status: str | None) -> None:
+        """The badge that says what the mask shown is (accepted, kept, edited ...)."""
+        if status is None:
+            self.badge.setText("")
+            return
+        text, colour = STATUS_BADGES.get(status, (status, "#bbbbbb"))
+        self.badge.setText(f"<span style='color:{colour}'>&#9679; {text}</span>")
 
     def layer_data(self, name: str) -> np.ndarray | None:
         return self.items[name].image

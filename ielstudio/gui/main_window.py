@@ -764,8 +764,11 @@ class MainWindow(QMainWindow):
         s = s or self.sample(name)
         if s is None:
             return
-        self.canvas.set_mask(self.current_mask(name))
-        self.canvas.set_proposal(self.proposals.get(name), s.mask)
+        current = self.current_mask(name)
+        self.canvas.set_mask(current)
+        self.canvas.set_proposal(self.proposals.get(name), current)
+        row = self.queue.model.get(name)
+        self.canvas.set_status(row.status if row is not None else None)
         if iel:
             self.iel_panel.request(s.mask, self._probs.get(name), self.n_classes(), self.training_panel.iel_config())
 
