@@ -154,12 +154,11 @@ def test_queue_of_5000_pairs_opens_fast(qtbot, tmp_path):
 
 # ----------------------------------------------------------------------------- IEL panel
 
-def test_display_scale_is_log_from_a_thousandth_of_the_maximum():
+def test_display_scale_is_log_from_a_hundredth_of_the_maximum():
     from ielstudio.gui.iel_panel import display_scale
 
-    v = display_scale(np.array([0.0, 0.002, 0.02, 0.2, 2.0, 5.0], np.float32), 2.0)
-    np.testing.assert_allclose(v, [0.0, np.log(2) / np.log(1001), np.log(11) / np.log(1001),
-                                   np.log(101) / np.log(1001), 1.0, 1.0], rtol=1e-6)
+    v = display_scale(np.array([0.0, 0.02, 0.2, 2.0, 5.0], np.float32), 2.0)
+    np.testing.assert_allclose(v, [0.0, np.log(2) / np.log(101), np.log(11) / np.log(101), 1.0, 1.0], rtol=1e-6)
     assert display_scale(np.zeros(3, np.float32), 0.0).tolist() == [0.0, 0.0, 0.0]  # an all-zero map
 
 
@@ -190,7 +189,7 @@ def test_iel_panel_shows_defect_maps_and_steps(qtbot):
     p.slider.setValue(3)
     np.testing.assert_allclose(p.heat_items[0].image, display_scale(ref.steps[3], top), rtol=1e-6)
     ticks = p.colour_bar.getAxis("bottom")._tickLevels[0]
-    assert [label for _, label in ticks] == ["0", "0.001", "0.01", "0.1", "1"]
+    assert [label for _, label in ticks] == ["0", "0.01", "0.1", "1"]
     # with a convex class the curve-motion region is drawn over the maps
     convex = IELConfig(heat_steps=2, convex_classes=(1,), convex_steps=3)
     blob = np.zeros((32, 32), np.int64)

@@ -26,13 +26,14 @@ def heat_lut() -> np.ndarray:
 
 
 #: The maps are shown on a log scale from this share of a map's maximum up to the maximum,
-#: so that the small amplification of the first steps k is visible (linear, k <= 5 looked black).
-LOG_FLOOR = 1e-3
-BAR_TICKS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
+#: so that the small amplification of the first steps k is visible (linear, k <= 5 looked black);
+#: a lower floor lit up the whole diffused map of a noisy mask (seen under Xvfb).
+LOG_FLOOR = 1e-2
+BAR_TICKS = (0.0, 1e-2, 1e-1, 1.0)
 
 
 def display_scale(values: np.ndarray, top: float) -> np.ndarray:
-    """``values / top`` on a log scale, in [0, 1]: 0 -> 0, ``top`` -> 1, ``LOG_FLOOR * top`` -> 0.1."""
+    """``values / top`` on a log scale, in [0, 1]: 0 -> 0, ``top`` -> 1, ``LOG_FLOOR * top`` -> 0.15."""
     share = np.clip(np.asarray(values, np.float32) / np.float32(top if top > 0 else 1.0), 0.0, 1.0)
     return (np.log1p(share / LOG_FLOOR) / np.log1p(1.0 / LOG_FLOOR)).astype(np.float32)
 
