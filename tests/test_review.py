@@ -15,6 +15,7 @@ from ielstudio.core.iel import IELConfig
 from ielstudio.core.imageio import MaskEncoding
 from ielstudio.core.review import (
     CHANGE_CONFIDENCE,
+    RELABEL_CONFIDENCE,
     RELIABLE_AGREEMENT,
     assess_reliability,
     gate_changes,
@@ -61,6 +62,26 @@ def test_gate_threshold_is_the_mean_probability_of_the_region():
         p[2:6, 2:6] = p_in
         out = gate_changes(proposal, given, two_class_probs(p), [True, True])
         assert bool(out.any()) is kept
+
+
+def test_moving_a_region_between_foreground_classes_needs_more_confidence():
+    """Grey matter -> white matter (class 1 -> 2) needs RELABEL_CONFIDENCE; removing a
+    region of the same confidence next to it needs only CHANGE_CONFIDENCE."""
+    given = np.zeros((12, 20), np.int64)
+    given[2:10, 2:10] = 1
+    given[2:10, 12:18] = 1
+    proposal = given.copy()
+    proposal[2:10, 2:10] = 2  # relabelled
+    proposal[2:10, 12:18] = 0  # removed
+    for p_change, relabelled in ((RELABEL_CONFIDENCE + 0.01, True), (RELABEL_CONFIDENCE - 0.05, False)):
+        probs = np.full((3, 12, 20), (1 - p_change) / 2, np.float32)
+        probs[2][2:10, 2:10] = p_change
+        probs[0][2:10, 12:18] = p_change
+        probs[:, :, :2] = np.array([1, 0, 0], np.float32)[:, None, None]
+        out = gate_changes(proposal, given, probs, [True, True, True])
+        assert (out[2:10, 2:10] == (2 if relabelled else 1)).all()
+        assert (out[2:10, 12:18] == 0).all()  # the removal is applied either way
+    assert CHANGE_CONFIDENCE < RELABEL_CONFIDENCE
 
 
 def test_reliability_per_class_from_held_out_agreement():
