@@ -193,3 +193,21 @@ def test_realdata_pure_functions_without_data():
     lab[1, 5:15, 6:12] = 1
     sdf = R.lesion_sdf(lab, 0, (5.0, 1.0, 1.0))
     assert np.array_equal(sdf < 0, lab > 0)
+
+
+def test_real_data_scripts_import_and_parse_their_variants():
+    """realtable.py, recipe.py and harm_probe.py need the real-data cache to run (minutes);
+    here they must at least import, and recipe's variant syntax maps onto TrainConfig."""
+    import harm_probe
+    import realtable
+    import recipe
+
+    from ielstudio.core.training import TrainConfig
+
+    assert recipe.parse_variant("default") == {}
+    v = recipe.parse_variant("lr=0.005,crop=96,foreground_crops=0.5")
+    assert v == {"lr": 0.005, "crop": 96, "foreground_crops": 0.5}
+    assert TrainConfig(**v).lr == 0.005
+    assert set(realtable.TRAINED) == {"no-iel", "heat", "heat+convex"} and realtable.ORDER[-1] == "heat"
+    assert harm_probe.THRESHOLDS[0] == 0.75 and callable(harm_probe.main)
+    assert set(realtable.bundled_sets()) == {"nuclei-sample", "lesions-sample"}
