@@ -84,6 +84,17 @@ def inject_proposals(window, scores):
     window.apply_reviews(jobs.Reviews(5, items, len(items), len(items)))
 
 
+def shown_with_proposals(make_window, dataset, qtbot):
+    """A shown window on the data set with the injected proposals, on cell1."""
+    w = make_window()
+    w.show()
+    qtbot.waitExposed(w)
+    w.open_folders(*dataset)
+    inject_proposals(w, SCORES)
+    w.queue.select("cell1")
+    return w
+
+
 def layer(window, name):
     return np.asarray(window.canvas.layer_data(name))
 
@@ -461,12 +472,7 @@ def test_single_key_shortcuts_work_while_a_plot_or_the_canvas_has_focus(make_win
     from PySide6.QtTest import QTest
     from PySide6.QtWidgets import QApplication
 
-    w = make_window()
-    w.show()
-    qtbot.waitExposed(w)
-    w.open_folders(*dataset)
-    inject_proposals(w, SCORES)
-    w.queue.select("cell1")
+    w = shown_with_proposals(make_window, dataset, qtbot)
     for widget, key, status in ((w.canvas.view_widget, Qt.Key.Key_A, "accepted"),
                                 (w.training_panel.loss_plot, Qt.Key.Key_R, "kept"),
                                 (w.iel_panel.plots, Qt.Key.Key_A, "accepted")):
@@ -778,12 +784,7 @@ def hover(window, row, col):
 
 
 def test_o_accepts_the_object_under_the_cursor_and_the_brush_paints_any_class(make_window, dataset, qtbot):
-    w = make_window()
-    w.show()
-    qtbot.waitExposed(w)
-    w.open_folders(*dataset)
-    inject_proposals(w, SCORES)
-    w.queue.select("cell1")
+    w = shown_with_proposals(make_window, dataset, qtbot)
     hover(w, 3, 5)  # on the spurious block of cell1 (rows 2-5, columns 3-8), absent from the proposal
     assert w.canvas.hover == (3, 5) and "x 5, y 3" in w.canvas.info.text() and "label 1" in w.canvas.info.text()
     w.actions["tool_object"].trigger()

@@ -305,31 +305,20 @@ class Project:
     def create(cls, path: str | Path, images_dir: str | Path, masks_dir: str | Path) -> "Project":
         """Make a new project file (refuses to overwrite one) and open it."""
         path = Path(path)
-        if path.exists():
-            raise DataError(path, "already exists; open it or choose another name")
-        if not path.parent.is_dir():
-            raise DataError(path, "folder does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-        try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                _migrate(conn, Path(tmp))
-                meta = {
-                    "images_dir": _db_text(str(Path(images_dir).resolve())),
-                    "masks_dir": _db_text(str(Path(masks_dir).resolve())),
-                    "created": _now(),
-                    "app_version": __version__,
-                }
-                conn.execute("BEGIN")
-                conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def fill(conn: sqlite3.Connection, tmp: Path) -> None:
+            _migrate(conn, tmp)
+            meta = {
+                "images_dir": _db_text(str(Path(images_dir).resolve())),
+                "masks_dir": _db_text(str(Path(masks_dir).resolve())),
+                "created": _now(),
+                "app_version": __version__,
+            }
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
+            conn.execute("COMMIT")
+
+        _write_new_database(path, fill, "already exists; open it or choose another name")
         return cls.open(path)
 
     @classmethod
@@ -433,26 +422,15 @@ class Project:
         included) to a new file ``path`` (SQLite's online backup; temp file + rename).
         Refuses to replace an existing file. The copy is a project on its own."""
         path = Path(path)
-        if path.exists():
-            raise DataError(path, "already exists; choose another name")
-        if not path.parent.is_dir():
-            raise DataError(path, "folder does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-        try:
-            dst = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                with self._lock:
-                    if self._conn is None:
-                        raise ValueError("project is closed")
-                    self._run(lambda: self._conn.backup(dst))
-                dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            finally:
-                dst.close()
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def fill(dst: sqlite3.Connection, tmp: Path) -> None:
+            with self._lock:
+                if self._conn is None:
+                    raise ValueError("project is closed")
+                self._run(lambda: self._conn.backup(dst))
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+
+        _write_new_database(path, fill, "already exists; choose another name")
         return path
 
     def checkpoint_wal(self, mode: str = "PASSIVE") -> None:
@@ -787,6 +765,28 @@ class _Transaction:
             self.lock.release()
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
             raise _project_error(self.project.path, exc) from None
+
+
+def _write_new_database(path: Path, fill: Callable[[sqlite3.Connection, Path], None], exists: str) -> None:
+    """Create the SQLite file ``path`` atomically: ``fill(conn, tmp)`` writes a temp file in
+    the same folder, which is renamed into place; refused (DataError ``exists``) when
+    ``path`` exists. Nothing is left behind on failure."""
+    if path.exists():
+        raise DataError(path, exists)
+    if not path.parent.is_dir():
+        raise DataError(path, "folder does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            fill(conn, Path(tmp))
+        finally:
+            conn.close()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _is_busy(e: sqlite3.Error) -> bool:
