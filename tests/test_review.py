@@ -5,7 +5,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from ielstudio.core import cleaning
 from ielstudio.core.cleaning import CleanConfig
@@ -25,12 +24,7 @@ from ielstudio.core.training import DoneEvent, EvalEvent, TrainConfig, _CropStre
 ENC = MaskEncoding.gray(2, 255)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (conftest)
 
 
 def two_class_probs(p_object: np.ndarray) -> np.ndarray:

@@ -35,13 +35,7 @@ from ielstudio.core.training import (
 ENC = MaskEncoding.gray(2, 255)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and avoids spinning on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (conftest)
 
 
 def disks(n: int, size: int = 48, seed: int = 0, spot: float | None = None) -> list[tuple]:
