@@ -808,3 +808,36 @@ def test_o_accepts_the_object_under_the_cursor_and_the_brush_paints_any_class(ma
     assert w.canvas.hover is None
     w.actions["tool_object"].trigger()
     assert w.canvas.tool == "object"
+
+
+def test_a_damaged_project_opens_read_only_or_starts_again_from_its_folders(make_window, dataset, tmp_path):
+    w = make_window()
+    w.open_folders(*dataset)
+    rng = np.random.default_rng(0)
+    for _ in range(8):  # incompressible masks: the decision log spans many pages
+        for i in range(N_IMAGES):
+            w.project.record_decision(f"cell{i}", "edited", rng.integers(0, 200, (SIZE, SIZE)))
+    path = w.project.path
+    w.close_project()
+    data = bytearray(path.read_bytes())
+    n_pages = len(data) // 4096
+    assert n_pages > 20
+    for k in range(n_pages - 8, n_pages - 2):  # damage past the first pages
+        data[k * 4096:(k + 1) * 4096] = b"\xff" * 4096
+    path.write_bytes(bytes(data))
+
+    asked = []
+    w.ask_damaged_project = lambda p, msg: asked.append(msg) or None
+    assert not w.open_project(path) and "damaged" in asked[0]
+    w.ask_damaged_project = lambda p, msg: "read-only"
+    assert w.open_project(path) and w.project.read_only and len(w.queue.model.rows) == N_IMAGES
+    assert not w.start_training(steps=2) and "read-only" in w.last_error
+    before = path.read_bytes()
+    w.close_project()
+    assert path.read_bytes() == before  # nothing was written into it
+    w.ask_damaged_project = lambda p, msg: "start again"
+    assert w.open_project(path) and not w.project.read_only
+    assert w.project.decision("cell0").status == "unreviewed" and len(w.queue.model.rows) == N_IMAGES
+    kept = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".damaged-")
+            and not p.name.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1 and kept[0].read_bytes() == before  # the damaged file is kept, renamed

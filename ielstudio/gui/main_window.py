@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import queue
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -406,11 +407,16 @@ class MainWindow(QMainWindow):
         return self._attach(project, scan)
 
     def open_project(self, path: str | Path) -> bool:
-        from ielstudio.core.errors import DataError
+        from ielstudio.core.errors import DamagedProjectError, DataError
         from ielstudio.core.session import Project
 
         try:
             project = Project.open(path)
+            moved = not (project.images_dir.is_dir() and project.masks_dir.is_dir())
+        except DamagedProjectError as e:
+            project = self._open_damaged(Path(path), e)
+            if project is None:
+                return False
             moved = not (project.images_dir.is_dir() and project.masks_dir.is_dir())
         except (DataError, OSError) as e:
             self.report_error("Cannot open the project", str(e))
@@ -423,6 +429,44 @@ class MainWindow(QMainWindow):
             project.close()
             return False
         return self._attach(project, scan)
+
+    def _open_damaged(self, path: Path, error: Exception):
+        """A damaged project file: open it read-only to salvage it, or start again from its
+        folders (the damaged file is kept beside, renamed). None when neither works."""
+        from ielstudio.core.errors import DataError
+        from ielstudio.core.session import Project
+
+        choice = self.ask_damaged_project(path, str(error))
+        try:
+            if choice == "read-only":
+                project = Project.open(path, read_only=True)
+                images, masks = project.images_dir, project.masks_dir  # readable, or DataError
+                self.statusBar().showMessage(f"{path.name} opened read-only: decisions cannot be changed; "
+                                             "export still works", 15000)
+                return project
+            if choice == "start again":
+                with Project.open(path, read_only=True) as old:
+                    images, masks = old.images_dir, old.masks_dir
+                aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, aside)
+                for suffix in ("-wal", "-shm"):
+                    side = path.with_name(path.name + suffix)
+                    if side.exists():
+                        os.replace(side, aside.with_name(aside.name + suffix))
+                self.statusBar().showMessage(f"Started again; the damaged file is kept as {aside.name}", 15000)
+                return Project.create(path, images, masks)
+        except (DataError, OSError) as e:
+            self.report_error("Cannot open the project", f"{error}\n\nThen: {e}")
+        return None
+
+    def ask_damaged_project(self, path: Path, message: str) -> str | None:
+        """"read-only", "start again" or None (tests replace this method)."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "Project damaged", message, parent=self)
+        read_only = box.addButton("Open read-only", QMessageBox.ButtonRole.AcceptRole)
+        again = box.addButton("Start again from its folders", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return {read_only: "read-only", again: "start again"}.get(box.clickedButton())
 
     def _claim(self, project) -> bool:
         """False (project closed) when another IEL Studio has it open and the user does not go on."""
@@ -563,7 +607,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Could not write the project's lock file: {e}", 10000)
         self.pairs = {p.name: p for p in scan.pairs}
         try:
-            project.add_images(scan.pairs)
+            if not project.read_only:  # a damaged project opened to salvage it is never written
+                project.add_images(scan.pairs)
         except Exception as e:
             self.report_error("Cannot update the project", str(e))
         self._reload_queue()
@@ -698,8 +743,16 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Cannot load {what}: {reason} (marked skipped)", 10000)
 
     def current_mask(self, name: str) -> np.ndarray | None:
-        """The mask as decided so far: the stored accepted/edited mask, else the given one."""
-        m = self.project.final_mask(name) if self.project is not None else None
+        """The mask as decided so far: the stored accepted/edited mask, else the given one
+        (also when the stored one sits in a damaged part of the project: said in the status bar)."""
+        from ielstudio.core.errors import DataError
+
+        try:
+            m = self.project.final_mask(name) if self.project is not None else None
+        except DataError as e:
+            self.statusBar().showMessage(f"{name}: its decided mask cannot be read ({e}); showing the given mask",
+                                         15000)
+            m = None
         if m is not None:
             return m
         s = self.sample(name)
@@ -958,6 +1011,10 @@ class MainWindow(QMainWindow):
         if self.project is None or not self.pairs:
             self.report_error("Nothing to train on", "open an image folder and a mask folder first")
             return False
+        if self.project.read_only:
+            self.report_error("Project opened read-only", "a project opened read-only cannot record a model "
+                                                          "or scores; start again from its folders to train")
+            return False
         if self.is_training():
             if self._job_kind != "score":
                 return False
@@ -1180,6 +1237,8 @@ class MainWindow(QMainWindow):
 
     def _load_checkpoint_from_project(self) -> None:
         """Reopening a project with a saved model: its proposals are recomputed in the background."""
+        if self.project.read_only:
+            return  # nothing may be written into a project opened to salvage it
         ref = self.project.checkpoint
         if ref is None or not Path(ref.path).is_file():
             return
