@@ -62,6 +62,7 @@ def make_window(qtbot, tmp_path):
 
         w.train_base = TrainConfig(width=8, depth=2, batch_size=2, crop=32, eval_every=4, min_steps=1)
         w.confirm_close_during_training = lambda: True
+        w.confirm_accept_preview = lambda name: True  # the injected proposals are snapshots (previews)
         w.train_in_process = False  # threads by default here (monkeypatchable, fast); two tests use the process
         qtbot.addWidget(w)
         made.append(w)
@@ -841,3 +842,31 @@ def test_a_damaged_project_opens_read_only_or_starts_again_from_its_folders(make
     kept = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".damaged-")
             and not p.name.endswith(("-wal", "-shm"))]
     assert len(kept) == 1 and kept[0].read_bytes() == before  # the damaged file is kept, renamed
+
+
+def test_previews_are_marked_need_a_confirmation_and_the_queue_keeps_its_order(make_window, dataset):
+    from ielstudio.core.iel import one_hot
+
+    w = make_window()
+    w.open_folders(*dataset)
+    inject_proposals(w, SCORES)  # a training snapshot (step 5): previews
+    assert w.previews == {f"cell{i}" for i in range(N_IMAGES)}
+    w.queue.select("cell1")
+    assert "preview" in w.canvas.badge.text()
+    asked = []
+    w.confirm_accept_preview = lambda name: asked.append(name) or False
+    assert not w.accept("cell1", advance=False) and asked == ["cell1"]
+    assert w.project.decision("cell1").status == "unreviewed"
+    w.confirm_accept_preview = lambda name: True
+    assert w.accept("cell1", advance=False)
+
+    order = w.queue.visible_names()
+    w.queue.freeze_order(True)  # as while a job runs
+    flipped = {f"cell{i}": jobs.ImageReview(one_hot(clean_mask(i).astype(np.int64), 2), clean_mask(i).astype(np.int64),
+                                            1.0 - s, 0.0) for i, s in enumerate(SCORES)}
+    w.apply_reviews(jobs.Reviews(None, flipped, N_IMAGES, N_IMAGES))  # the final scoring pass: no longer previews
+    assert w.previews == set() and w.queue.visible_names() == order  # rows did not jump
+    w.queue.freeze_order(False)  # the job ended: re-ranked once
+    assert w.queue.visible_names() == order[::-1]
+    w.queue.select("cell2")
+    assert "preview" not in w.canvas.badge.text()

@@ -350,13 +350,15 @@ class Canvas(QWidget):
         else:
             self._set_layer("difference", difference_map(np.asarray(current), np.asarray(proposal)))
 
-    def set_status(self, status: str | None) -> None:
-        """The badge that says what the mask shown is (accepted, kept, edited ...)."""
+    def set_status(self, status: str | None, preview: bool = False) -> None:
+        """The badge that says what the mask shown is (accepted, kept, edited ...), and
+        whether the proposal is a preview of a model still in training."""
         if status is None:
             self.badge.setText("")
             return
         text, colour = STATUS_BADGES.get(status, (status, "#bbbbbb"))
-        self.badge.setText(f"<span style='color:{colour}'>&#9679; {text}</span>")
+        extra = " · <span style='color:#ffb347'>proposal: preview, the model is still training</span>" if preview else ""
+        self.badge.setText(f"<span style='color:{colour}'>&#9679; {text}</span>{extra}")
 
     def layer_data(self, name: str) -> np.ndarray | None:
         return self.items[name].image

@@ -126,6 +126,8 @@ class MainWindow(QMainWindow):
         self.prefetch_worker: GeneratorWorker | None = None
         self.prefetch_queue: queue.Queue = queue.Queue()
         self._prefetching: set[str] = set()
+        #: images whose proposal comes from a training snapshot (a model still in training)
+        self.previews: set[str] = set()
         #: images whose image or mask file failed to load this session: name -> reason
         self._unreadable: dict[str, str] = {}
         self._prefetch_gen = 0  # bumped whenever the cache is cleared: late results are dropped
@@ -585,6 +587,7 @@ class MainWindow(QMainWindow):
         self._prefetch_gen += 1
         self._probs.clear()
         self.proposals.clear()
+        self.previews.clear()
         self.checkpoint = None
         self.current = None
         self.undo_stack.clear()
@@ -821,7 +824,7 @@ class MainWindow(QMainWindow):
         self.canvas.set_mask(current)
         self.canvas.set_proposal(self.proposals.get(name), current)
         row = self.queue.model.get(name)
-        self.canvas.set_status(row.status if row is not None else None)
+        self.canvas.set_status(row.status if row is not None else None, preview=name in self.previews)
         if iel:
             self.iel_panel.request(s.mask, self._probs.get(name), self.n_classes(), self.training_panel.iel_config())
 
@@ -912,10 +915,22 @@ class MainWindow(QMainWindow):
         if prop is None:
             self.statusBar().showMessage(f"No proposal for {name} yet: train a model first (Ctrl+T).", 6000)
             return False
+        if name in self.previews and not self.confirm_accept_preview(name):
+            return False
         self.undo_stack.push(DecisionCommand(self, name, "accepted", prop, f"Accept proposal for {name}"))
         if advance and name == self.current:
             self.step_image(1)
         return True
+
+    def confirm_accept_preview(self, name: str) -> bool:
+        """Ask before accepting a proposal of a model still in training (tests replace this)."""
+        changed = self.queue.model.get(name).changed if self.queue.model.get(name) else None
+        share = "" if changed is None else f" It changes {changed:.1%} of the pixels."
+        answer = QMessageBox.question(
+            self, "Accept a preview?",
+            f"The proposal for {name} comes from a model still in training (a preview).{share} Accept it anyway?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def keep(self, name: str | None = None, advance: bool = True) -> bool:
         """Keep the original mask of ``name`` (default: the current image)."""
@@ -1064,6 +1079,7 @@ class MainWindow(QMainWindow):
         self.training_panel.set_progress_text(text)
         self._training_state = "loading"
         self.last_training = None
+        self.queue.freeze_order(True)  # rows keep their place until the job ends
         if self.train_in_process:
             w = ProcessWorker(fn, *args, min_interval_s=STEP_INTERVAL_S, parent=self, **kwargs)
         else:
@@ -1175,6 +1191,10 @@ class MainWindow(QMainWindow):
         if not reviews.items or self.project is None:
             return
         rows = []
+        if reviews.step is not None:  # a snapshot of a model still in training
+            self.previews.update(reviews.items)
+        else:
+            self.previews.difference_update(reviews.items)
         for name, r in reviews.items.items():
             self.proposals[name] = r.proposal
             self._probs[name] = r.probs
@@ -1217,6 +1237,7 @@ class MainWindow(QMainWindow):
         stopped = self._training_state == "stopping"
         finished = self.last_training
         self._training_state = "idle"
+        self.queue.freeze_order(False)  # re-rank once, now that the scores are final
         self.training_panel.set_running(False)
         self.training_panel.set_progress_text("stopped" if stopped else "done")
         self.trainingFinished.emit(finished)
@@ -1229,6 +1250,7 @@ class MainWindow(QMainWindow):
 
     def _on_training_error(self, message: str) -> None:
         self._training_state = "idle"
+        self.queue.freeze_order(False)
         self.training_panel.set_running(False)
         self.training_panel.set_progress_text("failed")
         self.training_panel.set_message(message)

@@ -302,6 +302,14 @@ class ReviewQueue(QWidget):
         if current.isValid():
             self.currentChanged.emit(current.data(NAME_ROLE))
 
+    def freeze_order(self, frozen: bool) -> None:
+        """While training, rows keep their place as preview scores arrive (the reviewer's
+        next image must not jump away); unfreezing re-ranks them once."""
+        self.proxy.setDynamicSortFilter(not frozen)
+        if not frozen:
+            self.proxy.invalidate()
+            self.proxy.sort(self.proxy.sortColumn(), self.proxy.sortOrder())
+
     def focus_table(self) -> None:
         """Give the keyboard to the table (its arrows, and the window's single-key shortcuts)."""
         self.table.setFocus(Qt.FocusReason.OtherFocusReason)
