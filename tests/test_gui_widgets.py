@@ -256,6 +256,8 @@ def test_step_event_updates_progress_eta_and_curve(qtbot):
     assert "ETA 1 min 05 s" in panel.progress.format()
     x, y = panel.loss_curve.getData()
     assert list(x) == [30, 40] and list(y) == pytest.approx([0.5, 0.4])
+    panel.finish_progress("done")  # stopped early at step 40 of 120: finished, a full bar
+    assert panel.progress.value() == panel.progress.maximum() == 120 and panel.progress.format() == "done"
     assert list(panel.agree_curve.getData()[1]) == pytest.approx([0.8])
     assert format_eta(3725) == "1 h 02 min" and format_eta(None) == "–"
 

@@ -1239,7 +1239,10 @@ class MainWindow(QMainWindow):
         self._training_state = "idle"
         self.queue.freeze_order(False)  # re-rank once, now that the scores are final
         self.training_panel.set_running(False)
-        self.training_panel.set_progress_text("stopped" if stopped else "done")
+        if stopped:
+            self.training_panel.set_progress_text("stopped")
+        else:
+            self.training_panel.finish_progress("done")
         self.trainingFinished.emit(finished)
         if (stopped and self._job_kind == "train" and finished is not None and finished.reason == "cancelled"
                 and finished.checkpoint and finished.steps):

@@ -362,3 +362,10 @@ class TrainingPanel(QWidget):
 
     def set_progress_text(self, text: str) -> None:
         self.progress.setFormat(text)
+
+    def finish_progress(self, text: str) -> None:
+        """The job is over: a full bar (training that stopped early at step 300 of 800
+        finished, it did not stop half way) with ``text``."""
+        self.progress.setRange(0, max(1, self.progress.maximum()))
+        self.progress.setValue(self.progress.maximum())
+        self.progress.setFormat(text)
