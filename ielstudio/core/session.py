@@ -264,6 +264,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _is_this_process(holder: dict) -> bool:
+    return holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+
+
 def project_holder(project_path: str | Path) -> dict | None:
     """Who else holds the project open, from its lock file: ``{"pid", "host", "user", "since"}``.
 
@@ -383,9 +387,7 @@ class Project:
     def holder(self) -> dict | None:
         """Who else (another process) holds this project open (see `project_holder`); None when nobody."""
         other = project_holder(self.path)
-        if other and other["pid"] == os.getpid() and other["host"] == socket.gethostname():
-            return None
-        return other
+        return None if other and _is_this_process(other) else other
 
     def hold(self) -> None:
         """Say in the project's lock file that this process has it open (the window does this;
@@ -401,7 +403,7 @@ class Project:
             return
         self._holding = False
         mine = project_holder(self.path)
-        if mine and mine["pid"] == os.getpid() and mine["host"] == socket.gethostname():
+        if mine and _is_this_process(mine):
             lock_path(self.path).unlink(missing_ok=True)
 
     def close(self) -> None:
