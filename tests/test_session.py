@@ -24,7 +24,7 @@ def _project(tmp_path, n=3):
 
 def test_create_open_meta_and_pragmas(tmp_path):
     p = _project(tmp_path)
-    assert p.schema_version == S.SCHEMA_VERSION == 2
+    assert p.schema_version == S.SCHEMA_VERSION == 3
     assert p.images_dir == (tmp_path / "images").resolve()
     assert p.masks_dir == (tmp_path / "masks").resolve()
     assert p.app_version == "0.1.0" and p.created.endswith("+00:00")
@@ -91,7 +91,7 @@ def test_v1_file_made_by_raw_sql_migrates_without_losing_data(tmp_path):
     c.close()
 
     with Project.open(path) as p:
-        assert p.schema_version == 2
+        assert p.schema_version == S.SCHEMA_VERSION
         assert p.app_version == "0.0.9" and p.images_dir.as_posix() == "/data/img"
         row = p.image("a")
         assert (row.status, row.score, row.decided_at) == ("edited", 0.25, "2025-01-02T00:00:00+00:00")
@@ -104,7 +104,8 @@ def test_v1_file_made_by_raw_sql_migrates_without_losing_data(tmp_path):
         idx = {r[1] for r in p._q("PRAGMA index_list(images)")}
         assert {"images_status_queue", "images_changed", "images_queue"} <= idx
     with Project.open(path) as p:  # reopening does not migrate twice
-        assert p.get_setting("brush_radius") == 5 and p.schema_version == 2
+        assert p.get_setting("brush_radius") == 5 and p.schema_version == S.SCHEMA_VERSION
+        assert p.proposal("a") is None and p.proposal_count() == 0  # v3: an empty proposals table
 
 
 @pytest.mark.parametrize("mask", [
@@ -531,3 +532,25 @@ def test_copy_to_writes_a_self_contained_project_and_never_replaces_a_file(tmp_p
         p.copy_to(copy)
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".ielstudio-tmp")] == []
     p.close()
+
+
+def test_proposals_are_stored_per_source_deduplicated_and_replaced(tmp_path):
+    p = _project(tmp_path)
+    a = np.zeros((6, 7), np.int64)
+    a[1:4, 2:5] = 2
+    src = S.proposal_source("abc", {"min_area": 16})
+    assert src == S.proposal_source("abc", {"min_area": 16}) != S.proposal_source("abd", {"min_area": 16})
+    assert src != S.proposal_source("abc", {"min_area": 8})
+    masks_before = p._q("SELECT count(*) FROM masks")[0][0]
+    assert p.set_proposals([("img0", a), ("img1", a), ("nope", a)], src) == 2
+    assert p._q("SELECT count(*) FROM masks")[0][0] == masks_before + 1  # one blob for two equal proposals
+    np.testing.assert_array_equal(p.proposal("img0", src), a)
+    assert p.proposal("img0", "another model") is None and p.proposal("img2") is None
+    assert (p.proposal_count(), p.proposal_count(src), p.proposal_count("x")) == (2, 2, 0)
+    b = np.ones((6, 7), np.int64)
+    p.set_proposals([("img0", b)], "new")
+    np.testing.assert_array_equal(p.proposal("img0"), b)  # replaced, not added
+    assert (p.proposal_count(), p.proposal_count(src)) == (2, 1)
+    p.close()
+    with Project.open(tmp_path / "review.ielproj") as q:  # survives a reopen
+        np.testing.assert_array_equal(q.proposal("img1", src), a)

@@ -3,8 +3,9 @@
 What it stores: the dataset folders, one row per image (paths, review status,
 label-quality score, changed fraction, skip reason), an append-only log of every
 decision with its provenance (who, when, which checkpoint, which settings), the
-accepted/edited masks as lossless PNG (or zlib) blobs deduplicated by content,
-the model checkpoint reference (path + sha256) and free-form settings.
+accepted/edited masks and the model's proposals as lossless PNG (or zlib) blobs
+deduplicated by content, the model checkpoint reference (path + sha256), the last
+training's curves and free-form settings.
 
 Why SQLite: one file, crash-safe (WAL journal, one transaction per decision, so a
 crash loses at most the action in flight), indexed (100,000 images page fast) and
@@ -98,6 +99,16 @@ MIGRATIONS: list[str] = [
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX images_status_queue ON images(status, (score IS NULL), score, name);
     CREATE INDEX images_changed ON images((changed_fraction IS NULL), changed_fraction DESC, name);
+    """,
+    # v3: the model's proposal per image (deduplicated in `masks`) and what made it, so a
+    # reopened project shows its proposals at once instead of running the model again.
+    """
+    CREATE TABLE proposals (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        mask_id INTEGER NOT NULL REFERENCES masks(id),
+        source TEXT NOT NULL
+    );
+    CREATE INDEX proposals_source ON proposals(source);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -661,12 +672,7 @@ class Project:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if (mask is not None) != (status in STATUSES_WITH_MASK):
             raise ValueError(f"status {status!r} {'needs' if status in STATUSES_WITH_MASK else 'takes no'} mask")
-        blob = None
-        if mask is not None:
-            m = np.asarray(mask)
-            codec, data = encode_mask(m)
-            blob = (hashlib.sha256(f"{codec}:{m.shape[0]}x{m.shape[1]}:".encode() + data).hexdigest(),
-                    m.shape[0], m.shape[1], codec, data)
+        blob = None if mask is None else _mask_blob(mask)
         return self._record(name, status, blob, None, provenance, reason)
 
     def restore(self, name: str, decision: Decision, provenance: Provenance | None = None) -> Decision:
@@ -685,9 +691,7 @@ class Project:
             if row is None:
                 raise KeyError(name)
             if blob is not None:
-                c.execute("INSERT INTO masks(sha256, height, width, codec, data) VALUES (?, ?, ?, ?, ?) "
-                          "ON CONFLICT(sha256) DO NOTHING", blob)
-                mask_id = c.execute("SELECT id FROM masks WHERE sha256 = ?", (blob[0],)).fetchone()[0]
+                mask_id = _store_mask(c, blob)
             cur = c.execute("INSERT INTO decisions(image_id, status, mask_id, reason, who, at, "
                             "checkpoint_sha256, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (row[0], status, mask_id, reason, prov.who, at, ckpt, settings))
@@ -724,10 +728,73 @@ class Project:
             raise DamagedProjectError(self.path, f"project file is damaged (stored mask {mask_id} "
                                                  f"cannot be decoded: {e})") from None
 
+    # ----- proposals
+
+    def set_proposals(self, items: Iterable[tuple[str, np.ndarray]], source: str) -> int:
+        """Store the model's proposal for some images in one transaction, replacing older ones.
+
+        `source`: what made them (`proposal_source`: the model's sha256 and the clean settings);
+        `proposal(name, source)` returns a proposal only for the source asked for. Unknown
+        names are ignored; returns how many were stored."""
+        blobs = [(_db_text(name), _mask_blob(mask)) for name, mask in items]
+        stored = 0
+        with self._tx() as c:
+            for name, blob in blobs:
+                row = c.execute("SELECT id FROM images WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    continue
+                c.execute("INSERT INTO proposals(image_id, mask_id, source) VALUES (?, ?, ?) "
+                          "ON CONFLICT(image_id) DO UPDATE SET mask_id = excluded.mask_id, source = excluded.source",
+                          (row[0], _store_mask(c, blob), source))
+                stored += 1
+        return stored
+
+    def proposal(self, name: str, source: str | None = None) -> np.ndarray | None:
+        """The stored proposal of an image (int64 class indices), or None when there is none,
+        or (with `source`) when it was made by another model or other settings."""
+        rows = self._q("SELECT p.mask_id, p.source FROM proposals p JOIN images i ON i.id = p.image_id "
+                       "WHERE i.name = ?", (_db_text(name),))
+        if not rows or (source is not None and rows[0][1] != source):
+            return None
+        return self.mask(rows[0][0])
+
+    def proposal_names(self, source: str) -> list[str]:
+        """The images with a stored proposal from `source`."""
+        return [_py_text(r[0]) for r in self._q("SELECT i.name FROM proposals p JOIN images i ON i.id = p.image_id "
+                                                "WHERE p.source = ? ORDER BY i.name", (source,))]
+
+    def proposal_count(self, source: str | None = None) -> int:
+        """How many images have a stored proposal (from `source`, when given)."""
+        if source is None:
+            return self._q("SELECT count(*) FROM proposals")[0][0]
+        return self._q("SELECT count(*) FROM proposals WHERE source = ?", (source,))[0][0]
+
     def final_mask(self, name: str) -> np.ndarray | None:
         """The mask to export: the accepted/edited mask, or None = keep the original file's mask."""
         d = self.decision(name)
         return self.mask(d.mask_id) if d.mask_id is not None else None
+
+
+def proposal_source(checkpoint_sha256: str, clean_settings: Mapping[str, Any]) -> str:
+    """The key stored with proposals: the model's bytes and the settings that turn its
+    probabilities into proposals. A reopened project reuses its proposals only when both match."""
+    text = json.dumps({"checkpoint": checkpoint_sha256, "clean": dict(clean_settings)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _mask_blob(mask: np.ndarray) -> tuple[str, int, int, str, bytes]:
+    """(sha256, height, width, codec, data): a row of the `masks` table."""
+    m = np.asarray(mask)
+    codec, data = encode_mask(m)
+    return (hashlib.sha256(f"{codec}:{m.shape[0]}x{m.shape[1]}:".encode() + data).hexdigest(),
+            m.shape[0], m.shape[1], codec, data)
+
+
+def _store_mask(c: sqlite3.Connection, blob: tuple) -> int:
+    """Insert a mask blob unless its content is stored already; its id."""
+    c.execute("INSERT INTO masks(sha256, height, width, codec, data) VALUES (?, ?, ?, ?, ?) "
+              "ON CONFLICT(sha256) DO NOTHING", blob)
+    return c.execute("SELECT id FROM masks WHERE sha256 = ?", (blob[0],)).fetchone()[0]
 
 
 class _Transaction:
