@@ -73,6 +73,16 @@ def make_window(qtbot, tmp_path):
         w.close()
 
 
+def deliver(window, reviews):
+    """Reviews as a job delivers them: written into the project by the job's writer (the one
+    writer of scores), then shown by the window."""
+    writer = jobs.ScoreWriter(window.project.path)
+    try:
+        window.apply_reviews(writer(reviews))
+    finally:
+        writer.close()
+
+
 def inject_proposals(window, scores):
     """Proposals = the clean masks, with given scores, as a training snapshot would deliver."""
     from ielstudio.core.iel import one_hot
@@ -82,7 +92,7 @@ def inject_proposals(window, scores):
         prop = clean_mask(i).astype(np.int64)
         given = noisy_mask(i).astype(np.int64)
         items[f"cell{i}"] = jobs.ImageReview(one_hot(prop, 2), prop, score, float(np.mean(prop != given)))
-    window.apply_reviews(jobs.Reviews(5, items, len(items), len(items)))
+    deliver(window, jobs.Reviews(5, items, len(items), len(items)))
 
 
 def shown_with_proposals(make_window, dataset, qtbot):
@@ -196,7 +206,7 @@ def test_accept_object_changes_only_the_clicked_object(make_window, dataset):
     prop_extra[35:39, 35:39] = 1  # the proposal also adds a new object elsewhere
     from ielstudio.core.iel import one_hot
 
-    w.apply_reviews(jobs.Reviews(1, {"cell0": jobs.ImageReview(one_hot(prop_extra, 2), prop_extra, 0.3, 0.1)}))
+    deliver(w, jobs.Reviews(1, {"cell0": jobs.ImageReview(one_hot(prop_extra, 2), prop_extra, 0.3, 0.1)}))
     w.queue.select("cell0")
     w.canvas.objectClicked.emit(3, 4)  # on the spurious block (only in the given mask)
     after = w.project.final_mask("cell0")
@@ -490,23 +500,34 @@ def test_single_key_shortcuts_work_while_a_plot_or_the_canvas_has_focus(make_win
     assert w.canvas.brush_radius == r + 1
 
 
-def test_reopened_project_recomputes_proposals_with_its_saved_model(make_window, dataset, qtbot):
+def test_reopened_project_shows_its_stored_proposals_and_curves_without_running_the_model(make_window, dataset,
+                                                                                          qtbot):
     w = make_window()
     w.open_folders(*dataset)
     with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
         w.start_training(steps=3, snapshot_every=3)
     ckpt = blocker.args[0].checkpoint
     assert w.project.checkpoint.path == Path(ckpt).resolve()
+    before = {n: w.proposals[n].copy() for n in w.proposals}
+    assert len(before) == N_IMAGES
     path = w.project.path
     w.close()
     w2 = make_window()
-    with qtbot.waitSignal(w2.trainingFinished, timeout=60000):
-        assert w2.open_project(path)  # starts scoring with the saved model in the background
-    assert set(w2.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
-    assert w2.checkpoint == Path(ckpt).resolve()
+    assert w2.open_project(path)
+    assert not w2.is_training()  # nothing to recompute: no model run
+    assert set(w2.proposals) == set(before) and w2.checkpoint == Path(ckpt).resolve()
+    for name, prop in before.items():
+        np.testing.assert_array_equal(w2.proposals[name], prop)
+    steps, _ = w2.training_panel.loss_curve.getData()
+    assert list(steps) == [1, 2, 3]  # the training's curves, from the project
+    w2.queue.select("cell2")
+    np.testing.assert_array_equal(np.asarray(w2.canvas.layer_data("proposal")) > 0,
+                                  __import__("ielstudio.gui.canvas", fromlist=["outline"]).outline(before["cell2"]) > 0)
     w2.close()
-    # training right after opening replaces the scoring pass that opening started
+    # other clean settings than those the proposals were made with: they are recomputed with the
+    # model; and training right after opening replaces that scoring pass
     w3 = make_window()
+    w3.training_panel.convex_hull.setChecked(True)
     assert w3.open_project(path) and w3.is_training() and w3._job_kind == "score"
     with qtbot.waitSignal(w3.trainingFinished, timeout=60000) as blocker:
         assert w3.start_training(steps=2, snapshot_every=2)
@@ -515,13 +536,16 @@ def test_reopened_project_recomputes_proposals_with_its_saved_model(make_window,
     # a model file that changed since the project used it is refused, not silently used
     import torch
 
+    ckpt = blocker.args[0].checkpoint
     payload = torch.load(ckpt, weights_only=True)
     payload["meta"]["note"] = "replaced"
     torch.save(payload, ckpt)
     w4 = make_window()
+    w4.training_panel.convex_hull.setChecked(True)  # as w3 trained: its stored proposals fit
+    assert w4.open_project(path) and not w4.is_training()  # w3's proposals are stored
     with qtbot.waitSignal(w4.trainingFinished, timeout=60000) as blocker:
-        assert w4.open_project(path)
-    assert blocker.args == [None] and w4.proposals == {}
+        assert w4.score_with_saved_model()
+    assert blocker.args == [None]
     assert "has changed since the project used it" in w4.last_error
 
 
@@ -566,7 +590,7 @@ def test_a_class_the_model_did_not_learn_is_shown_to_the_user(make_window, datas
     assert w.open_folders(*dataset)
     prop = clean_mask(0).astype(np.int64)
     warning = "class 1: the given masks mark 300 pixels, the cleaned masks only 0 (0%); the model did not learn this class"
-    w.apply_reviews(jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
+    deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
                                  warnings=[warning]))
     assert w.last_error == warning and warning in w.statusBar().currentMessage()
     assert w._error_box is not None and w._error_box.windowTitle() == "Labels kept where the model is not reliable"
@@ -580,7 +604,7 @@ def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
     given = noisy_mask(0).astype(np.int64)
     warning = ("the model is not reliable for any class: every mask is kept as given. The scores still rank "
                "the images by how much the model doubts them, but treat the ranking with care")
-    w.apply_reviews(jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
+    deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
                                  warnings=[warning]))
     assert w._error_box.windowTitle() == "The model is not reliable: masks kept as given"
     assert "every mask is kept as given" in w.statusBar().currentMessage()
@@ -732,8 +756,8 @@ def test_the_demo_trains_only_when_its_project_has_no_saved_model(make_window, d
         w.start_training(steps=2, snapshot_every=2)
     w.close()
     w2 = make_window()
-    with qtbot.waitSignal(w2.trainingFinished, timeout=60000):  # the saved model's proposals
-        w2.open_folders(*dataset, project_path=project)
+    w2.open_folders(*dataset, project_path=project)  # the saved model's proposals, as stored
+    assert len(w2.proposals) == N_IMAGES and not w2.is_training()
     assert not train_on_start(w2, demo=True, train_steps=None, screenshot=None)  # reopened, not retrained
     assert train_on_start(w2, demo=True, train_steps=3, screenshot=None)  # asked for: trains
     assert not train_on_start(w2, demo=False, train_steps=None, screenshot=None)
@@ -864,7 +888,7 @@ def test_previews_are_marked_need_a_confirmation_and_the_queue_keeps_its_order(m
     w.queue.freeze_order(True)  # as while a job runs
     flipped = {f"cell{i}": jobs.ImageReview(one_hot(clean_mask(i).astype(np.int64), 2), clean_mask(i).astype(np.int64),
                                             1.0 - s, 0.0) for i, s in enumerate(SCORES)}
-    w.apply_reviews(jobs.Reviews(None, flipped, N_IMAGES, N_IMAGES))  # the final scoring pass: no longer previews
+    deliver(w, jobs.Reviews(None, flipped, N_IMAGES, N_IMAGES))  # the final scoring pass: no longer previews
     assert w.previews == set() and w.queue.visible_names() == order  # rows did not jump
     w.queue.freeze_order(False)  # the job ended: re-ranked once
     assert w.queue.visible_names() == order[::-1]

@@ -138,3 +138,50 @@ def test_review_job_scores_every_image_with_the_kept_model_not_the_last_snapshot
         stop["pressed"] = stop["pressed"] or isinstance(e, jobs.Reviews)  # Stop pressed while the preview shows
     assert stopped[-1].reason == "cancelled"
     assert not [e for e in stopped if isinstance(e, jobs.Reviews) and e.step is None]
+
+
+def test_the_window_job_and_the_command_give_the_same_masks_and_scores(tmp_path):
+    """One review path: the window's job (jobs.review_job) and `ielstudio clean`
+    (cleaning.clean_dataset), trained with the same settings and seed on CPU, give
+    the same proposal and the same score for every image."""
+    import json
+
+    import cv2
+
+    from ielstudio.core.cleaning import clean_dataset
+    from ielstudio.core.dataset import scan_pairs
+    from ielstudio.core.iel import IELConfig
+    from ielstudio.core.training import TrainConfig
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(6):
+        truth = np.zeros((32, 32), np.uint8)
+        cv2.circle(truth, (10 + i, 12), 6, 1, -1)
+        cv2.circle(truth, (22, 22 - i), 5, 1, -1)
+        image = truth * 0.6 + 0.2 + rng.normal(0, 0.05, truth.shape)
+        given = truth.copy()
+        given[1:4, 1 + i:6 + i] = 1  # a speck on every label
+        cv2.imwrite(str(tmp_path / "images" / f"c{i}.png"), np.clip(image * 255, 0, 255).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / f"c{i}.png"), given * 255)
+    config = TrainConfig(width=8, depth=2, crop=32, batch_size=4, max_steps=80, min_steps=80, eval_every=20,
+                         device="cpu", seed=5, iel=IELConfig(heat_steps=2))
+    clean = CleanConfig(min_area=4)
+    events = list(clean_dataset(tmp_path / "images", tmp_path / "masks", tmp_path / "out", config, clean))
+    report = json.loads((tmp_path / "out" / "ielstudio-report.json").read_text())
+    assert events[-1].report["images"] == report["images"]
+    scan = scan_pairs(tmp_path / "images", tmp_path / "masks")
+    window = [e for e in jobs.review_job(scan, config, clean, None, 4, str(tmp_path / "m.pt"), cancel=lambda: False)
+              if isinstance(e, jobs.Reviews) and e.step is None]
+    final = {k: v for r in window for k, v in r.items.items()}
+    assert sorted(final) == sorted(d["name"] for d in report["images"]) == [f"c{i}" for i in range(6)]
+    changed = 0
+    for d in report["images"]:
+        written = cv2.imread(str(tmp_path / "out" / f"{d['name']}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(written // 255, final[d["name"]].proposal)
+        assert abs(final[d["name"]].score - d["score"]) < 1e-6
+        given = cv2.imread(str(tmp_path / "masks" / f"{d['name']}.png"), cv2.IMREAD_UNCHANGED)
+        changed += int((written != given).sum())
+    assert window[-1].warnings == report["warnings"] == []  # the model is reliable here: it changed labels
+    assert changed > 0

@@ -352,3 +352,25 @@ def test_pan_and_zoom_on_a_2048_px_image_never_recompose_the_layers(qtbot, monke
     c.set_mask(prop)  # new data does go through the LUT again (the probe works)
     c.view_widget.grab()
     assert renders == [c.items["mask"]]
+
+
+def test_the_window_cleans_with_the_settings_the_command_uses(qtbot, tmp_path):
+    """The form's clean settings equal `ielstudio clean`'s for the same choices: convex
+    classes shape training only; objects become hulls only when asked (--convex-hull)."""
+    from ielstudio.cli import build_parser, configs_from_args
+    from ielstudio.gui.main_window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), data_dir=tmp_path)
+    qtbot.addWidget(w)
+
+    def command(*flags):
+        return configs_from_args(build_parser().parse_args(["clean", "i", "m", "--out", "o", *flags]))
+
+    assert w.clean_config() == command()[1]
+    w.training_panel.convex_classes.setText("2")
+    assert w.clean_config() == command("--iel", "heat,convex", "--convex-classes", "2")[1]
+    assert w.clean_config().convex_hull_classes == ()
+    w.training_panel.convex_hull.setChecked(True)
+    assert w.clean_config() == command("--convex-hull", "--convex-classes", "2")[1]
+    assert w.clean_config().convex_hull_classes == (2,)
+    w.close()

@@ -39,7 +39,7 @@ def _fresh_demo_path(path: Path) -> Path:
 def train_on_start(window, demo: bool, train_steps: int | None, screenshot) -> bool:
     """Start training once the window is open? Asked for (steps, a screenshot), or a demo
     whose project has no saved model yet: running `ielstudio demo` again reopens its project
-    with the model it trained (proposals recomputed) instead of retraining and replacing it."""
+    with the model it trained (its stored proposals) instead of retraining and replacing it."""
     if train_steps is not None or screenshot:
         return True
     return bool(demo) and window.project is not None and window.checkpoint is None

@@ -71,6 +71,8 @@ class Reviews:
     total: int = 0
     saved: bool = False  # scores already written to the project by the job
     warnings: list[str] = field(default_factory=list)  # on the last chunk: classes the model did not learn
+    #: the `session.proposal_source` the job stored these proposals under (None: not stored)
+    source: str | None = None
 
 
 @dataclass
@@ -124,28 +126,74 @@ def _info(ds) -> DatasetInfo:
 
 
 class ScoreWriter:
-    """Writes a job's scores into the project from the job's own thread or process
-    (one transaction per batch), so the GUI thread never waits for the disk."""
+    """The one writer of a job's results into the project, from the job's own thread or
+    process (one transaction per batch), so the GUI thread never waits for the disk:
+    scores of every batch; once the kept model is known (`use_model`), its proposals,
+    the model reference, the training curves and, on the last batch, what the scoring
+    pass concluded (`LAST_REVIEW`), so that a reopened project needs no model run."""
 
     def __init__(self, project_path: str | Path | None):
         self.project_path = project_path
         self._project = None
+        self.source: str | None = None
 
-    def __call__(self, reviews: Reviews) -> Reviews:
-        if self.project_path is None or not reviews.items:
-            return reviews
+    def _open(self):
         from ielstudio.core.session import Project
 
         if self._project is None:
             self._project = Project.open(self.project_path)
-        self._project.set_scores([(n, r.score, r.changed) for n, r in reviews.items.items()])
+        return self._project
+
+    def use_model(self, checkpoint_path: str | Path, clean_config, sha256: str | None = None,
+                  history: dict | None = None) -> None:
+        """The proposals that follow come from this saved model with these clean settings:
+        record the model in the project (and the training's curves, when given)."""
+        from ielstudio.core.session import file_sha256, proposal_source
+
+        digest = sha256 or file_sha256(checkpoint_path)
+        self.source = proposal_source(digest, clean_config.to_dict())
+        if self.project_path is None:
+            return
+        project = self._open()
+        if history is not None:
+            project.set_checkpoint(checkpoint_path)
+            project.set_setting(TRAINING_CURVES, training_curves(history))
+        project.set_setting(LAST_REVIEW, {"source": self.source, "complete": False, "warnings": []})
+
+    def __call__(self, reviews: Reviews) -> Reviews:
+        if self.project_path is None or not reviews.items:
+            return reviews
+        project = self._open()
+        project.set_scores([(n, r.score, r.changed) for n, r in reviews.items.items()])
         reviews.saved = True
+        if reviews.step is None and self.source is not None:
+            project.set_proposals(((n, r.proposal) for n, r in reviews.items.items()), self.source)
+            reviews.source = self.source
+            if reviews.done == reviews.total:
+                project.set_setting(LAST_REVIEW, {"source": self.source, "complete": True,
+                                                  "warnings": list(reviews.warnings)})
         return reviews
 
     def close(self) -> None:
         if self._project is not None:
             self._project.close()
             self._project = None
+
+
+#: project settings the jobs write: what the last scoring pass concluded, and the training curves
+LAST_REVIEW = "last_review"
+TRAINING_CURVES = "training_curves"
+
+
+def training_curves(history: dict) -> dict:
+    """The loss and held-out agreement curves of a training history (k-fold: the first
+    fold's), as plain lists, for the project file."""
+    h = history.get("folds", [history])[0] if history.get("folds") else history
+    loss = [float(v) for v in h.get("loss", [])]
+    return {"loss_steps": list(range(1, len(loss) + 1)), "loss": loss,
+            "eval_steps": [int(v) for v in h.get("eval_steps", [])],
+            "agreement": [float(v) for v in h.get("agreement", [])],
+            "steps": int(history.get("steps", len(loss))), "reason": str(history.get("reason", ""))}
 
 
 REVIEWS_PER_MESSAGE = 4  # images per Reviews event: small messages keep the GUI's reads short
@@ -246,6 +294,8 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
                 save_checkpoint(checkpoint_path, ev.model, ev.config, {"steps": ev.steps, "reason": ev.reason,
                                                                        "holdout": list(ev.history.get("holdout", []))})
                 saved = str(checkpoint_path)
+                writer.use_model(checkpoint_path, clean_config, history={**ev.history, "steps": ev.steps,
+                                                                         "reason": ev.reason})
             yield TrainingFinished(ev.steps, ev.reason, ev.history, ev.config, saved)
         else:
             yield ev
@@ -277,6 +327,7 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
     yield _info(ds)
     writer = ScoreWriter(project_path)
     try:
+        writer.use_model(checkpoint_path, clean_config, sha256=expected_sha256)
         for r in scoring_job(model, list(ds.samples), clean_config, cancel, holdout=meta.get("holdout")):
             yield writer(r)
     finally:

@@ -34,6 +34,7 @@ from .canvas import OVERLAYS, Canvas
 from .dialogs import SHORTCUTS, AboutDialog, ShortcutsDialog
 from .edit_commands import DecisionCommand, object_under, paint
 from .iel_panel import IELPanel
+from .proposals import Proposals
 from .review_queue import QueueRow, ReviewQueue, thumbnail_pixmap
 from .training_panel import TrainingPanel
 from .workers import GeneratorWorker, ProcessWorker
@@ -111,7 +112,7 @@ class MainWindow(QMainWindow):
         self.pairs: dict = {}
         self.dataset_info: jobs.DatasetInfo | None = None  # what the last load found
         self._samples: OrderedDict = OrderedDict()
-        self.proposals: dict[str, np.ndarray] = {}
+        self.proposals = Proposals()  # recent ones in memory, the rest read from the project
         self._probs: OrderedDict = OrderedDict()
         self.checkpoint: Path | None = None  # the model behind the proposals
         self.train_in_process = True  # training in a child process keeps the GUI thread free of the GIL
@@ -307,8 +308,9 @@ class MainWindow(QMainWindow):
                 pass  # settings of an older version: keep the defaults
 
     def _apply_form_json(self, text: str) -> None:
-        train, iel = json.loads(text)
+        train, iel, *clean = json.loads(text)  # [train, iel] from versions before the hull option
         iel["convex_classes"] = tuple(iel.get("convex_classes", ()))
+        self.training_panel.convex_hull.setChecked(bool(clean and clean[0].get("convex_hull_classes")))
         base = self.training_panel.default_config()
         cfg = dataclasses.replace(base, iel=dataclasses.replace(base.iel, **iel), **train)
         self.training_panel.set_from_config(cfg)
@@ -323,7 +325,8 @@ class MainWindow(QMainWindow):
         try:
             train, iel = self.training_panel.form_values()
             iel = dict(iel, convex_classes=list(iel["convex_classes"]))
-            self.settings.setValue("training/form", json.dumps([train, iel]))
+            clean = {k: list(v) for k, v in self.training_panel.clean_values().items()}
+            self.settings.setValue("training/form", json.dumps([train, iel, clean]))
         except ValueError:
             pass
         self.settings.sync()
@@ -1005,9 +1008,11 @@ class MainWindow(QMainWindow):
     def clean_config(self):
         from ielstudio.core.cleaning import CleanConfig
 
-        iel = self.training_panel.iel_config()
-        convex = tuple(iel.convex_classes) if iel is not None else ()
-        return CleanConfig(convex_hull_classes=convex)
+        try:
+            values = self.training_panel.clean_values()
+        except ValueError:  # an unreadable class list: the form reports it when training starts
+            values = {}
+        return dataclasses.replace(CleanConfig(), **values)
 
     def snapshot_names(self) -> list[str]:
         names = [n for n in self.queue.visible_names() if n in self.pairs]
@@ -1195,18 +1200,15 @@ class MainWindow(QMainWindow):
             self.previews.update(reviews.items)
         else:
             self.previews.difference_update(reviews.items)
+        if reviews.source is not None and reviews.source != self.proposals.source:
+            self.proposals.attach(self.project, reviews.source)  # a new model: its stored proposals
         for name, r in reviews.items.items():
-            self.proposals[name] = r.proposal
+            self.proposals.put(name, r.proposal, stored=reviews.source is not None)
             self._probs[name] = r.probs
             self._probs.move_to_end(name)
             rows.append((name, r.score, r.changed))
         while len(self._probs) > PROBS_CACHE:
             self._probs.popitem(last=False)
-        if not reviews.saved:  # a job writes its own scores; these came from elsewhere
-            try:
-                self.project.set_scores(rows)
-            except Exception as e:
-                self.report_error("Cannot save scores", str(e))
         self.queue.model.update_many({n: {"score": s, "changed": c} for n, s, c in rows})
         if self.current in reviews.items:
             self._refresh_overlays(self.current)
@@ -1224,12 +1226,8 @@ class MainWindow(QMainWindow):
         agreement = ev.history.get("best_agreement")
         self.training_panel.set_message(
             f"Done: {ev.steps} steps ({ev.reason})" + ("" if agreement is None else f"; agreement {agreement:.3f}"))
-        if ev.checkpoint:
-            try:
-                self.project.set_checkpoint(ev.checkpoint)
-                self.checkpoint = Path(ev.checkpoint)
-            except Exception as e:
-                self.report_error("Cannot record the model", str(e))
+        if ev.checkpoint:  # the job recorded it in the project
+            self.checkpoint = Path(ev.checkpoint)
         if ev.reason != "cancelled" and self._training_state != "stopping":
             self.training_panel.set_progress_text("scoring every image with the kept model…")
 
@@ -1261,12 +1259,31 @@ class MainWindow(QMainWindow):
         self.trainingFinished.emit(None)
 
     def _load_checkpoint_from_project(self) -> None:
-        """Reopening a project with a saved model: its proposals are recomputed in the background."""
-        if self.project.read_only:
-            return  # nothing may be written into a project opened to salvage it
+        """Reopening a project with a saved model: the proposals and curves it stored show at
+        once; only when they are missing (a scoring pass cut short, other clean settings) are
+        they recomputed with the model, in the background."""
+        from ielstudio.core.session import proposal_source
+
         ref = self.project.checkpoint
-        if ref is None or not Path(ref.path).is_file():
+        if ref is None:
             return
+        source = proposal_source(ref.sha256, self.clean_config().to_dict())
+        last = self.project.get_setting(jobs.LAST_REVIEW) or {}
+        curves = self.project.get_setting(jobs.TRAINING_CURVES)
+        if curves:
+            self.training_panel.show_curves(curves)
+        if last.get("source") == source and last.get("complete"):
+            self.checkpoint = Path(ref.path)
+            self.proposals.attach(self.project, source)
+            warnings = last.get("warnings") or []
+            self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
+                                            "the project" + (f". {warnings[0]}" if warnings else ""))
+            self.training_panel.finish_progress("proposals loaded")
+            if self.current:
+                self._refresh_overlays(self.current)
+            return
+        if self.project.read_only or not Path(ref.path).is_file():
+            return  # nothing may be written into a project opened to salvage it
         self.checkpoint = Path(ref.path)
         self.training_panel.set_message(f"Saved model {Path(ref.path).name}: recomputing its proposals")
         self.score_with_saved_model()

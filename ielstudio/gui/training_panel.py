@@ -38,6 +38,7 @@ from .canvas import ShortcutsPassThrough
 # form widget -> dataclass field it edits
 TRAIN_FIELDS = ("arch", "epochs", "max_steps", "device", "init_checkpoint")
 IEL_FIELDS = ("heat", "heat_dt", "heat_steps", "convex_classes", "convex_dt", "convex_steps")
+CLEAN_FIELDS = ("convex_hull_classes",)
 
 
 def available_devices() -> list[tuple[str, str]]:
@@ -157,6 +158,9 @@ class TrainingPanel(QWidget):
         self.convex_dt.setSingleStep(0.01)
         self.convex_steps = QSpinBox()
         self.convex_steps.setRange(1, 500)
+        self.convex_hull = QCheckBox("Replace them by their convex hull")
+        self.convex_hull.setToolTip("Proposals: each object of the convex classes becomes its convex hull "
+                                    "(ielstudio clean --convex-hull). Off: the convexity IEL only shapes training.")
         iel_box = QGroupBox("Inverse evolution layers")
         ig = QGridLayout(iel_box)
         ig.addWidget(self.heat, 0, 0)
@@ -170,6 +174,7 @@ class TrainingPanel(QWidget):
         ig.addWidget(self.convex_dt, 2, 2)
         ig.addWidget(QLabel("K"), 2, 3)
         ig.addWidget(self.convex_steps, 2, 4)
+        ig.addWidget(self.convex_hull, 3, 0, 1, 5)
 
         # --- controls and progress
         self.start_button = QPushButton("Start training")
@@ -277,6 +282,14 @@ class TrainingPanel(QWidget):
         assert tuple(train) == TRAIN_FIELDS and tuple(iel) == IEL_FIELDS
         return train, iel
 
+    def clean_values(self) -> dict:
+        """CleanConfig field -> value as shown in the form (the rest keep CleanConfig's defaults,
+        as the command's do when their flags are not given)."""
+        hull = parse_classes(self.convex_classes.text()) if self.convex_hull.isChecked() else ()
+        values = {"convex_hull_classes": hull or ((1,) if self.convex_hull.isChecked() else ())}
+        assert tuple(values) == CLEAN_FIELDS
+        return values
+
     def config(self, base=None):
         """The TrainConfig shown in the form (fields not in the form come from ``base``)."""
         base = base if base is not None else self.default_config()
@@ -325,7 +338,7 @@ class TrainingPanel(QWidget):
         self.pause_button.setText("Resume" if paused else "Pause")
         for w in (self.arch, self.new_radio, self.finetune_radio, self.checkpoint_edit, self.checkpoint_button,
                   self.device, self.epochs, self.max_steps, self.heat, self.heat_dt, self.heat_steps,
-                  self.convex_classes, self.convex_dt, self.convex_steps):
+                  self.convex_classes, self.convex_dt, self.convex_steps, self.convex_hull):
             w.setEnabled(not running)
 
     def _pause_clicked(self) -> None:
@@ -339,6 +352,15 @@ class TrainingPanel(QWidget):
         self._agree.clear()
         self.loss_curve.setData([], [])
         self.agree_curve.setData([], [])
+
+    def show_curves(self, curves: dict) -> None:
+        """The curves of an earlier training, as the project stored them (`jobs.training_curves`)."""
+        self._loss = [(int(x), float(y)) for x, y in zip(curves.get("loss_steps", []), curves.get("loss", []))
+                      if math.isfinite(y)]
+        self._agree = [(int(x), float(y)) for x, y in zip(curves.get("eval_steps", []), curves.get("agreement", []))]
+        for curve, points in ((self.loss_curve, self._loss), (self.agree_curve, self._agree)):
+            a = np.asarray(points, float).reshape(-1, 2)
+            curve.setData(a[:, 0], a[:, 1])
 
     def on_step(self, ev) -> None:
         """A StepEvent: progress bar, ETA, loss curve."""
