@@ -42,8 +42,8 @@ IEL_FLAGS = {
     "iel": "heat",  # the spec also switches the curve-motion layer (via convex_classes)
     "convex_classes": "convex_classes",
     "heat_classes": "heat_classes",
-    "iel_dt": "heat_dt",
-    "iel_steps": "heat_steps",
+    "heat_dt": "heat_dt",
+    "heat_steps": "heat_steps",
     "convex_dt": "convex_dt",
     "convex_steps": "convex_steps",
     "convex_radii": "convex_radii",
@@ -60,7 +60,7 @@ CLEAN_FLAGS = {
 }
 # dataclass fields deliberately without a flag of their own, with the reason
 EXEMPT = {
-    "TrainConfig.iel": "built from the --iel, --iel-*, --heat-classes and --convex-* flags",
+    "TrainConfig.iel": "built from the --iel, --heat-*, --convex-* flags",
     "TrainConfig.adaptive_threshold": "set with CleanConfig.adaptive_threshold by --no-adaptive-threshold",
 }
 
@@ -118,9 +118,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--convex-classes", type=_classes, metavar="1,2", help="classes the convexity IEL and --convex-hull act on (default: 1)")
     g.add_argument("--heat-classes", type=lambda s: _classes(s, allow_zero=True), metavar="0,1",
                    help="classes the heat IEL smooths (default: all)")
-    g.add_argument("--iel-dt", type=float, metavar="F", help=f"heat IEL step size dt (default: {_default(i, 'heat_dt')})")
-    g.add_argument("--iel-steps", type=int, metavar="K", help=f"heat IEL number of steps K (default: {_default(i, 'heat_steps')}); "
-                   "noise amplification (1+2dt)^K")
+    g.add_argument("--heat-dt", "--iel-dt", dest="heat_dt", type=float, metavar="F",
+                   help=f"heat IEL step size dt (default: {_default(i, 'heat_dt')}; --iel-dt is the old name)")
+    g.add_argument("--heat-steps", "--iel-steps", dest="heat_steps", type=int, metavar="K",
+                   help=f"heat IEL number of steps K (default: {_default(i, 'heat_steps')}); noise amplification "
+                   "(1+2dt)^K (--iel-steps is the old name)")
     g.add_argument("--convex-dt", type=float, metavar="F", help=f"convexity IEL step size (default: {_default(i, 'convex_dt')})")
     g.add_argument("--convex-steps", type=int, metavar="K", help=f"convexity IEL number of steps (default: {_default(i, 'convex_steps')})")
     g.add_argument("--convex-radii", type=_classes, metavar="3,6,9", help="window radii (px) of the concavity detector "
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def iel_config_from_args(args: argparse.Namespace, base: IELConfig) -> IELConfig:
-    """The IELConfig the --iel / --iel-* / --heat-classes / --convex-* flags ask for."""
+    """The IELConfig the --iel / --heat-* / --convex-* flags ask for."""
     values = {field: getattr(args, dest) for dest, field in IEL_FLAGS.items()
               if dest not in ("iel", "convex_classes") and getattr(args, dest, None) is not None}
     spec = getattr(args, "iel", None)

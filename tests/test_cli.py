@@ -193,7 +193,7 @@ def test_help_explains_every_flag(capsys):
     assert "ielstudio 0." in capsys.readouterr().out
     assert cli.main(["clean", "--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("--iel", "--convex-classes", "--iel-dt", "--iel-steps", "--convex-dt", "--convex-steps", "--epochs",
+    for flag in ("--iel", "--convex-classes", "--heat-dt", "--heat-steps", "--convex-dt", "--convex-steps", "--epochs",
                  "--steps", "--arch", "--width", "--device", "--seed", "--checkpoint", "--save-model", "--report",
                  "--folds", "--min-area", "--no-fill-holes", "--convex-hull", "--confident-only", "--lr"):
         assert flag in text, flag
@@ -225,7 +225,7 @@ def test_flags_reach_the_configs():
     args = parser.parse_args([
         "clean", "i", "m", "--out", "o", "--arch", "parabolic", "--width", "8", "--epochs", "3", "--steps", "40",
         "--device", "cpu", "--seed", "5", "--checkpoint", "c.pt", "--folds", "3", "--iel", "heat,convex",
-        "--convex-classes", "1,2", "--iel-dt", "0.2", "--iel-steps", "10", "--convex-dt", "0.05", "--convex-steps", "7",
+        "--convex-classes", "1,2", "--heat-dt", "0.2", "--heat-steps", "10", "--convex-dt", "0.05", "--convex-steps", "7",
         "--convex-radii", "2,4", "--convex-band", "3", "--heat-classes", "0,1", "--lr", "0.01", "--no-augment",
         "--min-area", "4", "--no-fill-holes", "--convex-hull", "--confident-only", "--threshold", "0.8",
         "--edge-tolerance", "2", "--no-adaptive-threshold",
@@ -470,3 +470,12 @@ def test_an_unreadable_masks_folder_is_named(dataset, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert f"{masks.resolve()}: masks folder cannot be read (permission denied)" in err
     assert "ielstudio-report.json" not in err
+
+
+def test_old_heat_flag_names_still_work():
+    parser = cli.build_parser()
+    old, _ = cli.configs_from_args(parser.parse_args(["clean", "i", "m", "--out", "o", "--iel-dt", "0.2",
+                                                      "--iel-steps", "7"]))
+    new, _ = cli.configs_from_args(parser.parse_args(["clean", "i", "m", "--out", "o", "--heat-dt", "0.2",
+                                                      "--heat-steps", "7"]))
+    assert old == new and (new.iel.heat_dt, new.iel.heat_steps) == (0.2, 7)

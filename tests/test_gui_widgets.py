@@ -374,3 +374,18 @@ def test_the_window_cleans_with_the_settings_the_command_uses(qtbot, tmp_path):
     assert w.clean_config() == command("--convex-hull", "--convex-classes", "2")[1]
     assert w.clean_config().convex_hull_classes == (2,)
     w.close()
+
+
+def test_every_value_the_training_form_allows_is_a_valid_config(qtbot):
+    """The form's ranges are checked against the dataclasses' own validation: the ends of
+    every spin box give a TrainConfig (or IELConfig) the engine accepts."""
+    from ielstudio.gui.training_panel import TrainingPanel
+
+    panel = TrainingPanel()
+    qtbot.addWidget(panel)
+    for spin in (panel.heat_dt, panel.heat_steps, panel.convex_dt, panel.convex_steps, panel.max_steps, panel.epochs):
+        start = spin.value()
+        for value in (spin.minimum(), spin.maximum()):
+            spin.setValue(value)
+            panel.config()  # raises ValueError for a value the engine refuses
+        spin.setValue(start)
