@@ -250,15 +250,26 @@ def test_step_event_updates_progress_eta_and_curve(qtbot):
     panel = TrainingPanel()
     qtbot.addWidget(panel)
     panel.on_step(StepEvent(step=30, total_steps=120, epoch=2, loss=0.5, lr=1e-3, eta_s=75.0))
-    panel.on_step(StepEvent(step=40, total_steps=120, epoch=2, loss=0.4, lr=1e-3, eta_s=65.0))
+    panel.on_step(StepEvent(step=40, total_steps=120, epoch=257, loss=0.4, lr=1e-3, eta_s=65.0))
     panel.on_eval(EvalEvent(step=40, agreement=0.8))
     assert panel.progress.maximum() == 120 and panel.progress.value() == 40
-    assert "ETA 1 min 05 s" in panel.progress.format()
+    assert "ETA 1 min 05 s with scoring" in panel.progress.format()
+    assert "257" not in panel.status.text() and "epoch" not in panel.status.text()
+    panel.set_running(True, paused=True)
+    assert panel.progress.format() == "paused at step 40/120" and panel.pause_button.text() == "Resume"
+    panel.set_running(True, paused=False)
+    assert panel.progress.format().startswith("step 40/120 · ETA")
+    panel.on_step(StepEvent(step=3, total_steps=9, epoch=1, loss=0.4, lr=1e-3, eta_s=5.0, fold=1, n_folds=3))
+    assert panel.progress.format().startswith("fold 2/3 · step 3/9")
+    panel.on_step(StepEvent(step=40, total_steps=120, epoch=2, loss=0.4, lr=1e-3, eta_s=65.0))
     x, y = panel.loss_curve.getData()
-    assert list(x) == [30, 40] and list(y) == pytest.approx([0.5, 0.4])
+    assert list(x[:2]) == [30, 40] and list(y[:2]) == pytest.approx([0.5, 0.4])
     panel.finish_progress("done")  # stopped early at step 40 of 120: finished, a full bar
     assert panel.progress.value() == panel.progress.maximum() == 120 and panel.progress.format() == "done"
     assert list(panel.agree_curve.getData()[1]) == pytest.approx([0.8])
+    panel.on_scoring(12, 40, 30.0)  # the scoring pass: a bar of its own
+    assert (panel.progress.value(), panel.progress.maximum()) == (12, 40)
+    assert panel.progress.format() == "scoring 12/40 · ETA 30 s"
     assert format_eta(3725) == "1 h 02 min" and format_eta(None) == "–"
 
 

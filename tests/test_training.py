@@ -393,3 +393,42 @@ def test_pde_architecture_training_keeps_weights_in_unit_box():
     assert layers
     w = torch.cat([m.weight.detach().flatten() for m in layers])
     assert float(w.abs().max()) <= 1.0 + 1e-6
+
+
+def test_eta_counts_steps_evaluations_snapshots_later_folds_and_the_scoring_pass():
+    """Step 1 s, evaluation 4 s of 2 images (2 s per image), snapshot 3 s: the seconds left
+    are exactly what the remaining work costs at those rates; a pause costs nothing."""
+    from ielstudio.core.training import _EtaClock
+
+    clock = _EtaClock(total=10, eval_every=5, snapshot_every=5, folds_after=0, predictions_after=0)
+    for _ in range(3):
+        clock.step_done(1.0)
+    clock.eval_done(4.0, images=2)
+    clock.snapshot_done(3.0)
+    # at step 3: 7 steps, evaluations at 5 and 10, snapshots at 5 and 10
+    assert clock.eta(3) == 7 * 1.0 + 2 * 4.0 + 2 * 3.0
+    assert clock.eta(5) == 5 + 2 * 4.0 + 2 * 3.0  # step 5's evaluation follows its StepEvent
+    assert clock.eta(10) == 0 + 4.0 + 3.0
+    scored = _EtaClock(total=10, eval_every=5, snapshot_every=0, folds_after=1, predictions_after=6)
+    scored.step_done(1.0)
+    scored.eval_done(4.0, images=2)
+    # 9 steps + 2 evaluations, one more fold (10 steps + 2 evaluations), 6 images to score at 2 s each
+    assert scored.eta(1) == (9 + 8) + (10 + 8) + 6 * 2.0
+    odd = _EtaClock(total=12, eval_every=5, snapshot_every=0, folds_after=0, predictions_after=0)
+    odd.eval_done(1.0, 1)
+    assert odd.eta(11) == 1.0  # the last step (12) is evaluated too
+
+
+def test_the_eta_does_not_grow_while_training_is_paused():
+    import time as _time
+
+    samples = [Sample(f"s{i}", np.random.default_rng(i).random((1, 16, 16), dtype=np.float32),
+                      (np.random.default_rng(i).random((16, 16)) > 0.5).astype(np.int64), ENC) for i in range(2)]
+    config = TrainConfig(width=4, depth=1, crop=16, batch_size=2, max_steps=6, min_steps=0, epochs=6, device="cpu")
+    etas = []
+    for ev in train(samples, config):
+        if isinstance(ev, StepEvent):
+            etas.append(ev.eta_s)
+            if ev.step == 2:
+                _time.sleep(1.0)  # suspended at the yield: a paused run
+    assert len(etas) == 6 and max(etas[2:]) < 0.9  # a wall-clock estimate would add the second

@@ -40,7 +40,7 @@ from .imageio import (
 )
 from .metrics import confusion_counts, dice as _dice
 from .models import build_model, count_parameters
-from .review import ReviewCancelled, review_samples
+from .review import ReviewCancelled, review_samples, scoring_predictions
 from .training import (
     CrossFitModel,
     DoneEvent,
@@ -515,10 +515,12 @@ def _model_event(config: TrainConfig, in_channels: int, n_classes: int) -> Model
     return ModelEvent(arch, count_parameters(model), str(device))
 
 
-def _fit(samples, config: TrainConfig, cancel):
-    """Forward the training events; returns the DoneEvent (via StopIteration value)."""
+def _fit(samples, config: TrainConfig, cancel, scoring: bool = True):
+    """Forward the training events; returns the DoneEvent (via StopIteration value).
+    `scoring`: every image is proposed and scored after training (the ETA includes it)."""
     done = None
-    for ev in train(samples, config, cancel=cancel):
+    after = scoring_predictions(len(samples)) if scoring else 0
+    for ev in train(samples, config, cancel=cancel, predictions_after=after):
         if isinstance(ev, DoneEvent):
             done = ev
         yield ev
@@ -695,7 +697,7 @@ def train_dataset(
     loaded = load_dataset(images_dir, masks_dir)
     yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped), list(loaded.warnings))
     yield _model_event(train_config, loaded.in_channels, loaded.n_classes)
-    done = yield from _fit(loaded.samples, train_config, cancel)
+    done = yield from _fit(loaded.samples, train_config, cancel, scoring=False)
     if done is None or done.reason == "cancelled":
         return
     meta = {"n_classes": loaded.n_classes, "in_channels": loaded.in_channels,

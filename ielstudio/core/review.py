@@ -57,6 +57,14 @@ RELABEL_CONFIDENCE = 0.95
 MAX_RELIABILITY_IMAGES = 32
 
 
+def scoring_predictions(n_images: int) -> int:
+    """How many images `review_samples` predicts for `n_images`: the calibration subset, the
+    reliability check and every image's proposal (for an honest ETA before it starts)."""
+    from .cleaning import CALIBRATION_IMAGES
+
+    return n_images + min(n_images, CALIBRATION_IMAGES) + min(n_images, MAX_RELIABILITY_IMAGES)
+
+
 @dataclass
 class Reliability:
     """Which classes the model may change. `agreement[c]`: pooled Dice of the model's

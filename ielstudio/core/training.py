@@ -474,6 +474,42 @@ def _initial_model(config: TrainConfig, in_channels: int, n_classes: int, histor
     return build_model(config.arch, in_channels, n_classes, **config.model_kwargs())
 
 
+class _EtaClock:
+    """Seconds left, honestly: the remaining steps at the median of the recent step times,
+    the remaining evaluations and snapshots at their last measured cost, the folds still to
+    train, and the predictions the caller makes after training (the scoring pass) at the
+    per-image time the evaluations measured. Only work is timed: a run paused between two
+    steps (suspended at a yield) does not make the estimate grow."""
+
+    def __init__(self, total: int, eval_every: int, snapshot_every: int, folds_after: int, predictions_after: int):
+        self.total, self.eval_every, self.snapshot_every = total, max(1, eval_every), snapshot_every
+        self.folds_after, self.predictions_after = folds_after, predictions_after
+        self.steps: list[float] = []
+        self.eval_s = self.snapshot_s = self.per_image_s = 0.0
+
+    def step_done(self, seconds: float) -> None:
+        self.steps = (self.steps + [seconds])[-25:]
+
+    def eval_done(self, seconds: float, images: int) -> None:
+        self.eval_s = seconds
+        self.per_image_s = seconds / max(1, images)
+
+    def snapshot_done(self, seconds: float) -> None:
+        self.snapshot_s = seconds
+
+    def _run_s(self, start: int) -> float:
+        step_s = float(np.median(self.steps)) if self.steps else 0.0
+        # an evaluation (snapshot) follows the StepEvent of its step: at step s those of steps s..total are due
+        done = max(start, 1) - 1
+        evals = self.total // self.eval_every - done // self.eval_every + (self.total % self.eval_every != 0)
+        snaps = (self.total // self.snapshot_every - done // self.snapshot_every) if self.snapshot_every else 0
+        return (self.total - start) * step_s + max(0, evals) * self.eval_s + max(0, snaps) * self.snapshot_s
+
+    def eta(self, step: int) -> float:
+        return (self._run_s(step) + self.folds_after * self._run_s(0)
+                + self.predictions_after * self.per_image_s)
+
+
 def _train_one(
     samples: Sequence[Sample],
     config: TrainConfig,
@@ -483,9 +519,11 @@ def _train_one(
     snapshot_names: Sequence[str] | None,
     fold: int = 0,
     n_folds: int = 1,
+    predictions_after: int = 0,
 ) -> Iterator[Event]:
     """Train one model. `holdout`: names kept out of training and used for agreement
-    (None: all images train; the budget is then fixed)."""
+    (None: all images train; the budget is then fixed). `predictions_after`: images the
+    caller predicts once training ends (part of the ETA)."""
     device = select_device(config.device)
     seed = config.seed + 7919 * fold
     torch.manual_seed(seed)
@@ -535,8 +573,10 @@ def _train_one(
 
     best, best_step, best_state, bad_evals = -1.0, 0, None, 0
     reason, step = "budget", 0
+    clock = _EtaClock(total, config.eval_every, snapshot_every if snap else 0, n_folds - 1 - fold, predictions_after)
     t0 = time.perf_counter()
     while step < total:
+        started = time.perf_counter()
         if cancel is not None and cancel():
             reason = "cancelled"
             break
@@ -572,15 +612,18 @@ def _train_one(
         step += 1
         history["loss"].append(value)
         history["lr"].append(lr)
-        per_step = (time.perf_counter() - t0) / step
-        yield StepEvent(step, total, stream.epochs_done, value, lr, per_step * (total - step), fold, n_folds)
+        clock.step_done(time.perf_counter() - started)
+        yield StepEvent(step, total, stream.epochs_done, value, lr, clock.eta(step), fold, n_folds)
 
         if snapshot_every and step % snapshot_every == 0 and snap:
+            started = time.perf_counter()
             probs = {s.name: predict(model, s.image, device) for s in snap}
             model.train()
+            clock.snapshot_done(time.perf_counter() - started)
             yield SnapshotEvent(step, probs, fold, n_folds)
 
         if step % config.eval_every == 0 or step == total:
+            started = time.perf_counter()
             agreement = _agreement(model, eval_set, device, n_classes, cancel, config.adaptive_threshold)
             model.train()
             if agreement is None:
@@ -592,6 +635,7 @@ def _train_one(
             if fitted is None:
                 reason = "cancelled"
                 break
+            clock.eval_done(time.perf_counter() - started, len(eval_set) + len(fit_set))
             improved = agreement > best + config.min_improvement
             history["eval_steps"].append(step)
             history["agreement"].append(agreement)
@@ -650,9 +694,12 @@ def train(
     cancel: Callable[[], bool] | None = None,
     snapshot_every: int = 0,
     snapshot_names: Sequence[str] | None = None,
+    predictions_after: int = 0,
 ) -> Iterator[Event]:
     """Train on `samples` (see module doc). Yields StepEvent, EvalEvent, SnapshotEvent and,
     last, one DoneEvent. With `config.folds > 1` the DoneEvent's model is a CrossFitModel.
+    `predictions_after`: images the caller predicts after training (the StepEvents' ETA
+    includes them; `review.scoring_predictions` counts a scoring pass's).
 
     Raises TrainingError if the loss becomes NaN, DataError for a bad init checkpoint.
     """
@@ -665,7 +712,8 @@ def train(
         raise ValueError("sample names must be unique")
     if config.folds == 1:
         holdout = holdout_split(names, config.holdout, config.seed) if config.epochs is None else None
-        yield from _train_one(samples, config, holdout, cancel, snapshot_every, snapshot_names)
+        yield from _train_one(samples, config, holdout, cancel, snapshot_every, snapshot_names,
+                              predictions_after=predictions_after)
         return
 
     folds = fold_split(names, config.folds, config.seed)
@@ -673,7 +721,8 @@ def train(
     fold_of = {n: f for f, fold in enumerate(folds) for n in fold}
     for f, fold in enumerate(folds):
         done = None
-        for ev in _train_one(samples, config, fold, cancel, snapshot_every, snapshot_names, f, len(folds)):
+        for ev in _train_one(samples, config, fold, cancel, snapshot_every, snapshot_names, f, len(folds),
+                             predictions_after):
             if isinstance(ev, DoneEvent):
                 done = ev
             else:

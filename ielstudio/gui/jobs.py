@@ -270,7 +270,10 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
         raise JobError("no usable image/mask pairs to train on")
     given = {s.name: s.mask for s in samples}
     names = [n for n in (snapshot_names or given) if n in given]
-    kwargs: dict[str, Any] = {"cancel": cancel, "snapshot_every": snapshot_every}
+    from ielstudio.core.review import scoring_predictions
+
+    kwargs: dict[str, Any] = {"cancel": cancel, "snapshot_every": snapshot_every,
+                              "predictions_after": scoring_predictions(len(samples))}
     if names:
         kwargs["snapshot_names"] = names
     model, holdout = None, []

@@ -133,6 +133,7 @@ class MainWindow(QMainWindow):
         self._unreadable: dict[str, str] = {}
         self._prefetch_gen = 0  # bumped whenever the cache is cleared: late results are dropped
         self._train_settings: dict = {}
+        self._scoring_started: tuple[float, int] | None = None  # (time, images done) of this scoring pass
         self.train_base = None  # TrainConfig for the fields the form does not show (None = defaults)
         self._training_state = "idle"  # idle | loading | training | paused | stopping
         self._error_box: QMessageBox | None = None
@@ -1083,6 +1084,7 @@ class MainWindow(QMainWindow):
         self.training_panel.set_running(True)
         self.training_panel.set_progress_text(text)
         self._training_state = "loading"
+        self._scoring_started = None
         self.last_training = None
         self.queue.freeze_order(True)  # rows keep their place until the job ends
         if self.train_in_process:
@@ -1214,12 +1216,24 @@ class MainWindow(QMainWindow):
             self._refresh_overlays(self.current)
         self._update_status()
         if reviews.step is None:
-            self.training_panel.set_progress_text(f"scoring {reviews.done}/{reviews.total}")
+            self._show_scoring_progress(reviews)
         if reviews.warnings:
             kept = reviews.warnings[0].startswith("the model is not reliable for any class")
             title = "The model is not reliable: masks kept as given" if kept else "Labels kept where the model is not reliable"
             self.report_error(title, "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
+
+    def _show_scoring_progress(self, reviews: "jobs.Reviews") -> None:
+        """Its own bar, with an ETA from the images scored so far in this pass."""
+        now = time.monotonic()
+        if self._scoring_started is None or reviews.done <= len(reviews.items):
+            self._scoring_started = (now, reviews.done)  # the first chunk: the clock starts here
+            eta = None
+        else:
+            t0, n0 = self._scoring_started
+            rate = (now - t0) / max(1, reviews.done - n0)
+            eta = rate * (reviews.total - reviews.done)
+        self.training_panel.on_scoring(reviews.done, reviews.total, eta)
 
     def _on_done(self, ev: "jobs.TrainingFinished") -> None:
         self.last_training = ev

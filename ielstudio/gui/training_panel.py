@@ -336,6 +336,12 @@ class TrainingPanel(QWidget):
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.pause_button.setText("Resume" if paused else "Pause")
+        if paused:  # the bar says so too, and keeps the step it paused at
+            self._before_pause = self.progress.format()
+            self.progress.setFormat(f"paused at {self._before_pause.split(' · ')[0]}")
+        elif running and getattr(self, "_before_pause", None) and self.progress.format().startswith("paused"):
+            self.progress.setFormat(self._before_pause)
+            self._before_pause = None
         for w in (self.arch, self.new_radio, self.finetune_radio, self.checkpoint_edit, self.checkpoint_button,
                   self.device, self.epochs, self.max_steps, self.heat, self.heat_dt, self.heat_steps,
                   self.convex_classes, self.convex_dt, self.convex_steps, self.convex_hull):
@@ -367,12 +373,20 @@ class TrainingPanel(QWidget):
         total = max(1, int(ev.total_steps))
         self.progress.setRange(0, total)
         self.progress.setValue(int(ev.step))
-        self.progress.setFormat(f"step {ev.step}/{total} · ETA {format_eta(ev.eta_s)}")
+        fold = f"fold {ev.fold + 1}/{ev.n_folds} · " if ev.n_folds > 1 else ""
+        self.progress.setFormat(f"{fold}step {ev.step}/{total} · ETA {format_eta(ev.eta_s)} with scoring")
         if math.isfinite(ev.loss):
             self._loss.append((int(ev.step), float(ev.loss)))
             a = np.asarray(self._loss)
             self.loss_curve.setData(a[:, 0], a[:, 1])
-        self.status.setText(f"epoch {ev.epoch} · loss {ev.loss:.4f} · lr {ev.lr:.2g}")
+        # no epoch count: with a few images and large batches it runs far ahead of the step
+        self.status.setText(f"loss {ev.loss:.4f} · learning rate {ev.lr:.2g}")
+
+    def on_scoring(self, done: int, total: int, eta_s: float | None) -> None:
+        """The scoring pass after training (or with a saved model): a bar of its own."""
+        self.progress.setRange(0, max(1, int(total)))
+        self.progress.setValue(int(done))
+        self.progress.setFormat(f"scoring {done}/{total} · ETA {format_eta(eta_s)}")
 
     def on_eval(self, ev) -> None:
         self._agree.append((int(ev.step), float(ev.agreement)))
