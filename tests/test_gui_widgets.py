@@ -400,3 +400,40 @@ def test_every_value_the_training_form_allows_is_a_valid_config(qtbot):
             spin.setValue(value)
             panel.config()  # raises ValueError for a value the engine refuses
         spin.setValue(start)
+
+
+def test_view_controls_fit_zoom_and_window_level(qtbot):
+    """Fit shows the whole image, 100 % is one image pixel per screen pixel, the zoom stays
+    for the next image of the same size, and window/level set the image's levels."""
+    from ielstudio.gui.view_controls import auto_levels
+
+    c = Canvas()
+    qtbot.addWidget(c)
+    c.resize(700, 600)
+    c.show()
+    qtbot.waitExposed(c)
+    v = c.view_controls
+    image = np.linspace(0, 1, 64 * 80, dtype=np.float32).reshape(64, 80)
+    c.set_image(image)
+    c.viewbox.scaleBy((0.25, 0.25))  # zoom in
+    zoomed = v.zoom_percent()
+    c.set_image(image[::-1].copy(), reset_view=False)  # the next image, same size: the zoom stays
+    assert v.zoom_percent() == pytest.approx(zoomed)
+    v.actual_size()
+    assert v.zoom_percent() == pytest.approx(100, rel=0.02) and v.zoom_label.text() in ("99 %", "100 %", "101 %")
+    c.set_image(np.zeros((20, 30), np.float32), reset_view=False)  # another size: refit
+    rect = c.viewbox.viewRect()
+    assert rect.width() >= 30 and rect.height() >= 20  # all of it shows ...
+    assert rect.width() <= 30 * 1.1 or rect.height() <= 20 * 1.1  # ... fitted tightly in one direction
+    # contrast: full range by default, auto from percentiles, window/level by hand
+    c.set_image(image)
+    assert tuple(c.image_item.levels) == (0.0, 1.0)
+    v.set_mode("auto")
+    lo, hi = c.image_item.levels
+    assert (lo, hi) == pytest.approx(auto_levels(image)) and lo == pytest.approx(0.01, abs=1e-3)
+    v.window.setValue(0.2)
+    v.level.setValue(0.3)
+    assert v.mode.currentData() == "manual" and tuple(c.image_item.levels) == pytest.approx((0.2, 0.4))
+    c.set_image(image[::-1].copy(), reset_view=False)  # kept for the next image
+    assert tuple(c.image_item.levels) == pytest.approx((0.2, 0.4))
+    assert auto_levels(np.full((4, 4), 0.3)) == pytest.approx((-0.2, 0.8))  # a flat image still shows

@@ -27,21 +27,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-# class colours (index 0 = background, transparent); clear on gray images
-CLASS_COLORS = [
-    (0, 0, 0),
-    (0, 190, 255),
-    (255, 170, 0),
-    (190, 90, 255),
-    (255, 230, 40),
-    (0, 220, 170),
-    (255, 100, 170),
-    (140, 200, 60),
-    (120, 140, 255),
-]
-ADDED_COLOR = (40, 230, 60)  # pixels the proposal adds
-REMOVED_COLOR = (255, 40, 40)  # pixels the proposal removes
-RELABELLED_COLOR = (255, 0, 230)  # pixels the proposal gives another foreground class
+from .overlays import (  # noqa: F401  (re-exported: the canvas's colours and maps)
+    ADDED_COLOR,
+    CLASS_COLORS,
+    RELABELLED_COLOR,
+    REMOVED_COLOR,
+    class_color,
+    class_lut,
+    difference_lut,
+    difference_map,
+    display_image,
+    outline,
+)
+from .view_controls import ViewControls
 
 OVERLAYS = ("mask", "proposal", "difference")
 OVERLAY_TITLES = {"mask": "Mask", "proposal": "Proposal (outline)", "difference": "Still to change"}
@@ -57,63 +55,6 @@ DEFAULT_OPACITY = {"mask": 0.45, "proposal": 0.45, "difference": 0.8}
 DEFAULT_VISIBLE = {"mask": True, "proposal": False, "difference": True}
 TOOLS = ("pan", "brush", "eraser", "object")
 
-
-def class_color(c: int) -> tuple[int, int, int]:
-    if c < len(CLASS_COLORS):
-        return CLASS_COLORS[c]
-    rng = np.random.default_rng(c)  # stable extra colours for many classes
-    return tuple(int(v) for v in rng.integers(60, 256, 3))
-
-
-def class_lut() -> np.ndarray:
-    """(256,4) uint8 RGBA table: class index -> colour, background transparent."""
-    lut = np.zeros((256, 4), np.uint8)
-    for c in range(1, 256):
-        lut[c, :3] = class_color(c)
-        lut[c, 3] = 255
-    return lut
-
-
-def difference_lut() -> np.ndarray:
-    lut = np.zeros((256, 4), np.uint8)
-    lut[1] = (*ADDED_COLOR, 255)
-    lut[2] = (*REMOVED_COLOR, 255)
-    lut[3] = (*RELABELLED_COLOR, 255)
-    return lut
-
-
-def difference_map(current: np.ndarray, proposal: np.ndarray) -> np.ndarray:
-    """uint8 (H,W) of what accepting the proposal would still change in the ``current`` mask:
-    1 a foreground label added (was background), 2 one removed, 3 another foreground class."""
-    d = np.zeros(current.shape, np.uint8)
-    differs = current != proposal
-    d[differs & (proposal != 0) & (current == 0)] = 1
-    d[differs & (proposal == 0)] = 2
-    d[differs & (proposal != 0) & (current != 0)] = 3
-    return d
-
-
-def outline(labels: np.ndarray) -> np.ndarray:
-    """The 1 px inner outline of every labelled region (its class there, 0 elsewhere): the
-    proposal is drawn as outlines so that it never looks like the filled current mask."""
-    a = np.asarray(labels)
-    pad = np.pad(a, 1, mode="constant", constant_values=-1)
-    edge = ((pad[1:-1, 1:-1] != pad[:-2, 1:-1]) | (pad[1:-1, 1:-1] != pad[2:, 1:-1])
-            | (pad[1:-1, 1:-1] != pad[1:-1, :-2]) | (pad[1:-1, 1:-1] != pad[1:-1, 2:]))
-    return np.where(edge & (a != 0), a, 0)
-
-
-def display_image(image: np.ndarray) -> np.ndarray:
-    """(C,H,W) / (H,W) normalised float image -> (H,W) or (H,W,3) float32 for display."""
-    a = np.asarray(image, np.float32)
-    if a.ndim == 3:
-        if a.shape[0] == 1:
-            a = a[0]
-        elif a.shape[0] == 3:
-            a = np.moveaxis(a, 0, -1)
-        else:
-            a = a[0]
-    return np.ascontiguousarray(a)
 
 
 class ShortcutsPassThrough(QObject):
@@ -222,6 +163,7 @@ class Canvas(QWidget):
         self.cursor_item.setVisible(False)
         self.viewbox.addItem(self.cursor_item)
         self.view_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        self.view_controls = ViewControls(self.viewbox, self.image_item)
 
         # controls: overlay toggles with their own opacity, tools, legend
         self.checks: dict[str, QCheckBox] = {}
@@ -276,6 +218,7 @@ class Canvas(QWidget):
         layout.addLayout(controls)
         layout.addWidget(self.badge)
         layout.addWidget(self.view_widget, 1)
+        layout.addWidget(self.view_controls)
         bottom = QHBoxLayout()
         bottom.addWidget(self.legend)
         bottom.addStretch(1)
@@ -309,6 +252,7 @@ class Canvas(QWidget):
         if image is None:
             self._shape = None
             self._shown = None
+            self.view_controls.new_image(None, True)
             self.hover = None
             self.image_item.clear()
             for item in self.items.values():
@@ -320,12 +264,11 @@ class Canvas(QWidget):
         disp = display_image(image)
         self._shown = disp
         new_shape = disp.shape[:2]
-        self.image_item.setImage(disp, levels=(0.0, 1.0), autoLevels=False)
+        self.image_item.setImage(disp, levels=self.view_controls.levels(), autoLevels=False)
         for item in self.items.values():
             item.clear()
         self.stroke_item.clear()
-        if reset_view or new_shape != self._shape:
-            self.viewbox.setRange(QRectF(0, 0, new_shape[1], new_shape[0]), padding=0.02)
+        self.view_controls.new_image(disp, reset_view)  # the zoom is kept for an image of the same size
         self._shape = new_shape
         self.info.setText(f"{new_shape[1]} x {new_shape[0]} px")
 

@@ -205,6 +205,10 @@ class MainWindow(QMainWindow):
             "pick_class": self._pick_class,
             "smaller": lambda: self.canvas.set_brush_radius(self.canvas.brush_radius - max(1, self.canvas.brush_radius // 5)),
             "larger": lambda: self.canvas.set_brush_radius(self.canvas.brush_radius + max(1, self.canvas.brush_radius // 5)),
+            "fit_view": self.canvas.view_controls.fit,
+            "actual_size": self.canvas.view_controls.actual_size,
+            "auto_contrast": lambda: self.canvas.view_controls.set_mode("auto"),
+            "full_contrast": lambda: self.canvas.view_controls.set_mode("full"),
             "toggle_mask": lambda: self._toggle_overlay("mask"),
             "toggle_proposal": lambda: self._toggle_overlay("proposal"),
             "toggle_difference": lambda: self._toggle_overlay("difference"),
@@ -245,7 +249,8 @@ class MainWindow(QMainWindow):
                     "tool_pan", "brush", "eraser", "tool_object", "pick_class", "smaller", "larger"):
             edit.addSeparator() if key is None else edit.addAction(self.actions[key])
         view = mb.addMenu("&View")
-        for key in ("next", "previous", None, "toggle_mask", "toggle_proposal", "toggle_difference"):
+        for key in ("next", "previous", None, "fit_view", "actual_size", "auto_contrast", "full_contrast", None,
+                    "toggle_mask", "toggle_proposal", "toggle_difference"):
             view.addSeparator() if key is None else view.addAction(self.actions[key])
         train = mb.addMenu("&Training")
         for key in ("train", "pause", "stop"):
@@ -783,7 +788,7 @@ class MainWindow(QMainWindow):
             self._update_status()
             return
         self.current = name
-        self.canvas.set_image(s.image, reset_view=True)
+        self.canvas.set_image(s.image, reset_view=False)  # the zoom stays for images of one size
         seen = int(s.mask.max()) + 1  # before training the class count is unknown: grow the legend as masks show
         if self.dataset_info is None and seen > self.canvas.n_classes:
             self._set_classes(seen)
