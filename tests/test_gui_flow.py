@@ -20,6 +20,7 @@ from PySide6.QtCore import QSettings  # noqa: E402
 
 from ielstudio.gui import jobs  # noqa: E402
 from ielstudio.gui.main_window import MainWindow  # noqa: E402
+from ielstudio.gui.window_training import TrainingState  # noqa: E402
 
 SIZE = 40
 N_IMAGES = 6
@@ -405,7 +406,7 @@ def test_close_during_training_asks_then_stops_cleanly(make_window, dataset, qtb
     w.train_in_process = True
     w.open_folders(*dataset)
     w.start_training(steps=5000, snapshot_every=1000)
-    qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 1 and w._training_state == "training",
+    qtbot.waitUntil(lambda: w.training_panel.progress.value() >= 1 and w.training_state is TrainingState.TRAINING,
                     timeout=60000)
     worker, child = w.train_worker, w.train_worker.process
     asked = []

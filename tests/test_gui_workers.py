@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from ielstudio.gui.workers import GeneratorWorker, error_message, run_once  # noqa: E402
+from ielstudio.gui.job_protocol import error_message  # noqa: E402
+from ielstudio.gui.workers import GeneratorWorker, run_once  # noqa: E402
 
 
 def counting(n, gate=None, reached=None):
@@ -43,14 +44,18 @@ def test_error_becomes_one_line_message(qtbot):
         w.start()
     assert blocker.args == ["ValueError: loss is NaN at step 2"]
     assert "Traceback" in w.traceback_text
+    assert w.failure.kind == "ValueError" and w.failure.path is None  # the error keeps its type
     w.wait(5000)
     assert finished == []
 
 
 def test_data_error_message_is_kept_verbatim():
     from ielstudio.core.errors import DataError
+    from ielstudio.gui.job_protocol import JobFailure
 
     assert error_message(DataError("/x/a.png", "unreadable")) == "/x/a.png: unreadable"
+    failure = JobFailure.of(DataError("/x/a.png", "unreadable"))
+    assert (failure.kind, failure.path, failure.message) == ("DataError", "/x/a.png", "/x/a.png: unreadable")
     assert error_message(RuntimeError("CUDA out of memory. Tried")).startswith("Out of memory")
 
 
@@ -213,4 +218,5 @@ def test_process_worker_relays_events_and_a_job_error(qtbot, tmp_path):
     assert len(got) == 1 and isinstance(got[0], DatasetInfo) and got[0].names == []
     assert len(got[0].skipped) == 1 and "a.png" in str(got[0].skipped[0].path)
     assert "JobError" in w.traceback_text
+    assert (w.failure.kind, w.failure.message) == ("JobError", "no usable image/mask pairs to train on")
     assert w.wait(30000) and w.process.exitcode == 0

@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
 
 from .overlays import (  # noqa: F401  (re-exported: the canvas's colours and maps)
     ADDED_COLOR,
-    CLASS_COLORS,
     RELABELLED_COLOR,
     REMOVED_COLOR,
     class_color,

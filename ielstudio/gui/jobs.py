@@ -5,7 +5,7 @@ that calls core functions and yields small, picklable events. Work that would
 stall the GUI (loading, training, proposals and label-quality scores) happens in
 the job, never in the GUI thread.
 
-``child_main`` runs a job in a separate process (``workers.ProcessWorker``):
+``job_protocol.child_main`` runs a job in a separate process (``workers.ProcessWorker``):
 training in a thread of the GUI process would share the GIL with the GUI, and on
 a busy 2-core machine the GUI then waits hundreds of milliseconds whenever the
 training thread is descheduled while holding it.
@@ -14,80 +14,23 @@ training thread is descheduled while holding it.
 from __future__ import annotations
 
 import queue
-import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-
-class JobError(Exception):
-    """A job failed in a child process; the message is already meant for the user."""
-
-
-def error_message(exc: BaseException) -> str:
-    """A one-line message for the user: DataError already names file and problem."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    if name in ("DataError", "JobError"):
-        return text
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return f"Out of memory: {text or name}. Try a smaller crop, batch size or model."
-    return f"{name}: {text}" if text else name
-
-
-# --------------------------------------------------------------------------- events
-
-@dataclass
-class DatasetInfo:
-    """What loading found: class count, mask encoding, channels, skipped files, usable names."""
-
-    n_classes: int
-    encoding: Any  # core.imageio.MaskEncoding
-    in_channels: int
-    skipped: list  # core.dataset.Skipped
-    names: list[str]
-
-
-@dataclass
-class ImageReview:
-    """The model's view of one image: probabilities, proposal, label-quality score, changed fraction."""
-
-    probs: np.ndarray
-    proposal: np.ndarray
-    score: float
-    changed: float
-
-
-@dataclass
-class Reviews:
-    """Proposals and scores for some images, at a training step (None = after training)."""
-
-    step: int | None
-    items: dict[str, ImageReview] = field(default_factory=dict)
-    done: int = 0
-    total: int = 0
-    saved: bool = False  # scores already written to the project by the job
-    warnings: list[str] = field(default_factory=list)  # on the last chunk: classes the model did not learn
-    #: the `session.proposal_source` the job stored these proposals under (None: not stored)
-    source: str | None = None
-
-
-@dataclass
-class TrainingFinished:
-    """Training ended (core DoneEvent without the model); the model is in ``checkpoint``."""
-
-    steps: int
-    reason: str
-    history: dict
-    config: Any  # core.training.TrainConfig
-    checkpoint: str | None
-
-
-class Cancelled(Exception):
-    """Raised inside a long core call when the user cancels."""
+from .job_protocol import (  # noqa: F401  (the events and errors the jobs yield and raise)
+    Cancelled,
+    DatasetInfo,
+    ImageReview,
+    JobError,
+    JobFailure,
+    Reviews,
+    TrainingFinished,
+    child_main,
+    error_message,
+)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -394,59 +337,3 @@ def thumbnail_job(requests: "queue.Queue", cancel: Callable[[], bool], size: int
             yield Thumbnail(name, make_thumbnail(path, size))
         except Exception:  # an unreadable file shows no thumbnail; opening it reports why
             continue
-
-
-# --------------------------------------------------------------------------- child process
-
-def _is_step(ev) -> bool:
-    return type(ev).__name__ == "StepEvent"
-
-
-def child_main(fn, args, kwargs, out_q, cancel_ev, run_ev, n_threads: int, min_interval_s: float = 0.1) -> None:
-    """Entry point of a job's child process: iterate ``fn`` and send what it yields.
-
-    Messages on ``out_q``: ("event", ev), ("progress", (done, total)), ("end", value),
-    ("error", (message, traceback)). StepEvents closer than ``min_interval_s`` are
-    coalesced here (the newest is kept), so the GUI process wakes at most ~10 times a
-    second for progress. ``run_ev`` cleared = paused (blocks between events);
-    ``cancel_ev`` is the job's ``cancel()``.
-    """
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, n_threads))
-    except Exception:  # torch is always there in practice; the job will say if not
-        pass
-    pending = None
-    last = 0.0
-    try:
-        gen = fn(*args, cancel=cancel_ev.is_set, report=lambda d, t: out_q.put(("progress", (d, t))), **kwargs)
-        while True:
-            if not run_ev.is_set():
-                if pending is not None:
-                    out_q.put(("event", pending))
-                    pending = None
-                run_ev.wait()  # paused: block here, between events
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                if pending is not None:
-                    out_q.put(("event", pending))
-                out_q.put(("end", stop.value))
-                break
-            if _is_step(ev):
-                now = time.monotonic()
-                if now - last < min_interval_s:
-                    pending = ev
-                    continue
-                last = now
-                pending = None
-            elif pending is not None:
-                out_q.put(("event", pending))
-                pending = None
-            out_q.put(("event", ev))
-    except BaseException as exc:
-        out_q.put(("error", (error_message(exc), traceback.format_exc())))
-    finally:
-        out_q.close()
-        out_q.join_thread()

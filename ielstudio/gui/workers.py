@@ -22,12 +22,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import traceback
 from typing import Any, Callable, Iterator
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from .jobs import error_message  # noqa: F401  (one message format for thread and process jobs)
+from .job_protocol import JobFailure
 
 POLL_MS = 10  # how often the GUI thread drains the queue while a job runs
 DRAIN_BUDGET_S = 0.02  # at most this long per drain, so a burst never stalls the GUI
@@ -45,7 +44,7 @@ class GeneratorWorker(QObject):
       and whatever the job reports through ``progress_kwarg``;
     - ``finished(object)``: the generator's return value (None if cancelled), always last
       unless the generator raised;
-    - ``errored(str)``: a one-line message if the generator raised (``traceback_text``
+    - ``errored(str)``: a one-line message if the generator raised (``failure``: its type and file; ``traceback_text``
       keeps the details);
     - ``paused()`` / ``resumed()``.
 
@@ -94,6 +93,7 @@ class GeneratorWorker(QObject):
         self._paused = False
         self.waiting = False  # True while the thread is blocked by a pause
         self.traceback_text = ""
+        self.failure: JobFailure | None = None  # set when the job raised
         self.result: Any = None
         self.n_yielded = 0
         self.done = False  # True once finished or errored has been emitted
@@ -242,8 +242,9 @@ class GeneratorWorker(QObject):
             if pending is not None:
                 self._post(pending)
         except BaseException as exc:  # shown to the user, never a crash
-            self.traceback_text = traceback.format_exc()
-            self._queue.put((_ERROR, error_message(exc), None))
+            self.failure = JobFailure.of(exc)
+            self.traceback_text = self.failure.traceback
+            self._queue.put((_ERROR, self.failure.message, None))
             return
         finally:
             if gen is not None and hasattr(gen, "close"):
@@ -289,7 +290,7 @@ class ProcessWorker(QObject):
         import os
         from collections import deque
 
-        from .jobs import child_main
+        from .job_protocol import child_main
 
         ctx = mp.get_context("spawn")  # never fork a process that has Qt and torch threads
         self._queue = ctx.Queue()
@@ -307,6 +308,7 @@ class ProcessWorker(QObject):
         self.n_yielded = 0
         self.result: Any = None
         self.traceback_text = ""
+        self.failure: JobFailure | None = None  # set when the job raised
         self._timer = QTimer(self)
         self._timer.setInterval(poll_ms)
         self._timer.timeout.connect(self.drain)
@@ -381,9 +383,10 @@ class ProcessWorker(QObject):
                 self.finished.emit(None if self._hard else payload)
                 return
             elif kind == "error":
-                message, self.traceback_text = payload
+                self.failure = payload  # a JobFailure: the error's type, message, file and traceback
+                self.traceback_text = payload.traceback
                 self._finish()
-                self.errored.emit(message)
+                self.errored.emit(payload.message)
                 return
             if time.monotonic() - t0 > DRAIN_BUDGET_S:
                 return  # the rest on the next tick
