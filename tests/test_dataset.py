@@ -383,3 +383,26 @@ def test_file_names_that_are_not_utf8_scan_and_load(tmp_path):
     write_pair(tmp_path, name, np.zeros((8, 8), np.uint8), square_mask(8, 8))
     loaded = load_samples(scan_pairs(tmp_path / "images", tmp_path / "masks"))
     assert [s.name for s in loaded.samples] == [name] and loaded.skipped == []
+
+
+def test_the_encoding_settled_on_open_is_the_one_loading_finds(tmp_path):
+    """`settle_encoding` reads the masks only, and finds the mapping and the refused masks
+    that `load_samples` finds; loading with it gives the same samples."""
+    for i in range(3):
+        write_pair(tmp_path, f"w{i}", np.full((8, 8), 40 * i, np.uint8), square_mask(8, 8, fg=255))
+    write_pair(tmp_path, "one", np.zeros((8, 8), np.uint8), square_mask(8, 8, fg=1) + square_mask(8, 8, fg=2, y=0, x=0, s=2))
+    (tmp_path / "masks" / "bad_mask.png").write_bytes(b"not a png")
+    (tmp_path / "images" / "bad.png").write_bytes((tmp_path / "images" / "w0.png").read_bytes())
+    scan = scan_pairs(tmp_path / "images", tmp_path / "masks")
+    done = []
+    encoding, skipped = ds.settle_encoding(scan, progress=lambda d, t: done.append((d, t)))
+    assert done[-1] == (5, 5)
+    found = load_samples(scan)
+    assert encoding == found.encoding and encoding.values == (0, 255)
+    assert sorted(s.path.name for s in skipped) == sorted(s.path.name for s in found.skipped) == [
+        "bad_mask.png", "one_mask.png"]
+    settled = load_samples(scan, encoding=encoding)
+    assert [s.name for s in settled.samples] == [s.name for s in found.samples] == ["w0", "w1", "w2"]
+    for a, b in zip(settled.samples, found.samples):
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.image, b.image) and a.encoding == b.encoding
+    assert [s.path.name for s in settled.skipped] == ["bad_mask.png", "one_mask.png"]  # refused by the mapping

@@ -895,3 +895,27 @@ def test_previews_are_marked_need_a_confirmation_and_the_queue_keeps_its_order(m
     assert w.queue.visible_names() == order[::-1]
     w.queue.select("cell2")
     assert "preview" not in w.canvas.badge.text()
+
+
+def test_opening_settles_the_class_mapping_and_training_uses_it(make_window, dataset, qtbot, monkeypatch):
+    """The class mapping is read from the masks when the data set opens and stored in the
+    project; training then loads with it instead of finding it again."""
+    import ielstudio.core.dataset as core_dataset
+
+    images, masks = dataset
+    cv2.imwrite(str(masks / "cell5.png"), np.full((SIZE, SIZE), 7, np.uint8))  # fits no 0/255 mapping
+    w = make_window()
+    with qtbot.waitSignal(w.datasetSettled, timeout=20000):
+        w.open_folders(*dataset)
+    enc = w.project.mask_encoding()
+    assert enc is not None and enc.values == (0, 255) and enc.n_classes == 2
+    assert w.project.image("cell5").status == "skipped"  # settled: refused at once, not at training
+    assert "most masks in this dataset" in w.project.image("cell5").skip_reason
+    assert w.queue.model.get("cell5").status == "skipped"
+    found = []
+    real = core_dataset.unify_encodings
+    monkeypatch.setattr(core_dataset, "unify_encodings", lambda items: found.append(1) or real(items))
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
+        assert w.start_training(steps=2, snapshot_every=2)
+    assert blocker.args[0].steps == 2 and found == []  # training loaded with the settled mapping
+    assert w.dataset_info.encoding == enc and "cell5" not in w.dataset_info.names

@@ -387,11 +387,34 @@ def unify_encodings(items: Sequence[tuple[Path, np.ndarray, MaskEncoding]]) -> t
     return enc.with_file_format(enc), skipped
 
 
-def load_samples(scan: Scan, progress: Callable[[int, int], None] | None = None) -> LoadedDataset:
+def settle_encoding(scan: Scan, progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[MaskEncoding, list[Skipped]]:
+    """The data set's class mapping, from its masks alone (what opening a data set settles,
+    before any training): the mapping `load_samples` would find, and the mask files that
+    cannot be read or do not fit it. ``progress(done, total)`` after each mask; it may
+    raise to cancel."""
+    items, skipped = [], []
+    total = len(scan.pairs)
+    for i, pair in enumerate(scan.pairs):
+        try:
+            classes, enc = read_mask(pair.mask_path)
+            items.append((pair.mask_path, classes, enc))
+        except DataError as e:
+            skipped.append(Skipped(e.path or pair.mask_path, e.problem))
+        if progress is not None:
+            progress(i + 1, total)
+    encoding, rejected = unify_encodings(items)
+    return encoding, skipped + rejected
+
+
+def load_samples(scan: Scan, progress: Callable[[int, int], None] | None = None,
+                 encoding: MaskEncoding | None = None) -> LoadedDataset:
     """Load every pair of a scan with one class mapping; bad files go to ``skipped``.
 
     ``progress(done, total)`` is called after each file. Images of different sizes
     are fine; gray images are repeated to 3 channels if any image is colour.
+    ``encoding``: the class mapping settled when the data set was opened
+    (`settle_encoding`); None finds it here, from the same masks.
     """
     skipped = list(scan.skipped)
     raw: list[tuple[Pair, np.ndarray, np.ndarray, MaskEncoding]] = []
@@ -411,7 +434,10 @@ def load_samples(scan: Scan, progress: Callable[[int, int], None] | None = None)
         if progress is not None:
             progress(i + 1, total)
 
-    encoding, rejected = unify_encodings([(p.mask_path, c, e) for p, _, c, e in raw])
+    if encoding is None:
+        encoding, rejected = unify_encodings([(p.mask_path, c, e) for p, _, c, e in raw])
+    else:
+        rejected = []  # a mask that does not fit the settled mapping is refused by remap_classes
     skipped.extend(rejected)
     rejected_paths = {s.path for s in rejected}
     in_channels = 3 if any(img.shape[0] == 3 for _, img, _, _ in raw) else 1

@@ -48,6 +48,14 @@ class DatasetInfo:
 
 
 @dataclass
+class Settled:
+    """Opening settled the data set: its class mapping and the masks that do not fit it."""
+
+    encoding: Any  # core.imageio.MaskEncoding
+    skipped: list  # core.dataset.Skipped
+
+
+@dataclass
 class ImageReview:
     """The model's view of one image: probabilities, proposal, label-quality score, changed fraction."""
 

@@ -27,6 +27,7 @@ from .job_protocol import (  # noqa: F401  (the events and errors the jobs yield
     JobError,
     JobFailure,
     Reviews,
+    Settled,
     TrainingFinished,
     child_main,
     error_message,
@@ -51,16 +52,32 @@ def review_image(probs: np.ndarray, given: np.ndarray, clean_config, thresholds=
     return ImageReview(probs.astype(np.float16), proposal, float(score), changed)
 
 
-def _load(scan, cancel, report):
-    from ielstudio.core.dataset import load_samples
-
+def _progress(cancel, report):
     def progress(done: int, total: int) -> None:
         if cancel():
             raise Cancelled()
         if report is not None:
             report(done, total)
 
-    return load_samples(scan, progress=progress)
+    return progress
+
+
+def _load(scan, cancel, report, encoding=None):
+    from ielstudio.core.dataset import load_samples
+
+    return load_samples(scan, progress=_progress(cancel, report), encoding=encoding)
+
+
+def settle_job(scan, cancel: Callable[[], bool], report: Callable[[int, int], None] | None = None) -> Iterator[Settled]:
+    """Opening a data set: read its masks once for the class mapping (core.dataset.settle_encoding),
+    which the window stores in the project; training and scoring then load with it."""
+    from ielstudio.core.dataset import settle_encoding
+
+    try:
+        encoding, skipped = settle_encoding(scan, _progress(cancel, report))
+    except Cancelled:
+        return
+    yield Settled(encoding, skipped)
 
 
 def _info(ds) -> DatasetInfo:
@@ -179,7 +196,8 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
 
 def review_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,
                checkpoint_path: str | Path | None, cancel: Callable[[], bool],
-               report: Callable[[int, int], None] | None = None, project_path: str | Path | None = None) -> Iterator:
+               report: Callable[[int, int], None] | None = None, project_path: str | Path | None = None,
+               encoding=None) -> Iterator:
     """Load the pairs, train (core.training.train), then score every image with the kept model.
 
     Yields DatasetInfo, the training events (StepEvent, EvalEvent), Reviews for each
@@ -188,23 +206,24 @@ def review_job(scan, config, clean_config, snapshot_names: list[str] | None, sna
     Snapshots only preview: the automatic budget keeps the weights of its best
     evaluation, which can be a hundred steps older than the last snapshot, so the
     proposals a person accepts come from the saved model, as `ielstudio clean`'s do.
-    With ``project_path`` the scores are also written to the project here.
+    With ``project_path`` the scores are also written to the project here. ``encoding``:
+    the class mapping settled when the data set was opened (None: found while loading).
     """
     writer = ScoreWriter(project_path)
     try:
         yield from _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path,
-                               cancel, report, writer)
+                               cancel, report, writer, encoding)
     finally:
         writer.close()
 
 
 def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, checkpoint_path, cancel, report,
-                writer) -> Iterator:
+                writer, encoding) -> Iterator:
     from ielstudio.core.cleaning import calibration_subset, thresholds_for
     from ielstudio.core.training import DoneEvent, SnapshotEvent, save_checkpoint, train
 
     try:
-        ds = _load(scan, cancel, report)
+        ds = _load(scan, cancel, report, encoding)
     except Cancelled:
         return
     yield _info(ds)
@@ -252,7 +271,8 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
 
 def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, cancel: Callable[[], bool],
                            report: Callable[[int, int], None] | None = None,
-                           project_path: str | Path | None = None, expected_sha256: str | None = None) -> Iterator:
+                           project_path: str | Path | None = None, expected_sha256: str | None = None,
+                           encoding=None) -> Iterator:
     """Proposals and scores for every pair with a saved model (reopening a project).
 
     ``expected_sha256``: the digest the project recorded for the model; a file that has
@@ -267,7 +287,7 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
                                          "Train again, or put the original file back")
     model, _config, meta = load_checkpoint(checkpoint_path)
     try:
-        ds = _load(scan, cancel, report)
+        ds = _load(scan, cancel, report, encoding)
     except Cancelled:
         return
     yield _info(ds)

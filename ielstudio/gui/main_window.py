@@ -70,6 +70,7 @@ class MainWindow(MenusMixin, ProjectMixin, ReviewMixin, TrainingMixin, QMainWind
     """IEL Studio's window. Signals let scripts and tests wait for background work."""
 
     datasetOpened = Signal()
+    datasetSettled = Signal()  # the class mapping read on open is stored
     trainingStarted = Signal()
     trainingFinished = Signal(object)  # DoneEvent, or None if it failed or was cancelled hard
     reviewsApplied = Signal(object)  # jobs.Reviews
@@ -104,6 +105,7 @@ class MainWindow(MenusMixin, ProjectMixin, ReviewMixin, TrainingMixin, QMainWind
         self.train_worker: GeneratorWorker | None = None
         self.export_worker: GeneratorWorker | None = None
         self.thumb_worker: GeneratorWorker | None = None
+        self.settle_worker: GeneratorWorker | None = None  # reads the masks' class mapping on open
         self.thumb_queue: queue.Queue = queue.Queue()
         self.prefetch_worker: GeneratorWorker | None = None
         self.prefetch_queue: queue.Queue = queue.Queue()
@@ -265,7 +267,7 @@ class MainWindow(MenusMixin, ProjectMixin, ReviewMixin, TrainingMixin, QMainWind
             setattr(self, attr, None)
 
     def _stop_workers(self) -> None:
-        for attr in ("train_worker", "export_worker"):
+        for attr in ("train_worker", "export_worker", "settle_worker"):
             self._finish_worker(attr)
         if self.prefetch_worker is not None:
             self.prefetch_queue.put((None, None, None, None))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
+from . import jobs
 from .review_queue import QueueRow
 from .workers import GeneratorWorker
 
@@ -301,6 +302,8 @@ class ProjectMixin:
         enc = project.mask_encoding()
         if enc is not None:
             self._set_classes(enc.n_classes)
+        else:
+            self._settle_dataset()
         self._add_recent(project.path)
         self._start_thumbnails()
         self._update_title()
@@ -314,6 +317,28 @@ class ProjectMixin:
         self.datasetOpened.emit()
         self._load_checkpoint_from_project()
         return True
+
+    def _settle_dataset(self) -> None:
+        """A data set opened for the first time: its class mapping is read from the masks in
+        the background (core.dataset.settle_encoding) and stored in the project, so that the
+        window, training and scoring use one mapping from the start."""
+        if not self.scan.pairs:
+            return
+        w = GeneratorWorker(jobs.settle_job, self.scan, cancel_kwarg="cancel", progress_kwarg="report", parent=self)
+        w.yielded.connect(self._on_settled)
+        w.progress.connect(lambda done, total: self.statusBar().showMessage(
+            f"Reading the masks' class values {done}/{total}", 2000) if done % 50 == 0 or done == total else None)
+        w.errored.connect(lambda message: self.statusBar().showMessage(f"Cannot read the masks' classes: {message}",
+                                                                       10000))
+        self.settle_worker = w
+        w.start()
+
+    def _on_settled(self, settled: "jobs.Settled") -> None:
+        if self.project is None or self.project.mask_encoding() is not None:
+            return  # closed meanwhile, or training settled it first
+        self.mark_skipped_files(settled.skipped)
+        self.use_encoding(settled.encoding)
+        self.datasetSettled.emit()
 
     def _reload_queue(self) -> None:
         rows = [QueueRow(r.name, r.status, r.score, r.changed_fraction, r.skip_reason)

@@ -63,16 +63,58 @@ class ReviewMixin:
         reason = str(error)
         first = not self._unreadable
         self._unreadable[pair.name] = reason
-        try:
-            if self.project is not None and self.project.image(pair.name).status == "unreviewed":
-                self.project.record_decision(pair.name, "skipped", reason=reason)
-        except Exception as e:  # the queue still shows it; the project says why it could not
-            self.statusBar().showMessage(f"Cannot update the project: {e}", 10000)
-        self.queue.model.update(pair.name, status="skipped", reason=reason)
+        self.mark_skipped(pair.name, reason)
         if first:
             self.report_error(f"Cannot load {what}", reason + "\nIt is marked skipped; the review goes on.")
         else:
             self.statusBar().showMessage(f"Cannot load {what}: {reason} (marked skipped)", 10000)
+
+    def mark_skipped(self, name: str, reason: str) -> None:
+        """An image that cannot be used (a file unreadable, or a mask that does not fit the
+        data set): skipped in the project and the queue, so that N and P step over it. An
+        image already decided keeps its decision (the queue row then says why in its tooltip)."""
+        try:
+            status = self.project.image(name).status if self.project is not None else "unreviewed"
+            if status == "unreviewed" and not self.project.read_only:
+                self.project.record_decision(name, "skipped", reason=reason)
+                status = "skipped"
+        except Exception as e:  # the queue still shows it; the status bar says why the project could not
+            self.statusBar().showMessage(f"Cannot update the project: {e}", 10000)
+            status = "skipped"
+        self.queue.model.update(name, status=status, reason=reason)
+
+    def mark_skipped_files(self, skipped) -> None:
+        """`dataset.Skipped` files found while settling or loading the data set: their images
+        are marked skipped (files the folder scan already listed are in the queue as such)."""
+        by_path = {}
+        for p in self.pairs.values():
+            by_path[Path(p.image_path)] = p.name
+            by_path[Path(p.mask_path)] = p.name
+        listed = {Path(s.path) for s in self.scan.skipped}
+        for sk in skipped:
+            name = by_path.get(Path(sk.path))
+            if name is not None and Path(sk.path) not in listed:
+                self.mark_skipped(name, sk.problem)
+        if skipped:
+            self.statusBar().showMessage(f"{len(skipped)} files skipped (hover the queue rows for why)", 8000)
+
+    def use_encoding(self, encoding) -> None:
+        """The data set's class mapping is settled: stored in the project, the legend updated,
+        and images loaded with their file's own mapping read again."""
+        try:
+            old = self.project.mask_encoding()
+            if not self.project.read_only:
+                self.project.set_mask_encoding(encoding)
+        except Exception as e:
+            self.report_error("Cannot update the project", str(e))
+            return
+        if old != encoding:
+            self._samples.clear()  # re-read with the dataset's class mapping
+            self._prefetch_gen += 1
+            self._prefetching.clear()
+        self._set_classes(encoding.n_classes)
+        if self.current and not self._samples:
+            self.show_image(self.current)
 
     def current_mask(self, name: str) -> np.ndarray | None:
         """The mask as decided so far: the stored accepted/edited mask, else the given one

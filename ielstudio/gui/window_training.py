@@ -86,7 +86,8 @@ class TrainingMixin:
         self.training_panel.reset_curves()
         args = (self.scan, config, clean, self.snapshot_names(), snapshot_every, str(self.checkpoint_path()))
         self._job_kind = "train"
-        self._start_job(jobs.review_job, args, "loading images…", project_path=str(self.project.path))
+        self._start_job(jobs.review_job, args, "loading images…", project_path=str(self.project.path),
+                        encoding=self.project.mask_encoding())
         self.statusBar().showMessage("Training started", 4000)
         self.trainingStarted.emit()
         return True
@@ -104,7 +105,7 @@ class TrainingMixin:
         self._job_kind = "score"
         self._start_job(jobs.checkpoint_scoring_job, (self.scan, str(ref.path), self.clean_config()),
                         "scoring with the saved model…", project_path=str(self.project.path),
-                        expected_sha256=ref.sha256)
+                        expected_sha256=ref.sha256, encoding=self.project.mask_encoding())
         return True
 
     def _start_job(self, fn, args: tuple, text: str, **kwargs) -> None:
@@ -190,38 +191,9 @@ class TrainingMixin:
             scoring = self._job_kind == "score"
             self.training_state = TrainingState.SCORING if scoring else TrainingState.TRAINING
             self.training_panel.set_progress_text("scoring…" if scoring else "starting…")
-        try:
-            old = self.project.mask_encoding()
-            self.project.set_mask_encoding(info.encoding)
-            if old != info.encoding:
-                self._samples.clear()  # re-read with the dataset's class mapping
-                self._prefetch_gen += 1
-                self._prefetching.clear()
-        except Exception as e:
-            self.report_error("Cannot update the project", str(e))
-        self._set_classes(info.n_classes)
         self.training_panel.set_data_shape(info.in_channels, info.n_classes)
-        by_path = {}
-        for p in self.pairs.values():
-            by_path[Path(p.image_path)] = p.name
-            by_path[Path(p.mask_path)] = p.name
-        scan_skipped = {Path(s.path) for s in self.scan.skipped}
-        for sk in info.skipped:
-            if Path(sk.path) in scan_skipped:
-                continue
-            name = by_path.get(Path(sk.path))
-            if name is None:
-                continue
-            try:
-                if self.project.image(name).status != "skipped":
-                    self.project.record_decision(name, "skipped", reason=sk.problem)
-                self.queue.model.update(name, status="skipped", reason=sk.problem)
-            except Exception as e:
-                self.report_error("Cannot update the project", str(e))
-        if info.skipped:
-            self.statusBar().showMessage(f"{len(info.skipped)} files skipped (hover the queue rows for why)", 8000)
-        if self.current and not self._samples:
-            self.show_image(self.current)
+        self.mark_skipped_files(info.skipped)
+        self.use_encoding(info.encoding)
 
     def apply_reviews(self, reviews: "jobs.Reviews") -> None:
         """New proposals and scores: into the queue, the project (one transaction) and the view."""
