@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ielstudio.core.metrics import boundary_f1, confusion_counts, dice, iou, solidity
+from ielstudio.core.metrics import boundary_f1, confusion_counts, dice, iou, pooled_dice, solidity
 
 
 def squares(offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,3 +87,15 @@ def test_solidity_square_notch_and_mean():
     single = np.zeros((5, 5), np.int64)
     single[2, 2] = 1
     assert solidity(single) == 1.0
+
+
+def test_pooled_dice_sums_pixels_over_images_before_dividing():
+    a = np.zeros((4, 4), int)
+    a[0, :2] = 1  # image 1: 2 labelled px, 1 found
+    b = np.zeros((4, 4), int)
+    b[:2, :] = 1  # image 2: 8 px, all found
+    found_a = np.zeros((4, 4), int)
+    found_a[0, 0] = 1
+    d = pooled_dice([(found_a, a), (b, b)], 3)
+    # class 1: 2 * (1 + 8) / ((1 + 2) + (8 + 8)) = 18 / 19 (a per-image mean would give 0.83)
+    assert d[1] == pytest.approx(18 / 19) and np.isnan(d[2])

@@ -33,6 +33,20 @@ def confusion_counts(pred: np.ndarray, target: np.ndarray, n_classes: int) -> tu
     return inter.astype(np.float64), p.astype(np.float64), t.astype(np.float64)
 
 
+def pooled_dice(pairs, n_classes: int) -> np.ndarray:
+    """Per-class Dice pooled over (decided mask, given mask) pairs: the pixel counts of all
+    pairs are summed first, so small objects in many images weigh as their pixels do.
+    NaN for a class absent from every pair."""
+    inter = np.zeros(n_classes)
+    total = np.zeros(n_classes)
+    for pred, target in pairs:
+        i, p, t = confusion_counts(pred, target, n_classes)
+        inter += i
+        total += p + t
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2 * inter / np.where(total > 0, total, 1), np.nan)
+
+
 def _score(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     out = np.ones_like(num)
     nz = den > 0

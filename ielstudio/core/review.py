@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from .decision import decide
-from .metrics import confusion_counts
+from .metrics import confusion_counts, pooled_dice
 
 #: Held-out Dice with the given masks a class needs before its labels may be changed.
 #: Chosen on the development data, never on the data it is reported on
@@ -92,21 +92,16 @@ class Reliability:
 def assess_reliability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int,
                        thresholds: np.ndarray | None, out_of_sample: bool) -> Reliability:
     """Per-class reliability from (probabilities (C,H,W), given mask (H,W)) pairs."""
-    inter = np.zeros(n_classes)
-    total = np.zeros(n_classes)
-    for probs, given in pairs:
-        i, p, t = confusion_counts(decide(probs, thresholds), given, n_classes)
-        inter += i
-        total += p + t
+    dice = pooled_dice(((decide(probs, thresholds), given) for probs, given in pairs), n_classes)
     agreement: list[float | None] = [None] * n_classes
     reliable = [True] + [False] * (n_classes - 1)
     messages = []
     where = (f"on {len(pairs)} image(s) it did not train on" if out_of_sample
              else f"on {len(pairs)} image(s) it trained on (no image was held out; this overstates it)")
     for c in range(1, n_classes):
-        if total[c] == 0:
+        if np.isnan(dice[c]):
             continue
-        agreement[c] = float(2 * inter[c] / total[c])
+        agreement[c] = float(dice[c])
         reliable[c] = agreement[c] >= RELIABLE_AGREEMENT
         if not reliable[c]:
             messages.append(

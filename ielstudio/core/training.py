@@ -37,7 +37,7 @@ from .decision import decide, decision_thresholds
 from .errors import DataError
 from .iel import IELConfig, IELStack
 from .imageio import atomic_write_bytes
-from .metrics import confusion_counts
+from .metrics import pooled_dice
 from .models import ARCHITECTURES, build_model
 from .models.pde_blocks import project_pde_weights_, tv_in_time_penalty
 
@@ -442,15 +442,9 @@ def _agreement(model: nn.Module, samples: Sequence[Sample], device: torch.device
             return None
         probs.append(predict(model, s.image, device))
     thresholds = decision_thresholds(probs) if adaptive_threshold and probs else None
-    inter = np.zeros(n_classes)
-    total = np.zeros(n_classes)
-    for s, prob in zip(samples, probs):
-        i, p, t = confusion_counts(decide(prob, thresholds), s.mask, n_classes)
-        inter += i
-        total += p + t
-    fg = slice(1, None) if n_classes > 1 else slice(None)
-    d = np.where(total[fg] > 0, 2 * inter[fg] / np.maximum(total[fg], 1), 1.0)
-    return float(d.mean())
+    d = pooled_dice(((decide(prob, thresholds), s.mask) for s, prob in zip(samples, probs)), n_classes)
+    fg = d[1:] if n_classes > 1 else d
+    return float(np.nan_to_num(fg, nan=1.0).mean())  # a class absent from both agrees
 
 
 # --------------------------------------------------------------------------- training
