@@ -554,3 +554,31 @@ def test_proposals_are_stored_per_source_deduplicated_and_replaced(tmp_path):
     p.close()
     with Project.open(tmp_path / "review.ielproj") as q:  # survives a reopen
         np.testing.assert_array_equal(q.proposal("img1", src), a)
+
+
+def test_copy_to_does_not_wait_for_the_project_lock(tmp_path):
+    """Save As copies from its own read connection: a decision being written meanwhile (the
+    project lock held) neither blocks the copy nor is blocked by it."""
+    import threading
+
+    p = _project(tmp_path)
+    p.record_decision("img1", "kept")
+    held, release = threading.Event(), threading.Event()
+
+    def writer_holding_the_lock():
+        with p._lock:
+            held.set()
+            release.wait(20)
+
+    t = threading.Thread(target=writer_holding_the_lock)
+    t.start()
+    held.wait(5)
+    try:
+        copy = p.copy_to(tmp_path / "copy.ielproj")
+        assert not release.is_set()  # it finished while the lock was held
+    finally:
+        release.set()
+        t.join()
+    with Project.open(copy) as q:
+        assert q.decision("img1").status == "kept"
+    p.close()

@@ -435,12 +435,17 @@ class Project:
         included) to a new file ``path`` (SQLite's online backup; temp file + rename).
         Refuses to replace an existing file. The copy is a project on its own."""
         path = Path(path)
+        if self._conn is None:
+            raise ValueError("project is closed")
 
         def fill(dst: sqlite3.Connection, tmp: Path) -> None:
-            with self._lock:
-                if self._conn is None:
-                    raise ValueError("project is closed")
-                self._run(lambda: self._conn.backup(dst))
+            # its own read connection: the backup reads one snapshot (WAL readers never block
+            # writers), so decisions recorded meanwhile do not wait for a large copy
+            src = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+            try:
+                self._run(lambda: src.backup(dst))
+            finally:
+                src.close()
             dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
 
         _write_new_database(path, fill, "already exists; choose another name")
