@@ -521,6 +521,8 @@ def test_reopened_project_shows_its_stored_proposals_and_curves_without_running_
         np.testing.assert_array_equal(w2.proposals[name], prop)
     steps, _ = w2.training_panel.loss_curve.getData()
     assert list(steps) == [1, 2, 3]  # the training's curves, from the project
+    assert "Score again with the saved model" in w2.iel_panel.no_prediction_hint  # where the maps come from
+    assert w2.actions["score_saved"].text() == "Score again with the saved model"
     w2.queue.select("cell2")
     np.testing.assert_array_equal(np.asarray(w2.canvas.layer_data("proposal")) > 0,
                                   __import__("ielstudio.gui.canvas", fromlist=["outline"]).outline(before["cell2"]) > 0)

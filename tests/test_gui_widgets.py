@@ -253,7 +253,7 @@ def test_step_event_updates_progress_eta_and_curve(qtbot):
     panel.on_step(StepEvent(step=40, total_steps=120, epoch=257, loss=0.4, lr=1e-3, eta_s=65.0))
     panel.on_eval(EvalEvent(step=40, agreement=0.8))
     assert panel.progress.maximum() == 120 and panel.progress.value() == 40
-    assert "ETA 1 min 05 s with scoring" in panel.progress.format()
+    assert "ETA 1 min 05 s" in panel.progress.format() and "scoring" in panel.progress.toolTip()
     assert "257" not in panel.status.text() and "epoch" not in panel.status.text()
     panel.set_running(True, paused=True)
     assert panel.progress.format() == "paused at step 40/120" and panel.pause_button.text() == "Resume"

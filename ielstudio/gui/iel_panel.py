@@ -93,6 +93,8 @@ class IELPanel(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        #: said where the prediction maps would be when the current image has no probabilities
+        self.no_prediction_hint = "no prediction yet (train a model)"
         self.given_maps = None
         self.pred_maps = None
         self._request_id = 0
@@ -216,7 +218,7 @@ class IELPanel(QWidget):
         if pred_maps is not None:
             text += f" · prediction: {float(np.max(pred_maps.amplification)):.3g}"
         else:
-            text += " · no prediction yet (train a model)"
+            text += f" · {self.no_prediction_hint}"
         self.info.setText(text)
         self.updated.emit()
 

@@ -188,6 +188,8 @@ class TrainingPanel(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("idle")
         self.progress.setTextVisible(True)
+        self.progress.setToolTip("The ETA counts the remaining steps, evaluations and the scoring of every "
+                                 "image after training; time paused does not count")
         self.status = QLabel("Not trained yet")
         self.status.setWordWrap(True)
         ctl_box = QWidget()
@@ -374,7 +376,7 @@ class TrainingPanel(QWidget):
         self.progress.setRange(0, total)
         self.progress.setValue(int(ev.step))
         fold = f"fold {ev.fold + 1}/{ev.n_folds} · " if ev.n_folds > 1 else ""
-        self.progress.setFormat(f"{fold}step {ev.step}/{total} · ETA {format_eta(ev.eta_s)} with scoring")
+        self.progress.setFormat(f"{fold}step {ev.step}/{total} · ETA {format_eta(ev.eta_s)}")
         if math.isfinite(ev.loss):
             self._loss.append((int(ev.step), float(ev.loss)))
             a = np.asarray(self._loss)

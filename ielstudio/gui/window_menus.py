@@ -56,6 +56,10 @@ class MenusMixin:
             self.addAction(a)
             self.actions[key] = a
         self.actions["about"] = QAction("About IEL Studio", self, triggered=self.show_about)
+        self.actions["score_saved"] = QAction("Score again with the saved model", self,
+                                              triggered=lambda: self.score_with_saved_model())
+        self.actions["score_saved"].setToolTip("Recompute every proposal and score with the project's model "
+                                               "(also brings back the prediction maps of the defect panel)")
         self.actions["undo"].setEnabled(False)
         self.actions["redo"].setEnabled(False)
         self.undo_stack.canUndoChanged.connect(self.actions["undo"].setEnabled)
@@ -83,8 +87,8 @@ class MenusMixin:
                     "toggle_mask", "toggle_proposal", "toggle_difference"):
             view.addSeparator() if key is None else view.addAction(self.actions[key])
         train = mb.addMenu("&Training")
-        for key in ("train", "pause", "stop"):
-            train.addAction(self.actions[key])
+        for key in ("train", "pause", "stop", None, "score_saved"):
+            train.addSeparator() if key is None else train.addAction(self.actions[key])
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.actions["shortcuts"])
         help_menu.addAction(self.actions["about"])

@@ -273,6 +273,7 @@ class ProjectMixin:
         self.proposals.clear()
         self.previews.clear()
         self.checkpoint = None
+        self.iel_panel.no_prediction_hint = "no prediction yet (train a model)"
         self.current = None
         self.undo_stack.clear()
         self.queue.model.set_rows([])

@@ -292,6 +292,8 @@ class TrainingMixin:
         if last.get("source") == source and last.get("complete"):
             self.checkpoint = Path(ref.path)
             self.proposals.attach(self.project, source)
+            self.iel_panel.no_prediction_hint = ("prediction maps: Training > Score again with the saved model "
+                                                 "(the project stores proposals, not probabilities)")
             warnings = last.get("warnings") or []
             self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
                                             "the project" + (f". {warnings[0]}" if warnings else ""))
