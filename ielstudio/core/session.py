@@ -768,12 +768,6 @@ class Project:
         return [_py_text(r[0]) for r in self._q("SELECT i.name FROM proposals p JOIN images i ON i.id = p.image_id "
                                                 "WHERE p.source = ? ORDER BY i.name", (source,))]
 
-    def proposal_count(self, source: str | None = None) -> int:
-        """How many images have a stored proposal (from `source`, when given)."""
-        if source is None:
-            return self._q("SELECT count(*) FROM proposals")[0][0]
-        return self._q("SELECT count(*) FROM proposals WHERE source = ?", (source,))[0][0]
-
     def final_mask(self, name: str) -> np.ndarray | None:
         """The mask to export: the accepted/edited mask, or None = keep the original file's mask."""
         d = self.decision(name)

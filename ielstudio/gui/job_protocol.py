@@ -73,7 +73,6 @@ class Reviews:
     items: dict[str, ImageReview] = field(default_factory=dict)
     done: int = 0
     total: int = 0
-    saved: bool = False  # scores already written to the project by the job
     warnings: list[str] = field(default_factory=list)  # on the last chunk: classes the model did not learn
     #: the `session.proposal_source` the job stored these proposals under (None: not stored)
     source: str | None = None

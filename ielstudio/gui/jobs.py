@@ -85,6 +85,20 @@ def _info(ds) -> DatasetInfo:
                        [s.name for s in ds.samples])
 
 
+#: project settings the jobs write: what the last scoring pass concluded, and the training curves
+LAST_REVIEW = "last_review"
+TRAINING_CURVES = "training_curves"
+
+
+def training_curves(history: dict) -> dict:
+    """The loss (one value per step, from step 1) and held-out agreement curves of a
+    training history (k-fold: the first fold's), as plain lists, for the project file."""
+    h = (history.get("folds") or [history])[0]
+    return {"loss": [float(v) for v in h.get("loss", [])],
+            "eval_steps": [int(v) for v in h.get("eval_steps", [])],
+            "agreement": [float(v) for v in h.get("agreement", [])]}
+
+
 class ScoreWriter:
     """The one writer of a job's results into the project, from the job's own thread or
     process (one transaction per batch), so the GUI thread never waits for the disk:
@@ -125,7 +139,6 @@ class ScoreWriter:
             return reviews
         project = self._open()
         project.set_scores([(n, r.score, r.changed) for n, r in reviews.items.items()])
-        reviews.saved = True
         if reviews.step is None and self.source is not None:
             project.set_proposals(((n, r.proposal) for n, r in reviews.items.items()), self.source)
             reviews.source = self.source
@@ -138,22 +151,6 @@ class ScoreWriter:
         if self._project is not None:
             self._project.close()
             self._project = None
-
-
-#: project settings the jobs write: what the last scoring pass concluded, and the training curves
-LAST_REVIEW = "last_review"
-TRAINING_CURVES = "training_curves"
-
-
-def training_curves(history: dict) -> dict:
-    """The loss and held-out agreement curves of a training history (k-fold: the first
-    fold's), as plain lists, for the project file."""
-    h = history.get("folds", [history])[0] if history.get("folds") else history
-    loss = [float(v) for v in h.get("loss", [])]
-    return {"loss_steps": list(range(1, len(loss) + 1)), "loss": loss,
-            "eval_steps": [int(v) for v in h.get("eval_steps", [])],
-            "agreement": [float(v) for v in h.get("agreement", [])],
-            "steps": int(history.get("steps", len(loss))), "reason": str(history.get("reason", ""))}
 
 
 REVIEWS_PER_MESSAGE = 4  # images per Reviews event: small messages keep the GUI's reads short
@@ -259,8 +256,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
                 save_checkpoint(checkpoint_path, ev.model, ev.config, {"steps": ev.steps, "reason": ev.reason,
                                                                        "holdout": list(ev.history.get("holdout", []))})
                 saved = str(checkpoint_path)
-                writer.use_model(checkpoint_path, clean_config, history={**ev.history, "steps": ev.steps,
-                                                                         "reason": ev.reason})
+                writer.use_model(checkpoint_path, clean_config, history=ev.history)
             yield TrainingFinished(ev.steps, ev.reason, ev.history, ev.config, saved)
         else:
             yield ev

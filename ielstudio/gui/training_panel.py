@@ -363,8 +363,7 @@ class TrainingPanel(QWidget):
 
     def show_curves(self, curves: dict) -> None:
         """The curves of an earlier training, as the project stored them (`jobs.training_curves`)."""
-        self._loss = [(int(x), float(y)) for x, y in zip(curves.get("loss_steps", []), curves.get("loss", []))
-                      if math.isfinite(y)]
+        self._loss = [(step, float(y)) for step, y in enumerate(curves.get("loss", []), start=1) if math.isfinite(y)]
         self._agree = [(int(x), float(y)) for x, y in zip(curves.get("eval_steps", []), curves.get("agreement", []))]
         for curve, points in ((self.loss_curve, self._loss), (self.agree_curve, self._agree)):
             a = np.asarray(points, float).reshape(-1, 2)

@@ -351,7 +351,6 @@ class ProjectMixin:
                 rows.append(QueueRow(name, "skipped", None, None, s.problem))
         self.queue.model.set_rows(rows)
 
-
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls() and all(u.isLocalFile() for u in event.mimeData().urls()):
             event.acceptProposedAction()
@@ -386,7 +385,6 @@ class ProjectMixin:
             return False
         self.report_error("Cannot open", "drop a project file, or an image folder and a mask folder")
         return False
-
 
     def export(self, out_dir: str | Path | None = None) -> bool:
         """Write the corrected masks and report.csv/json to ``out_dir`` (asks when None)."""

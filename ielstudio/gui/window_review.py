@@ -229,7 +229,6 @@ class ReviewMixin:
             lambda t: self.queue.model.set_thumbnail(t.name, thumbnail_pixmap(t.rgb)))
         self.thumb_worker.start()
 
-
     def provenance(self):
         from ielstudio.core.session import Provenance
 
