@@ -248,7 +248,8 @@ class MainWindow(MenusMixin, ProjectMixin, ReviewMixin, TrainingMixin, QMainWind
         if self.project is not None:
             title = f"{self.project.path.stem} – {title}"
             if self.undo_stack.count():
-                title = f"{title} ({self.undo_stack.count()} edits this session)"
+                n = self.undo_stack.count()
+                title = f"{title} ({n} edit{'s' if n != 1 else ''} this session)"
         self.setWindowTitle(title)
 
 
