@@ -43,7 +43,8 @@ from .models.pde_blocks import project_pde_weights_, tv_in_time_penalty
 
 __all__ = [
     "TrainConfig", "TrainingError", "StepEvent", "EvalEvent", "SnapshotEvent", "DoneEvent",
-    "CrossFitModel", "select_device", "holdout_split", "fold_split", "train", "predict",
+    "CrossFitModel", "select_device", "holdout_split", "fold_split", "fold_assignment", "train", "train_fold",
+    "combine_folds", "predict",
     "predict_dataset", "save_checkpoint", "load_checkpoint", "FALLBACK_STEPS", "MAX_HOLDOUT",
 ]
 
@@ -514,10 +515,12 @@ def _train_one(
     fold: int = 0,
     n_folds: int = 1,
     predictions_after: int = 0,
+    folds_after: int = 0,
 ) -> Iterator[Event]:
     """Train one model. `holdout`: names kept out of training and used for agreement
     (None: all images train; the budget is then fixed). `predictions_after`: images the
-    caller predicts once training ends (part of the ETA)."""
+    caller predicts once training ends and `folds_after` the folds trained after this one
+    (both part of the ETA)."""
     device = select_device(config.device)
     seed = config.seed + 7919 * fold
     torch.manual_seed(seed)
@@ -567,7 +570,7 @@ def _train_one(
 
     best, best_step, best_state, bad_evals = -1.0, 0, None, 0
     reason, step = "budget", 0
-    clock = _EtaClock(total, config.eval_every, snapshot_every if snap else 0, n_folds - 1 - fold, predictions_after)
+    clock = _EtaClock(total, config.eval_every, snapshot_every if snap else 0, folds_after, predictions_after)
     t0 = time.perf_counter()
     while step < total:
         started = time.perf_counter()
@@ -682,6 +685,58 @@ class CrossFitModel(nn.Module):
         return self.models[self.fold_of[name]] if name in self.fold_of else self
 
 
+def _check_samples(samples: Sequence[Sample]) -> list[Sample]:
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no images to train on")
+    names = [s.name for s in samples]
+    if len(set(names)) != len(names):
+        raise ValueError("sample names must be unique")
+    return samples
+
+
+def fold_assignment(names: Sequence[str], k: int, seed: int = 0) -> dict[str, int]:
+    """Which of the k folds (`fold_split`) holds each name out."""
+    return {n: f for f, fold in enumerate(fold_split(names, k, seed)) for n in fold}
+
+
+def train_fold(
+    samples: Sequence[Sample],
+    config: TrainConfig,
+    fold: int,
+    cancel: Callable[[], bool] | None = None,
+    snapshot_every: int = 0,
+    snapshot_names: Sequence[str] | None = None,
+    predictions_after: int = 0,
+    folds_after: int = 0,
+) -> Iterator[Event]:
+    """Train the model of fold `fold` of `config.folds` on its own: every image outside
+    that fold trains, the fold's images are held out (the budget's agreement, later their
+    out-of-sample predictions). What `train` does for each fold, so k such jobs (e.g. a
+    SLURM array, `ielstudio clean --fold i`) give the k models of one `folds=k` run.
+    `folds_after`: folds this process trains afterwards (part of the ETA)."""
+    samples = _check_samples(samples)
+    if not 0 <= fold < config.folds:
+        raise ValueError(f"fold {fold} does not exist: folds are 0..{config.folds - 1}")
+    folds = fold_split([s.name for s in samples], config.folds, config.seed)
+    yield from _train_one(samples, config, folds[fold], cancel, snapshot_every, snapshot_names, fold,
+                          config.folds, predictions_after, folds_after)
+
+
+def combine_folds(dones: Sequence[DoneEvent], fold_of: dict[str, int], config: TrainConfig) -> DoneEvent:
+    """One DoneEvent (its model a CrossFitModel) from the DoneEvents of folds 0, 1, ...
+    (all k, or the ones trained before a cancel); `fold_of` from `fold_assignment`."""
+    reasons = [d.reason for d in dones]
+    reason = "cancelled" if "cancelled" in reasons else Counter(reasons).most_common(1)[0][0]
+    histories = [d.history for d in dones]
+    steps = sum(d.steps for d in dones)
+    history = {"folds": histories, "fold_of": dict(fold_of), "steps": steps, "reason": reason,
+               "best_step": [h["best_step"] for h in histories], "budget": histories[0]["budget"]}
+    model = CrossFitModel([d.model for d in dones], {n: f for n, f in fold_of.items() if f < len(dones)})
+    model.eval()
+    return DoneEvent(model, steps, reason, history, config)
+
+
 def train(
     samples: Sequence[Sample],
     config: TrainConfig | None = None,
@@ -691,51 +746,34 @@ def train(
     predictions_after: int = 0,
 ) -> Iterator[Event]:
     """Train on `samples` (see module doc). Yields StepEvent, EvalEvent, SnapshotEvent and,
-    last, one DoneEvent. With `config.folds > 1` the DoneEvent's model is a CrossFitModel.
-    `predictions_after`: images the caller predicts after training (the StepEvents' ETA
-    includes them; `review.scoring_predictions` counts a scoring pass's).
+    last, one DoneEvent. With `config.folds > 1` the DoneEvent's model is a CrossFitModel
+    of the `train_fold` models. `predictions_after`: images the caller predicts after
+    training (the StepEvents' ETA includes them; `review.scoring_predictions` counts a
+    scoring pass's).
 
     Raises TrainingError if the loss becomes NaN, DataError for a bad init checkpoint.
     """
     config = config or TrainConfig()
-    samples = list(samples)
-    if not samples:
-        raise ValueError("no images to train on")
+    samples = _check_samples(samples)
     names = [s.name for s in samples]
-    if len(set(names)) != len(names):
-        raise ValueError("sample names must be unique")
     if config.folds == 1:
         holdout = holdout_split(names, config.holdout, config.seed) if config.epochs is None else None
         yield from _train_one(samples, config, holdout, cancel, snapshot_every, snapshot_names,
                               predictions_after=predictions_after)
         return
 
-    folds = fold_split(names, config.folds, config.seed)
-    models, histories, reasons, steps = [], [], [], 0
-    fold_of = {n: f for f, fold in enumerate(folds) for n in fold}
-    for f, fold in enumerate(folds):
-        done = None
-        for ev in _train_one(samples, config, fold, cancel, snapshot_every, snapshot_names, f, len(folds),
-                             predictions_after):
+    fold_of = fold_assignment(names, config.folds, config.seed)
+    dones: list[DoneEvent] = []
+    for f in range(config.folds):
+        for ev in train_fold(samples, config, f, cancel, snapshot_every, snapshot_names, predictions_after,
+                             folds_after=config.folds - 1 - f):
             if isinstance(ev, DoneEvent):
-                done = ev
+                dones.append(ev)
             else:
                 yield ev
-        models.append(done.model)
-        histories.append(done.history)
-        reasons.append(done.reason)
-        steps += done.steps
-        if done.reason == "cancelled":
+        if dones[-1].reason == "cancelled":
             break
-    if "cancelled" in reasons:
-        reason = "cancelled"
-    else:
-        reason = Counter(reasons).most_common(1)[0][0]
-    history = {"folds": histories, "fold_of": fold_of, "steps": steps, "reason": reason,
-               "best_step": [h["best_step"] for h in histories], "budget": histories[0]["budget"]}
-    model = CrossFitModel(models, {n: f for n, f in fold_of.items() if f < len(models)})
-    model.eval()
-    yield DoneEvent(model, steps, reason, history, config)
+    yield combine_folds(dones, fold_of, config)
 
 
 # --------------------------------------------------------------------------- prediction
