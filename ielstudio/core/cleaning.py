@@ -374,16 +374,6 @@ class ModelEvent:
 
 
 @dataclass
-class FoldEvent:
-    """Out-of-sample cleaning: fold `fold` (0-based) of `folds` starts training."""
-
-    fold: int
-    folds: int
-    n_train: int
-    n_predict: int
-
-
-@dataclass
 class PredictEvent:
     """Image `index` of `total` was predicted, cleaned and written."""
 
@@ -547,6 +537,56 @@ def _training_summary(done: DoneEvent) -> dict:
     return out
 
 
+@dataclass
+class CleanRun:
+    """A `clean` run set up and checked before training (`prepare_clean`): where it
+    writes, the data set it loaded, the settings it runs with."""
+
+    images_dir: Path
+    masks_dir: Path
+    out: Path
+    report_file: Path
+    csv_path: Path | None
+    save_model: Path | None
+    loaded: LoadedDataset
+    train_config: TrainConfig
+    clean_config: CleanConfig
+    warnings: list[str]
+    started: float
+
+    def loaded_event(self) -> LoadedEvent:
+        loaded = self.loaded
+        return LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped), list(self.warnings))
+
+
+def prepare_clean(images_dir: str | Path, masks_dir: str | Path, out_dir: str | Path,
+                  train_config: TrainConfig | None = None, clean_config: CleanConfig | None = None,
+                  report_path: str | Path | None = None, csv_path: str | Path | None = None,
+                  save_model: str | Path | None = None) -> CleanRun:
+    """Check every output place, load the data set and make the output folder, before
+    any training (DataError naming the first problem)."""
+    started = time.time()
+    train_config = train_config or TrainConfig()
+    clean_config = clean_config or CleanConfig()
+    if not clean_config.adaptive_threshold:  # the budget then judges held-out pixels by the argmax too
+        train_config = replace(train_config, adaptive_threshold=False)
+    out = check_out_dir(out_dir, images_dir, masks_dir)
+    report_file = Path(report_path) if report_path else out / REPORT_NAME
+    check_output_files({"the report": report_file, "the CSV table": csv_path, "the model": save_model},
+                       images_dir, masks_dir, out)
+    loaded = load_dataset(images_dir, masks_dir)
+    out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable place before training, not after
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError(out_dir, "output folder is not writable")
+    remove_stale_temp_files(out)  # left by a run that was killed while writing
+    warnings = list(loaded.warnings)
+    cut_short = previous_run_cut_short(out)
+    if cut_short:
+        warnings.insert(0, cut_short)
+    return CleanRun(Path(images_dir), Path(masks_dir), out, report_file, Path(csv_path) if csv_path else None,
+                    Path(save_model) if save_model else None, loaded, train_config, clean_config, warnings, started)
+
+
 def clean_dataset(
     images_dir: str | Path,
     masks_dir: str | Path,
@@ -568,33 +608,25 @@ def clean_dataset(
     Bad files are skipped and listed; DataError when nothing can be processed.
     Stops (no report) when `cancel()` turns true.
     """
-    t0 = time.time()
-    train_config = train_config or TrainConfig()
-    clean_config = clean_config or CleanConfig()
-    if not clean_config.adaptive_threshold:  # the budget then judges held-out pixels by the argmax too
-        train_config = replace(train_config, adaptive_threshold=False)
-    out = check_out_dir(out_dir, images_dir, masks_dir)
-    report_file = Path(report_path) if report_path else out / REPORT_NAME
-    check_output_files({"the report": report_file, "the CSV table": csv_path, "the model": save_model},
-                       images_dir, masks_dir, out)
-    loaded = load_dataset(images_dir, masks_dir)
-    out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable place before training, not after
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise DataError(out_dir, "output folder is not writable")
-    remove_stale_temp_files(out)  # left by a run that was killed while writing
-    read_warnings = list(loaded.warnings)
-    cut_short = previous_run_cut_short(out)
-    if cut_short:
-        read_warnings.insert(0, cut_short)
-    samples, n_classes = loaded.samples, loaded.n_classes
-    by_name = {s.name: s for s in samples}
-    yield LoadedEvent(len(samples), n_classes, _skipped_list(loaded.skipped), read_warnings)
-    model_ev = _model_event(train_config, loaded.in_channels, n_classes)
+    run = prepare_clean(images_dir, masks_dir, out_dir, train_config, clean_config, report_path, csv_path, save_model)
+    yield run.loaded_event()
+    model_ev = _model_event(run.train_config, run.loaded.in_channels, run.loaded.n_classes)
     yield model_ev
-
-    done = yield from _fit(samples, train_config, cancel)
+    done = yield from _fit(run.loaded.samples, run.train_config, cancel)
     if done is None or done.reason == "cancelled":
         return
+    yield from write_cleaned(run, done, model_ev, cancel)
+
+
+def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
+                  cancel: Callable[[], bool] | None = None) -> Iterator:
+    """From a trained model to the cleaned masks and the report: review every image
+    (`review.review_samples`), write its proposal, then the model, the report and the
+    CSV. What `clean` does after training, and `merge` (`core.folds`) after joining its
+    fold models. Yields PredictEvent per image and, last, CleanDone."""
+    loaded, clean_config, train_config = run.loaded, run.clean_config, run.train_config
+    samples, n_classes, out = loaded.samples, loaded.n_classes, run.out
+    by_name = {s.name: s for s in samples}
     model = done.model
     device = next(model.parameters()).device
     holdout = list(done.history.get("holdout", []))
@@ -609,7 +641,7 @@ def clean_dataset(
             if not written:
                 atomic_write_text(marker, json.dumps({
                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "pid": os.getpid(), "report": str(report_file)}))
+                    "pid": os.getpid(), "report": str(run.report_file)}))
             write_mask(dst, result.proposal, s.encoding, protect=[s.mask_path])
             written.append(str(dst))
             images.append({
@@ -626,11 +658,10 @@ def clean_dataset(
         return
     thresholds = summary.thresholds
 
-    model_path = None
-    if save_model:
-        model_path = Path(save_model)
+    model_path = run.save_model
+    if model_path:
         meta = {"n_classes": n_classes, "in_channels": loaded.in_channels,
-                "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir), "holdout": holdout}
+                "encoding": loaded.encoding.to_dict(), "trained_on": str(run.images_dir), "holdout": holdout}
         save_checkpoint(model_path, model, done.config, meta)
 
     images.sort(key=lambda d: d["score"])  # worst label first
@@ -638,9 +669,9 @@ def clean_dataset(
     report = {
         "tool": f"ielstudio {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "elapsed_s": round(time.time() - t0, 2),
-        "images_dir": str(Path(images_dir).resolve()),
-        "masks_dir": str(Path(masks_dir).resolve()),
+        "elapsed_s": round(time.time() - run.started, 2),
+        "images_dir": str(run.images_dir.resolve()),
+        "masks_dir": str(run.masks_dir.resolve()),
         "out_dir": str(out),
         "n_images": len(images),
         "n_classes": n_classes,
@@ -659,17 +690,17 @@ def clean_dataset(
         "training": _training_summary(done),
         "reliability": summary.reliability.to_dict(),
         "labels_kept_as_given": not summary.reliability.any_reliable,
-        "warnings": read_warnings + summary.warnings,
+        "warnings": run.warnings + summary.warnings,
         "written": written,
         "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped)],
         "images": images,
     }
-    atomic_write_text(report_file, json.dumps(report, indent=2, default=_json_default))
-    if csv_path:
-        atomic_write_text(Path(csv_path), _report_csv(images, n_classes))
+    atomic_write_text(run.report_file, json.dumps(report, indent=2, default=_json_default))
+    if run.csv_path:
+        atomic_write_text(run.csv_path, _report_csv(images, n_classes))
     with contextlib.suppress(OSError):
         marker.unlink()
-    yield CleanDone(report, report_file)
+    yield CleanDone(report, run.report_file)
 
 
 def _report_csv(images: list[dict], n_classes: int) -> str:
