@@ -1,4 +1,4 @@
-"""The `ielstudio` command: gui (default), demo, clean, train, predict, install-desktop.
+"""The `ielstudio` command: gui (default), demo, clean, merge, train, predict, install-desktop.
 
 Headless commands never import Qt; `gui` and `demo` import it inside their handlers.
 Training/IEL/cleaning flags are mapped onto the fields of `TrainConfig`, `IELConfig`
@@ -25,7 +25,7 @@ from ielstudio.core.iel import IELConfig
 from ielstudio.core.models import ARCHITECTURES
 from ielstudio.core.training import TrainConfig
 
-COMMANDS = ("gui", "demo", "clean", "train", "predict", "install-desktop", "uninstall-desktop")
+COMMANDS = ("gui", "demo", "clean", "merge", "train", "predict", "install-desktop", "uninstall-desktop")
 
 # flag dest -> dataclass field it sets (flags written by hand, with their own help)
 TRAIN_FLAGS = {
@@ -187,7 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("masks", metavar="MASKS", help="folder of masks (paired with the images by file name)")
     c.add_argument("--out", required=True, metavar="DIR", help="folder for the cleaned masks (not IMAGES or MASKS)")
     _add_training_flags(c)
+    c.add_argument("--fold", type=int, metavar="I", help="with --folds K: train only fold I (0..K-1) and leave its model "
+                   "in --out, as one job of K (e.g. a SLURM array); then `ielstudio merge` writes the masks")
     _add_clean_flags(c)
+
+    m = sub.add_parser("merge", help="join the folders of the --fold jobs into cleaned masks and a report",
+                       description="Join the output folders of `ielstudio clean --folds K --fold I` (I = 0..K-1) into "
+                       "cleaned masks and a report in --out: the same as one `clean --folds K` run with the same seed. "
+                       "The images and masks are read from where the fold jobs read them.")
+    m.add_argument("folds", nargs="+", metavar="DIR", help="the K fold folders")
+    m.add_argument("--out", required=True, metavar="DIR", help="folder for the cleaned masks (not IMAGES or MASKS)")
+    m.add_argument("--images", metavar="IMAGES", help="the images folder, if it is not where the fold jobs read it")
+    m.add_argument("--masks", metavar="MASKS", help="the masks folder, if it is not where the fold jobs read it")
+    m.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="where to predict (default: the fold jobs' setting)")
+    m.add_argument("--report", metavar="FILE.json", help="where to write the JSON report (default: OUT/ielstudio-report.json)")
+    m.add_argument("--csv", metavar="FILE.csv", help="also write a per-image table")
+    m.add_argument("--save-model", metavar="PATH", help="save the K fold models as one model file (opens in the window "
+                   "like one saved by clean --folds K)")
 
     t = sub.add_parser("train", help="train a segmenter and save it",
                        description="Train a segmenter on IMAGES with MASKS and save it with --save-model.")
@@ -386,11 +402,42 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     from ielstudio.core.cleaning import CleanDone, clean_dataset
 
     train, clean = configs_from_args(args)
+    if args.fold is not None:
+        return _clean_one_fold(args, train, clean)
     events = clean_dataset(
         args.images, args.masks, args.out, train, clean,
         report_path=args.report, csv_path=args.csv, save_model=args.save_model,
     )
     last = _consume(events, ProgressBar(), upper_bound=train.epochs is None)
+    if isinstance(last, CleanDone):
+        _print_summary(last.report, last.report_path)
+    return 0
+
+
+def _clean_one_fold(args: argparse.Namespace, train: TrainConfig, clean: CleanConfig) -> int:
+    from ielstudio.core.folds import FoldDone, clean_fold
+
+    given = [flag for flag, value in (("--report", args.report), ("--csv", args.csv),
+                                      ("--save-model", args.save_model)) if value]
+    if given:
+        _say(f"ielstudio clean --fold: error: {', '.join(given)} belong to `ielstudio merge` (a fold job writes "
+             "only its model and manifest into --out)")
+        return 2
+    last = _consume(clean_fold(args.images, args.masks, args.out, args.fold, train, clean), ProgressBar(),
+                    upper_bound=train.epochs is None)
+    if isinstance(last, FoldDone):
+        _say(f"fold {last.fold} of {last.folds} done: model {last.model_path}; when all {last.folds} folds are "
+             f"done, join them with `ielstudio merge DIR_0 ... DIR_{last.folds - 1} --out DIR`")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from ielstudio.core.cleaning import CleanDone
+    from ielstudio.core.folds import merge_folds
+
+    events = merge_folds(args.folds, args.out, images_dir=args.images, masks_dir=args.masks, report_path=args.report,
+                         csv_path=args.csv, save_model=args.save_model, device=args.device)
+    last = _consume(events, ProgressBar())
     if isinstance(last, CleanDone):
         _print_summary(last.report, last.report_path)
     return 0
@@ -453,6 +500,7 @@ HANDLERS = {
     "gui": _cmd_gui,
     "demo": _cmd_demo,
     "clean": _cmd_clean,
+    "merge": _cmd_merge,
     "train": _cmd_train,
     "predict": _cmd_predict,
     "install-desktop": _cmd_install_desktop,
