@@ -14,8 +14,6 @@ import math
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 from typing import Iterable, TextIO
 
 from ielstudio import __version__
@@ -325,11 +323,14 @@ def _say(msg: str) -> None:
 def _consume(events: Iterable, bar: ProgressBar, upper_bound: bool = False):
     """Print progress for a job's events; returns the last event. `upper_bound`: the step
     total is only a cap (automatic budget), so the ETA is shown as "at most"."""
-    from ielstudio.core import cleaning, training
+    from ielstudio.core import cleaning, distributed, training
 
     last = None
+    quiet = not distributed.world().is_main  # under torchrun rank 0 speaks for all
     for ev in events:
         last = ev
+        if quiet:
+            continue
         if isinstance(ev, training.StepEvent):
             bar.update("training  ", ev.step, ev.total_steps, f"loss {ev.loss:.4f} ETA {'<=' if upper_bound else ''}{_duration(ev.eta_s)}")
         elif isinstance(ev, cleaning.LoadedEvent):
@@ -469,13 +470,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         clean = dataclasses.replace(clean, adaptive_threshold=False)
     last = _consume(predict_folder(args.model, args.images, args.out, device=args.device, clean_config=clean), ProgressBar())
     if isinstance(last, PredictDone):
-        _say(f"wrote {len(last.written)} mask(s) to {args.out}")
+        from ielstudio.core import distributed
+
+        speak = _say if distributed.world().is_main else (lambda msg: None)  # every rank has the whole list
+        speak(f"wrote {len(last.written)} mask(s) to {args.out}")
         for path, problem in last.skipped:
-            _say(f"  skipped {path}: {problem}")
+            speak(f"  skipped {path}: {problem}")
         for warning in last.warnings:
-            _say(f"warning: {warning}")
+            speak(f"warning: {warning}")
         if not last.written:
-            _say(f"ielstudio predict: error: no image in {args.images} could be segmented")
+            speak(f"ielstudio predict: error: no image in {args.images} could be segmented")
             return 2
     return 0
 
@@ -495,6 +499,9 @@ def _cmd_uninstall_desktop(args: argparse.Namespace) -> int:
     _say(f"removed IEL Studio from the application menu: {change}")
     return 0
 
+
+#: Commands that run on several processes under torchrun (`core.distributed`).
+DISTRIBUTED_COMMANDS = ("train", "clean", "predict")
 
 HANDLERS = {
     "gui": _cmd_gui,
@@ -518,10 +525,19 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
+    from ielstudio.core import distributed
     from ielstudio.core.training import TrainingError
 
     previous = _stop_on_sigterm() if args.command not in ("gui", "demo") else None  # Qt handles the window's
+    rank = ""
     try:
+        if distributed.launched():
+            if args.command not in DISTRIBUTED_COMMANDS:
+                _say(f"ielstudio {args.command}: error: runs in one process; start it without torchrun "
+                     f"(torchrun runs {', '.join(DISTRIBUTED_COMMANDS)})")
+                return 2
+            world = distributed.init_from_env(getattr(args, "device", None) or "auto")
+            rank = f"[rank {world.rank}/{world.size}] "
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:
         _say(f"\nielstudio {args.command}: interrupted; files already written are complete, nothing half-written is left")
@@ -533,9 +549,17 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, OSError, ValueError, TrainingError) as e:
         if os.environ.get("IELSTUDIO_DEBUG"):
             raise
-        _say(f"ielstudio {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        _say(f"{rank}ielstudio {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         return 2
+    except RuntimeError as e:
+        if not rank:
+            raise
+        # a collective failed: another rank died or its connection broke (torchrun then stops us all)
+        _say(f"{rank}ielstudio {args.command}: error: stopped because another process of this run failed or "
+             f"lost its connection; its own message is above ({(str(e).splitlines() or [''])[0][:160]})")
+        return 1
     finally:
+        distributed.shutdown()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

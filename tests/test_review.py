@@ -131,7 +131,7 @@ def test_foreground_patches_show_a_tiny_class_in_a_third_of_the_patches():
         samples.append(Sample(f"s{i}", rng.random((1, 128, 128), dtype=np.float32), m, ENC))
     shown = {}
     for share in (0.0, 0.33):
-        stream = _CropStream(samples, TrainConfig(crop=32, batch_size=8, foreground_crops=share), seed=1)
+        stream = _CropStream(samples, TrainConfig(foreground_crops=share), seed=1, crop=32, batch=8)
         hits = [bool((y == 1).any()) for _ in range(40) for y in stream.next()[1]]
         shown[share] = float(np.mean(hits))
     assert shown[0.0] < 0.15 and shown[0.33] > 0.25

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from . import distributed
 from .dataset import LoadedDataset, image_to_chw, load_samples, scan_pairs
 from .decision import decide, decision_thresholds
 from .errors import DataError
@@ -38,7 +39,7 @@ from .imageio import (
     remove_stale_temp_files,
     write_mask,
 )
-from .metrics import confusion_counts, dice as _dice
+from .metrics import dice as _dice
 from .models import build_model, count_parameters
 from .review import ReviewCancelled, review_samples, scoring_predictions
 from .training import (
@@ -534,6 +535,7 @@ def _training_summary(done: DoneEvent) -> dict:
     out.update({k: h[k] for k in keep if k in h})
     if "folds" in h:
         out["folds"] = [{k: f.get(k) for k in ("steps", "reason", "best_step", "best_agreement")} for f in h["folds"]]
+    out["world_size"] = world_size_of(done)
     return out
 
 
@@ -613,9 +615,15 @@ def clean_dataset(
     model_ev = _model_event(run.train_config, run.loaded.in_channels, run.loaded.n_classes)
     yield model_ev
     done = yield from _fit(run.loaded.samples, run.train_config, cancel)
-    if done is None or done.reason == "cancelled":
-        return
+    if done is None or done.reason == "cancelled" or not distributed.world().is_main:
+        return  # in a distributed run rank 0 reviews and writes
     yield from write_cleaned(run, done, model_ev, cancel)
+
+
+def world_size_of(done: DoneEvent) -> int:
+    """How many processes trained `done`'s model (several with torchrun; `core.distributed`)."""
+    histories = done.history.get("folds") or [done.history]
+    return max(int(h.get("world_size", 1)) for h in histories)
 
 
 def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
@@ -661,7 +669,8 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
     model_path = run.save_model
     if model_path:
         meta = {"n_classes": n_classes, "in_channels": loaded.in_channels,
-                "encoding": loaded.encoding.to_dict(), "trained_on": str(run.images_dir), "holdout": holdout}
+                "encoding": loaded.encoding.to_dict(), "trained_on": str(run.images_dir), "holdout": holdout,
+                "world_size": world_size_of(done)}
         save_checkpoint(model_path, model, done.config, meta)
 
     images.sort(key=lambda d: d["score"])  # worst label first
@@ -731,8 +740,11 @@ def train_dataset(
     done = yield from _fit(loaded.samples, train_config, cancel, scoring=False)
     if done is None or done.reason == "cancelled":
         return
+    if not distributed.world().is_main:
+        return  # every rank holds the same weights; rank 0 writes them
     meta = {"n_classes": loaded.n_classes, "in_channels": loaded.in_channels,
-            "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir)}
+            "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir),
+            "world_size": world_size_of(done)}
     save_checkpoint(save_model, done.model, done.config, meta)
     yield TrainDone(Path(save_model), done.steps, done.reason)
 
@@ -761,6 +773,8 @@ def predict_folder(
     was trained with (stored in the checkpoint), decided at the folder's thresholds
     (`thresholds_for` on up to CALIBRATION_IMAGES images) and post-processed by `clean_config`.
     Yields PredictEvent per image and, last, PredictDone. Unreadable images are skipped.
+    In a distributed run (torchrun) each rank segments its share of the images
+    (`distributed.shard`) at rank 0's thresholds, and every PredictDone lists them all.
     """
     clean_config = clean_config or CleanConfig()
     images_dir = Path(images_dir)
@@ -819,18 +833,26 @@ def predict_folder(
         thresholds = thresholds_for(calibration_probs(), clean_config)
     except ValueError:  # cancelled, or no readable image among the calibration ones
         thresholds = None
-    written = []
-    for i, path in enumerate(files):
+    world = distributed.world()
+    if world.distributed and thresholds is not None:
+        thresholds = np.asarray(distributed.from_main([float(t) for t in thresholds]))
+    written, unreadable = [], []
+    for i, path in distributed.shard(list(enumerate(files)), world):
         if cancel is not None and cancel():
             return
         try:
             probs = probs_of(path)
         except DataError as e:
-            skipped.append((str(e.path or path), e.problem))
+            unreadable.append((str(e.path or path), e.problem))
             continue
         mask = postprocess(decide(probs, thresholds), clean_config)
         dst = out / (file_stem(path.name) + suffix)
         write_mask(dst, mask, encoding)
         written.append(dst)
         yield PredictEvent(i, len(files), path.name, float(probs.max(0).mean()))
-    yield PredictDone(written, skipped, list(repairs))
+    if world.distributed:
+        parts = distributed.gather((written, unreadable, list(repairs)))
+        written = sorted((p for part in parts for p in part[0]), key=lambda p: p.name)
+        unreadable = [s for part in parts for s in part[1]]
+        repairs = dict.fromkeys(r for part in parts for r in part[2])
+    yield PredictDone(written, skipped + unreadable, list(repairs))

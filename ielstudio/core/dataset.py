@@ -16,7 +16,7 @@ import os
 import stat
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
 from typing import Callable, Iterator, Sequence

@@ -25,12 +25,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .. import __version__
+from . import distributed
 from .cleaning import (
     CleanConfig,
     CleanRun,
     _json_default,
     _model_event,
     prepare_clean,
+    world_size_of,
     write_cleaned,
 )
 from .errors import DataError
@@ -123,14 +125,15 @@ def clean_fold(
         if isinstance(ev, DoneEvent):
             done = ev
         yield ev
-    if done is None or done.reason == "cancelled":
-        return
+    if done is None or done.reason == "cancelled" or not distributed.world().is_main:
+        return  # in a distributed run rank 0 writes
     fingerprint = dataset_fingerprint(run.loaded.samples)
     loaded = run.loaded
     save_checkpoint(run.save_model, done.model, done.config, {
         "n_classes": loaded.n_classes, "in_channels": loaded.in_channels, "encoding": loaded.encoding.to_dict(),
         "trained_on": str(run.images_dir), "holdout": list(done.history.get("holdout", [])),
-        "fold": fold, "folds": run.train_config.folds, "dataset_fingerprint": fingerprint})
+        "fold": fold, "folds": run.train_config.folds, "dataset_fingerprint": fingerprint,
+        "world_size": world_size_of(done)})
     manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
         "tool": f"ielstudio {__version__}",

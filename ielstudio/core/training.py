@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .dataset import Sample, SegmentationDataset, augment_pair
 from .decision import decide, decision_thresholds
 from .errors import DataError
@@ -367,8 +368,8 @@ class _CropStream:
     forces a third of its patches onto foreground): a class that covers 1 % of the
     pixels then fills a good part of every few batches instead of vanishing."""
 
-    def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int):
-        self.crop, self.batch = patch_and_batch(samples, config)
+    def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int):
+        self.crop, self.batch = crop, batch
         self.ds = SegmentationDataset(samples, crop=self.crop, augment=config.augment, seed=seed)
         self.rng = np.random.default_rng(seed)
         self.foreground = float(config.foreground_crops)
@@ -520,8 +521,15 @@ def _train_one(
     """Train one model. `holdout`: names kept out of training and used for agreement
     (None: all images train; the budget is then fixed). `predictions_after`: images the
     caller predicts once training ends and `folds_after` the folds trained after this one
-    (both part of the ETA)."""
-    device = select_device(config.device)
+    (both part of the ETA).
+
+    In a distributed run (`core.distributed`, under torchrun) every rank calls this: each
+    draws its patches from its own share of the training images with its own seed, the
+    batch is split over the ranks (the same total batch), gradients are averaged (DDP);
+    rank 0 measures the agreement and its verdict is every rank's, so all stop at the
+    same step with rank 0's weights."""
+    world = distributed.world()
+    device = distributed.training_device(select_device(config.device))
     seed = config.seed + 7919 * fold
     torch.manual_seed(seed)
     by_name = {s.name: s for s in samples}
@@ -532,11 +540,17 @@ def _train_one(
     history: dict[str, Any] = {
         "loss": [], "lr": [], "eval_steps": [], "agreement": [], "holdout": [s.name for s in held],
         "n_train": len(train_set), "n_holdout": len(held), "n_classes": n_classes, "in_channels": in_channels,
-        "device": str(device), "seed": seed, "fold": fold,
+        "device": str(device), "seed": seed, "fold": fold, "world_size": world.size,
     }
 
     crop, batch = patch_and_batch(train_set, config)
-    history.update(crop=crop, batch_size=batch)
+    rank_batch = -(-batch // world.size)  # the total batch, split over the ranks (rounded up)
+    history.update(crop=crop, batch_size=rank_batch * world.size)
+    if world.distributed:
+        if len(train_set) < world.size:
+            raise DataError(None, f"{world.size} processes need at least {world.size} training images "
+                                  f"(there are {len(train_set)}); start fewer")
+        history["batch_per_rank"] = rank_batch
     auto = config.epochs is None
     if not auto:
         total = max(1, min(config.max_steps, math.ceil(config.epochs * len(train_set) / batch)))
@@ -558,15 +572,17 @@ def _train_one(
     fit_set = _spread(train_set, 4) if early_stop else []
     history["train_agreement"] = []
 
-    model = _initial_model(config, in_channels, n_classes, history).to(device)
+    net = distributed.wrap(_initial_model(config, in_channels, n_classes, history).to(device), device)
+    model = getattr(net, "module", net)  # the network itself: predictions and checkpoints
     model.train()
     iel = IELStack(config.iel).to(device)
     has_pde_steps = config.arch in PDE_STEP_ARCHS
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    stream = _CropStream(train_set, config, seed)
-    snap = [by_name[n] for n in (snapshot_names or [s.name for s in samples[:4]]) if n in by_name]
+    stream = _CropStream(distributed.shard(train_set, world), config, seed + 104729 * world.rank, crop, rank_batch)
+    snap = [by_name[n] for n in (snapshot_names or [s.name for s in samples[:4]]) if n in by_name] \
+        if world.is_main else []
 
     best, best_step, best_state, bad_evals = -1.0, 0, None, 0
     reason, step = "budget", 0
@@ -586,7 +602,7 @@ def _train_one(
         amp_context = (torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp
                        else contextlib.nullcontext())
         with amp_context:
-            logits = model(x)
+            logits = net(x)
         out = iel(logits.float())
         loss = F.cross_entropy(out, y)
         if config.dice_weight > 0:
@@ -594,7 +610,7 @@ def _train_one(
         if has_pde_steps:
             # Ruthotto & Haber: smooth weights across time steps (0 for plain U-Nets).
             loss = loss + PDE_TV_WEIGHT * tv_in_time_penalty(model)
-        value = float(loss.detach())
+        value = distributed.mean(float(loss.detach()))  # the loss of the whole batch, every rank
         if not math.isfinite(value):
             raise TrainingError(
                 f"training diverged at step {step + 1}: the loss is {value}. Lower the learning rate "
@@ -621,15 +637,16 @@ def _train_one(
 
         if step % config.eval_every == 0 or step == total:
             started = time.perf_counter()
-            agreement = _agreement(model, eval_set, device, n_classes, cancel, config.adaptive_threshold)
-            model.train()
-            if agreement is None:
-                reason = "cancelled"
-                break
-            fitted = _agreement(model, fit_set, device, n_classes, cancel, config.adaptive_threshold) \
-                if fit_set else 1.0
-            model.train()
-            if fitted is None:
+            agreement = fitted = 0.0
+            if world.is_main:  # the others wait for its verdict: all ranks decide alike
+                agreement = _agreement(model, eval_set, device, n_classes, cancel, config.adaptive_threshold)
+                fitted = None if agreement is None else (
+                    _agreement(model, fit_set, device, n_classes, cancel, config.adaptive_threshold)
+                    if fit_set else 1.0)
+                model.train()
+            agreement, fitted = distributed.from_main([math.nan if agreement is None else agreement,
+                                                       math.nan if fitted is None else fitted])
+            if math.isnan(agreement) or math.isnan(fitted):
                 reason = "cancelled"
                 break
             clock.eval_done(time.perf_counter() - started, len(eval_set) + len(fit_set))
@@ -653,6 +670,7 @@ def _train_one(
         reason = "max-steps" if early_stop or capped else "budget"
     if early_stop and best_state is not None:
         model.load_state_dict(best_state)
+    distributed.sync_state_from_main(model)  # BatchNorm statistics differ per rank
     elapsed = time.perf_counter() - t0
     history.update(
         steps=step, reason=reason, best_step=best_step if early_stop else step,
