@@ -921,3 +921,35 @@ def test_opening_settles_the_class_mapping_and_training_uses_it(make_window, dat
         assert w.start_training(steps=2, snapshot_every=2)
     assert blocker.args[0].steps == 2 and found == []  # training loaded with the settled mapping
     assert w.dataset_info.encoding == enc and "cell5" not in w.dataset_info.names
+
+
+def test_a_model_trained_elsewhere_reviews_the_data_set_without_training(make_window, dataset, qtbot, tmp_path):
+    """A model from `ielstudio train` or a cluster (docs/cluster.md): Training > Review with a
+    saved model… scores and proposes with it, and the project keeps it as its model."""
+    from ielstudio.core.cleaning import TrainDone, train_dataset
+    from ielstudio.core.models import build_model
+    from ielstudio.core.training import TrainConfig, save_checkpoint
+
+    model_path = tmp_path / "cluster.pt"
+    config = TrainConfig(width=8, depth=2, batch_size=2, crop=32, epochs=1, folds=2, device="cpu")
+    assert isinstance(list(train_dataset(*dataset, config, model_path))[-1], TrainDone)
+    w = make_window()
+    w.open_folders(*dataset)
+    assert w.actions["review_model"].text() == "Review with a saved model…"
+    with qtbot.waitSignal(w.trainingFinished, timeout=60000):
+        assert w.review_with_model(model_path)
+    assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
+    assert w.project.checkpoint.path == model_path.resolve()
+    path = w.project.path
+    w.close()
+    w2 = make_window()
+    assert w2.open_project(path) and not w2.is_training()  # its proposals are stored
+    assert set(w2.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
+    # a model for other data is refused with the reason, not run
+    other = tmp_path / "three-classes.pt"
+    save_checkpoint(other, build_model("unet", 1, 3, width=4, depth=2), TrainConfig())
+    with qtbot.waitSignal(w2.trainingFinished, timeout=60000) as blocker:
+        assert w2.review_with_model(other)
+    assert blocker.args == [None]
+    assert "was trained for 3 classes of 1-channel images; this data set has 2 classes" in w2.last_error
+    assert w2.project.checkpoint.path == model_path.resolve()  # still the model that made the proposals

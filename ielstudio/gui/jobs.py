@@ -119,9 +119,10 @@ class ScoreWriter:
         return self._project
 
     def use_model(self, checkpoint_path: str | Path, clean_config, sha256: str | None = None,
-                  history: dict | None = None) -> None:
+                  history: dict | None = None, record: bool = False) -> None:
         """The proposals that follow come from this saved model with these clean settings:
-        record the model in the project (and the training's curves, when given)."""
+        record the model in the project when it is new to it (`record`, or a training's
+        `history`, whose curves are stored too)."""
         from ielstudio.core.session import file_sha256, proposal_source
 
         digest = sha256 or file_sha256(checkpoint_path)
@@ -129,8 +130,9 @@ class ScoreWriter:
         if self.project_path is None:
             return
         project = self._open()
-        if history is not None:
+        if history is not None or record:
             project.set_checkpoint(checkpoint_path)
+        if history is not None:
             project.set_setting(TRAINING_CURVES, training_curves(history))
         project.set_setting(LAST_REVIEW, {"source": self.source, "complete": False, "warnings": []})
 
@@ -268,8 +270,10 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
 def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, cancel: Callable[[], bool],
                            report: Callable[[int, int], None] | None = None,
                            project_path: str | Path | None = None, expected_sha256: str | None = None,
-                           encoding=None) -> Iterator:
-    """Proposals and scores for every pair with a saved model (reopening a project).
+                           encoding=None, record_model: bool = False) -> Iterator:
+    """Proposals and scores for every pair with a saved model: reopening a project, or a
+    model trained elsewhere (`ielstudio train`, a cluster) when `record_model` (the
+    project then keeps it as its model).
 
     ``expected_sha256``: the digest the project recorded for the model; a file that has
     changed since (replaced, retrained elsewhere) is refused rather than silently used."""
@@ -286,10 +290,15 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
         ds = _load(scan, cancel, report, encoding)
     except Cancelled:
         return
+    spec = model.model_spec
+    if int(spec["n_classes"]) != ds.n_classes or int(spec["in_channels"]) != ds.in_channels:
+        raise DataError(checkpoint_path, f"was trained for {spec['n_classes']} classes of {spec['in_channels']}-channel "
+                                         f"images; this data set has {ds.n_classes} classes of {ds.in_channels}-channel "
+                                         "images. Choose a model trained on data like it, or train one")
     yield _info(ds)
     writer = ScoreWriter(project_path)
     try:
-        writer.use_model(checkpoint_path, clean_config, sha256=expected_sha256)
+        writer.use_model(checkpoint_path, clean_config, sha256=expected_sha256, record=record_model)
         for r in scoring_job(model, list(ds.samples), clean_config, cancel, holdout=meta.get("holdout")):
             yield writer(r)
     finally:

@@ -58,6 +58,10 @@ class MenusMixin:
         self.actions["about"] = QAction("About IEL Studio", self, triggered=self.show_about)
         self.actions["score_saved"] = QAction("Score again with the saved model", self,
                                               triggered=lambda: self.score_with_saved_model())
+        self.actions["review_model"] = QAction("Review with a saved model…", self,
+                                               triggered=lambda: self.review_with_model())
+        self.actions["review_model"].setToolTip("Score and propose with a model trained elsewhere (ielstudio train, "
+                                                "a cluster run: docs/cluster.md), without training")
         self.actions["score_saved"].setToolTip("Recompute every proposal and score with the project's model "
                                                "(also brings back the prediction maps of the defect panel)")
         self.actions["undo"].setEnabled(False)
@@ -87,7 +91,7 @@ class MenusMixin:
                     "toggle_mask", "toggle_proposal", "toggle_difference"):
             view.addSeparator() if key is None else view.addAction(self.actions[key])
         train = mb.addMenu("&Training")
-        for key in ("train", "pause", "stop", None, "score_saved"):
+        for key in ("train", "pause", "stop", None, "score_saved", "review_model"):
             train.addSeparator() if key is None else train.addAction(self.actions[key])
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.actions["shortcuts"])

@@ -108,6 +108,28 @@ class TrainingMixin:
                         expected_sha256=ref.sha256, encoding=self.project.mask_encoding())
         return True
 
+    def review_with_model(self, path: str | Path | None = None) -> bool:
+        """Proposals and scores for every image from a model trained elsewhere (`ielstudio
+        train`, a cluster run), without training; the project keeps it as its model."""
+        if self.project is None or self.is_training():
+            self.statusBar().showMessage("Open a data set first, and wait until training ends." if self.project is None
+                                         else "Training is running: stop it first.", 5000)
+            return False
+        if path is None:
+            from PySide6.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getOpenFileName(self, "Review with a saved model", "", "Models (*.pt *.pth)")
+            if not path:
+                return False
+        path = Path(path)
+        self.checkpoint = path
+        self._train_settings = {"checkpoint": str(path), "clean": self.clean_config().to_dict()}
+        self._job_kind = "score"
+        self._start_job(jobs.checkpoint_scoring_job, (self.scan, str(path), self.clean_config()),
+                        f"scoring with {path.name}…", project_path=str(self.project.path),
+                        encoding=self.project.mask_encoding(), record_model=True)
+        return True
+
     def _start_job(self, fn, args: tuple, text: str, **kwargs) -> None:
         from ielstudio.core.training import StepEvent
 
