@@ -335,7 +335,7 @@ def _consume(events: Iterable, bar: ProgressBar, upper_bound: bool = False):
             bar.update("training  ", ev.step, ev.total_steps, f"loss {ev.loss:.4f} ETA {'<=' if upper_bound else ''}{_duration(ev.eta_s)}")
         elif isinstance(ev, cleaning.LoadedEvent):
             bar.end()
-            _say(f"found {ev.n_samples} image/mask pairs ({ev.n_classes} classes), skipped {len(ev.skipped)} file(s)")
+            _say(f"found {ev.n_samples} {ev.unit} ({ev.n_classes} classes), skipped {len(ev.skipped)} file(s)")
             for path, problem in ev.skipped:
                 _say(f"  skipped {path}: {problem}")
             for warning in ev.warnings:

@@ -363,6 +363,7 @@ class LoadedEvent:
     n_classes: int
     skipped: list[tuple[str, str]]  # (path, problem)
     warnings: list[str] = field(default_factory=list)  # repairs made while reading kept files
+    unit: str = "image/mask pairs"  # what n_samples counts
 
 
 @dataclass
@@ -483,7 +484,13 @@ def check_output_files(files: dict[str, str | Path | None], images_dir: str | Pa
 
 
 def load_dataset(images_dir: str | Path, masks_dir: str | Path) -> LoadedDataset:
-    """Scan and load a dataset; DataError when not a single pair is usable (naming why)."""
+    """Scan and load a dataset of 2-D images; DataError when not a single pair is usable
+    (naming why), or when the images are volumes (only `clean` reads those so far)."""
+    from .volume_data import is_volume_dataset
+
+    if is_volume_dataset(images_dir):
+        raise DataError(images_dir, "holds 3-D volumes: `ielstudio clean` cleans them; train, predict, --fold jobs "
+                                    "and the window read 2-D images only for now")
     loaded = load_samples(scan_pairs(images_dir, masks_dir))
     if not loaded.samples:
         first = f"; first: {loaded.skipped[0]}" if loaded.skipped else ""
@@ -608,8 +615,17 @@ def clean_dataset(
     convention and format; the masks folder is never written to. With
     `train_config.folds > 1` each image is predicted by a model that did not train on it.
     Bad files are skipped and listed; DataError when nothing can be processed.
-    Stops (no report) when `cancel()` turns true.
+    Stops (no report) when `cancel()` turns true. A folder of volumes (NIfTI, NRRD,
+    DICOM series) is cleaned by `volume_clean.clean_volumes`, with the same events.
     """
+    from .volume_data import is_volume_dataset
+
+    if is_volume_dataset(images_dir):
+        from .volume_clean import clean_volumes
+
+        yield from clean_volumes(images_dir, masks_dir, out_dir, train_config, clean_config, report_path,
+                                 csv_path, save_model, cancel)
+        return
     run = prepare_clean(images_dir, masks_dir, out_dir, train_config, clean_config, report_path, csv_path, save_model)
     yield run.loaded_event()
     model_ev = _model_event(run.train_config, run.loaded.in_channels, run.loaded.n_classes)

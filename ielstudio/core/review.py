@@ -124,7 +124,7 @@ def decision_probabilities(probs: np.ndarray, thresholds: np.ndarray | None) -> 
     t = np.asarray(thresholds, dtype=np.float64)
     w = (1.0 - t) / t
     w[0] = 1.0
-    weighted = probs * w[:, None, None].astype(probs.dtype)
+    weighted = probs * w.reshape((-1,) + (1,) * (probs.ndim - 1)).astype(probs.dtype)
     return weighted / np.maximum(weighted.sum(0, keepdims=True), 1e-12)
 
 
@@ -136,7 +136,8 @@ def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, rel
     the model's mean probability of the proposed class (weighed as the decision at
     `thresholds` weighs it) is below `confidence` (an object added or removed, an outline
     moved), or below `relabel_confidence` where one foreground class becomes another
-    (those regions are taken on their own)."""
+    (those regions are taken on their own). Works on slices (H,W) with probs (C,H,W) and
+    on volumes (D,H,W) with probs (C,D,H,W), whose regions are 26-connected."""
     proposal = np.asarray(proposal)
     given = np.asarray(given)
     changed = proposal != given
@@ -157,7 +158,7 @@ def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, rel
     for region, needed in ((changed & ~relabel, confidence), (relabel, max(confidence, relabel_confidence))):
         if not region.any():
             continue
-        n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+        n, labels = connected_regions(region)
         sums = np.bincount(labels.ravel(), weights=p_proposed.ravel(), minlength=n)
         counts = np.bincount(labels.ravel(), minlength=n)
         weak = np.flatnonzero(sums / np.maximum(counts, 1) < needed)
@@ -166,6 +167,17 @@ def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, rel
             back = np.isin(labels, weak)
             out[back] = given[back]
     return out
+
+
+def connected_regions(binary: np.ndarray) -> tuple[int, np.ndarray]:
+    """(count including the background label 0, labels) of the 8-connected regions of a 2-D
+    mask, or the 26-connected ones of a 3-D mask."""
+    if binary.ndim == 2:
+        return cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+    from scipy import ndimage
+
+    labels, n = ndimage.label(binary, structure=np.ones((3,) * binary.ndim, bool))
+    return n + 1, labels
 
 
 @dataclass

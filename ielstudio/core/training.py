@@ -277,22 +277,41 @@ def _order(names: Sequence[str], seed: int) -> list[str]:
     return [ordered[i] for i in rng.permutation(len(ordered))]
 
 
-def holdout_split(names: Sequence[str], fraction: float = 0.2, seed: int = 0) -> list[str]:
+def _units(names: Sequence[str], groups: dict[str, str] | None) -> list[str]:
+    return sorted({groups[n] for n in names}) if groups else list(names)
+
+
+def _members(units: Sequence[str], names: Sequence[str], groups: dict[str, str] | None) -> list[str]:
+    if not groups:
+        return list(units)
+    chosen = set(units)
+    return [n for n in names if groups[n] in chosen]
+
+
+def holdout_split(names: Sequence[str], fraction: float = 0.2, seed: int = 0,
+                  groups: dict[str, str] | None = None) -> list[str]:
     """Names held out by the automatic budget: round(fraction * n) images, at least 1,
-    at most MAX_HOLDOUT and n - 1 (empty for fewer than 2 images). Seeded."""
-    n = len(names)
+    at most MAX_HOLDOUT and n - 1 (empty for fewer than 2 images). Seeded.
+    `groups` (name -> group, e.g. the slices of one volume): whole groups are held out,
+    counted as units, so that no neighbour of a held-out slice trains."""
+    units = _units(names, groups)
+    n = len(units)
     if n < 2:
         return []
     k = min(max(1, round(fraction * n)), MAX_HOLDOUT, n - 1)
-    return _order(names, seed)[:k]
+    return _members(_order(units, seed)[:k], names, groups)
 
 
-def fold_split(names: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
-    """Split names into k disjoint folds of near-equal size (seeded)."""
-    if not 2 <= k <= len(names):
-        raise ValueError(f"{k} folds need at least {k} images (have {len(names)}) and k >= 2")
-    order = _order(names, seed)
-    return [order[i::k] for i in range(k)]
+def fold_split(names: Sequence[str], k: int, seed: int = 0,
+               groups: dict[str, str] | None = None) -> list[list[str]]:
+    """Split names into k disjoint folds of near-equal size (seeded); with `groups`, each
+    group's names stay in one fold."""
+    units = _units(names, groups)
+    if not 2 <= k <= len(units):
+        what = "volumes" if groups else "images"
+        raise ValueError(f"{k} folds need at least {k} {what} (have {len(units)}) and k >= 2")
+    order = _order(units, seed)
+    return [_members(order[i::k], names, groups) for i in range(k)]
 
 
 def _n_classes(samples: Sequence[Sample]) -> int:
@@ -565,7 +584,7 @@ def _train_one(
     early_stop = auto and bool(held)
     # Images whose agreement is measured: held-out ones (at most MAX_HOLDOUT, e.g. a large
     # fold), else (fixed budget, nothing held out) a few training images, for display only.
-    eval_set = held[:MAX_HOLDOUT] or train_set[:4]
+    eval_set = _spread(held, MAX_HOLDOUT) or train_set[:4]
     history["eval_in_sample"] = not held
     # A few training images tell whether the network has fitted what it was shown: the
     # budget does not stop on a plateau before it has (an early plateau is not convergence).
@@ -713,9 +732,10 @@ def _check_samples(samples: Sequence[Sample]) -> list[Sample]:
     return samples
 
 
-def fold_assignment(names: Sequence[str], k: int, seed: int = 0) -> dict[str, int]:
+def fold_assignment(names: Sequence[str], k: int, seed: int = 0,
+                    groups: dict[str, str] | None = None) -> dict[str, int]:
     """Which of the k folds (`fold_split`) holds each name out."""
-    return {n: f for f, fold in enumerate(fold_split(names, k, seed)) for n in fold}
+    return {n: f for f, fold in enumerate(fold_split(names, k, seed, groups)) for n in fold}
 
 
 def train_fold(
@@ -727,6 +747,7 @@ def train_fold(
     snapshot_names: Sequence[str] | None = None,
     predictions_after: int = 0,
     folds_after: int = 0,
+    groups: dict[str, str] | None = None,
 ) -> Iterator[Event]:
     """Train the model of fold `fold` of `config.folds` on its own: every image outside
     that fold trains, the fold's images are held out (the budget's agreement, later their
@@ -736,7 +757,7 @@ def train_fold(
     samples = _check_samples(samples)
     if not 0 <= fold < config.folds:
         raise ValueError(f"fold {fold} does not exist: folds are 0..{config.folds - 1}")
-    folds = fold_split([s.name for s in samples], config.folds, config.seed)
+    folds = fold_split([s.name for s in samples], config.folds, config.seed, groups)
     yield from _train_one(samples, config, folds[fold], cancel, snapshot_every, snapshot_names, fold,
                           config.folds, predictions_after, folds_after)
 
@@ -762,12 +783,14 @@ def train(
     snapshot_every: int = 0,
     snapshot_names: Sequence[str] | None = None,
     predictions_after: int = 0,
+    groups: dict[str, str] | None = None,
 ) -> Iterator[Event]:
     """Train on `samples` (see module doc). Yields StepEvent, EvalEvent, SnapshotEvent and,
     last, one DoneEvent. With `config.folds > 1` the DoneEvent's model is a CrossFitModel
     of the `train_fold` models. `predictions_after`: images the caller predicts after
     training (the StepEvents' ETA includes them; `review.scoring_predictions` counts a
-    scoring pass's).
+    scoring pass's). `groups` (name -> group): images of one group (the slices of a
+    volume) are held out together, never split between training and hold-out.
 
     Raises TrainingError if the loss becomes NaN, DataError for a bad init checkpoint.
     """
@@ -775,16 +798,16 @@ def train(
     samples = _check_samples(samples)
     names = [s.name for s in samples]
     if config.folds == 1:
-        holdout = holdout_split(names, config.holdout, config.seed) if config.epochs is None else None
+        holdout = holdout_split(names, config.holdout, config.seed, groups) if config.epochs is None else None
         yield from _train_one(samples, config, holdout, cancel, snapshot_every, snapshot_names,
                               predictions_after=predictions_after)
         return
 
-    fold_of = fold_assignment(names, config.folds, config.seed)
+    fold_of = fold_assignment(names, config.folds, config.seed, groups)
     dones: list[DoneEvent] = []
     for f in range(config.folds):
         for ev in train_fold(samples, config, f, cancel, snapshot_every, snapshot_names, predictions_after,
-                             folds_after=config.folds - 1 - f):
+                             folds_after=config.folds - 1 - f, groups=groups):
             if isinstance(ev, DoneEvent):
                 dones.append(ev)
             else:

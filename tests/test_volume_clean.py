@@ -1,0 +1,179 @@
+"""Volume folders cleaned headless: 3-D objects, slices of a volume held out together,
+label volumes written back with their header; mixed 2-D/3-D and mismatched grids refused."""
+
+import json
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ielstudio import cli
+from ielstudio.core.cleaning import CleanConfig
+from ielstudio.core.review import gate_changes
+from ielstudio.core.training import fold_split, holdout_split
+from ielstudio.core.volume_clean import postprocess_volume, review_volumes
+from ielstudio.core.volume_data import is_volume_dataset, load_volume_dataset
+
+SHAPE = (28, 24, 6)  # i, j, k; k has the 3 mm spacing, so the slices are (i, j)
+SPACING = (0.8, 0.8, 3.0)
+AFFINE = np.array([[0, -0.8, 0, 10], [0.8, 0, 0, -20], [0, 0, 3.0, 5], [0, 0, 0, 1]], float)  # rotated in-plane
+
+
+def ellipsoid(shape=SHAPE, centre=(14, 12, 2.5), radii=(7, 6, 2.2)) -> np.ndarray:
+    i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return (((i - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2
+            + ((k - centre[2]) / radii[2]) ** 2) <= 1
+
+
+def image_of(clean: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (clean * 400 - 100 + rng.normal(0, 20, clean.shape)).astype(np.int16)  # CT-like values
+
+
+@pytest.fixture
+def volume_folders(tmp_path):
+    """Three CT-like cases: two NIfTI (labels as *_seg.nii.gz, uint8 value 1), one NRRD (label value 3)."""
+    images, masks = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    masks.mkdir()
+    for n in range(2):
+        clean = ellipsoid(centre=(13 + n, 12, 2.5))
+        nib.save(nib.Nifti1Image(image_of(clean, n), AFFINE), images / f"case{n}.nii.gz")
+        nib.save(nib.Nifti1Image(clean.astype(np.uint8), AFFINE), masks / f"case{n}_seg.nii.gz")
+    clean = ellipsoid(centre=(14, 11, 2.5))
+    header = {"space": "left-posterior-superior", "space directions": np.diag(SPACING),
+              "space origin": np.array([1.0, 2.0, 3.0]), "encoding": "gzip"}
+    nrrd.write(str(images / "case2.nrrd"), image_of(clean, 2), header)
+    nrrd.write(str(masks / "case2.nrrd"), (clean * 3).astype(np.int16), header)
+    return images, masks
+
+
+def test_a_volume_folder_is_cleaned_headless_with_the_label_headers_kept(volume_folders, tmp_path, capsys):
+    images, masks = volume_folders
+    before = {p.name: p.read_bytes() for p in masks.iterdir()}
+    out = tmp_path / "out"
+    rc = cli.main(["clean", str(images), str(masks), "--out", str(out), "--steps", "4", "--device", "cpu",
+                   "--width", "4", "--depth", "2", "--batch-size", "2", "--csv", str(tmp_path / "t.csv")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "found 3 image/label volume pairs (18 slices) (3 classes" in err
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == before  # originals untouched
+    assert sorted(p.name for p in out.glob("case*")) == ["case0_seg.nii.gz", "case1_seg.nii.gz", "case2.nrrd"]
+    for n in range(2):
+        given, written = nib.load(masks / f"case{n}_seg.nii.gz"), nib.load(out / f"case{n}_seg.nii.gz")
+        np.testing.assert_array_equal(written.affine, given.affine)
+        assert written.get_data_dtype() == given.get_data_dtype() and written.shape == given.shape
+        assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
+    data, header = nrrd.read(str(out / "case2.nrrd"))
+    _, given = nrrd.read(str(masks / "case2.nrrd"))
+    assert data.dtype == np.int16 and set(np.unique(data)) <= {0, 3}  # the label value, not the class index
+    np.testing.assert_array_equal(header["space directions"], given["space directions"])
+    assert header["space"] == given["space"]
+    report = json.loads((out / "ielstudio-report.json").read_text())
+    assert report["kind"] == "volumes" and report["n_images"] == 3 and report["n_slices"] == 18
+    assert report["label_values"] == [0, 1, 3]
+    assert report["n_classes"] == 3
+    rows = report["images"]
+    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)  # worst volume first
+    for r in rows:
+        assert r["slices"] == 6 and r["slice_axis"] == 2 and len(r["slice_scores"]) == 6
+        assert [w["score"] for w in r["worst_slices"]] == sorted(r["slice_scores"])[:5]
+    assert (tmp_path / "t.csv").read_text().count("\n") == 4
+
+
+def test_held_out_slices_come_from_whole_volumes(volume_folders):
+    ds = load_volume_dataset(*volume_folders)
+    names, groups = [s.name for s in ds.samples], ds.groups()
+    held = holdout_split(names, 0.3, seed=0, groups=groups)
+    assert held and {groups[n] for n in held} and len(held) == 6  # one whole volume of 6 slices
+    for fold in fold_split(names, 3, seed=1, groups=groups):
+        assert len({groups[n] for n in fold}) == 1 and len(fold) == 6
+
+
+def test_objects_are_3d_a_tip_stays_and_a_speck_goes():
+    mask = np.zeros((5, 20, 20), np.int64)
+    mask[0:4, 5:12, 5:12] = 1  # an object over 4 slices ...
+    mask[4, 8:10, 8:10] = 1  # ... whose tip on the last slice is 4 px (< min_area 10 in 2-D)
+    mask[2, 16:18, 16:18] = 1  # a 4-voxel speck on its own
+    mask[1:3, 8:9, 8:9] = 0  # a cavity inside the object
+    out = postprocess_volume(mask, CleanConfig(min_area=10))
+    assert out[4, 8:10, 8:10].all()  # the tip belongs to the object
+    assert not out[2, 16:18, 16:18].any()  # the speck is gone
+    assert out[1:3, 8, 8].all()  # the cavity is filled
+
+
+def test_a_changed_region_across_slices_is_taken_or_refused_as_a_whole():
+    given = np.zeros((3, 8, 8), np.int64)
+    proposal = given.copy()
+    proposal[0:3, 2:4, 2:4] = 1  # one 3-D region added over three slices
+    probs = np.zeros((2, 3, 8, 8), np.float32)
+    probs[0] = 1.0
+    probs[:, 0:2, 2:4, 2:4] = [[[[0.1]]], [[[0.9]]]]  # sure on two slices ...
+    probs[:, 2, 2:4, 2:4] = [[[0.9]], [[0.1]]]  # ... not on the third: mean 0.63 < 0.75
+    assert not gate_changes(proposal, given, probs, [True, True]).any()
+    probs[:, 2, 2:4, 2:4] = [[[0.5]], [[0.5]]]  # mean 0.77: the whole region is applied
+    np.testing.assert_array_equal(gate_changes(proposal, given, probs, [True, True]), proposal)
+
+
+class Oracle(nn.Module):
+    """Segments by intensity: the class the clean volume had (a model that is right)."""
+
+    model_spec = {"arch": "oracle", "n_classes": 3, "in_channels": 1}
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(40.0))
+
+    def forward(self, x):
+        fg = self.scale * (x - 0.5)
+        return torch.cat([-fg, fg, torch.full_like(fg, -50.0)], dim=1)
+
+
+def test_a_reliable_model_removes_a_3d_speck_and_keeps_the_rest(volume_folders):
+    images, masks = volume_folders
+    noisy = nib.load(masks / "case1_seg.nii.gz")
+    labels = np.asarray(noisy.dataobj).copy()
+    labels[22:25, 2:5, 1:4] = 1  # a 27-voxel blob the annotator added by mistake
+    nib.save(nib.Nifti1Image(labels, AFFINE), masks / "case1_seg.nii.gz")
+    ds = load_volume_dataset(images, masks)
+    holdout = [s.name for s in ds.samples if s.name.startswith("case0/")]
+    results = review_volumes(Oracle(), ds, CleanConfig(), holdout)
+    by_name = {}
+    try:
+        while True:
+            r = next(results)
+            by_name[r.case.name] = r
+    except StopIteration as stop:
+        _, reliability, warnings = stop.value
+    assert reliability.reliable[1] and reliability.out_of_sample
+    r = by_name["case1"]
+    blob = np.zeros_like(r.given, bool)  # slices first: (k, i, j)
+    blob[1:4, 22:25, 2:5] = True
+    assert r.given[blob].all() and not r.proposal[blob].any()  # removed as a whole
+    np.testing.assert_array_equal(r.proposal[~blob], r.given[~blob])  # nothing else touched
+    assert r.score < by_name["case0"].score  # the doubtful label ranks first
+
+
+def test_mixed_2d_and_3d_and_mismatched_grids_are_refused(volume_folders, tmp_path, capsys):
+    images, masks = volume_folders
+    import cv2
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for p in images.iterdir():
+        (mixed / p.name).write_bytes(p.read_bytes())
+    cv2.imwrite(str(mixed / "slice.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(Exception, match="mixes 3-D volumes .* and 2-D images"):
+        is_volume_dataset(mixed)
+    bad = nib.load(masks / "case0_seg.nii.gz")
+    affine = AFFINE.copy()
+    affine[2, 2] = 2.5
+    nib.save(nib.Nifti1Image(np.asarray(bad.dataobj), affine), masks / "case0_seg.nii.gz")
+    ds = load_volume_dataset(images, masks)
+    assert [c.name for c in ds.cases] == ["case1", "case2"]
+    assert [s.path.name for s in ds.skipped] == ["case0_seg.nii.gz"] and "spacing" in ds.skipped[0].problem
+    rc = cli.main(["train", str(images), str(masks), "--save-model", str(tmp_path / "m.pt")])
+    assert rc == 2 and "holds 3-D volumes: `ielstudio clean` cleans them" in capsys.readouterr().err
