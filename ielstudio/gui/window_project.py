@@ -210,8 +210,12 @@ class ProjectMixin:
     def _scan(self, images_dir, masks_dir):
         from ielstudio.core.dataset import scan_pairs
         from ielstudio.core.errors import DataError
+        from ielstudio.core.volume_data import is_volume_dataset
 
         try:
+            if is_volume_dataset(images_dir):
+                raise DataError(images_dir, "holds 3-D volumes, which the window cannot review yet; clean them with "
+                                            "`ielstudio clean IMAGES MASKS --out DIR` (README: Volumes)")
             return scan_pairs(images_dir, masks_dir)
         except (DataError, OSError) as e:
             self.report_error("Cannot read the folders", str(e))
