@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from . import distributed
-from .dataset import LoadedDataset, image_to_chw, load_samples, scan_pairs
+from .dataset import LoadedDataset, image_to_chw, load_samples, load_samples_lazily, scan_pairs
 from .decision import decide, decision_thresholds
 from .errors import DataError
 from .imageio import (
@@ -483,15 +483,24 @@ def check_output_files(files: dict[str, str | Path | None], images_dir: str | Pa
     return {what: target for target, what in taken.items()}
 
 
-def load_dataset(images_dir: str | Path, masks_dir: str | Path) -> LoadedDataset:
+#: Data sets with more image/mask pairs than this are read lazily (`dataset.load_samples_lazily`):
+#: 2,000 pairs of 512 px take about 4 GB in memory as float32 images and int64 masks.
+LAZY_ABOVE = 2000
+
+
+def load_dataset(images_dir: str | Path, masks_dir: str | Path, lazy: bool | None = None) -> LoadedDataset:
     """Scan and load a dataset of 2-D images; DataError when not a single pair is usable
-    (naming why), or when the images are volumes (only `clean` reads those so far)."""
+    (naming why), or when the images are volumes (only `clean` reads those so far).
+    `lazy`: read the pixels only when needed (None: when there are more than LAZY_ABOVE pairs)."""
     from .volume_data import is_volume_dataset
 
     if is_volume_dataset(images_dir):
         raise DataError(images_dir, "holds 3-D volumes: `ielstudio clean` cleans them; train, predict, --fold jobs "
                                     "and the window read 2-D images only for now")
-    loaded = load_samples(scan_pairs(images_dir, masks_dir))
+    scan = scan_pairs(images_dir, masks_dir)
+    if lazy is None:
+        lazy = len(scan.pairs) > LAZY_ABOVE
+    loaded = load_samples_lazily(scan) if lazy else load_samples(scan)
     if not loaded.samples:
         first = f"; first: {loaded.skipped[0]}" if loaded.skipped else ""
         raise DataError(masks_dir, f"no usable image/mask pairs ({len(loaded.skipped)} file(s) skipped{first})")
@@ -717,7 +726,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
         "labels_kept_as_given": not summary.reliability.any_reliable,
         "warnings": run.warnings + summary.warnings,
         "written": written,
-        "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped)],
+        "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped) + summary.unreadable],
         "images": images,
     }
     atomic_write_text(run.report_file, json.dumps(report, indent=2, default=_json_default))

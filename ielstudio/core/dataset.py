@@ -17,7 +17,7 @@ import stat
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import lru_cache, reduce
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -457,6 +457,71 @@ def load_samples(scan: Scan, progress: Callable[[int, int], None] | None = None,
                               pair.image_path, pair.mask_path, notes))
     warnings = [w for s in samples for w in s.warnings]
     return LoadedDataset(samples, skipped, encoding.n_classes, encoding, in_channels, warnings)
+
+
+#: Pairs whose pixels a lazy data set keeps in memory at once (the most recently read).
+LAZY_CACHE = 16
+
+
+@lru_cache(maxsize=LAZY_CACHE)
+def _read_lazily(pair: Pair, encoding: MaskEncoding, in_channels: int) -> Sample:
+    s = load_sample(pair, encoding)
+    if s.image.shape[0] < in_channels:
+        s = Sample(s.name, np.repeat(s.image, in_channels, axis=0), s.mask, s.encoding, s.image_path, s.mask_path,
+                   s.warnings)
+    return s
+
+
+class LazySample:
+    """A pair that is read from disk when its pixels are asked for, like a `Sample`
+    (`name`, `image`, `mask`, `encoding`, paths). Only the LAZY_CACHE most recently read
+    pairs stay in memory, so a data set of any size trains with bounded memory. A file
+    that turns out to be unreadable raises DataError when it is first read; the
+    training stream and the scoring pass skip it and say so."""
+
+    def __init__(self, pair: Pair, encoding: MaskEncoding, in_channels: int):
+        self.pair, self.dataset_encoding, self.channels = pair, encoding, in_channels
+        self.name, self.image_path, self.mask_path = pair.name, pair.image_path, pair.mask_path
+        self.warnings: list[str] = []
+
+    def load(self) -> Sample:
+        return _read_lazily(self.pair, self.dataset_encoding, self.channels)
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.load().image
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.load().mask
+
+    @property
+    def encoding(self) -> MaskEncoding:
+        return self.load().encoding
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+
+#: Masks read to settle a lazy data set's class mapping and channel count.
+LAZY_PROBE = 256
+
+
+def load_samples_lazily(scan: Scan, probe: int | None = None) -> LoadedDataset:
+    """The pairs of a scan as `LazySample`s, without reading their pixels: the class
+    mapping and the channel count come from `probe` pairs spread over the scan (read
+    once; default LAZY_PROBE). Training starts at once and never holds every image; a mask whose values do
+    not fit the mapping is found (and skipped) when it is read."""
+    pairs = scan.pairs
+    probe = LAZY_PROBE if probe is None else probe
+    idx = np.unique(np.linspace(0, len(pairs) - 1, min(probe, len(pairs))).round().astype(int)) if pairs else []
+    probed = load_samples(Scan([pairs[i] for i in idx], [], scan.images_dir, scan.masks_dir))
+    bad = {s.path for s in probed.skipped}
+    samples = [LazySample(p, probed.encoding, probed.in_channels) for p in pairs
+               if p.mask_path not in bad and p.image_path not in bad]
+    return LoadedDataset(samples, list(scan.skipped) + probed.skipped, probed.n_classes, probed.encoding,
+                         probed.in_channels, probed.warnings)
 
 
 # --------------------------------------------------------------------------- training dataset

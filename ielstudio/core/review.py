@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from .decision import decide
+from .errors import DataError
 from .metrics import confusion_counts, pooled_dice
 
 #: Held-out Dice with the given masks a class needs before its labels may be changed.
@@ -199,6 +200,7 @@ class ReviewSummary:
     warnings: list[str]
     labelled: np.ndarray  # pixels per class in the given masks
     proposed: np.ndarray  # pixels per class in the proposals
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, problem): lazy files that failed
 
 
 class ReviewCancelled(Exception):
@@ -224,11 +226,23 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     def probs_of(s) -> np.ndarray:
         return predict(model.model_for(s.name) if crossfit else model, s.image, device)
 
+    unreadable: dict[str, tuple[str, str]] = {}
+
+    def readable(s) -> np.ndarray | None:
+        """probs_of(s), or None for a lazy sample whose file cannot be read (named in the summary)."""
+        try:
+            return probs_of(s)
+        except DataError as e:
+            unreadable[s.name] = (str(e.path or s.mask_path), e.problem)
+            return None
+
     def calibration_probs():
         for s in calibration_subset(list(samples)):
             if cancelled():
                 raise ReviewCancelled()
-            yield probs_of(s)
+            probs = readable(s)
+            if probs is not None:
+                yield probs
 
     if not samples:
         return ReviewSummary(None, assess_reliability([], 2, None, False), [], np.zeros(2), np.zeros(2))
@@ -240,15 +254,19 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     for s in judged[:MAX_RELIABILITY_IMAGES]:
         if cancelled():
             raise ReviewCancelled()
-        pairs.append((probs_of(s), s.mask))
-    n_classes = int(pairs[0][0].shape[0])
+        probs = readable(s)
+        if probs is not None:
+            pairs.append((probs, s.mask))
+    n_classes = int(pairs[0][0].shape[0]) if pairs else _n_classes_of(model)
     reliability = assess_reliability(pairs, n_classes, thresholds, out_of_sample=bool(oos))
     labelled = np.zeros(n_classes)
     proposed = np.zeros(n_classes)
     for s in samples:
         if cancelled():
             break
-        probs = probs_of(s)
+        probs = None if s.name in unreadable else readable(s)
+        if probs is None:
+            continue
         raw = propose(probs, s.mask, clean_config, thresholds)
         proposal = gate_changes(raw, s.mask, probs, reliability.reliable, thresholds)
         _, in_proposal, in_label = confusion_counts(raw, s.mask, n_classes)
@@ -258,4 +276,11 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     warnings = list(reliability.messages)
     warnings += [w for w in lost_class_warnings(labelled, proposed)
                  if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]
-    return ReviewSummary(thresholds, reliability, warnings, labelled, proposed)
+    if unreadable:
+        warnings.append(f"{len(unreadable)} image(s) could not be read when their turn came and were left out "
+                        "(listed under skipped)")
+    return ReviewSummary(thresholds, reliability, warnings, labelled, proposed, list(unreadable.values()))
+
+
+def _n_classes_of(model) -> int:
+    return int(getattr(model, "model_spec", {}).get("n_classes", 2))

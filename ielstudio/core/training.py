@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .dataset import Sample, SegmentationDataset, augment_pair
+from .dataset import LazySample, Sample, SegmentationDataset, augment_pair
 from .decision import decide, decision_thresholds
 from .errors import DataError
 from .iel import IELConfig, IELStack
@@ -120,6 +120,9 @@ class TrainConfig:
     adaptive_threshold: bool = field(default=True, metadata=_help(
         "automatic budget: decide held-out pixels at the valley of their probabilities, as cleaning does"))
     folds: int = field(default=1, metadata=_help("k > 1: k models, each image predicted out-of-sample"))
+    workers: int = field(default=0, metadata=_help(
+        "processes that read and crop the training images beside training (torch DataLoader workers); "
+        "0 = the training process itself"))
     augment: bool = field(default=True, metadata=_help("flips, 90-degree rotations, intensity jitter"))
 
     def __post_init__(self) -> None:
@@ -162,6 +165,8 @@ class TrainConfig:
             bad("schedule", "choose cosine, onecycle or constant")
         if not 0 < self.holdout < 1:
             bad("holdout", "must be between 0 and 1")
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
+            bad("workers", "must be a whole number 0..64")
         dev = str(self.device)
         if dev not in ("auto", "cpu", "mps") and not (dev == "cuda" or dev.startswith("cuda:")):
             bad("device", "choose auto, cpu, cuda, cuda:N or mps")
@@ -315,13 +320,15 @@ def fold_split(names: Sequence[str], k: int, seed: int = 0,
 
 
 def _n_classes(samples: Sequence[Sample]) -> int:
+    if isinstance(samples[0], LazySample):  # its data set's mapping; reading every mask is what lazy avoids
+        return max(2, samples[0].dataset_encoding.n_classes)
     n = max(int(s.mask.max(initial=0)) + 1 for s in samples)
     enc = [getattr(s.encoding, "n_classes", 0) for s in samples if s.encoding is not None]
     return max([n, 2, *enc])
 
 
 def _in_channels(samples: Sequence[Sample]) -> int:
-    chans = {int(s.image.shape[0]) for s in samples}
+    chans = {int(s.in_channels) for s in samples}
     if len(chans) != 1:
         raise ValueError(f"images have different channel counts {sorted(chans)}; load them with load_samples")
     return chans.pop()
@@ -361,6 +368,8 @@ PIXELS_PER_BATCH = 8 * 96 * 96
 MAX_AUTO_PATCH = 256
 #: At most this many pixels per image and class are kept as centres of foreground patches.
 MAX_CENTRES = 4096
+#: Images of a lazy data set whose sizes set the automatic patch side.
+LAZY_SIZE_PROBE = 64
 
 
 def patch_and_batch(samples: Sequence[Sample], config: TrainConfig) -> tuple[int, int]:
@@ -371,7 +380,8 @@ def patch_and_batch(samples: Sequence[Sample], config: TrainConfig) -> tuple[int
     crop = config.crop
     if crop is None:
         multiple = 2 ** max(config.depth, 3)
-        side = int(np.median([max(s.mask.shape) for s in samples]))
+        sized = _spread(samples, LAZY_SIZE_PROBE) if isinstance(samples[0], LazySample) else samples
+        side = int(np.median([max(s.mask.shape) for s in sized]))
         crop = min(MAX_AUTO_PATCH, max(multiple, -(-side // multiple) * multiple))
     batch = config.batch_size
     if batch is None:
@@ -385,18 +395,25 @@ class _CropStream:
     A share `config.foreground_crops` of the patches is instead centred on a labelled
     pixel of a foreground class drawn uniformly from the classes present (nnU-Net
     forces a third of its patches onto foreground): a class that covers 1 % of the
-    pixels then fills a good part of every few batches instead of vanishing."""
+    pixels then fills a good part of every few batches instead of vanishing.
+
+    Lazy samples (`dataset.LazySample`) are read when drawn; their foreground patches
+    centre on a labelled pixel of the drawn image (of one of its classes), since knowing
+    every image's foreground in advance would mean reading them all. An image that cannot
+    be read is left out and another is drawn."""
 
     def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int):
         self.crop, self.batch = crop, batch
         self.ds = SegmentationDataset(samples, crop=self.crop, augment=config.augment, seed=seed)
         self.rng = np.random.default_rng(seed)
         self.foreground = float(config.foreground_crops)
+        self.lazy = bool(samples) and isinstance(samples[0], LazySample)
         self.queue: list[tuple[int, int]] = []
+        self.unreadable: set[int] = set()
         self.epoch = 0
         self.consumed = 0
         self.centres: dict[int, list[tuple[int, np.ndarray]]] = {}  # class -> [(image index, flat pixels)]
-        if self.foreground > 0:
+        if self.foreground > 0 and not self.lazy:
             for i, s in enumerate(samples):
                 for c in np.unique(s.mask):
                     if c == 0:
@@ -407,10 +424,7 @@ class _CropStream:
                     self.centres.setdefault(int(c), []).append((i, flat))
         self.classes = sorted(self.centres)
 
-    def _foreground_patch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        cls = self.classes[int(rng.integers(len(self.classes)))]
-        idx, flat = self.centres[cls][int(rng.integers(len(self.centres[cls])))]
-        s = self.ds.get_sample(idx)
+    def _patch_around(self, s: Sample, flat: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = s.mask.shape
         y, x = divmod(int(flat[int(rng.integers(len(flat)))]), w)
         jitter = self.crop // 4  # the labelled pixel lies near, not exactly at, the centre
@@ -421,26 +435,77 @@ class _CropStream:
         image, mask = augment_pair(image, mask, rng, self.crop, self.ds.augment)
         return torch.from_numpy(image), torch.from_numpy(mask)
 
+    def _foreground_patch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        cls = self.classes[int(rng.integers(len(self.classes)))]
+        idx, flat = self.centres[cls][int(rng.integers(len(self.centres[cls])))]
+        return self._patch_around(self.ds.get_sample(idx), flat, rng)
+
+    def _lazy_patch(self, epoch: int, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.foreground > 0 and self.rng.random() < self.foreground:
+            s = self.ds.get_sample(idx)
+            present = [int(c) for c in np.unique(s.mask) if c != 0]
+            if present:
+                c = present[int(self.rng.integers(len(present)))]
+                return self._patch_around(s, np.flatnonzero(s.mask == c), self.rng)
+        self.ds.set_epoch(epoch)
+        return self.ds[idx]
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = [], []
-        for _ in range(self.batch):
+        while len(images) < self.batch:
             if not self.queue:
-                self.queue = [(self.epoch, int(i)) for i in self.rng.permutation(len(self.ds))][::-1]
+                self.queue = [(self.epoch, int(i)) for i in self.rng.permutation(len(self.ds))
+                              if int(i) not in self.unreadable][::-1]
                 self.epoch += 1
             epoch, idx = self.queue.pop()
-            if self.classes and self.rng.random() < self.foreground:
-                x, y = self._foreground_patch(self.rng)
-            else:
-                self.ds.set_epoch(epoch)
-                x, y = self.ds[idx]
+            try:
+                if self.lazy:
+                    x, y = self._lazy_patch(epoch, idx)
+                elif self.classes and self.rng.random() < self.foreground:
+                    x, y = self._foreground_patch(self.rng)
+                else:
+                    self.ds.set_epoch(epoch)
+                    x, y = self.ds[idx]
+            except DataError:  # a lazy image that cannot be read: the scoring pass reports it
+                self.unreadable.add(idx)
+                if len(self.unreadable) == len(self.ds):
+                    raise
+                continue
             images.append(x)
             masks.append(y)
             self.consumed += 1
         return torch.stack(images), torch.stack(masks)
 
-    @property
-    def epochs_done(self) -> int:
-        return self.consumed // len(self.ds)
+
+class _StreamDataset(torch.utils.data.IterableDataset):
+    """The patch batches of `_CropStream`, made by DataLoader worker processes: worker w
+    of n crops every n-th image with its own seed."""
+
+    def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int):
+        super().__init__()
+        self.samples, self.config, self.seed, self.crop, self.batch = list(samples), config, seed, crop, batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        stream = _CropStream(self.samples[w::n], self.config, self.seed + 15485863 * (w + 1), self.crop, self.batch)
+        while True:
+            yield stream.next()
+
+
+def patch_batches(samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int,
+                  batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless training batches: made here (`config.workers == 0`, reproducible for a
+    seed), or by `config.workers` DataLoader processes that read and crop beside
+    training (each image in one worker; batches arrive in the order they are ready)."""
+    workers = min(config.workers, len(samples))
+    if workers == 0:
+        stream = _CropStream(samples, config, seed, crop, batch)
+        while True:
+            yield stream.next()
+    loader = torch.utils.data.DataLoader(_StreamDataset(samples, config, seed, crop, batch), batch_size=None,
+                                         num_workers=workers, prefetch_factor=2)
+    yield from loader
 
 
 def _spread(items: Sequence, k: int) -> list:
@@ -457,13 +522,17 @@ def _agreement(model: nn.Module, samples: Sequence[Sample], device: torch.device
     probabilities (`decision_thresholds`) when `adaptive_threshold`, else by the argmax. A
     model whose objects sit below 0.5 (labels that miss objects) is judged by what cleaning
     would make of it, not by an argmax that cleaning does not use."""
-    probs = []
+    probs, masks = [], []
     for s in samples:
         if cancel is not None and cancel():
             return None
-        probs.append(predict(model, s.image, device))
+        try:
+            probs.append(predict(model, s.image, device))
+            masks.append(s.mask)
+        except DataError:  # a lazy image that cannot be read: the scoring pass reports it
+            continue
     thresholds = decision_thresholds(probs) if adaptive_threshold and probs else None
-    d = pooled_dice(((decide(prob, thresholds), s.mask) for s, prob in zip(samples, probs)), n_classes)
+    d = pooled_dice(((decide(prob, thresholds), mask) for mask, prob in zip(masks, probs)), n_classes)
     fg = d[1:] if n_classes > 1 else d
     return float(np.nan_to_num(fg, nan=1.0).mean())  # a class absent from both agrees
 
@@ -599,7 +668,8 @@ def _train_one(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    stream = _CropStream(distributed.shard(train_set, world), config, seed + 104729 * world.rank, crop, rank_batch)
+    shard = distributed.shard(train_set, world)
+    batches = patch_batches(shard, config, seed + 104729 * world.rank, crop, rank_batch)
     snap = [by_name[n] for n in (snapshot_names or [s.name for s in samples[:4]]) if n in by_name] \
         if world.is_main else []
 
@@ -615,7 +685,7 @@ def _train_one(
         lr = config.lr * _lr_factor(step, total, config.schedule)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = stream.next()
+        x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         # no autocast context at all off CUDA: torch < 2.5 refuses device_type="mps" even disabled
         amp_context = (torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp
@@ -645,7 +715,7 @@ def _train_one(
         history["loss"].append(value)
         history["lr"].append(lr)
         clock.step_done(time.perf_counter() - started)
-        yield StepEvent(step, total, stream.epochs_done, value, lr, clock.eta(step), fold, n_folds)
+        yield StepEvent(step, total, step * rank_batch // len(shard), value, lr, clock.eta(step), fold, n_folds)
 
         if snapshot_every and step % snapshot_every == 0 and snap:
             started = time.perf_counter()
@@ -687,6 +757,7 @@ def _train_one(
     else:  # the loop ran out of steps
         capped = not auto and config.epochs * len(train_set) / batch > total
         reason = "max-steps" if early_stop or capped else "budget"
+    batches.close()  # stops the DataLoader workers, if any
     if early_stop and best_state is not None:
         model.load_state_dict(best_state)
     distributed.sync_state_from_main(model)  # BatchNorm statistics differ per rank
