@@ -580,9 +580,10 @@ class CleanRun:
 def prepare_clean(images_dir: str | Path, masks_dir: str | Path, out_dir: str | Path,
                   train_config: TrainConfig | None = None, clean_config: CleanConfig | None = None,
                   report_path: str | Path | None = None, csv_path: str | Path | None = None,
-                  save_model: str | Path | None = None) -> CleanRun:
-    """Check every output place, load the data set and make the output folder, before
-    any training (DataError naming the first problem)."""
+                  save_model: str | Path | None = None, load: Callable | None = None) -> CleanRun:
+    """Check every output place, load the data set (`load(images_dir, masks_dir)`, default
+    `load_dataset`; volumes: `volume_clean.load_volumes`) and make the output folder,
+    before any training (DataError naming the first problem)."""
     started = time.time()
     train_config = train_config or TrainConfig()
     clean_config = clean_config or CleanConfig()
@@ -592,7 +593,7 @@ def prepare_clean(images_dir: str | Path, masks_dir: str | Path, out_dir: str | 
     report_file = Path(report_path) if report_path else out / REPORT_NAME
     check_output_files({"the report": report_file, "the CSV table": csv_path, "the model": save_model},
                        images_dir, masks_dir, out)
-    loaded = load_dataset(images_dir, masks_dir)
+    loaded = (load or load_dataset)(images_dir, masks_dir)
     out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable place before training, not after
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(out_dir, "output folder is not writable")

@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,7 +32,6 @@ import torch
 from .. import __version__
 from . import distributed
 from .cleaning import (
-    REPORT_NAME,
     RUN_MARKER,
     CleanConfig,
     CleanDone,
@@ -45,17 +44,15 @@ from .cleaning import (
     _training_summary,
     calibration_subset,
     change_summary,
-    check_out_dir,
-    check_output_files,
     keep_given_edges,
     label_quality,
     lost_class_warnings,
-    previous_run_cut_short,
+    prepare_clean,
     thresholds_for,
 )
 from .decision import decide
 from .errors import DataError
-from .imageio import atomic_write_text, remove_stale_temp_files
+from .imageio import atomic_write_text
 from .review import MAX_RELIABILITY_IMAGES, assess_reliability, gate_changes
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
@@ -159,6 +156,15 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
     return thresholds, reliability, warnings
 
 
+def load_volumes(images_dir: str | Path, masks_dir: str | Path) -> VolumeDataset:
+    """`load_volume_dataset`; DataError when not a single pair is usable (naming why)."""
+    ds = load_volume_dataset(images_dir, masks_dir)
+    if not ds.cases:
+        first = f"; first: {ds.skipped[0]}" if ds.skipped else ""
+        raise DataError(masks_dir, f"no usable image/label volume pairs ({len(ds.skipped)} skipped{first})")
+    return ds
+
+
 def clean_volumes(
     images_dir: str | Path,
     masks_dir: str | Path,
@@ -173,27 +179,11 @@ def clean_volumes(
     """`clean_dataset` for a folder of volumes: the same events (PredictEvent per
     volume), corrected label volumes in `out_dir` under their names, in their format and
     with their header, and a report per volume and per slice."""
-    t0 = time.time()
-    train_config = train_config or TrainConfig()
-    clean_config = clean_config or CleanConfig()
-    if not clean_config.adaptive_threshold:
-        train_config = replace(train_config, adaptive_threshold=False)
-    out = check_out_dir(out_dir, images_dir, masks_dir)
-    report_file = Path(report_path) if report_path else out / REPORT_NAME
-    check_output_files({"the report": report_file, "the CSV table": csv_path, "the model": save_model},
-                       images_dir, masks_dir, out)
-    ds = load_volume_dataset(images_dir, masks_dir)
-    if not ds.cases:
-        first = f"; first: {ds.skipped[0]}" if ds.skipped else ""
-        raise DataError(masks_dir, f"no usable image/label volume pairs ({len(ds.skipped)} skipped{first})")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise DataError(out_dir, "output folder is not writable")
-    remove_stale_temp_files(out)
-    warnings = list(ds.warnings)
-    cut_short = previous_run_cut_short(out)
-    if cut_short:
-        warnings.insert(0, cut_short)
+    run = prepare_clean(images_dir, masks_dir, out_dir, train_config, clean_config, report_path, csv_path,
+                        save_model, load=load_volumes)
+    ds: VolumeDataset = run.loaded
+    out, report_file, warnings = run.out, run.report_file, run.warnings
+    train_config, clean_config = run.train_config, run.clean_config
     yield LoadedEvent(len(ds.cases), ds.n_classes, [(str(s.path), s.problem) for s in ds.skipped], warnings,
                       unit=f"image/label volume pairs ({len(ds.samples)} slices)")
     model_ev = _model_event(train_config, ds.in_channels, ds.n_classes)
@@ -242,8 +232,8 @@ def clean_volumes(
     if cancel is not None and cancel():
         return
     model_path = None
-    if save_model:
-        model_path = Path(save_model)
+    if run.save_model:
+        model_path = run.save_model
         save_checkpoint(model_path, model, done.config, {
             "n_classes": ds.n_classes, "in_channels": ds.in_channels, "label_values": ds.values,
             "trained_on": str(images_dir), "holdout": holdout, "volumes": True})
@@ -252,7 +242,7 @@ def clean_volumes(
     report = {
         "tool": f"ielstudio {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "elapsed_s": round(time.time() - t0, 2),
+        "elapsed_s": round(time.time() - run.started, 2),
         "images_dir": str(Path(images_dir).resolve()),
         "masks_dir": str(Path(masks_dir).resolve()),
         "out_dir": str(out),
@@ -281,8 +271,8 @@ def clean_volumes(
         "images": rows,
     }
     atomic_write_text(report_file, json.dumps(report, indent=2, default=_json_default))
-    if csv_path:
-        atomic_write_text(Path(csv_path), _report_csv(rows, ds.n_classes))
+    if run.csv_path:
+        atomic_write_text(run.csv_path, _report_csv(rows, ds.n_classes))
     with contextlib.suppress(OSError):
         marker.unlink()
     yield CleanDone(report, report_file)
