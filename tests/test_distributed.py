@@ -122,11 +122,23 @@ def test_under_torchrun_rank_0_writes_and_prediction_is_shared(tmp_path):
                          env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("wrote 6 cleaned mask(s)") == 1  # rank 0 speaks for both
+    assert "predicting [############################] 3/3" in run.stderr  # ... and scored its half
     report = json.loads((out / "ielstudio-report.json").read_text())
     assert report["n_images"] == 6 and len(report["written"]) == 6
     assert report["training"]["world_size"] == 2
-    _, _, meta = load_checkpoint(model)  # opens like a local model
+    trained, _, meta = load_checkpoint(model)  # opens like a local model
     assert meta["world_size"] == 2
+    # each rank scored and wrote its share; together they are what one process makes of the model
+    from ielstudio.core.cleaning import CleanConfig, load_dataset
+    from ielstudio.core.imageio import read_mask
+    from ielstudio.core.review import review_samples
+
+    samples = load_dataset(images, masks).samples
+    alone = {r.name: r for r in review_samples(trained, samples, CleanConfig(), meta["holdout"])}
+    assert {row["name"]: row["score"] for row in report["images"]} == {n: round(r.score, 6) for n, r in alone.items()}
+    for s in samples:
+        np.testing.assert_array_equal(read_mask(out / s.mask_path.name)[0], alone[s.name].proposal)
+    assert report["written"] == [str(out / s.mask_path.name) for s in samples]
     pred = tmp_path / "pred"
     run = subprocess.run(_torchrun("predict", str(model), str(images), "--out", str(pred), "--device", "cpu"),
                          env=env, capture_output=True, text=True, timeout=240)

@@ -555,6 +555,11 @@ def _training_summary(done: DoneEvent) -> dict:
     return out
 
 
+def _write_marker(marker: Path, report_file: Path) -> None:
+    atomic_write_text(marker, json.dumps({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                          "pid": os.getpid(), "report": str(report_file)}))
+
+
 @dataclass
 class CleanRun:
     """A `clean` run set up and checked before training (`prepare_clean`): where it
@@ -641,8 +646,8 @@ def clean_dataset(
     model_ev = _model_event(run.train_config, run.loaded.in_channels, run.loaded.n_classes)
     yield model_ev
     done = yield from _fit(run.loaded.samples, run.train_config, cancel)
-    if done is None or done.reason == "cancelled" or not distributed.world().is_main:
-        return  # in a distributed run rank 0 reviews and writes
+    if done is None or done.reason == "cancelled":
+        return
     yield from write_cleaned(run, done, model_ev, cancel)
 
 
@@ -657,7 +662,8 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
     """From a trained model to the cleaned masks and the report: review every image
     (`review.review_samples`), write its proposal, then the model, the report and the
     CSV. What `clean` does after training, and `merge` (`core.folds`) after joining its
-    fold models. Yields PredictEvent per image and, last, CleanDone."""
+    fold models. Yields PredictEvent per image and, last, CleanDone. In a distributed
+    run every rank reviews and writes its share of the masks; rank 0 writes the rest."""
     loaded, clean_config, train_config = run.loaded, run.clean_config, run.train_config
     samples, n_classes, out = loaded.samples, loaded.n_classes, run.out
     by_name = {s.name: s for s in samples}
@@ -666,16 +672,20 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
     holdout = list(done.history.get("holdout", []))
     images, written = [], []
     marker = out / RUN_MARKER  # written before the first mask: a cancel before it leaves the folder as it was
+    world = distributed.world()
+    if world.distributed:  # every rank writes masks: the marker comes first
+        if world.is_main:
+            _write_marker(marker, run.report_file)
+        distributed.gather(None)
     reviews = review_samples(model, samples, clean_config, holdout, cancel)
+    share = len(distributed.shard(samples, world))  # the images this process reviews
     try:
         while True:
             result = next(reviews)
             s = by_name[result.name]
             dst = out / s.mask_path.name
-            if not written:
-                atomic_write_text(marker, json.dumps({
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "pid": os.getpid(), "report": str(run.report_file)}))
+            if not written and not world.distributed:
+                _write_marker(marker, run.report_file)
             write_mask(dst, result.proposal, s.encoding, protect=[s.mask_path])
             written.append(str(dst))
             images.append({
@@ -683,7 +693,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
                 "score": round(result.score, 6), "out_of_sample": result.out_of_sample,
                 **change_summary(s.mask, result.proposal, n_classes),
             })
-            yield PredictEvent(len(images) - 1, len(samples), s.name, result.score)
+            yield PredictEvent(len(images) - 1, share, s.name, result.score)
     except ReviewCancelled:
         return
     except StopIteration as stop:
@@ -691,6 +701,14 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
     if cancel is not None and cancel():
         return
     thresholds = summary.thresholds
+    if world.distributed:
+        parts = distributed.gather((images, written))
+        if not world.is_main:
+            return
+        images = [row for part in parts for row in part[0]]
+        order = {s.name: i for i, s in enumerate(samples)}  # the order one process writes them in
+        images.sort(key=lambda row: order[row["name"]])
+        written = [row["output"] for row in images]
 
     model_path = run.save_model
     if model_path:

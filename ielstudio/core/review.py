@@ -215,7 +215,12 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     with a CrossFitModel every image is predicted by the fold model that never saw it.
     Yields ImageResult per sample; returns a ReviewSummary (StopIteration.value).
     Raises ReviewCancelled when cancelled before the first image.
+
+    In a distributed run (`core.distributed`) each rank reviews its share of the
+    images, at rank 0's thresholds and reliability; every rank's summary holds the
+    whole data set's counts and warnings.
     """
+    from . import distributed
     from .cleaning import calibration_subset, label_quality, lost_class_warnings, propose, thresholds_for
     from .training import CrossFitModel, predict
 
@@ -259,9 +264,12 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
             pairs.append((probs, s.mask))
     n_classes = int(pairs[0][0].shape[0]) if pairs else _n_classes_of(model)
     reliability = assess_reliability(pairs, n_classes, thresholds, out_of_sample=bool(oos))
+    world = distributed.world()
+    if world.distributed:  # decided once, the same on every rank
+        thresholds, reliability = distributed.gather((thresholds, reliability))[0]
     labelled = np.zeros(n_classes)
     proposed = np.zeros(n_classes)
-    for s in samples:
+    for s in distributed.shard(list(samples), world):
         if cancelled():
             break
         probs = None if s.name in unreadable else readable(s)
@@ -273,6 +281,10 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
         labelled, proposed = labelled + in_label, proposed + in_proposal
         score, _ = label_quality(probs, s.mask, thresholds)
         yield ImageResult(s.name, probs, proposal, score, crossfit or s.name in held)
+    if world.distributed:
+        parts = distributed.gather((labelled, proposed, unreadable))
+        labelled, proposed = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        unreadable = {k: v for p in parts for k, v in p[2].items()}
     warnings = list(reliability.messages)
     warnings += [w for w in lost_class_warnings(labelled, proposed)
                  if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]
