@@ -15,11 +15,11 @@ memory.
   lesion's neighbourhood in-plane (2.5 x its extent, at least 96 px) and to the slices
   around it.
 
-Label noise (3-D, per volume, seeded): outlines drawn 1-2 voxels too wide or too narrow
-(3-D dilation/erosion), a spurious blob, a missed slab of the object, a 1-2 voxel
-in-plane shift. Nothing here chose a default: this set only reports (see README.md).
+Label noise (3-D, per volume, seeded): `--faults` (default 2) of: outlines drawn 1-2
+voxels too wide or too narrow (3-D dilation/erosion), a spurious blob, a missed slab of
+the object, a 1-2 voxel in-plane shift. Nothing here chose a default: this set only reports (see README.md).
 
-    python benchmarks/volumes.py [--sets generated,pyradiomics] [--steps N]
+    python benchmarks/volumes.py [--sets generated,pyradiomics] [--steps N] [--faults 2] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def _ball(r: int) -> np.ndarray:
         ndimage.generate_binary_structure(3, 1), r)
 
 
-def noisy_label(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One or two 3-D annotation faults on a binary label volume (axes i, j, k; k slices)."""
+def noisy_label(label: np.ndarray, rng: np.random.Generator, faults: int = 2) -> np.ndarray:
+    """`faults` different 3-D annotation faults on a binary label volume (axes i, j, k; k slices)."""
     from scipy import ndimage
 
     out = label.astype(bool).copy()
-    kinds = rng.choice(["wide", "narrow", "blob", "slab", "shift"], size=2, replace=False)
+    kinds = rng.choice(["wide", "narrow", "blob", "slab", "shift"], size=faults, replace=False)
     for kind in kinds:
         if kind == "wide":
             out = ndimage.binary_dilation(out, _ball(1), iterations=int(rng.integers(1, 3)))
@@ -118,7 +118,7 @@ def pyradiomics_cases():
         yield name, image[tuple(box)].astype(np.int16), label[tuple(box)], spacing
 
 
-def write_set(root: Path, cases, seed: int = 1) -> tuple[Path, Path, Path, dict]:
+def write_set(root: Path, cases, seed: int = 1, faults: int = 2) -> tuple[Path, Path, Path, dict]:
     import nibabel as nib
 
     images, noisy, clean = root / "images", root / "noisy", root / "clean"
@@ -130,7 +130,7 @@ def write_set(root: Path, cases, seed: int = 1) -> tuple[Path, Path, Path, dict]
         affine = np.diag([*spacing, 1.0])
         nib.save(nib.Nifti1Image(image, affine), images / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), clean / f"{name}.nii.gz")
-        nib.save(nib.Nifti1Image(noisy_label(label, rng), affine), noisy / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(noisy_label(label, rng, faults), affine), noisy / f"{name}.nii.gz")
         truth[name] = label.astype(bool)
     return images, noisy, clean, truth
 
@@ -161,13 +161,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", default="generated,pyradiomics")
     p.add_argument("--steps", type=int, help="cap on training steps (default: the automatic budget)")
+    p.add_argument("--faults", type=int, default=2, help="annotation faults per noisy volume (1..5)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     rows = []
     for set_name in args.sets.split(","):
         cases = list(generated_cases() if set_name == "generated" else pyradiomics_cases())
         with tempfile.TemporaryDirectory() as tmp:
-            images, noisy, clean, truth = write_set(Path(tmp) / set_name, cases)
+            images, noisy, clean, truth = write_set(Path(tmp) / set_name, cases, faults=args.faults)
             for given_name, given in (("noisy", noisy), ("correct", clean)):
                 out = Path(tmp) / f"out-{given_name}"
                 report, seconds = run_clean(images, given, out, args.steps)

@@ -538,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             world = distributed.init_from_env(getattr(args, "device", None) or "auto")
             rank = f"[rank {world.rank}/{world.size}] "
-        return HANDLERS[args.command](args)
+        code = HANDLERS[args.command](args)
+        distributed.shutdown(finished=True)  # every rank done: leave together
+        return code
     except KeyboardInterrupt:
         _say(f"\nielstudio {args.command}: interrupted; files already written are complete, nothing half-written is left")
         return 130
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
              f"lost its connection; its own message is above ({(str(e).splitlines() or [''])[0][:160]})")
         return 1
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished=False)  # after a failure (else already left)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -181,15 +181,17 @@ def test_killing_one_rank_stops_the_run_with_a_message(tmp_path):
         while "training" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
         assert proc.poll() is None, log.read_text()[-3000:]
-        victim = next(p for p in _children(proc.pid) if _rank_of(p) == "1")
+        victims = [p for p in _children(proc.pid) if _rank_of(p) == "1"]
+        assert victims, f"no rank-1 process among {_children(proc.pid)}"
+        victim = victims[0]
         os.kill(victim, signal.SIGKILL)
         rc = proc.wait(timeout=90)  # not a hang: the other rank is stopped too
     finally:
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
-    assert rc != 0
-    assert "rank      : 1" in text and "SIGKILL" in text  # torchrun names the rank that failed
+    assert rc != 0, text[-3000:]
+    assert "rank      : 1" in text and "SIGKILL" in text, text[-3000:]  # torchrun names the rank that failed
     # rank 0 was stopped by torchrun, or found its peer gone first; either way it says so
     assert ("ielstudio train: stopped by SIGTERM" in text
             or "stopped because another process of this run failed" in text), text[-3000:]

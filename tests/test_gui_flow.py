@@ -965,3 +965,22 @@ def test_a_volume_folder_is_refused_by_the_window_with_where_to_clean_it(make_wi
     w = make_window()
     assert not w.open_folders(images, masks)
     assert "holds 3-D volumes" in w.last_error and "ielstudio clean" in w.last_error
+
+
+def test_the_scoring_bar_estimates_from_the_images_scored_in_this_pass(make_window, monkeypatch):
+    """The first chunk starts the clock (no ETA yet); later chunks: seconds per image so far
+    times the images left."""
+    from ielstudio.gui import window_training
+    from ielstudio.gui.job_protocol import Reviews
+
+    w = make_window()
+    shown = []
+    monkeypatch.setattr(w.training_panel, "on_scoring", lambda done, total, eta: shown.append((done, total, eta)))
+    clock = iter([100.0, 104.0, 110.0])
+    monkeypatch.setattr(window_training, "time", __import__("types").SimpleNamespace(monotonic=lambda: next(clock)))
+    w._scoring_started = None
+    chunk = {f"cell{i}": None for i in range(2)}
+    w._show_scoring_progress(Reviews(None, dict(chunk), done=2, total=10))
+    w._show_scoring_progress(Reviews(None, dict(chunk), done=4, total=10))  # 2 images in 4 s
+    w._show_scoring_progress(Reviews(None, dict(chunk), done=6, total=10))  # 4 images in 10 s
+    assert shown == [(2, 10, None), (4, 10, 12.0), (6, 10, 10.0)]

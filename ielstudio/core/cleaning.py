@@ -26,7 +26,7 @@ from .. import __version__
 from . import distributed
 from .dataset import LoadedDataset, image_to_chw, load_samples, load_samples_lazily, scan_pairs
 from .decision import decide, decision_thresholds
-from .errors import DataError
+from .errors import Cancelled, DataError
 from .imageio import (
     IMAGE_EXTENSIONS,
     WRITABLE_MASK_EXTENSIONS,
@@ -41,7 +41,7 @@ from .imageio import (
 )
 from .metrics import dice as _dice
 from .models import build_model, count_parameters
-from .review import ReviewCancelled, review_samples, scoring_predictions
+from .review import review_samples, scoring_predictions
 from .training import (
     CrossFitModel,
     DoneEvent,
@@ -694,7 +694,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
                 **change_summary(s.mask, result.proposal, n_classes),
             })
             yield PredictEvent(len(images) - 1, share, s.name, result.score)
-    except ReviewCancelled:
+    except Cancelled:
         return
     except StopIteration as stop:
         summary = stop.value

@@ -72,8 +72,13 @@ def world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = True) -> None:
+    """Leave the process group. `finished` (the command succeeded): wait for the other
+    ranks first, so none tears the group down while another still uses it (gloo aborts
+    a process that exits under a peer's feet). After a failure, leave at once."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -17,3 +17,9 @@ class DataError(Exception):
 class DamagedProjectError(DataError):
     """A project file (``.ielproj``) whose database is damaged: its integrity check failed,
     or SQLite reported a malformed page while it was in use."""
+
+
+class Cancelled(Exception):
+    """The user cancelled a long job: raised inside it where it stops (a progress callback,
+    the review's first images) and caught by the job, which then simply ends. The one way
+    a cancel travels inside core and the window's jobs."""

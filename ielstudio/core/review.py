@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from .decision import decide
-from .errors import DataError
+from .errors import Cancelled, DataError
 from .metrics import confusion_counts, pooled_dice
 
 #: Held-out Dice with the given masks a class needs before its labels may be changed.
@@ -203,10 +203,6 @@ class ReviewSummary:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, problem): lazy files that failed
 
 
-class ReviewCancelled(Exception):
-    """`review_samples` was cancelled before its thresholds were set."""
-
-
 def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str] | None = None,
                    cancel: Callable[[], bool] | None = None) -> Iterator[ImageResult]:
     """Propose and score every sample with a trained model (the one review path).
@@ -214,7 +210,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     `holdout`: names of the images the model never trained on (the automatic budget's);
     with a CrossFitModel every image is predicted by the fold model that never saw it.
     Yields ImageResult per sample; returns a ReviewSummary (StopIteration.value).
-    Raises ReviewCancelled when cancelled before the first image.
+    Raises errors.Cancelled when cancelled before the first image.
 
     In a distributed run (`core.distributed`) each rank reviews its share of the
     images, at rank 0's thresholds and reliability; every rank's summary holds the
@@ -244,7 +240,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     def calibration_probs():
         for s in calibration_subset(list(samples)):
             if cancelled():
-                raise ReviewCancelled()
+                raise Cancelled()
             probs = readable(s)
             if probs is not None:
                 yield probs
@@ -258,7 +254,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     pairs = []
     for s in judged[:MAX_RELIABILITY_IMAGES]:
         if cancelled():
-            raise ReviewCancelled()
+            raise Cancelled()
         probs = readable(s)
         if probs is not None:
             pairs.append((probs, s.mask))

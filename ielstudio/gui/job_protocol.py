@@ -89,10 +89,6 @@ class TrainingFinished:
     checkpoint: str | None
 
 
-class Cancelled(Exception):
-    """Raised inside a long core call when the user cancels."""
-
-
 
 @dataclass
 class JobFailure:

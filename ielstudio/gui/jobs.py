@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ielstudio.core.errors import Cancelled  # the one cancel signal, inside core and the jobs
+
 from .job_protocol import (  # noqa: F401  (the events and errors the jobs yield and raise)
-    Cancelled,
     DatasetInfo,
     ImageReview,
     JobError,
@@ -163,7 +164,7 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
     """Propose and score every sample with a trained model through core.review.review_samples
     (the path `ielstudio clean` takes); yield the reviews in chunks. `holdout`: the images
     the model never trained on (they decide which classes it may change)."""
-    from ielstudio.core.review import ReviewCancelled, review_samples
+    from ielstudio.core.review import review_samples
 
     total = len(samples)
     if not samples:
@@ -182,7 +183,7 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
             if len(items) >= chunk and done < total:
                 yield Reviews(None, items, done, total)
                 items = {}
-    except ReviewCancelled:
+    except Cancelled:
         return
     except StopIteration as stop:
         summary = stop.value
