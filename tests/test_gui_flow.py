@@ -940,6 +940,7 @@ def test_a_model_trained_elsewhere_reviews_the_data_set_without_training(make_wi
         assert w.review_with_model(model_path)
     assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
     assert w.project.checkpoint.path == model_path.resolve()
+    assert "cluster.pt, trained elsewhere" in w.training_panel.status.text()
     path = w.project.path
     w.close()
     w2 = make_window()

@@ -128,6 +128,7 @@ class TrainingMixin:
         self._start_job(jobs.checkpoint_scoring_job, (self.scan, str(path), self.clean_config()),
                         f"scoring with {path.name}…", project_path=str(self.project.path),
                         encoding=self.project.mask_encoding(), record_model=True)
+        self.training_panel.set_message(f"Model: {path.name}, trained elsewhere (not trained here)")
         return True
 
     def _start_job(self, fn, args: tuple, text: str, **kwargs) -> None:
