@@ -9,7 +9,8 @@ import pytest
 from ielstudio import cli
 from ielstudio.core import cleaning, dataset
 from ielstudio.core.dataset import LAZY_CACHE, LazySample, load_samples, load_samples_lazily, scan_pairs
-from ielstudio.core.training import DoneEvent, TrainConfig, patch_batches, train
+from ielstudio.core.patches import patch_batches
+from ielstudio.core.training import DoneEvent, TrainConfig, train
 
 from test_cli import FAST, make_dataset
 

@@ -19,7 +19,8 @@ from ielstudio.core.review import (
     assess_reliability,
     gate_changes,
 )
-from ielstudio.core.training import DoneEvent, EvalEvent, TrainConfig, _CropStream, patch_and_batch, train
+from ielstudio.core.patches import CropStream, patch_and_batch
+from ielstudio.core.training import DoneEvent, EvalEvent, TrainConfig, train
 
 ENC = MaskEncoding.gray(2, 255)
 
@@ -131,7 +132,7 @@ def test_foreground_patches_show_a_tiny_class_in_a_third_of_the_patches():
         samples.append(Sample(f"s{i}", rng.random((1, 128, 128), dtype=np.float32), m, ENC))
     shown = {}
     for share in (0.0, 0.33):
-        stream = _CropStream(samples, TrainConfig(foreground_crops=share), seed=1, crop=32, batch=8)
+        stream = CropStream(samples, TrainConfig(foreground_crops=share), seed=1, crop=32, batch=8)
         hits = [bool((y == 1).any()) for _ in range(40) for y in stream.next()[1]]
         shown[share] = float(np.mean(hits))
     assert shown[0.0] < 0.15 and shown[0.33] > 0.25
