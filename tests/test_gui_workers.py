@@ -199,7 +199,7 @@ def test_process_worker_relays_events_and_a_job_error(qtbot, tmp_path):
     from ielstudio.core.training import TrainConfig
     from ielstudio.core.cleaning import CleanConfig
     from ielstudio.gui.jobs import DatasetInfo, review_job
-    from ielstudio.gui.workers import ProcessWorker
+    from ielstudio.gui.process_worker import ProcessWorker
 
     import cv2
     import numpy as np

@@ -32,3 +32,14 @@ def test_a_broken_contract_is_reported(tmp_path):
         'source_modules = ["ielstudio.gui.main_window"]\nforbidden_modules = ["PySide6"]\n')
     out = lint("--config", str(config))
     assert out.returncode == 1 and "0 kept, 1 broken" in out.stdout
+
+
+def test_no_gui_module_grows_past_about_400_lines():
+    """One concept per window module (issue 16): a module past this is split, not grown."""
+    from pathlib import Path
+
+    import ielstudio.gui
+
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines())
+             for p in Path(ielstudio.gui.__file__).parent.glob("*.py")}
+    assert sizes and max(sizes.values()) <= 420, {n: s for n, s in sizes.items() if s > 420}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -38,6 +38,7 @@ from .overlays import (  # noqa: F401  (re-exported: the canvas's colours and ma
     display_image,
     outline,
 )
+from .canvas_input import CanvasViewBox, ShortcutsPassThrough
 from .view_controls import ViewControls
 
 OVERLAYS = ("mask", "proposal", "difference")
@@ -53,57 +54,6 @@ STATUS_BADGES = {
 DEFAULT_OPACITY = {"mask": 0.45, "proposal": 0.45, "difference": 0.8}
 DEFAULT_VISIBLE = {"mask": True, "proposal": False, "difference": True}
 TOOLS = ("pan", "brush", "eraser", "object")
-
-
-
-class ShortcutsPassThrough(QObject):
-    """Event filter: a graphics view never claims a key that is a window shortcut.
-
-    (QGraphicsView accepts ShortcutOverride for plain keys, so A, R, B, E, N, P ...
-    would not reach the actions while the view has the focus.)"""
-
-    def eventFilter(self, obj, ev) -> bool:
-        if ev.type() == QEvent.Type.ShortcutOverride:
-            ev.ignore()
-            return True
-        return False
-
-
-class _CanvasViewBox(pg.ViewBox):
-    """A ViewBox that hands left-button drags/clicks to the canvas when a tool is active."""
-
-    def __init__(self, canvas: "Canvas"):
-        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
-        self._canvas = canvas
-
-    def mouseDragEvent(self, ev, axis=None):
-        if self._canvas.tool in ("brush", "eraser") and ev.button() == Qt.MouseButton.LeftButton:
-            ev.accept()
-            pos = self.mapSceneToView(ev.scenePos())
-            if ev.isStart():
-                self._canvas._stroke_begin(pos)
-            self._canvas._stroke_to(pos)
-            if ev.isFinish():
-                self._canvas._stroke_end()
-            return
-        super().mouseDragEvent(ev, axis)
-
-    def mouseClickEvent(self, ev):
-        if ev.button() == Qt.MouseButton.LeftButton:
-            pos = self.mapSceneToView(ev.scenePos())
-            tool = self._canvas.tool
-            object_click = tool == "object" or bool(ev.modifiers() & Qt.KeyboardModifier.ControlModifier)
-            if object_click:
-                ev.accept()
-                self._canvas._object_click(pos)
-                return
-            if tool in ("brush", "eraser"):
-                ev.accept()
-                self._canvas._stroke_begin(pos)
-                self._canvas._stroke_to(pos)
-                self._canvas._stroke_end()
-                return
-        super().mouseClickEvent(ev)
 
 
 class Canvas(QWidget):
@@ -133,7 +83,7 @@ class Canvas(QWidget):
         self.view_widget.setBackground(QColor(30, 30, 30))
         self._shortcut_filter = ShortcutsPassThrough(self)
         self.view_widget.installEventFilter(self._shortcut_filter)
-        self.viewbox = _CanvasViewBox(self)
+        self.viewbox = CanvasViewBox(self)
         self.view_widget.setCentralItem(self.viewbox)
 
         self.image_item = pg.ImageItem(axisOrder="row-major")

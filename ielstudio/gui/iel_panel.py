@@ -17,7 +17,7 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
-from .canvas import ShortcutsPassThrough
+from .canvas_input import ShortcutsPassThrough
 from .workers import GeneratorWorker
 
 

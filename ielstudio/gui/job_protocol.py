@@ -2,7 +2,7 @@
 process imports it).
 
 A job is a generator; what it yields are the events below (small and picklable).
-In a child process (`workers.ProcessWorker`) ``child_main`` runs it and sends
+In a child process (`process_worker.ProcessWorker`) ``child_main`` runs it and sends
 messages on a queue: ("event", ev), ("progress", (done, total)), ("end", value) and
 ("error", JobFailure). A failure keeps its type: the exception's class name, its
 one-line message for the user, the file it names (DataError) and the traceback.

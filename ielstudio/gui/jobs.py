@@ -5,7 +5,7 @@ that calls core functions and yields small, picklable events. Work that would
 stall the GUI (loading, training, proposals and label-quality scores) happens in
 the job, never in the GUI thread.
 
-``job_protocol.child_main`` runs a job in a separate process (``workers.ProcessWorker``):
+``job_protocol.child_main`` runs a job in a separate process (``process_worker.ProcessWorker``):
 training in a thread of the GUI process would share the GIL with the GUI, and on
 a busy 2-core machine the GUI then waits hundreds of milliseconds whenever the
 training thread is descheduled while holding it.

@@ -31,6 +31,7 @@ from .review_queue import ReviewQueue
 from .training_panel import TrainingPanel
 from .window_menus import MenusMixin
 from .window_project import ProjectMixin
+from .window_recovery import RecoveryMixin
 from .window_review import ReviewMixin
 from .window_training import TrainingMixin, TrainingState
 from .workers import GeneratorWorker
@@ -66,7 +67,7 @@ def icon_path() -> Path | None:
             return p
     return None
 
-class MainWindow(MenusMixin, ProjectMixin, ReviewMixin, TrainingMixin, QMainWindow):
+class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, TrainingMixin, QMainWindow):
     """IEL Studio's window. Signals let scripts and tests wait for background work."""
 
     datasetOpened = Signal()

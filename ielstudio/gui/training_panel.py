@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .canvas import ShortcutsPassThrough
+from .canvas_input import ShortcutsPassThrough
 
 # form widget -> dataclass field it edits
 TRAIN_FIELDS = ("arch", "epochs", "max_steps", "device", "init_checkpoint")

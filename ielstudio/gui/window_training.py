@@ -10,7 +10,8 @@ from enum import Enum
 from pathlib import Path
 
 from . import jobs
-from .workers import GeneratorWorker, ProcessWorker
+from .process_worker import ProcessWorker
+from .workers import GeneratorWorker
 
 
 PROBS_CACHE = 64  # probability maps kept (for the IEL panel)
