@@ -19,7 +19,7 @@ Label noise (3-D, per volume, seeded): `--faults` (default 2) of: outlines drawn
 voxels too wide or too narrow (3-D dilation/erosion), a spurious blob, a missed slab of
 the object, a 1-2 voxel in-plane shift. Nothing here chose a default: this set only reports (see README.md).
 
-    python benchmarks/volumes.py [--sets generated,pyradiomics] [--steps N] [--faults 2] [--tag NAME]
+    python benchmarks/volumes.py [--sets generated,pyradiomics] [--steps N] [--faults 2] [--folds 1] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
-def run_clean(images: Path, masks: Path, out: Path, steps: int | None) -> tuple[dict, float]:
-    config = TrainConfig() if steps is None else TrainConfig(max_steps=steps, min_steps=min(300, steps))
+def run_clean(images: Path, masks: Path, out: Path, steps: int | None, folds: int = 1) -> tuple[dict, float]:
+    config = TrainConfig(folds=folds) if steps is None else TrainConfig(max_steps=steps, min_steps=min(300, steps),
+                                                                        folds=folds)
     t0 = time.perf_counter()
     report = None
     for ev in clean_dataset(images, masks, out, config, CleanConfig()):
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--sets", default="generated,pyradiomics")
     p.add_argument("--steps", type=int, help="cap on training steps (default: the automatic budget)")
     p.add_argument("--faults", type=int, default=2, help="annotation faults per noisy volume (1..5)")
+    p.add_argument("--folds", type=int, default=1, help="--folds K of the clean runs (default 1)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     rows = []
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
             images, noisy, clean, truth = write_set(Path(tmp) / set_name, cases, faults=args.faults)
             for given_name, given in (("noisy", noisy), ("correct", clean)):
                 out = Path(tmp) / f"out-{given_name}"
-                report, seconds = run_clean(images, given, out, args.steps)
+                report, seconds = run_clean(images, given, out, args.steps, args.folds)
                 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 rows.append({
                     "set": set_name, "given": given_name, "volumes": len(cases),
