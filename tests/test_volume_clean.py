@@ -177,3 +177,39 @@ def test_mixed_2d_and_3d_and_mismatched_grids_are_refused(volume_folders, tmp_pa
     assert [s.path.name for s in ds.skipped] == ["case0_seg.nii.gz"] and "spacing" in ds.skipped[0].problem
     rc = cli.main(["train", str(images), str(masks), "--save-model", str(tmp_path / "m.pt")])
     assert rc == 2 and "holds 3-D volumes: `ielstudio clean` cleans them" in capsys.readouterr().err
+
+
+def test_dicom_series_with_nifti_and_slicer_labels_are_cleaned_end_to_end(tmp_path, capsys):
+    """Images as DICOM series folders; labels as NIfTI (RAS) and a 3D Slicer .seg.nrrd (LPS)
+    on the same grid: paired, checked, and written back in their own formats."""
+    from test_volumes import ct_series, slicer_segmentation
+
+    from ielstudio.core import volumes
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for case in ("case0", "case1"):
+        ct_series(images / case)
+    grid = volumes.read_volume(images / "case0")
+    assert grid.shape == (5, 3, 4)  # columns, rows, slices
+    label = np.zeros(grid.shape, np.uint8)
+    label[1:4, 0:2, 1:3] = 1
+    nib.save(nib.Nifti1Image(label, grid.affine), labels / "case0_seg.nii.gz")
+    lps = grid.affine.copy()
+    lps[:2] *= -1  # RAS -> LPS world coordinates, as NRRD stores them
+    header = slicer_segmentation(labels / "case1.seg.nrrd", label * 3)
+    header.update({"space directions": lps[:3, :3].T, "space origin": lps[:3, 3]})
+    nrrd.write(str(labels / "case1.seg.nrrd"), label * 3, header)
+    out = tmp_path / "out"
+    rc = cli.main(["clean", str(images), str(labels), "--out", str(out), "--steps", "2", "--device", "cpu",
+                   "--width", "4", "--depth", "2", "--batch-size", "2", "--crop", "16"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "found 2 image/label volume pairs (8 slices)" in err and "skipped 0 file(s)" in err
+    assert sorted(p.name for p in out.glob("case*")) == ["case0_seg.nii.gz", "case1.seg.nrrd"]
+    np.testing.assert_allclose(nib.load(out / "case0_seg.nii.gz").affine, grid.affine)
+    seg = volumes.read_volume(out / "case1.seg.nrrd")
+    assert seg.segment_names == {1: "liver", 3: "tumour"} and set(np.unique(seg.array)) <= {0, 1, 3}
+    report = json.loads((out / "ielstudio-report.json").read_text())
+    assert {r["name"] for r in report["images"]} == {"case0", "case1"}
