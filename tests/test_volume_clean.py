@@ -175,8 +175,8 @@ def test_mixed_2d_and_3d_and_mismatched_grids_are_refused(volume_folders, tmp_pa
     ds = load_volume_dataset(images, masks)
     assert [c.name for c in ds.cases] == ["case1", "case2"]
     assert [s.path.name for s in ds.skipped] == ["case0_seg.nii.gz"] and "spacing" in ds.skipped[0].problem
-    rc = cli.main(["train", str(images), str(masks), "--save-model", str(tmp_path / "m.pt")])
-    assert rc == 2 and "holds 3-D volumes: `ielstudio clean` cleans them" in capsys.readouterr().err
+    rc = cli.main(["predict", str(tmp_path / "m.pt"), str(images), "--out", str(tmp_path / "p")])
+    assert rc == 2 and "holds 3-D volumes" in capsys.readouterr().err
 
 
 def test_dicom_series_with_nifti_and_slicer_labels_are_cleaned_end_to_end(tmp_path, capsys):
@@ -213,3 +213,21 @@ def test_dicom_series_with_nifti_and_slicer_labels_are_cleaned_end_to_end(tmp_pa
     assert seg.segment_names == {1: "liver", 3: "tumour"} and set(np.unique(seg.array)) <= {0, 1, 3}
     report = json.loads((out / "ielstudio-report.json").read_text())
     assert {r["name"] for r in report["images"]} == {"case0", "case1"}
+
+
+def test_train_on_volumes_holds_out_whole_volumes_and_its_model_fine_tunes_a_clean(volume_folders, tmp_path,
+                                                                                   capsys):
+    from ielstudio.core.training import load_checkpoint
+
+    images, masks = volume_folders
+    model = tmp_path / "vol.pt"
+    flags = ["--device", "cpu", "--width", "4", "--depth", "2", "--batch-size", "2"]
+    assert cli.main(["train", str(images), str(masks), "--save-model", str(model), "--steps", "3", *flags]) == 0
+    assert "found 3 image/label volume pairs (18 slices)" in capsys.readouterr().err
+    _, _, meta = load_checkpoint(model)
+    assert meta["volumes"] and meta["label_values"] == [0, 1, 3] and meta["n_classes"] == 3
+    out = tmp_path / "out"
+    assert cli.main(["clean", str(images), str(masks), "--out", str(out), "--checkpoint", str(model),
+                     "--steps", "2", *flags]) == 0
+    report = json.loads((out / "ielstudio-report.json").read_text())
+    assert report["settings"]["train"]["init_checkpoint"] == str(model) and report["n_images"] == 3

@@ -495,8 +495,8 @@ def load_dataset(images_dir: str | Path, masks_dir: str | Path, lazy: bool | Non
     from .volume_data import is_volume_dataset
 
     if is_volume_dataset(images_dir):
-        raise DataError(images_dir, "holds 3-D volumes: `ielstudio clean` cleans them; train, predict, --fold jobs "
-                                    "and the window read 2-D images only for now")
+        raise DataError(images_dir, "holds 3-D volumes: `ielstudio clean` and `train` read them; predict, --fold "
+                                    "jobs and the window read 2-D images only for now")
     scan = scan_pairs(images_dir, masks_dir)
     if lazy is None:
         lazy = len(scan.pairs) > LAZY_ABOVE
@@ -522,12 +522,13 @@ def _model_event(config: TrainConfig, in_channels: int, n_classes: int) -> Model
     return ModelEvent(arch, count_parameters(model), str(device))
 
 
-def _fit(samples, config: TrainConfig, cancel, scoring: bool = True):
+def _fit(samples, config: TrainConfig, cancel, scoring: bool = True, groups: dict[str, str] | None = None):
     """Forward the training events; returns the DoneEvent (via StopIteration value).
-    `scoring`: every image is proposed and scored after training (the ETA includes it)."""
+    `scoring`: every image is proposed and scored after training (the ETA includes it);
+    `groups`: images held out together (a volume's slices)."""
     done = None
     after = scoring_predictions(len(samples)) if scoring else 0
-    for ev in train(samples, config, cancel=cancel, predictions_after=after):
+    for ev in train(samples, config, cancel=cancel, predictions_after=after, groups=groups):
         if isinstance(ev, DoneEvent):
             done = ev
         yield ev
@@ -775,20 +776,33 @@ def train_dataset(
     cancel: Callable[[], bool] | None = None,
 ) -> Iterator:
     """Train on a folder and save the model (`ielstudio train`). Yields LoadedEvent,
-    ModelEvent, the training events and, last, TrainDone (nothing saved if cancelled)."""
+    ModelEvent, the training events and, last, TrainDone (nothing saved if cancelled).
+    A folder of volumes trains on their slices, as `clean` does."""
+    from .volume_data import is_volume_dataset
+
     train_config = train_config or TrainConfig()
     check_output_files({"the model": save_model}, images_dir, masks_dir)
-    loaded = load_dataset(images_dir, masks_dir)
-    yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped), list(loaded.warnings))
+    volume = is_volume_dataset(images_dir)
+    if volume:
+        from .volume_clean import load_volumes
+
+        loaded = load_volumes(images_dir, masks_dir)
+        yield LoadedEvent(len(loaded.cases), loaded.n_classes, _skipped_list(loaded.skipped), list(loaded.warnings),
+                          unit=f"image/label volume pairs ({len(loaded.samples)} slices)")
+    else:
+        loaded = load_dataset(images_dir, masks_dir)
+        yield LoadedEvent(len(loaded.samples), loaded.n_classes, _skipped_list(loaded.skipped), list(loaded.warnings))
     yield _model_event(train_config, loaded.in_channels, loaded.n_classes)
-    done = yield from _fit(loaded.samples, train_config, cancel, scoring=False)
+    done = yield from _fit(loaded.samples, train_config, cancel, scoring=False,
+                           groups=loaded.groups() if volume else None)
     if done is None or done.reason == "cancelled":
         return
     if not distributed.world().is_main:
         return  # every rank holds the same weights; rank 0 writes them
-    meta = {"n_classes": loaded.n_classes, "in_channels": loaded.in_channels,
-            "encoding": loaded.encoding.to_dict(), "trained_on": str(images_dir),
+    meta = {"n_classes": loaded.n_classes, "in_channels": loaded.in_channels, "trained_on": str(images_dir),
             "world_size": world_size_of(done)}
+    meta.update({"label_values": loaded.values, "volumes": True} if volume else
+                {"encoding": loaded.encoding.to_dict()})
     save_checkpoint(save_model, done.model, done.config, meta)
     yield TrainDone(Path(save_model), done.steps, done.reason)
 
@@ -820,8 +834,13 @@ def predict_folder(
     In a distributed run (torchrun) each rank segments its share of the images
     (`distributed.shard`) at rank 0's thresholds, and every PredictDone lists them all.
     """
+    from .volume_data import is_volume_dataset
+
     clean_config = clean_config or CleanConfig()
     images_dir = Path(images_dir)
+    if is_volume_dataset(images_dir):
+        raise DataError(images_dir, "holds 3-D volumes: predict reads 2-D images only for now (`ielstudio clean` "
+                                    "and `train` read volumes)")
     out = Path(out_dir).expanduser().resolve()
     if out == images_dir.expanduser().resolve():
         raise DataError(out_dir, "output folder is the images folder; choose another")
