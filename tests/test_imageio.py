@@ -632,3 +632,16 @@ def test_remove_stale_temp_files_removes_only_old_temp_files_of_ours(tmp_path):
     atomic_write_bytes(tmp_path / ("n" * 250 + ".png"), b"x")  # long names still fit
     monkey.undo()
     assert imageio.is_temp_file_name(os.path.basename(seen[0]))
+
+
+def test_a_tiff_with_very_many_pages_is_refused_without_walking_them_all(tmp_path):
+    """A damaged or crafted TIFF can chain page after page; counting stops after
+    MAX_TIFF_PAGES, so it is refused at once instead of parsed for minutes."""
+    from ielstudio.core.imageio import MAX_TIFF_PAGES
+
+    with tifffile.TiffWriter(tmp_path / "many.tif") as tw:
+        for _ in range(MAX_TIFF_PAGES + 5):
+            tw.write(np.zeros((2, 2), np.uint8), contiguous=False)
+    with pytest.raises(DataError, match=f"stack of more than {MAX_TIFF_PAGES} pages"):
+        read_mask(tmp_path / "many.tif")
+    assert read_image(tmp_path / "many.tif").shape == (2, 2)  # an image is its first page

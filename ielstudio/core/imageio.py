@@ -282,25 +282,49 @@ def _read_cv2(path: Path, suffix: str, data: bytes | None = None) -> np.ndarray:
     return arr
 
 
+#: Pages of a TIFF looked at, at most, to tell a single image from a stack: a damaged or
+#: crafted file can chain millions of page headers (tifffile's `series` walks them all,
+#: logging each bad one, for minutes and gigabytes).
+MAX_TIFF_PAGES = 1000
+
+
+def _count_tiff_pages(tf) -> int:
+    """Full-resolution pages, counted up to MAX_TIFF_PAGES + 1 (reduced-resolution
+    thumbnails, subfile type 1, are not pages of the image)."""
+    n = 0
+    for i in range(MAX_TIFF_PAGES + 1):
+        try:
+            page = tf.pages[i]
+        except Exception:  # past the last page, or a damaged header: no more pages
+            break
+        if i and getattr(page, "is_reduced", False):
+            continue
+        n += 1
+        if n > MAX_TIFF_PAGES:
+            break
+    return n
+
+
 def _read_tiff(path: Path, single_page: bool = False) -> np.ndarray:
     """First page of a TIFF; ``single_page``: refuse stacks (masks must not lose pages)."""
     data = _read_bytes(path)
     _check_format(path, ".tif", data)
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tf:
-            if not tf.pages:
-                raise DataError(path, "TIFF file has no pages")
-            page = tf.pages[0]
+            try:
+                page = tf.pages[0]
+            except IndexError:
+                raise DataError(path, "TIFF file has no pages") from None
             h, w = int(getattr(page, "imagelength", 0)), int(getattr(page, "imagewidth", 0))
             if h <= 0 or w <= 0:
                 raise DataError(path, f"TIFF page is {w} x {h} px")
             check_image_size(path, w, h)
             if single_page:
-                series = tf.series[0] if tf.series else None
-                n = len(series.pages) if series is not None else len(tf.pages)
+                n = _count_tiff_pages(tf)
                 depth = int(getattr(page, "imagedepth", 1) or 1)
                 if n > 1 or depth > 1:
-                    raise DataError(path, f"TIFF holds a stack of {max(n, depth)} pages; masks must be "
+                    many = f"more than {MAX_TIFF_PAGES}" if n > MAX_TIFF_PAGES else str(max(n, depth))
+                    raise DataError(path, f"TIFF holds a stack of {many} pages; masks must be "
                                           "single 2-D images (volumes are not supported yet) - "
                                           "save each slice as its own file")
             return page.asarray()
