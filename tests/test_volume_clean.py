@@ -88,7 +88,7 @@ def test_held_out_slices_come_from_whole_volumes(volume_folders):
     ds = load_volume_dataset(*volume_folders)
     names, groups = [s.name for s in ds.samples], ds.groups()
     held = holdout_split(names, 0.3, seed=0, groups=groups)
-    assert held and {groups[n] for n in held} and len(held) == 6  # one whole volume of 6 slices
+    assert len({groups[n] for n in held}) == 1 and len(held) == 6  # one whole volume of 6 slices
     for fold in fold_split(names, 3, seed=1, groups=groups):
         assert len({groups[n] for n in fold}) == 1 and len(fold) == 6
 

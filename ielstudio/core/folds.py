@@ -215,9 +215,7 @@ def merge_folds(
     _check_together(manifests)
     first = manifests[0]
     settings = first["settings"]
-    train_config = TrainConfig.from_dict(settings["train"])
-    if device is not None:
-        train_config = TrainConfig.from_dict({**settings["train"], "device": device})
+    train_config = TrainConfig.from_dict({**settings["train"], **({"device": device} if device else {})})
     run: CleanRun = prepare_clean(images_dir or first["images_dir"], masks_dir or first["masks_dir"], out_dir,
                                   train_config, CleanConfig.from_dict(settings["clean"]),
                                   report_path, csv_path, save_model)

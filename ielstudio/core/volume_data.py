@@ -166,18 +166,20 @@ def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path) -> Volume
 
     pairs, skipped = scan_volume_pairs(images_dir, masks_dir)
     read: list[tuple[VolumePair, object, object, list[str]]] = []
+    present: set[int] = {0}  # label values over the data set
     for pair in pairs:
         notes: list[str] = []
         try:
             image = volumes.open_volume(pair.image_path, notes)
             label = volumes.read_volume(pair.label_path)
             volumes.check_same_grid(image, label)
-            volumes.label_values(label)
+            found = volumes.label_values(label)
         except DataError as e:
             skipped.append(Skipped(e.path or pair.label_path, e.problem))
             continue
         read.append((pair, image, label, notes))
-    values = sorted({0, *(v for _, _, label, _ in read for v in volumes.label_values(label))})
+        present.update(found)
+    values = sorted(present)
     if len(values) > MAX_CLASSES:
         raise DataError(masks_dir, f"the label volumes hold {len(values)} different values; at most {MAX_CLASSES} "
                                    "classes are supported")
