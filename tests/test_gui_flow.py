@@ -956,18 +956,6 @@ def test_a_model_trained_elsewhere_reviews_the_data_set_without_training(make_wi
     assert w2.project.checkpoint.path == model_path.resolve()  # still the model that made the proposals
 
 
-def test_a_volume_folder_is_refused_by_the_window_with_where_to_clean_it(make_window, tmp_path):
-    nib = pytest.importorskip("nibabel")
-    images, masks = tmp_path / "vol_images", tmp_path / "vol_masks"
-    images.mkdir()
-    masks.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), images / "case0.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), masks / "case0.nii.gz")
-    w = make_window()
-    assert not w.open_folders(images, masks)
-    assert "holds 3-D volumes" in w.last_error and "ielstudio clean" in w.last_error
-
-
 def test_the_scoring_bar_estimates_from_the_images_scored_in_this_pass(make_window, monkeypatch):
     """The first chunk starts the clock (no ETA yet); later chunks: seconds per image so far
     times the images left."""

@@ -106,6 +106,7 @@ class VolumeResult:
     slice_scores: list[float]
     score: float
     out_of_sample: bool
+    probs: np.ndarray | None = None  # (C,D,H,W) float16, the model's probabilities (for the review window)
 
 
 def _volume_score(slice_scores: list[float], foreground: list[bool]) -> float:
@@ -149,7 +150,7 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
         scores = [label_quality(probs[:, k], given[k], thresholds)[0] for k in range(len(slices))]
         foreground = [bool((given[k] != 0).any() or (decided[k] != 0).any()) for k in range(len(slices))]
         yield VolumeResult(case, proposal, given, scores, _volume_score(scores, foreground),
-                           crossfit or all(s.name in held for s in slices))
+                           crossfit or all(s.name in held for s in slices), probs.astype(np.float16))
     warnings = list(reliability.messages)
     warnings += [w for w in lost_class_warnings(labelled, proposed)
                  if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]

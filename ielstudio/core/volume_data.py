@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -69,6 +70,10 @@ class VolumeDataset:
     def in_channels(self) -> int:
         return 1
 
+    @property
+    def encoding(self) -> MaskEncoding:
+        return volume_encoding(self.values)
+
     def groups(self) -> dict[str, str]:
         """Sample name -> volume name: the slices of a volume are held out together."""
         return {s.name: s.name.split(SLICE_SEP)[0] for s in self.samples}
@@ -76,6 +81,11 @@ class VolumeDataset:
     def slices_of(self, case: VolumeCase) -> list[Sample]:
         prefix = case.name + SLICE_SEP
         return [s for s in self.samples if s.name.startswith(prefix)]
+
+
+def volume_encoding(values, dtype: str = "uint8") -> MaskEncoding:
+    """The class mapping of a volume data set: class c is label value ``values[c]``."""
+    return MaskEncoding("index", tuple(int(v) for v in values), dtype=str(dtype), suffix=".nii.gz")
 
 
 def _volume_name(path: Path) -> str:
@@ -159,15 +169,19 @@ def scan_volume_pairs(images_dir: str | Path, masks_dir: str | Path) -> tuple[li
     return pairs, skipped
 
 
-def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path) -> VolumeDataset:
+def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path,
+                        progress: Callable[[int, int], None] | None = None) -> VolumeDataset:
     """Read every volume pair into slices; a pair whose grids differ, or that cannot be
-    read, is skipped with its reason."""
+    read, is skipped with its reason. ``progress(done, total)`` after each volume read
+    (it may raise to cancel)."""
     from . import volumes
 
     pairs, skipped = scan_volume_pairs(images_dir, masks_dir)
     read: list[tuple[VolumePair, object, object, list[str]]] = []
     present: set[int] = {0}  # label values over the data set
-    for pair in pairs:
+    for i, pair in enumerate(pairs):
+        if progress is not None:
+            progress(i, len(pairs))
         notes: list[str] = []
         try:
             image = volumes.open_volume(pair.image_path, notes)
@@ -179,13 +193,15 @@ def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path) -> Volume
             continue
         read.append((pair, image, label, notes))
         present.update(found)
+    if progress is not None:
+        progress(len(pairs), len(pairs))
     values = sorted(present)
     if len(values) > MAX_CLASSES:
         raise DataError(masks_dir, f"the label volumes hold {len(values)} different values; at most {MAX_CLASSES} "
                                    "classes are supported")
     lookup = {v: c for c, v in enumerate(values)}
     cases, samples, warnings = [], [], []
-    encoding = MaskEncoding.gray(max(2, len(values)), 1)
+    encoding = volume_encoding(values)
     for pair, image, label, notes in read:
         axis = volumes.slice_axis(image)
         voxels = normalize_intensity(np.asarray(image.array, dtype=np.float32))

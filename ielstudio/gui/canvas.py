@@ -64,10 +64,12 @@ class Canvas(QWidget):
     toolChanged = Signal(str)
     brushRadiusChanged = Signal(int)
     brushClassChanged = Signal(int)
+    sliceWheel = Signal(int)  # Shift+wheel when `slice_wheel`: -1 previous slice, +1 next
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.tool = "pan"
+        self.slice_wheel = False  # a volume is shown: Shift+wheel moves through its slices
         self.brush_radius = 6
         self.brush_class = 1
         self.n_classes = 2

@@ -44,6 +44,13 @@ class CanvasViewBox(pg.ViewBox):
             return
         super().mouseDragEvent(ev, axis)
 
+    def wheelEvent(self, ev, axis=None):
+        if self._canvas.slice_wheel and ev.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            ev.accept()
+            self._canvas.sliceWheel.emit(-1 if ev.delta() > 0 else 1)
+            return
+        super().wheelEvent(ev, axis)
+
     def mouseClickEvent(self, ev):
         if ev.button() == Qt.MouseButton.LeftButton:
             pos = self.mapSceneToView(ev.scenePos())

@@ -76,6 +76,8 @@ class Reviews:
     warnings: list[str] = field(default_factory=list)  # on the last chunk: classes the model did not learn
     #: the `session.proposal_source` the job stored these proposals under (None: not stored)
     source: str | None = None
+    #: volume data sets: the score of each volume whose slices are in ``items`` (name -> score)
+    volume_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,3 +164,8 @@ def child_main(fn, args, kwargs, out_q, cancel_ev, run_ev, n_threads: int, min_i
     finally:
         out_q.close()
         out_q.join_thread()
+
+
+def compact_classes(proposal: np.ndarray) -> np.ndarray:
+    """Class indices as uint8 when they fit (a smaller message to the GUI process)."""
+    return proposal.astype(np.uint8) if proposal.size and int(proposal.max()) < 256 else proposal

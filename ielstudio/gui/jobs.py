@@ -31,8 +31,10 @@ from .job_protocol import (  # noqa: F401  (the events and errors the jobs yield
     Settled,
     TrainingFinished,
     child_main,
+    compact_classes,
     error_message,
 )
+from .volume_jobs import displayed, frames_of
 
 
 # --------------------------------------------------------------------------- jobs
@@ -47,10 +49,8 @@ def review_image(probs: np.ndarray, given: np.ndarray, clean_config, thresholds=
     score, _doubt = label_quality(probs, given, thresholds)
     changed = float(np.mean(proposal != given))
     # compact for the trip to the GUI process (a smaller message is read without blocking):
-    # class indices as uint8 when they fit, probabilities (display only) as float16
-    if proposal.size and int(proposal.max()) < 256:
-        proposal = proposal.astype(np.uint8)
-    return ImageReview(probs.astype(np.float16), proposal, float(score), changed)
+    # probabilities (display only) as float16
+    return ImageReview(probs.astype(np.float16), compact_classes(proposal), float(score), changed)
 
 
 def _progress(cancel, report):
@@ -64,8 +64,15 @@ def _progress(cancel, report):
 
 
 def _load(scan, cancel, report, encoding=None):
+    """The data set of a scan: its images loaded (core.dataset), or for a volume data
+    set its volumes cut into slices (core.volume_data; the class mapping is the label
+    values, found again from the same files)."""
     from ielstudio.core.dataset import load_samples
+    from ielstudio.core.volume_data import load_volume_dataset
+    from ielstudio.core.volume_review import VolumeScan
 
+    if isinstance(scan, VolumeScan):
+        return load_volume_dataset(scan.images_dir, scan.masks_dir, progress=_progress(cancel, report))
     return load_samples(scan, progress=_progress(cancel, report), encoding=encoding)
 
 
@@ -73,9 +80,11 @@ def settle_job(scan, cancel: Callable[[], bool], report: Callable[[int, int], No
     """Opening a data set: read its masks once for the class mapping (core.dataset.settle_encoding),
     which the window stores in the project; training and scoring then load with it."""
     from ielstudio.core.dataset import settle_encoding
+    from ielstudio.core.volume_review import VolumeScan, settle_volume_encoding
 
+    settle = settle_volume_encoding if isinstance(scan, VolumeScan) else settle_encoding
     try:
-        encoding, skipped = settle_encoding(scan, _progress(cancel, report))
+        encoding, skipped = settle(scan, _progress(cancel, report))
     except Cancelled:
         return
     yield Settled(encoding, skipped)
@@ -86,9 +95,11 @@ def _info(ds) -> DatasetInfo:
                        [s.name for s in ds.samples])
 
 
-#: project settings the jobs write: what the last scoring pass concluded, and the training curves
+#: project settings the jobs write: what the last scoring pass concluded, the training
+#: curves, and (volume data sets) each volume's score
 LAST_REVIEW = "last_review"
 TRAINING_CURVES = "training_curves"
+VOLUME_SCORES = "volume_scores"
 
 
 def training_curves(history: dict) -> dict:
@@ -142,6 +153,9 @@ class ScoreWriter:
             return reviews
         project = self._open()
         project.set_scores([(n, r.score, r.changed) for n, r in reviews.items.items()])
+        if reviews.volume_scores and reviews.step is None:
+            project.set_setting(VOLUME_SCORES, {**(project.get_setting(VOLUME_SCORES) or {}),
+                                                **reviews.volume_scores})
         if reviews.step is None and self.source is not None:
             project.set_proposals(((n, r.proposal) for n, r in reviews.items.items()), self.source)
             reviews.source = self.source
@@ -157,6 +171,19 @@ class ScoreWriter:
 
 
 REVIEWS_PER_MESSAGE = 4  # images per Reviews event: small messages keep the GUI's reads short
+
+
+def dataset_scoring_job(model, ds, clean_config, cancel: Callable[[], bool], holdout=None,
+                        frames: dict | None = None) -> Iterator[Reviews]:
+    """`scoring_job` for a loaded data set; a volume data set is reviewed volume by volume
+    (`volume_scoring_job`), as `ielstudio clean` reviews it."""
+    from ielstudio.core.volume_data import VolumeDataset
+
+    if isinstance(ds, VolumeDataset):
+        from .volume_jobs import volume_scoring_job
+
+        return volume_scoring_job(model, ds, clean_config, cancel, holdout=holdout, frames=frames or {})
+    return scoring_job(model, list(ds.samples), clean_config, cancel, holdout=holdout)
 
 
 def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
@@ -177,8 +204,8 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
         while True:
             r = next(reviews)
             done += 1
-            proposal = r.proposal.astype(np.uint8) if r.proposal.size and int(r.proposal.max()) < 256 else r.proposal
-            items[r.name] = ImageReview(np.asarray(r.probs, np.float32).astype(np.float16), proposal, float(r.score),
+            items[r.name] = ImageReview(np.asarray(r.probs, np.float32).astype(np.float16), compact_classes(r.proposal),
+                                        float(r.score),
                                         float(np.mean(r.proposal != given[r.name])))
             if len(items) >= chunk and done < total:
                 yield Reviews(None, items, done, total)
@@ -239,7 +266,9 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
     if names:
         kwargs["snapshot_names"] = names
     model, holdout = None, []
-    for ev in train(samples, config, **kwargs):
+    frames = frames_of(scan)
+    groups = ds.groups() if hasattr(ds, "groups") else None  # a volume's slices are held out together
+    for ev in train(samples, config, groups=groups, **kwargs):
         if isinstance(ev, SnapshotEvent):
             items = {}
             shown = {n: p for n, p in ev.probs.items() if n in given}
@@ -247,7 +276,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
             for name, probs in shown.items():
                 if cancel():
                     break
-                items[name] = review_image(probs, given[name], clean_config, thresholds)
+                items[name] = displayed(name, review_image(probs, given[name], clean_config, thresholds), frames)
             names_done = list(items)
             for i in range(0, len(names_done), REVIEWS_PER_MESSAGE):
                 chunk = {n: items[n] for n in names_done[i:i + REVIEWS_PER_MESSAGE]}
@@ -264,7 +293,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
         else:
             yield ev
     if model is not None and not cancel():
-        for r in scoring_job(model, samples, clean_config, cancel, holdout=holdout):
+        for r in dataset_scoring_job(model, ds, clean_config, cancel, holdout=holdout, frames=frames):
             yield writer(r)
 
 
@@ -300,7 +329,8 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
     writer = ScoreWriter(project_path)
     try:
         writer.use_model(checkpoint_path, clean_config, sha256=expected_sha256, record=record_model)
-        for r in scoring_job(model, list(ds.samples), clean_config, cancel, holdout=meta.get("holdout")):
+        for r in dataset_scoring_job(model, ds, clean_config, cancel, holdout=meta.get("holdout"),
+                                     frames=frames_of(scan)):
             yield writer(r)
     finally:
         writer.close()
@@ -339,12 +369,13 @@ class Thumbnail:
 
 
 def make_thumbnail(image_path, size: int = 40) -> np.ndarray:
-    """A small uint8 preview of an image file (core.imageio read + normalise)."""
+    """A small uint8 preview of an image file (core.imageio read + normalise), or of the
+    array a callable returns (a volume's slice)."""
     import cv2
 
     from ielstudio.core.imageio import normalize_intensity, read_image
 
-    img = normalize_intensity(read_image(image_path))
+    img = normalize_intensity(image_path() if callable(image_path) else read_image(image_path))
     h, w = img.shape[:2]
     s = size / max(h, w)
     small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
@@ -352,7 +383,8 @@ def make_thumbnail(image_path, size: int = 40) -> np.ndarray:
 
 
 def thumbnail_job(requests: "queue.Queue", cancel: Callable[[], bool], size: int = 40) -> Iterator[Thumbnail]:
-    """Serve thumbnail requests ``(name, image_path)``; a ``(None, None)`` request ends it.
+    """Serve thumbnail requests ``(name, image_path or a callable giving the image)``; a
+    ``(None, None)`` request ends it.
 
     Blocks on the queue between requests (no polling wake-ups while training runs)."""
     while not cancel():

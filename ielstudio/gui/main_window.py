@@ -7,8 +7,8 @@ each, through undoable commands) and export (core.session.iter_export).
 
 This module builds the window, keeps its settings and closes it; each other
 responsibility is a mixin in its own module: actions and menus (window_menus),
-the project (window_project), the review session (window_review) and the
-training controller (window_training).
+the project (window_project), the review session (window_review), volume data
+sets (window_volumes) and the training controller (window_training).
 """
 
 from __future__ import annotations
@@ -21,19 +21,21 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QIcon, QUndoStack
-from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter
+from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QVBoxLayout, QWidget
 
 from . import jobs
 from .canvas import OVERLAYS, Canvas
 from .iel_panel import IELPanel
 from .proposals import Proposals
 from .review_queue import ReviewQueue
+from .slice_bar import SliceBar
 from .training_panel import TrainingPanel
 from .window_menus import MenusMixin
 from .window_project import ProjectMixin
 from .window_recovery import RecoveryMixin
 from .window_review import ReviewMixin
 from .window_training import TrainingMixin, TrainingState
+from .window_volumes import VolumeMixin
 from .workers import GeneratorWorker
 
 MAX_RECENT = 8
@@ -67,7 +69,7 @@ def icon_path() -> Path | None:
             return p
     return None
 
-class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, TrainingMixin, QMainWindow):
+class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, VolumeMixin, TrainingMixin, QMainWindow):
     """IEL Studio's window. Signals let scripts and tests wait for background work."""
 
     datasetOpened = Signal()
@@ -92,6 +94,7 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, TrainingM
 
         self.project = None
         self.scan = None
+        self.volumes = None  # core.volume_review.VolumeSlices of an open volume data set
         self.pairs: dict = {}
         self.dataset_info: jobs.DatasetInfo | None = None  # what the last load found
         self._samples: OrderedDict = OrderedDict()
@@ -131,11 +134,18 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, TrainingM
         # --- widgets
         self.queue = ReviewQueue()
         self.canvas = Canvas()
+        self.slice_bar = SliceBar()
         self.iel_panel = IELPanel()
         self.training_panel = TrainingPanel()
+        centre = QWidget()
+        centre_layout = QVBoxLayout(centre)
+        centre_layout.setContentsMargins(0, 0, 0, 0)
+        centre_layout.setSpacing(0)
+        centre_layout.addWidget(self.canvas, 1)
+        centre_layout.addWidget(self.slice_bar)
         self.top_split = QSplitter(Qt.Orientation.Horizontal)
         self.top_split.addWidget(self.queue)
-        self.top_split.addWidget(self.canvas)
+        self.top_split.addWidget(centre)
         self.top_split.addWidget(self.iel_panel)
         self.top_split.setStretchFactor(1, 1)
         self.top_split.setSizes([400, 780, 380])
@@ -152,6 +162,8 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, TrainingM
         self.queue.model.thumbnailNeeded.connect(self._request_thumbnail)
         self.canvas.strokeFinished.connect(self.apply_stroke)
         self.canvas.objectClicked.connect(self.accept_object)
+        self.canvas.sliceWheel.connect(self.step_slice)
+        self.slice_bar.sliceChanged.connect(self._slice_bar_moved)
         self.canvas.brushRadiusChanged.connect(lambda r: self.statusBar().showMessage(f"Brush radius {r} px", 2000))
         self.training_panel.startRequested.connect(lambda: self.start_training())
         self.training_panel.pauseRequested.connect(self.pause_training)
@@ -161,6 +173,7 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, TrainingM
 
         self._build_actions()
         self._build_menus()
+        self._open_volumes(None)
         self._restore_settings()
         self.statusBar().showMessage("Open an image folder and a mask folder (File menu or drag and drop).")
 

@@ -1,27 +1,14 @@
 """The review queue (left): every pair with thumbnail, name, score, changed fraction, status.
 
-``QueueModel`` holds one row per image (the project's ``ImageRow`` fields) plus the
-files the scan skipped, with their reason. ``QueueProxy`` sorts worst-first by
-default (score ascending, unscored last) and filters by name and status.
-Thumbnails are requested lazily (``thumbnailNeeded``) only for rows that are
-painted, so 5,000 pairs show at once.
+The rows live in ``queue_model.QueueModel`` (one per image, or one per volume with its
+slices behind it). ``QueueProxy`` sorts worst-first by default (score ascending,
+unscored last) and filters by name and status. Thumbnails are requested lazily
+(``thumbnailNeeded``) only for rows that are painted, so 5,000 pairs show at once.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import numpy as np
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QItemSelectionModel,
-    QModelIndex,
-    QSortFilterProxyModel,
-    Qt,
-    Signal,
-)
-from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
+from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QObject, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -34,153 +21,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-COLUMNS = ("", "Name", "Score", "Changed", "Status")
-COL_THUMB, COL_NAME, COL_SCORE, COL_CHANGED, COL_STATUS = range(5)
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-NAME_ROLE = Qt.ItemDataRole.UserRole + 2
-STATUS_COLORS = {
-    "unreviewed": None,
-    "accepted": QColor(60, 170, 80),
-    "kept": QColor(90, 140, 220),
-    "edited": QColor(200, 150, 40),
-    "skipped": QColor(200, 70, 70),
-}
-STATUS_TITLES = {"unreviewed": "unreviewed", "accepted": "accepted", "kept": "kept original",
-                 "edited": "edited", "skipped": "skipped"}
-THUMB_SIZE = 40
-
-
-@dataclass
-class QueueRow:
-    name: str
-    status: str = "unreviewed"
-    score: float | None = None
-    changed: float | None = None
-    reason: str | None = None  # why it was skipped
-
-
-def thumbnail_pixmap(rgb: np.ndarray) -> QPixmap:
-    """(h,w) or (h,w,3) uint8 -> QPixmap (GUI thread only)."""
-    a = np.ascontiguousarray(rgb, np.uint8)
-    if a.ndim == 2:
-        img = QImage(a.data, a.shape[1], a.shape[0], a.strides[0], QImage.Format.Format_Grayscale8)
-    else:
-        img = QImage(a.data, a.shape[1], a.shape[0], a.strides[0], QImage.Format.Format_RGB888)
-    return QPixmap.fromImage(img.copy())
-
-
-class QueueModel(QAbstractTableModel):
-    thumbnailNeeded = Signal(str)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.rows: list[QueueRow] = []
-        self._index: dict[str, int] = {}
-        self._thumbs: dict[str, QPixmap] = {}
-        self._requested: set[str] = set()
-
-    # --- content -------------------------------------------------------------------
-    def set_rows(self, rows: list[QueueRow]) -> None:
-        self.beginResetModel()
-        self.rows = list(rows)
-        self._index = {r.name: i for i, r in enumerate(self.rows)}
-        self._thumbs.clear()
-        self._requested.clear()
-        self.endResetModel()
-
-    def row_of(self, name: str) -> int | None:
-        return self._index.get(name)
-
-    def get(self, name: str) -> QueueRow | None:
-        i = self._index.get(name)
-        return None if i is None else self.rows[i]
-
-    def update(self, name: str, **fields) -> None:
-        """Change some fields of one row (status, score, changed, reason)."""
-        i = self._index.get(name)
-        if i is None:
-            return
-        row = self.rows[i]
-        for k, v in fields.items():
-            setattr(row, k, v)
-        self.dataChanged.emit(self.index(i, 0), self.index(i, len(COLUMNS) - 1))
-
-    def update_many(self, updates: dict[str, dict]) -> None:
-        lo, hi = None, None
-        for name, fields in updates.items():
-            i = self._index.get(name)
-            if i is None:
-                continue
-            for k, v in fields.items():
-                setattr(self.rows[i], k, v)
-            lo = i if lo is None else min(lo, i)
-            hi = i if hi is None else max(hi, i)
-        if lo is not None:
-            self.dataChanged.emit(self.index(lo, 0), self.index(hi, len(COLUMNS) - 1))
-
-    def set_thumbnail(self, name: str, pixmap: QPixmap) -> None:
-        self._thumbs[name] = pixmap
-        i = self._index.get(name)
-        if i is not None:
-            self.dataChanged.emit(self.index(i, COL_THUMB), self.index(i, COL_THUMB))
-
-    # --- Qt model ------------------------------------------------------------------
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
-            return ("Thumbnail", "Image name", "Label quality (1 = label agrees with the model; "
-                    "low = doubtful, review first)", "Fraction of pixels the proposal changes",
-                    "Review status")[section]
-        return None
-
-    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        row = self.rows[index.row()]
-        col = index.column()
-        if role == NAME_ROLE:
-            return row.name
-        if role == Qt.ItemDataRole.DisplayRole:
-            if col == COL_NAME:
-                return row.name
-            if col == COL_SCORE:
-                return "" if row.score is None else f"{row.score:.3f}"
-            if col == COL_CHANGED:
-                return "" if row.changed is None else f"{100 * row.changed:.1f}%"
-            if col == COL_STATUS:
-                return STATUS_TITLES.get(row.status, row.status)
-            return None
-        if role == SORT_ROLE:
-            if col == COL_SCORE:
-                return math.inf if row.score is None else float(row.score)
-            if col == COL_CHANGED:
-                return -math.inf if row.changed is None else float(row.changed)
-            if col == COL_STATUS:
-                return row.status
-            return row.name
-        if role == Qt.ItemDataRole.DecorationRole and col == COL_THUMB:
-            pm = self._thumbs.get(row.name)
-            if pm is None and row.status != "skipped" and row.name not in self._requested:
-                self._requested.add(row.name)
-                self.thumbnailNeeded.emit(row.name)
-            return pm
-        if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATUS:
-            c = STATUS_COLORS.get(row.status)
-            return None if c is None else QBrush(c)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            if row.status == "skipped":
-                return f"{row.name}: skipped: {row.reason or 'unknown reason'}"
-            return row.name
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_SCORE, COL_CHANGED):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
+from .queue_model import (
+    COL_CHANGED,
+    COL_NAME,
+    COL_SCORE,
+    COL_STATUS,
+    COL_THUMB,
+    NAME_ROLE,
+    SORT_ROLE,
+    STATUS_TITLES,
+    THUMB_SIZE,
+    QueueModel,
+)
 
 
 class QueueProxy(QSortFilterProxyModel):
@@ -209,6 +61,17 @@ class QueueProxy(QSortFilterProxyModel):
             if row.status != self.status_filter:
                 return False
         return super().filterAcceptsRow(source_row, source_parent)
+
+
+class PageKeysToWindow(QObject):
+    """Event filter: PageUp/PageDown are the window's (a volume's slices), not the table's
+    page scrolling; with no volume open the (disabled) actions let the table have them."""
+
+    def eventFilter(self, obj, ev) -> bool:
+        if ev.type() == QEvent.Type.ShortcutOverride and ev.key() in (Qt.Key.Key_PageUp, Qt.Key.Key_PageDown):
+            ev.ignore()
+            return True
+        return False
 
 
 class FilterEdit(QLineEdit):
@@ -258,6 +121,8 @@ class ReviewQueue(QWidget):
         header.setMinimumSectionSize(30)
         self.table.sortByColumn(COL_SCORE, Qt.SortOrder.AscendingOrder)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
+        self._page_keys = PageKeysToWindow(self)
+        self.table.installEventFilter(self._page_keys)
 
         self.filter_edit = FilterEdit()
         self.filter_edit.left.connect(self.focus_table)
@@ -285,7 +150,7 @@ class ReviewQueue(QWidget):
         self.model.dataChanged.connect(lambda *_: self.update_summary())
 
     def update_summary(self) -> None:
-        rows = self.model.rows
+        rows = self.model.leaf_rows()
         if not rows:
             self.summary.setText("No dataset open")
             return
@@ -293,6 +158,8 @@ class ReviewQueue(QWidget):
         done = sum(r.status in ("accepted", "kept", "edited") for r in rows)
         skipped = sum(r.status == "skipped" for r in rows)
         text = f"{n} images · {done} reviewed"
+        if self.model.grouped:
+            text = f"{len(self.model.rows)} volumes · {n} slices · {done} reviewed"
         if skipped:
             text += f" · {skipped} skipped"
         self.summary.setText(text)
@@ -321,6 +188,13 @@ class ReviewQueue(QWidget):
     def visible_names(self) -> list[str]:
         """Names in the order shown (sorted and filtered)."""
         return [self.proxy.index(r, 0).data(NAME_ROLE) for r in range(self.proxy.rowCount())]
+
+    def visible_leaf_names(self) -> list[str]:
+        """The items of the rows shown, in order (a volume's slices in place of its row)."""
+        out = []
+        for name in self.visible_names():
+            out += self.model.members(name) or [name]
+        return out
 
     def select(self, name: str) -> bool:
         i = self.model.row_of(name)

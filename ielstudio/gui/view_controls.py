@@ -4,7 +4,10 @@ image's window / level (contrast limits, as napari calls them).
 The zoom is kept when the next image has the same size (the canvas resets it only
 for a new size or on Fit); the contrast mode is kept across images: the full range
 of the normalised image, the 1st-99th percentile of each image, or a window and
-level the user set.
+level the user set. Volumes are shown in their own units (Hounsfield units for CT):
+then the full range is the slice's minimum to maximum, and the CT presets (soft
+tissue, lung, bone; the usual window/level of radiology viewers such as 3D Slicer)
+join the modes; percentile contrast (Auto) suits MR.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from PySide6.QtCore import QRectF, Signal
 from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QToolButton, QWidget
 
 CONTRAST_MODES = (("full", "Full range"), ("auto", "Auto (1-99 %)"), ("manual", "Window / level"))
+#: CT window/level presets in Hounsfield units: key -> (title, window, level).
+CT_PRESETS = {"ct-soft": ("CT soft tissue", 400.0, 40.0), "ct-lung": ("CT lung", 1500.0, -600.0),
+              "ct-bone": ("CT bone", 1800.0, 400.0)}
 AUTO_PERCENTILES = (1.0, 99.0)
 MAX_SAMPLE = 1 << 20  # pixels the auto contrast looks at (a strided sample of larger images)
 
@@ -42,6 +48,7 @@ class ViewControls(QWidget):
         self.viewbox, self.image_item = viewbox, image_item
         self._shape: tuple[int, int] | None = None
         self._image: np.ndarray | None = None
+        self.raw = False  # images in their own units (volumes), not normalised to [0, 1]
         self.fit_button = QToolButton(text="Fit")
         self.fit_button.setToolTip("Fit the image to the view (F)")
         self.fit_button.clicked.connect(self.fit)
@@ -113,6 +120,28 @@ class ViewControls(QWidget):
     def set_mode(self, mode: str) -> None:
         self.mode.setCurrentIndex(self.mode.findData(mode))
 
+    def set_raw(self, raw: bool) -> None:
+        """Images in their own units (True: volumes; the CT presets are offered; contrast
+        starts at Auto) or normalised to [0, 1] (a CT preset or a window in CT units
+        falls back to Auto)."""
+        if raw == self.raw:
+            return
+        self.raw = raw
+        for spin in (self.window, self.level):
+            spin.setSingleStep(10.0 if raw else 0.05)
+        mode = self.mode.currentData()
+        self.mode.blockSignals(True)
+        for key in CT_PRESETS:
+            i = self.mode.findData(key)
+            if i >= 0:
+                self.mode.removeItem(i)
+        if raw:
+            for key, (title, width, level) in CT_PRESETS.items():
+                self.mode.addItem(f"{title} (W {width:g}, L {level:g})", key)
+        self.mode.blockSignals(False)
+        self.set_mode(mode if not raw and self.mode.findData(mode) >= 0 and mode != "manual" else "auto")
+        self._apply() if self._image is not None else None
+
     def levels(self) -> tuple[float, float]:
         mode = self.mode.currentData()
         if mode == "auto" and self._image is not None:
@@ -120,6 +149,13 @@ class ViewControls(QWidget):
         if mode == "manual":
             half = self.window.value() / 2
             return self.level.value() - half, self.level.value() + half
+        if mode in CT_PRESETS:
+            _, width, level = CT_PRESETS[mode]
+            return level - width / 2, level + width / 2
+        if self.raw and self._image is not None:
+            finite = self._image[np.isfinite(self._image)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
         return 0.0, 1.0
 
     def _manual(self) -> None:

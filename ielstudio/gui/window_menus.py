@@ -25,6 +25,10 @@ class MenusMixin:
             "accept": lambda: self.accept(),
             "keep": lambda: self.keep(),
             "accept_worse": lambda: self.accept_worse_than(),
+            "accept_volume": lambda: self.decide_volume("accepted"),
+            "keep_volume": lambda: self.decide_volume("kept"),
+            "next_slice": lambda: self.step_slice(1),
+            "previous_slice": lambda: self.step_slice(-1),
             "next": lambda: self.step_image(1),
             "previous": lambda: self.step_image(-1),
             "tool_pan": lambda: self.canvas.set_tool("pan"),
@@ -83,11 +87,11 @@ class MenusMixin:
         file_menu.addSeparator()
         file_menu.addAction(self.actions["quit"])
         edit = mb.addMenu("&Edit")
-        for key in ("undo", "redo", None, "accept", "keep", "accept_worse", None,
+        for key in ("undo", "redo", None, "accept", "keep", "accept_worse", "accept_volume", "keep_volume", None,
                     "tool_pan", "brush", "eraser", "tool_object", "pick_class", "smaller", "larger"):
             edit.addSeparator() if key is None else edit.addAction(self.actions[key])
         view = mb.addMenu("&View")
-        for key in ("next", "previous", None, "fit_view", "actual_size", "auto_contrast", "full_contrast", None,
+        for key in ("next", "previous", "next_slice", "previous_slice", None, "fit_view", "actual_size", "auto_contrast", "full_contrast", None,
                     "toggle_mask", "toggle_proposal", "toggle_difference"):
             view.addSeparator() if key is None else view.addAction(self.actions[key])
         train = mb.addMenu("&Training")

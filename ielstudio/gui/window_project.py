@@ -8,7 +8,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QFileDialog
 
 from . import jobs
-from .review_queue import QueueRow
+from .queue_model import QueueRow
 from .workers import GeneratorWorker
 
 
@@ -116,14 +116,16 @@ class ProjectMixin:
         return self._attach(project, scan)
 
     def _scan(self, images_dir, masks_dir):
+        """The folders' pairs: images (core.dataset), or volumes cut into slices from their
+        headers alone (core.volume_review), so that 50 CT volumes open at once."""
         from ielstudio.core.dataset import scan_pairs
         from ielstudio.core.errors import DataError
         from ielstudio.core.volume_data import is_volume_dataset
+        from ielstudio.core.volume_review import scan_volume_dataset
 
         try:
             if is_volume_dataset(images_dir):
-                raise DataError(images_dir, "holds 3-D volumes, which the window cannot review yet; clean them with "
-                                            "`ielstudio clean IMAGES MASKS --out DIR` (README: Volumes)")
+                return scan_volume_dataset(images_dir, masks_dir)
             return scan_pairs(images_dir, masks_dir)
         except (DataError, OSError) as e:
             self.report_error("Cannot read the folders", str(e))
@@ -188,6 +190,7 @@ class ProjectMixin:
         self.iel_panel.no_prediction_hint = "no prediction yet (train a model)"
         self.current = None
         self.undo_stack.clear()
+        self._open_volumes(None)
         self.queue.model.set_rows([])
         self.canvas.set_image(None)
         self.iel_panel.clear()
@@ -206,6 +209,7 @@ class ProjectMixin:
         except (DataError, OSError) as e:  # a read-only folder: the project still opens
             self.statusBar().showMessage(f"Could not write the project's lock file: {e}", 10000)
         self.pairs = {p.name: p for p in scan.pairs}
+        self._open_volumes(scan)
         try:
             if not project.read_only:  # a damaged project opened to salvage it is never written
                 project.add_images(scan.pairs)
@@ -222,6 +226,8 @@ class ProjectMixin:
         self._update_title()
         n = len(scan.pairs)
         msg = f"Opened {n} image/mask pairs from {project.images_dir}"
+        if self.volumes is not None:
+            msg = f"Opened {len(scan.volumes)} image/label volumes ({n} slices) from {project.images_dir}"
         if scan.skipped:
             msg += f" ({len(scan.skipped)} files skipped, see the queue)"
         self.statusBar().showMessage(msg, 10000)
@@ -254,14 +260,22 @@ class ProjectMixin:
         self.datasetSettled.emit()
 
     def _reload_queue(self) -> None:
+        from . import jobs
+
+        in_scan = set(self.pairs)  # a project may remember images (slices) no longer in the folders
         rows = [QueueRow(r.name, r.status, r.score, r.changed_fraction, r.skip_reason)
-                for r in self.project.images(order_by="score")]
+                for r in self.project.images(order_by="score") if self.volumes is None or r.name in in_scan]
+        if self.volumes is not None:  # slices in volume order: the row of a volume lists them so
+            order = {p.name: i for i, p in enumerate(self.scan.pairs)}
+            rows.sort(key=lambda r: order[r.name])
         known = {r.name for r in rows}
         for s in self.scan.skipped:
             name = Path(s.path).name
             if name not in known:
                 rows.append(QueueRow(name, "skipped", None, None, s.problem))
-        self.queue.model.set_rows(rows)
+        self.queue.model.set_rows(rows, self.scan.group_of() if self.volumes is not None else None)
+        if self.volumes is not None:
+            self.queue.model.set_group_scores(self.project.get_setting(jobs.VOLUME_SCORES) or {})
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls() and all(u.isLocalFile() for u in event.mimeData().urls()):
@@ -317,15 +331,19 @@ class ProjectMixin:
             return False
         from ielstudio.core.session import ExportDone, iter_export
 
-        w = GeneratorWorker(iter_export, self.project, out, cancel_kwarg="cancel", parent=self)
+        if self.volumes is not None:
+            w = self.export_volumes(out)
+        else:
+            w = GeneratorWorker(iter_export, self.project, out, cancel_kwarg="cancel", parent=self)
+        unit = "label volumes" if self.volumes is not None else "masks"
 
         def on_event(ev):
             if isinstance(ev, ExportDone):
                 r = ev.report
-                msg = f"Exported {r.written} masks and report.csv/report.json to {r.out_dir}"
+                msg = f"Exported {r.written} {unit} and report.csv/report.json to {r.out_dir}"
                 if r.errors:
                     self.report_error("Export finished with errors",
-                                      f"{r.errors} images could not be exported; see {r.csv_path}")
+                                      f"{r.errors} {unit} could not be exported; see {r.csv_path}")
                 self.statusBar().showMessage(msg, 10000)
                 self.exportFinished.emit(r)
             else:

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QInputDialog, QMessageBox
 
 from . import jobs
 from .edit_commands import DecisionCommand, object_under, paint
-from .review_queue import thumbnail_pixmap
+from .queue_model import thumbnail_pixmap
 from .workers import GeneratorWorker
 
 
@@ -45,8 +45,9 @@ class ReviewMixin:
         from ielstudio.core.dataset import load_sample
         from ielstudio.core.errors import DataError
 
+        encoding = self.project.mask_encoding() if self.project else None
         try:
-            s = load_sample(pair, self.project.mask_encoding() if self.project else None)
+            s = self.volumes.sample(name, encoding) if self.volumes is not None else load_sample(pair, encoding)
         except (DataError, OSError, ValueError) as e:
             self._mark_unreadable(pair, e)
             return None
@@ -86,15 +87,15 @@ class ReviewMixin:
     def mark_skipped_files(self, skipped) -> None:
         """`dataset.Skipped` files found while settling or loading the data set: their images
         are marked skipped (files the folder scan already listed are in the queue as such)."""
-        by_path = {}
+        by_path: dict[Path, list[str]] = {}  # a volume's files hold all its slices
         for p in self.pairs.values():
-            by_path[Path(p.image_path)] = p.name
-            by_path[Path(p.mask_path)] = p.name
+            by_path.setdefault(Path(p.image_path), []).append(p.name)
+            by_path.setdefault(Path(p.mask_path), []).append(p.name)
         listed = {Path(s.path) for s in self.scan.skipped}
         for sk in skipped:
-            name = by_path.get(Path(sk.path))
-            if name is not None and Path(sk.path) not in listed:
-                self.mark_skipped(name, sk.problem)
+            if Path(sk.path) not in listed:
+                for name in by_path.get(Path(sk.path), []):
+                    self.mark_skipped(name, sk.problem)
         if skipped:
             self.statusBar().showMessage(f"{len(skipped)} files skipped (hover the queue rows for why)", 8000)
 
@@ -135,6 +136,7 @@ class ReviewMixin:
     def show_image(self, name: str | None) -> None:
         if not name or self.project is None:
             return
+        name = self.resolve_slice(name)  # a volume's row: one of its slices
         row = self.queue.model.get(name)
         if row is not None and row.status == "skipped" and name not in self.pairs:
             self.current = None
@@ -156,11 +158,13 @@ class ReviewMixin:
             self._set_classes(seen)
         self._refresh_overlays(name, s)
         self._update_status()
+        self._update_slice_bar(name)
         self._prefetch_around(name)
 
     def _prefetch_around(self, name: str, ahead: int = 2) -> None:
-        """Load the next and previous images of the queue in the background (fast N / P)."""
-        if self.project is None:
+        """Load the next and previous images of the queue in the background (fast N / P;
+        a volume's slices come from the volume kept open)."""
+        if self.project is None or self.volumes is not None:
             return
         names = self.queue.visible_names()
         if name not in names:
@@ -217,6 +221,9 @@ class ReviewMixin:
         self.queue.step(delta)
 
     def _request_thumbnail(self, name: str) -> None:
+        if self.volumes is not None and self.queue.model.members(name):
+            self._request_volume_thumbnail(name)
+            return
         pair = self.pairs.get(name)
         if pair is not None:
             self.thumb_queue.put((name, pair.image_path))
@@ -255,8 +262,9 @@ class ReviewMixin:
         names = [command.name] if isinstance(command, DecisionCommand) else [
             c.name for c in (command.child(i) for i in range(command.childCount())) if isinstance(c, DecisionCommand)]
         step()
-        if len(names) == 1 and names[0] != self.current:
-            self.queue.select(names[0])  # show the image whose decision changed
+        one_volume = self.volumes is not None and len({self.queue.model.group_of(n) for n in names}) == 1
+        if names and (len(names) == 1 or one_volume) and names[0] != self.current:
+            self.go_to(names[0])  # show the image (slice) whose decision changed
         self.statusBar().showMessage(f"{'Undid' if verb == 'undo' else 'Redid'}: {text}", 8000)
 
     def decision_changed(self, name: str) -> None:
@@ -268,6 +276,7 @@ class ReviewMixin:
         self.queue.model.update(name, status=row.status)
         if name == self.current:
             self._refresh_overlays(name, iel=False)
+            self._update_slice_bar(name)
         self._update_status()
 
     def _need_current(self) -> str | None:
@@ -289,7 +298,7 @@ class ReviewMixin:
             return False
         self.undo_stack.push(DecisionCommand(self, name, "accepted", prop, f"Accept proposal for {name}"))
         if advance and name == self.current:
-            self.step_image(1)
+            self._advance(name)
         return True
 
     def confirm_accept_preview(self, name: str) -> bool:
@@ -309,7 +318,7 @@ class ReviewMixin:
             return False
         self.undo_stack.push(DecisionCommand(self, name, "kept", None, f"Keep original for {name}"))
         if advance and name == self.current:
-            self.step_image(1)
+            self._advance(name)
         return True
 
     def apply_stroke(self, footprint: np.ndarray, value: int) -> None:
@@ -334,6 +343,9 @@ class ReviewMixin:
         if prop is None:
             self.statusBar().showMessage("No proposal yet: train a model first.", 5000)
             return
+        if self.volumes is not None:
+            self.accept_object_3d(name, row, col)
+            return
         before = self.current_mask(name)
         region = object_under(before, prop, row, col)
         after = before.copy()
@@ -354,7 +366,7 @@ class ReviewMixin:
             if not ok:
                 return 0
             self.settings.setValue("accept_worse/threshold", threshold)
-        names = [r.name for r in self.queue.model.rows
+        names = [r.name for r in self.queue.model.leaf_rows()
                  if r.status == "unreviewed" and r.score is not None and r.score < threshold
                  and r.name in self.proposals]
         if not names:

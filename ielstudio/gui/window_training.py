@@ -46,7 +46,7 @@ class TrainingMixin:
         return dataclasses.replace(CleanConfig(), **values)
 
     def snapshot_names(self) -> list[str]:
-        names = [n for n in self.queue.visible_names() if n in self.pairs]
+        names = [n for n in self.queue.visible_leaf_names() if n in self.pairs]
         if len(names) <= ALL_SNAPSHOT_LIMIT:
             return names
         first = names[:32]
@@ -238,6 +238,8 @@ class TrainingMixin:
         while len(self._probs) > PROBS_CACHE:
             self._probs.popitem(last=False)
         self.queue.model.update_many({n: {"score": s, "changed": c} for n, s, c in rows})
+        if reviews.volume_scores and reviews.step is None:
+            self.queue.model.set_group_scores(reviews.volume_scores)
         if self.current in reviews.items:
             self._refresh_overlays(self.current)
         self._update_status()
@@ -277,6 +279,8 @@ class TrainingMixin:
         finished = self.last_training
         self.training_state = TrainingState.IDLE
         self.queue.freeze_order(False)  # re-rank once, now that the scores are final
+        if self.volumes is not None:
+            self.queue.model.clear_thumbnails()  # a volume's thumbnail: its worst slice, known now
         self.training_panel.set_running(False)
         if stopped:
             self.training_panel.set_progress_text("stopped")

@@ -1,0 +1,445 @@
+"""Volumes in the review window (no Qt here): a volume data set opened from its headers,
+its slices read when shown, 3-D objects found across slices, and the decided slices
+exported as label volumes with their header.
+
+- **Opening** (`scan_volume_dataset`) reads headers only: each image/label pair is
+  paired by name, its grids compared (`volumes.check_same_grid`) and cut into slices
+  along `volumes.slice_axis`, as `ielstudio clean` cuts them. Each slice is one `Pair`
+  named ``case/0012`` (`volume_data.SLICE_SEP`), so the project keeps one decision per
+  slice, and undo stores the one slice a stroke changed, never the volume.
+- **Orientation**: a slice is shown as radiologists read it (`display_orientation`:
+  axial and coronal slices with the patient's right on the screen's left, anterior or
+  superior up; sagittal with anterior on the left), from the image's RAS affine. The
+  window and the project hold slices in that frame (`to_display`); the job's proposals
+  are turned into it, and export turns the decided slices back (`from_display`).
+- **Showing** (`VolumeSlices`) reads a slice when it is shown; the last two volumes
+  stay open (an uncompressed NIfTI is memory-mapped, a compressed one is read once).
+  The window shows raw intensities (Hounsfield units for CT), so window/level presets
+  mean what they say; the model sees the volume's normalised intensities, as in
+  `volume_data.load_volume_dataset`.
+- **Objects** (`object_in_volume`): the 26-connected object through a voxel, found
+  slice by slice, reading only the slices it spans.
+- **Export** (`iter_volume_export`): every volume written in its label file's format and
+  header, decided slices replaced and every other voxel as the file holds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .dataset import Pair, Sample, Scan, Skipped
+from .errors import DataError
+from .imageio import MAX_CLASSES, MaskEncoding, atomic_write_text
+from .volume_data import SLICE_SEP, class_values, scan_volume_pairs, volume_encoding
+
+#: Volumes kept open by `VolumeSlices` (the one shown and the one before).
+OPEN_VOLUMES = 2
+
+
+def split_slice_name(name: str) -> tuple[str, int] | None:
+    """``"case01/0012"`` -> ``("case01", 12)``; None for a name that is not a slice's."""
+    volume, sep, index = str(name).rpartition(SLICE_SEP)
+    if not sep or not index.isdigit():
+        return None
+    return volume, int(index)
+
+
+#: The three slice views: name, and (screen right, screen up) as RAS unit vectors.
+VIEWS = {2: ("axial", (-1, 0, 0), (0, 1, 0)), 1: ("coronal", (-1, 0, 0), (0, 0, 1)),
+         0: ("sagittal", (0, -1, 0), (0, 0, 1))}
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How an array slice becomes the displayed one: transposed, then rows and/or columns
+    reversed. `view`: "axial", "coronal", "sagittal" (or "" without a world position)."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+    view: str = ""
+
+
+def display_orientation(affine_ras: np.ndarray | None, axis: int) -> Orientation:
+    """The `Orientation` that shows slices along array `axis` of a volume with this RAS
+    affine the radiological way (see the module doc); identity without an affine."""
+    if affine_ras is None:
+        return Orientation()
+    dirs = np.asarray(affine_ras, float)[:3, :3]
+    dirs = dirs / np.maximum(np.linalg.norm(dirs, axis=0), 1e-12)
+    view, right, up = VIEWS[int(np.argmax(np.abs(dirs[:, axis])))]
+    rows, cols = (dirs[:, a] for a in range(3) if a != axis)
+    transpose = abs(rows @ right) > abs(cols @ right)
+    across, down = (rows, cols) if transpose else (cols, rows)
+    return Orientation(bool(transpose), bool(down @ up > 0), bool(across @ right < 0), view)
+
+
+def to_display(plane: np.ndarray, o: Orientation) -> np.ndarray:
+    """An array slice (its last two axes) in the displayed frame."""
+    a = np.asarray(plane)
+    if o.transpose:
+        a = np.swapaxes(a, -1, -2)
+    if o.flip_rows:
+        a = a[..., ::-1, :]
+    if o.flip_cols:
+        a = a[..., ::-1]
+    return np.ascontiguousarray(a)
+
+
+def from_display(plane: np.ndarray, o: Orientation) -> np.ndarray:
+    """A displayed slice back in the array's frame (`to_display` undone)."""
+    a = np.asarray(plane)
+    if o.flip_cols:
+        a = a[..., ::-1]
+    if o.flip_rows:
+        a = a[..., ::-1, :]
+    if o.transpose:
+        a = np.swapaxes(a, -1, -2)
+    return np.ascontiguousarray(a)
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    """One image volume and its label volume on one grid, cut along `axis` into `n_slices`,
+    shown in `orientation`."""
+
+    name: str
+    image_path: Path
+    label_path: Path
+    axis: int
+    n_slices: int
+    shape: tuple[int, int, int]
+    orientation: Orientation = Orientation()
+
+    def slice_name(self, k: int) -> str:
+        return f"{self.name}{SLICE_SEP}{k:04d}"
+
+    def slice_names(self) -> list[str]:
+        return [self.slice_name(k) for k in range(self.n_slices)]
+
+    def index(self, k: int) -> tuple:
+        """The numpy index of slice k in the volume's array."""
+        return (slice(None),) * self.axis + (k,)
+
+
+@dataclass
+class VolumeScan(Scan):
+    """A `dataset.Scan` of a volume data set: one `Pair` per slice (``pairs``), the
+    volumes they come from (``volumes``) and the files skipped, with why."""
+
+    volumes: list[VolumeEntry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._by_name = {v.name: v for v in self.volumes}
+
+    def volume(self, name: str) -> VolumeEntry | None:
+        return self._by_name.get(name)
+
+    def locate(self, slice_name: str) -> tuple[VolumeEntry, int] | None:
+        """The volume and slice index of a slice name (None when it is not one of this scan)."""
+        parts = split_slice_name(slice_name)
+        if parts is None or parts[0] not in self._by_name:
+            return None
+        entry = self._by_name[parts[0]]
+        return (entry, parts[1]) if 0 <= parts[1] < entry.n_slices else None
+
+    def group_of(self) -> dict[str, str]:
+        """Slice name -> volume name."""
+        return {p.name: p.name.rpartition(SLICE_SEP)[0] for p in self.pairs}
+
+
+def scan_volume_dataset(images_dir: str | Path, masks_dir: str | Path) -> VolumeScan:
+    """Pair the volumes of two folders and cut them into slices from their headers (no
+    voxels read); a pair whose grids differ or whose header cannot be read is skipped,
+    naming the file and the difference."""
+    from . import volumes
+
+    pairs, skipped = scan_volume_pairs(images_dir, masks_dir)
+    entries, slice_pairs = [], []
+    for pair in pairs:
+        try:
+            image = volumes.open_volume(pair.image_path)
+            label = volumes.open_volume(pair.label_path)
+            volumes.check_same_grid(image, label)
+        except DataError as e:
+            skipped.append(Skipped(e.path or pair.label_path, e.problem))
+            continue
+        axis = volumes.slice_axis(image)
+        entry = VolumeEntry(pair.name, Path(pair.image_path), Path(pair.label_path), axis, int(image.shape[axis]),
+                            tuple(int(s) for s in image.shape),
+                            display_orientation(volumes.ras_affine(image), axis))
+        entries.append(entry)
+        slice_pairs += [Pair(entry.slice_name(k), entry.image_path, entry.label_path) for k in range(entry.n_slices)]
+    return VolumeScan(slice_pairs, skipped, Path(images_dir), Path(masks_dir), volumes=entries)
+
+
+def settle_volume_encoding(scan: VolumeScan, progress: Callable[[int, int], None] | None = None
+                           ) -> tuple[MaskEncoding, list[Skipped]]:
+    """The data set's class mapping from its label volumes (every value found, ascending;
+    what `load_volume_dataset` finds), and the label files that cannot be read."""
+    from . import volumes
+
+    present, skipped, dtype = {0}, [], None
+    for i, entry in enumerate(scan.volumes):
+        try:
+            label = volumes.open_volume(entry.label_path)
+            present.update(volumes.label_values(label))
+            dtype = dtype or str(label.dtype)
+        except DataError as e:
+            skipped.append(Skipped(e.path or entry.label_path, e.problem))
+        if progress is not None:
+            progress(i + 1, len(scan.volumes))
+    if len(present) > MAX_CLASSES:
+        raise DataError(scan.masks_dir, f"the label volumes hold {len(present)} different values; at most "
+                                        f"{MAX_CLASSES} classes are supported")
+    return volume_encoding(sorted(present), dtype or "uint8"), skipped
+
+
+def classes_of(labels: np.ndarray, encoding: MaskEncoding, path: Path | None = None) -> np.ndarray:
+    """Label values -> class indices (int64) of the data set's mapping; DataError naming
+    ``path`` for a value the mapping does not know."""
+    values = np.asarray(encoding.values, np.int64)
+    labels = np.asarray(labels)
+    flat = labels.astype(np.int64, copy=False).reshape(-1)
+    pos = np.searchsorted(values, flat).clip(0, len(values) - 1)
+    known = values[pos] == flat
+    if not known.all():
+        bad = int(flat[~known][0])
+        raise DataError(path, f"label value {bad} is not one of the data set's values {list(encoding.values)}")
+    return pos.reshape(labels.shape)
+
+
+class VolumeSlices:
+    """Slices of a `VolumeScan` read when asked for (the window's image under review)."""
+
+    def __init__(self, scan: VolumeScan, keep: int = OPEN_VOLUMES):
+        self.scan, self.keep = scan, keep
+        self._open: OrderedDict[str, tuple] = OrderedDict()
+
+    def _volumes(self, entry: VolumeEntry):
+        if entry.name in self._open:
+            self._open.move_to_end(entry.name)
+            return self._open[entry.name]
+        from . import volumes
+
+        image = volumes.open_volume(entry.image_path)
+        label = volumes.open_volume(entry.label_path)
+        if tuple(image.shape) != entry.shape or tuple(label.shape) != entry.shape:
+            raise DataError(entry.label_path, "the volume changed on disk since the data set was opened; reopen it")
+        self._open[entry.name] = (image, label)
+        while len(self._open) > self.keep:
+            self._open.popitem(last=False)
+        return image, label
+
+    @staticmethod
+    def _plane(volume, entry: VolumeEntry, k: int) -> np.ndarray:
+        """Slice k in the displayed frame."""
+        if volume.format == "nifti" and str(volume.path).lower().endswith(".gz"):
+            plane = np.asarray(volume.array[entry.index(k)])  # gzip has no random access: read once, keep
+        else:
+            plane = volume.slice(entry.axis, k)
+        return to_display(plane, entry.orientation)
+
+
+    def _locate(self, name: str) -> tuple[VolumeEntry, int]:
+        found = self.scan.locate(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def sample(self, name: str, encoding: MaskEncoding | None) -> Sample:
+        """Slice ``name`` in the displayed frame: ``image`` (1, H, W) float32 raw intensities,
+        ``mask`` its class indices (``encoding`` None, before the data set's mapping is
+        settled: this volume's own values). DataError naming the file when it cannot be read."""
+        from . import volumes
+
+        entry, k = self._locate(name)
+        image, label = self._volumes(entry)
+        if encoding is None:
+            encoding = volume_encoding(sorted({0, *volumes.label_values(label)}))
+        pixels = np.asarray(self._plane(image, entry, k), np.float32)
+        bad = ~np.isfinite(pixels)
+        warnings = []
+        if bad.any():
+            pixels[bad] = 0.0
+            warnings.append(f"{entry.image_path}: {int(bad.sum())} voxels of slice {k} are not numbers; shown as 0")
+        mask = classes_of(self._plane(label, entry, k), encoding, entry.label_path)
+        return Sample(name, pixels[None], mask, encoding, entry.image_path, entry.label_path, warnings)
+
+    def thumbnail_source(self, name: str) -> np.ndarray:
+        """Slice ``name`` as a 2-D float array (for the queue's thumbnail)."""
+        entry, k = self._locate(name)
+        return np.asarray(self._plane(self._volumes(entry)[0], entry, k), np.float32)
+
+
+def object_in_volume(foreground: Callable[[int], np.ndarray], n_slices: int, k: int, row: int, col: int
+                     ) -> dict[int, np.ndarray]:
+    """The 26-connected object of foreground voxels through voxel (k, row, col), as
+    {slice index: bool (H, W) mask of the object there}; empty when that voxel is
+    background. ``foreground(j)`` gives slice j's foreground; only the slices the
+    object spans (and one either side) are asked for."""
+    import cv2
+
+    labels: dict[int, np.ndarray] = {}
+
+    def labels_of(j: int) -> np.ndarray:
+        if j not in labels:
+            fg = np.ascontiguousarray(np.asarray(foreground(j), bool), np.uint8)
+            labels[j] = cv2.connectedComponents(fg, connectivity=8)[1]
+        return labels[j]
+
+    start = labels_of(k)[row, col]
+    if start == 0:
+        return {}
+    region = {k: labels_of(k) == start}
+    frontier = [k]
+    kernel = np.ones((3, 3), np.uint8)
+    while frontier:
+        j = frontier.pop()
+        reach = cv2.dilate(region[j].astype(np.uint8), kernel) > 0  # the 8 in-plane neighbours on the next slice
+        for nb in (j - 1, j + 1):
+            if not 0 <= nb < n_slices:
+                continue
+            lab = labels_of(nb)
+            hit = np.unique(lab[reach & (lab > 0)])
+            if hit.size == 0:
+                continue
+            grown = np.isin(lab, hit)
+            old = region.get(nb)
+            if old is not None:
+                grown |= old
+                if np.array_equal(grown, old):
+                    continue
+            region[nb] = grown
+            frontier.append(nb)
+    return region
+
+
+def volume_status(statuses: Iterable[str]) -> str:
+    """One status for a volume from its slices': the common one when they agree;
+    "unreviewed" while any slice is; "skipped" when every slice is; else "edited" (a
+    mix of decisions: the volume differs from both the given and the proposed labels)."""
+    counts = Counter(s for s in statuses)
+    if not counts:
+        return "unreviewed"
+    if len(counts) == 1:
+        return next(iter(counts))
+    if counts.get("unreviewed"):
+        return "unreviewed"
+    decided = {s for s in counts if s != "skipped"}
+    return next(iter(decided)) if len(decided) == 1 else "edited"
+
+
+def next_slice_to_review(names: list[str], statuses: dict[str, str], scores: dict[str, float | None],
+                         current: str | None = None) -> str | None:
+    """Of one volume's slice names, the worst-scored unreviewed one other than `current`
+    (unscored ones by position); None when every other slice is decided."""
+    left = [n for n in names if n != current and statuses.get(n, "unreviewed") == "unreviewed"]
+    if not left:
+        return None
+    return min(left, key=lambda n: (scores.get(n) is None, scores.get(n) or 0.0, names.index(n)))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def iter_volume_export(project, scan: VolumeScan, out_dir: str | Path, volume_scores: dict | None = None,
+                       cancel: Callable[[], bool] | None = None) -> Iterator:
+    """Write every volume's label volume into `out_dir`: the label file's name, format and
+    header (`volumes.write_label_volume`), the accepted/edited slices from the project
+    and every other voxel exactly as the original holds it. One report row per volume
+    (`report.json`, `report.csv`), with each slice's status. Yields
+    `session.ExportProgress` per volume, then `session.ExportDone`."""
+    from . import volumes
+    from .session import ExportDone, ExportProgress, ExportReport, _now
+
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(project.masks_dir).resolve():
+        raise DataError(out_dir, "is the original masks folder; export into another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoding = project.mask_encoding()
+    scores = volume_scores or {}
+    rows, written, cancelled = [], 0, False
+    for entry in scan.volumes:
+        if cancel is not None and cancel():
+            cancelled = True
+            break
+        decisions = [project.decision(n) for n in entry.slice_names()]
+        statuses = Counter(d.status for d in decisions)
+        row = {"name": entry.name, "status": volume_status(d.status for d in decisions), "output": None,
+               "score": scores.get(entry.name), "slices": entry.n_slices, "slice_axis": entry.axis,
+               "slice_statuses": dict(statuses),
+               "changed_slices": [], "changed_voxels": None, "voxels_before": None, "voxels_after": None,
+               "error": None}
+        try:
+            dst = out_dir / entry.label_path.name
+            if dst.suffix.lower() == ".nhdr":  # a detached header is written back as one .nrrd file
+                dst = dst.with_suffix(".nrrd")
+            label = volumes.open_volume(entry.label_path)
+            original = np.asarray(label.array)
+            out = np.array(original, copy=True)
+            for k, d in enumerate(decisions):
+                if d.mask_id is None:
+                    continue
+                classes = from_display(project.mask(d.mask_id), entry.orientation)
+                plane = out[entry.index(k)]
+                if classes.shape != plane.shape:
+                    raise DataError(entry.label_path, f"the decided mask of slice {k} is {classes.shape} but the "
+                                                      f"volume's slices are {plane.shape}")
+                new = class_values(classes, list(encoding.values), original.dtype)
+                if not np.array_equal(new, plane):
+                    row["changed_slices"].append(k)
+                out[entry.index(k)] = new
+            volumes.write_label_volume(dst, out, label, protect=[entry.label_path])
+            written += 1
+            row.update(output=dst.name, changed_voxels=int((out != original).sum()),
+                       voxels_before=_value_counts(original), voxels_after=_value_counts(out))
+        except (DataError, ValueError, OSError) as e:
+            row["error"] = str(e)
+        rows.append(row)
+        yield ExportProgress(len(rows), len(scan.volumes), entry.name)
+    report = ExportReport(out_dir, rows, written, sum(r["error"] is not None for r in rows),
+                          out_dir / "report.csv", out_dir / "report.json")
+    summary = {
+        "project": str(project.path), "exported_at": _now(), "kind": "volumes",
+        "images_dir": str(project.images_dir), "masks_dir": str(project.masks_dir),
+        "checkpoint": None if project.checkpoint is None else
+        {"path": str(project.checkpoint.path), "sha256": project.checkpoint.sha256},
+        "label_values": list(encoding.values),
+        "finished": not cancelled,
+        "all_reviewed": not cancelled and all(not r["slice_statuses"].get("unreviewed") for r in rows),
+        "total": len(scan.volumes), "written": written, "errors": report.errors,
+        "skipped": [{"path": str(s.path), "problem": s.problem} for s in scan.skipped],
+        "volumes": rows,
+    }
+    atomic_write_text(report.json_path, json.dumps(summary, indent=1))
+    atomic_write_text(report.csv_path, _report_csv(rows))
+    yield ExportDone(report)
+
+
+def _value_counts(labels: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(int(v)): int(n) for v, n in zip(values, counts)}
+
+
+def _report_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["name", "status", "output", "score", "slices", "accepted", "edited", "kept", "unreviewed",
+                "skipped", "changed_slices", "changed_voxels", "error"])
+    for r in rows:
+        s = r["slice_statuses"]
+        w.writerow([r["name"], r["status"], r["output"] or "", "" if r["score"] is None else r["score"], r["slices"],
+                    *(s.get(k, 0) for k in ("accepted", "edited", "kept", "unreviewed", "skipped")),
+                    " ".join(str(k) for k in r["changed_slices"]),
+                    "" if r["changed_voxels"] is None else r["changed_voxels"], r["error"] or ""])
+    return buf.getvalue()

@@ -1,0 +1,209 @@
+"""Volume data sets in the main window: one queue row per volume, its slices through the
+slice bar (PageUp/PageDown, Shift+wheel), decisions per slice or per volume, objects
+taken whole in 3-D, thumbnails of each volume's worst slice, and export as label volumes.
+
+The unit of review stays the slice (`core.volume_review`: one project row per slice,
+named ``case/0012``), so accept, keep, brush, eraser and undo work on a slice as on an
+image, and a stroke's undo step is the one slice it changed; a volume-wide decision is
+one undo step over its slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .edit_commands import DecisionCommand
+from .queue_model import STATUS_TITLES
+from .workers import GeneratorWorker
+
+#: The actions that only mean something for a volume data set.
+VOLUME_ACTIONS = ("next_slice", "previous_slice", "accept_volume", "keep_volume")
+
+
+class VolumeMixin:
+    """The volume side of the review session (`self.volumes` is None for 2-D data)."""
+
+    def _open_volumes(self, scan) -> None:
+        """Set the window up for ``scan`` (a `VolumeScan`, a 2-D scan, or None when closing)."""
+        from ielstudio.core.volume_review import VolumeScan, VolumeSlices
+
+        volumes = isinstance(scan, VolumeScan)
+        self.volumes = VolumeSlices(scan) if volumes else None
+        self._thumb_volumes = VolumeSlices(scan, keep=1) if volumes else None  # read in the thumbnail thread only
+        self._slice_at: dict[str, str] = {}  # volume -> the slice the user moved to there last
+        self.slice_bar.setVisible(volumes)
+        self.canvas.slice_wheel = volumes
+        self.canvas.view_controls.set_raw(volumes)
+        for key in VOLUME_ACTIONS:
+            self.actions[key].setEnabled(volumes)
+
+    def resolve_slice(self, name: str) -> str:
+        """What to show for a queue row: the slice of a volume the user moved to last there,
+        else its worst unreviewed slice (the middle one before scoring); any other name as
+        it is."""
+        members = self.queue.model.members(name) if self.volumes is not None else []
+        if not members:
+            return name
+        if name in self._slice_at:
+            return self._slice_at[name]
+        from ielstudio.core.volume_review import next_slice_to_review
+
+        rows = {n: self.queue.model.get(n) for n in members}
+        if all(r.score is None for r in rows.values()):
+            return members[len(members) // 2]
+        scores = {n: r.score for n, r in rows.items()}
+        worst = next_slice_to_review(members, {n: r.status for n, r in rows.items()}, scores)
+        return worst or min(members, key=lambda n: (scores[n] is None, scores[n] or 0.0))
+
+    def show_slice(self, name: str) -> None:
+        """Show slice ``name`` (its volume's row selected in the queue)."""
+        volume = self.queue.model.group_of(name)
+        if volume is None:
+            return
+        self._slice_at[volume] = name
+        if self.queue.current_name() != volume and self.queue.select(volume):
+            return  # selecting the row showed it
+        self.show_image(name)
+
+    def go_to(self, name: str) -> None:
+        """Show ``name``: a slice of a volume, or a queue row."""
+        if self.volumes is not None and self.queue.model.group_of(name) is not None:
+            self.show_slice(name)
+        else:
+            self.queue.select(name)
+
+    def step_slice(self, delta: int) -> None:
+        """Move ``delta`` slices through the shown volume (PageUp/PageDown, Shift+wheel)."""
+        found = self.scan.locate(self.current) if self.volumes is not None and self.current else None
+        if found is None:
+            return
+        entry, k = found
+        target = min(entry.n_slices - 1, max(0, k + delta))
+        if target != k:
+            self.show_slice(entry.slice_name(target))
+
+    def _slice_bar_moved(self, index: int) -> None:
+        found = self.scan.locate(self.current) if self.volumes is not None and self.current else None
+        if found is not None and index != found[1]:
+            self.show_slice(found[0].slice_name(index))
+
+    def _update_slice_bar(self, name: str) -> None:
+        found = self.scan.locate(name) if self.volumes is not None else None
+        if found is None:
+            return
+        entry, k = found
+        row = self.queue.model.get(name)
+        status = STATUS_TITLES.get(row.status, row.status) if row is not None else "unreviewed"
+        self.slice_bar.show_slice(k, entry.n_slices, entry.orientation.view, None if row is None else row.score,
+                                  status)
+
+    def _advance(self, name: str) -> None:
+        """After a decision on ``name``: in a volume, its next slice to review (worst
+        first), then the next volume; else the next image."""
+        volume = self.queue.model.group_of(name) if self.volumes is not None else None
+        if volume is None:
+            self.step_image(1)
+            return
+        from ielstudio.core.volume_review import next_slice_to_review
+
+        members = self.queue.model.members(volume)
+        rows = {n: self.queue.model.get(n) for n in members}
+        following = next_slice_to_review(members, {n: r.status for n, r in rows.items()},
+                                         {n: r.score for n, r in rows.items()}, current=name)
+        if following is not None:
+            self.show_slice(following)
+        else:
+            self.step_image(1)
+
+    def _volume_of_current(self) -> str | None:
+        name = self._need_current()
+        if name is None or self.volumes is None:
+            return None
+        return self.queue.model.group_of(name)
+
+    def decide_volume(self, status: str) -> int:
+        """Accept (the proposals of) or keep (the given labels of) every unreviewed slice
+        of the shown volume, as one undo step, then go on to the next volume. Slices
+        already decided keep their decision."""
+        volume = self._volume_of_current()
+        if volume is None:
+            return 0
+        names = [n for n in self.queue.model.members(volume) if self.queue.model.get(n).status == "unreviewed"]
+        if status == "accepted":
+            missing = [n for n in names if self.proposals.get(n) is None]
+            if missing:
+                self.statusBar().showMessage(f"{len(missing)} slices of {volume} have no proposal yet: train a model "
+                                             "first (Ctrl+T).", 6000)
+                return 0
+        if not names:
+            self.statusBar().showMessage(f"Every slice of {volume} is decided already.", 5000)
+            return 0
+        verb = "Accept proposals" if status == "accepted" else "Keep original"
+        self.undo_stack.beginMacro(f"{verb} for {len(names)} slices of {volume}")
+        for n in names:
+            mask = self.proposals.get(n) if status == "accepted" else None
+            self.undo_stack.push(DecisionCommand(self, n, status, mask, f"{verb} for {n}"))
+        self.undo_stack.endMacro()
+        self.statusBar().showMessage(f"{verb} for {len(names)} slices of {volume} (one undo step).", 6000)
+        self.step_image(1)
+        return len(names)
+
+    def accept_object_3d(self, name: str, row: int, col: int) -> bool:
+        """Take the proposal for the whole 3-D object under (row, col) of slice ``name``:
+        the 26-connected object of foreground in the decided or proposed labels, on every
+        slice it spans, as one undo step."""
+        from ielstudio.core.volume_review import object_in_volume
+
+        entry, k = self.scan.locate(name)
+        names = entry.slice_names()
+        current, proposed = {}, {}
+
+        def foreground(j: int) -> np.ndarray:
+            current[j] = self.current_mask(names[j])
+            proposed[j] = self.proposals.get(names[j])
+            if current[j] is None:
+                raise ValueError(f"{names[j]} cannot be read")
+            fg = current[j] != 0
+            return fg | (proposed[j] != 0) if proposed[j] is not None else fg
+
+        try:
+            region = object_in_volume(foreground, entry.n_slices, k, row, col)
+        except ValueError as e:
+            self.statusBar().showMessage(f"Cannot take the object: {e}", 6000)
+            return False
+        changes = []
+        for j in sorted(region):
+            if proposed.get(j) is None:
+                continue
+            after = current[j].copy()
+            after[region[j]] = proposed[j][region[j]]
+            if not np.array_equal(after, current[j]):
+                changes.append((names[j], after))
+        if not changes:
+            self.statusBar().showMessage("The proposal does not change anything there.", 4000)
+            return False
+        span = f"slice {min(region) + 1}" if len(region) == 1 else f"slices {min(region) + 1}-{max(region) + 1}"
+        self.undo_stack.beginMacro(f"Accept object on {entry.name} ({span})")
+        for n, after in changes:
+            self.undo_stack.push(DecisionCommand(self, n, "edited", after, f"Accept object on {n}"))
+        self.undo_stack.endMacro()
+        self.statusBar().showMessage(f"Took the proposal for the object on {span} of {entry.name} "
+                                     f"({len(changes)} slices changed; one undo step).", 6000)
+        return True
+
+    def _request_volume_thumbnail(self, volume: str) -> None:
+        """A volume's thumbnail is its worst slice (its middle one before scoring)."""
+        members = self.queue.model.members(volume)
+        scored = [n for n in members if self.queue.model.get(n).score is not None]
+        name = min(scored, key=lambda n: self.queue.model.get(n).score) if scored else members[len(members) // 2]
+        reader = self._thumb_volumes
+        self.thumb_queue.put((volume, lambda: reader.thumbnail_source(name)))
+
+    def export_volumes(self, out) -> GeneratorWorker:
+        from ielstudio.core.volume_review import iter_volume_export
+
+        from . import jobs
+
+        scores = self.project.get_setting(jobs.VOLUME_SCORES) or {}
+        return GeneratorWorker(iter_volume_export, self.project, self.scan, out, scores, cancel_kwarg="cancel",
+                               parent=self)
