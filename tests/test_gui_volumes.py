@@ -155,6 +155,7 @@ def test_accept_goes_to_the_worst_unreviewed_slice_and_a_volume_decision_is_one_
     settled(w, qtbot)
     inject(w, "case0", 0, score_of=lambda k: [0.9, 0.3, 0.2, 0.4, 0.95, 0.1][k])
     assert w.queue.model.get("case0").score == 0.4  # the volume's own score, as the job sent it
+    assert w.current == "case0/0003" and "score 0.400" in w.slice_bar.text()  # its score shows as it arrives
     w.queue.select("case1")
     w.queue.select("case0")
     assert w.current == "case0/0005"  # the worst slice first

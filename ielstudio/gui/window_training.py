@@ -190,7 +190,8 @@ class TrainingMixin:
         if self.training_state == TrainingState.LOADING:
             self.training_panel.progress.setRange(0, max(1, total))
             self.training_panel.progress.setValue(done)
-            self.training_panel.set_progress_text(f"loading images {done}/{total}")
+            unit = "volumes" if self.volumes is not None else "images"
+            self.training_panel.set_progress_text(f"loading {unit} {done}/{total}")
 
     def _on_training_event(self, ev) -> None:
         from ielstudio.core.training import EvalEvent, StepEvent
@@ -242,6 +243,7 @@ class TrainingMixin:
             self.queue.model.set_group_scores(reviews.volume_scores)
         if self.current in reviews.items:
             self._refresh_overlays(self.current)
+            self._update_slice_bar(self.current)
         self._update_status()
         if reviews.step is None:
             self._show_scoring_progress(reviews)
