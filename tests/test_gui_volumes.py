@@ -166,7 +166,7 @@ def test_accept_goes_to_the_worst_unreviewed_slice_and_a_volume_decision_is_one_
     w.keep()
     assert w.project.image("case0/0002").status == "kept" and w.current == "case0/0001"
     assert w.queue.model.get("case0").status == "unreviewed"
-    assert "(2/6)" in w.queue.model.data(w.queue.model.index(0, 4))
+    assert w.queue.model.data(w.queue.model.index(0, 4)) == "2/6 done"
     n = w.decide_volume("accepted")
     assert n == 4  # the unreviewed ones; the two decided keep their decision
     statuses = {k: w.project.image(f"case0/{k:04d}").status for k in range(6)}
@@ -250,6 +250,12 @@ def test_export_writes_label_volumes_with_their_headers_and_only_decided_slices_
     assert rows["case1"]["slice_statuses"] == {"accepted": 6} and rows["case1"]["changed_slices"] == [1, 2, 3, 5]
     assert rows["case0"]["status"] == "unreviewed" and rows["case0"]["changed_voxels"] == 0
     assert report["label_values"] == [0, 1, 3] and not report["all_reviewed"]
+    path = w.project.path
+    w.close_project()
+    assert w.open_project(path)  # reopened: volume rows, their scores and every slice's decision are back
+    assert w.queue.visible_names()[-1] == "case0"  # the unscored volume comes last
+    assert w.queue.model.get("case1").status == "accepted" and w.queue.model.get("case1").score == 0.4
+    assert w.queue.model.get("case1/0002").status == "accepted"
 
 
 def test_ct_window_level_presets_are_offered_for_volumes_in_hounsfield_units(window, volume_folders):

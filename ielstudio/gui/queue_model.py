@@ -208,7 +208,7 @@ class QueueModel(QAbstractTableModel):
                 title = STATUS_TITLES.get(row.status, row.status)
                 if row.name in self._members and row.status == "unreviewed":
                     done, n = self.progress_of(row.name)
-                    return f"{title} ({done}/{n})" if done else title
+                    return f"{done}/{n} done" if done else title  # short: the name column keeps its width
                 return title
             return None
         if role == SORT_ROLE:
