@@ -310,3 +310,13 @@ def test_mixed_2d_and_3d_are_refused_and_a_mismatched_grid_is_listed_as_skipped(
     cv2.imwrite(str(images / "flat.png"), np.zeros((8, 8), np.uint8))
     assert not w.open_folders(images, masks)
     assert "mixes 3-D volumes" in w.last_error and "flat.png" in w.last_error
+
+
+def test_the_next_volume_is_opened_in_the_background_before_n_reaches_it(window, volume_folders, qtbot):
+    w = window
+    w.open_folders(*volume_folders)
+    w.queue.select("case0")
+    following = w.queue.visible_names()[1]
+    qtbot.waitUntil(lambda: following in w.volumes._open and following not in w._prefetching, timeout=10000)
+    image, label = w.volumes._open[following]
+    assert image._array is not None and label._array is not None  # compressed: read whole, ahead of time

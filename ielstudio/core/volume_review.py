@@ -12,8 +12,9 @@ exported as label volumes with their header.
   superior up; sagittal with anterior on the left), from the image's RAS affine. The
   window and the project hold slices in that frame (`to_display`); the job's proposals
   are turned into it, and export turns the decided slices back (`from_display`).
-- **Showing** (`VolumeSlices`) reads a slice when it is shown; the last two volumes
-  stay open (an uncompressed NIfTI is memory-mapped, a compressed one is read once).
+- **Showing** (`VolumeSlices`) reads a slice when it is shown; the last three volumes
+  stay open (an uncompressed NIfTI is memory-mapped, a compressed one is read once),
+  and the window opens the neighbours of the shown one in the background (`open`).
   The window shows raw intensities (Hounsfield units for CT), so window/level presets
   mean what they say; the model sees the volume's normalised intensities, as in
   `volume_data.load_volume_dataset`.
@@ -38,8 +39,8 @@ from .errors import DataError
 from .imageio import MAX_CLASSES, MaskEncoding, atomic_write_text
 from .volume_data import SLICE_SEP, class_values, scan_volume_pairs, volume_encoding
 
-#: Volumes kept open by `VolumeSlices` (the one shown and the one before).
-OPEN_VOLUMES = 2
+#: Volumes kept open by `VolumeSlices`: the one shown and the ones before and after it.
+OPEN_VOLUMES = 3
 
 
 def split_slice_name(name: str) -> tuple[str, int] | None:
@@ -219,8 +220,21 @@ class VolumeSlices:
     """Slices of a `VolumeScan` read when asked for (the window's image under review)."""
 
     def __init__(self, scan: VolumeScan, keep: int = OPEN_VOLUMES):
+        import threading
+
         self.scan, self.keep = scan, keep
         self._open: OrderedDict[str, tuple] = OrderedDict()
+        self._lock = threading.RLock()  # a background thread may open the next volume meanwhile
+
+    def open(self, volume: str) -> None:
+        """Read volume ``volume`` now (from a background thread: the next one in the queue),
+        so that showing its slices later reads nothing more from a compressed file."""
+        entry = self.scan.volume(volume)
+        if entry is not None:
+            with self._lock:
+                for vol in self._volumes(entry):
+                    if not (vol.format == "nifti" and not str(vol.path).lower().endswith(".gz")):
+                        vol.array  # noqa: B018  (loads and keeps the voxels)
 
     def _volumes(self, entry: VolumeEntry):
         if entry.name in self._open:
@@ -237,9 +251,13 @@ class VolumeSlices:
             self._open.popitem(last=False)
         return image, label
 
-    @staticmethod
-    def _plane(volume, entry: VolumeEntry, k: int) -> np.ndarray:
+    def _plane(self, volume, entry: VolumeEntry, k: int) -> np.ndarray:
         """Slice k in the displayed frame."""
+        with self._lock:
+            return self._read_plane(volume, entry, k)
+
+    @staticmethod
+    def _read_plane(volume, entry: VolumeEntry, k: int) -> np.ndarray:
         if volume.format == "nifti" and str(volume.path).lower().endswith(".gz"):
             plane = np.asarray(volume.array[entry.index(k)])  # gzip has no random access: read once, keep
         else:
@@ -260,7 +278,8 @@ class VolumeSlices:
         from . import volumes
 
         entry, k = self._locate(name)
-        image, label = self._volumes(entry)
+        with self._lock:
+            image, label = self._volumes(entry)
         if encoding is None:
             encoding = volume_encoding(sorted({0, *volumes.label_values(label)}))
         pixels = np.asarray(self._plane(image, entry, k), np.float32)
@@ -275,7 +294,8 @@ class VolumeSlices:
     def thumbnail_source(self, name: str) -> np.ndarray:
         """Slice ``name`` as a 2-D float array (for the queue's thumbnail)."""
         entry, k = self._locate(name)
-        return np.asarray(self._plane(self._volumes(entry)[0], entry, k), np.float32)
+        with self._lock:
+            return np.asarray(self._plane(self._volumes(entry)[0], entry, k), np.float32)
 
 
 def object_in_volume(foreground: Callable[[int], np.ndarray], n_slices: int, k: int, row: int, col: int

@@ -346,16 +346,16 @@ class Prefetched:
 
 
 def prefetch_job(requests: "queue.Queue", cancel: Callable[[], bool]) -> Iterator[Prefetched]:
-    """Load ``(name, pair, encoding, generation)`` requests ahead of navigation; a request
-    with name None ends it."""
+    """Load ``(name, pair, encoding, generation)`` requests ahead of navigation (``pair``
+    may be a callable that opens a volume ahead); a request with name None ends it."""
     from ielstudio.core.dataset import load_sample
 
     while not cancel():
         name, pair, encoding, generation = requests.get()
         if name is None:
             return
-        try:
-            yield Prefetched(name, load_sample(pair, encoding), generation)
+        try:  # a callable: a volume to open ahead (it gives no sample)
+            yield Prefetched(name, pair() if callable(pair) else load_sample(pair, encoding), generation)
         except Exception:
             yield Prefetched(name, None, generation)
 

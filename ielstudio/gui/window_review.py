@@ -163,10 +163,13 @@ class ReviewMixin:
 
     def _prefetch_around(self, name: str, ahead: int = 2) -> None:
         """Load the next and previous images of the queue in the background (fast N / P;
-        a volume's slices come from the volume kept open)."""
-        if self.project is None or self.volumes is not None:
+        for volumes: open the next and previous volumes)."""
+        if self.project is None:
             return
         names = self.queue.visible_names()
+        if self.volumes is not None:
+            name = self.queue.model.group_of(name) or name
+            ahead = 1
         if name not in names:
             return
         i = names.index(name)
@@ -176,6 +179,9 @@ class ReviewMixin:
                                                    parent=self)
             self.prefetch_worker.yielded.connect(self._on_prefetched)
             self.prefetch_worker.start()
+        if self.volumes is not None:
+            self._open_volumes_ahead(wanted)
+            return
         encoding = self.project.mask_encoding()
         for n in wanted:
             if n in self.pairs and n not in self._samples and n not in self._prefetching:

@@ -199,6 +199,14 @@ class VolumeMixin:
         reader = self._thumb_volumes
         self.thumb_queue.put((volume, lambda: reader.thumbnail_source(name)))
 
+    def _open_volumes_ahead(self, volumes: list[str]) -> None:
+        """Open these volumes (the queue's next and previous) in the prefetch thread."""
+        reader = self.volumes
+        for v in volumes:
+            if self.queue.model.members(v) and v not in self._prefetching:
+                self._prefetching.add(v)
+                self.prefetch_queue.put((v, lambda v=v: reader.open(v), None, self._prefetch_gen))
+
     def export_volumes(self, out) -> GeneratorWorker:
         from ielstudio.core.volume_review import iter_volume_export
 
