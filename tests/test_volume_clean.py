@@ -231,3 +231,25 @@ def test_train_on_volumes_holds_out_whole_volumes_and_its_model_fine_tunes_a_cle
                      "--steps", "2", *flags]) == 0
     report = json.loads((out / "ielstudio-report.json").read_text())
     assert report["settings"]["train"]["init_checkpoint"] == str(model) and report["n_images"] == 3
+
+
+def test_neighbouring_slices_as_input_channels_train_and_clean_volumes(volume_folders, tmp_path, capsys):
+    from ielstudio.core.imageio import normalize_intensity
+    from ielstudio.core.training import load_checkpoint
+
+    images, masks = volume_folders
+    ds = load_volume_dataset(images, masks, context=1)
+    assert ds.in_channels == 3
+    by_name = {s.name: s for s in ds.samples}
+    volume = normalize_intensity(np.asarray(nib.load(str(images / "case0.nii.gz")).dataobj, np.float32))
+    np.testing.assert_allclose(by_name["case0/0002"].image, np.moveaxis(volume[:, :, 1:4], -1, 0))
+    np.testing.assert_allclose(by_name["case0/0000"].image, np.moveaxis(volume[:, :, [0, 0, 1]], -1, 0))  # edge
+    assert load_volume_dataset(images, masks).in_channels == 1
+    model = tmp_path / "ctx.pt"
+    flags = ["--device", "cpu", "--width", "4", "--depth", "2", "--batch-size", "2", "--slice-context", "1"]
+    assert cli.main(["clean", str(images), str(masks), "--out", str(tmp_path / "out"), "--steps", "3",
+                     "--save-model", str(model), *flags]) == 0
+    net, config, _ = load_checkpoint(model)
+    assert config.slice_context == 1 and net.model_spec["in_channels"] == 3
+    report = json.loads((tmp_path / "out" / "ielstudio-report.json").read_text())
+    assert report["settings"]["train"]["slice_context"] == 1 and report["n_images"] == 3

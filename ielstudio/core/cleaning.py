@@ -786,7 +786,7 @@ def train_dataset(
     if volume:
         from .volume_clean import load_volumes
 
-        loaded = load_volumes(images_dir, masks_dir)
+        loaded = load_volumes(images_dir, masks_dir, context=train_config.slice_context)
         yield LoadedEvent(len(loaded.cases), loaded.n_classes, _skipped_list(loaded.skipped), list(loaded.warnings),
                           unit=f"image/label volume pairs ({len(loaded.samples)} slices)")
     else:

@@ -125,6 +125,9 @@ class TrainConfig:
         "processes that read and crop the training images beside training (torch DataLoader workers); "
         "0 = the training process itself"))
     augment: bool = field(default=True, metadata=_help("flips, 90-degree rotations, intensity jitter"))
+    slice_context: int = field(default=0, metadata=_help(
+        "volumes: neighbouring slices on each side given to the network as extra input channels "
+        "(0 = each slice alone; 2-D images ignore it)"))
 
     def __post_init__(self) -> None:
         if isinstance(self.iel, dict):

@@ -18,6 +18,7 @@ each volume as one 3-D object, and write corrected label volumes with the input'
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -157,9 +158,9 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
     return thresholds, reliability, warnings
 
 
-def load_volumes(images_dir: str | Path, masks_dir: str | Path) -> VolumeDataset:
+def load_volumes(images_dir: str | Path, masks_dir: str | Path, context: int = 0) -> VolumeDataset:
     """`load_volume_dataset`; DataError when not a single pair is usable (naming why)."""
-    ds = load_volume_dataset(images_dir, masks_dir)
+    ds = load_volume_dataset(images_dir, masks_dir, context=context)
     if not ds.cases:
         first = f"; first: {ds.skipped[0]}" if ds.skipped else ""
         raise DataError(masks_dir, f"no usable image/label volume pairs ({len(ds.skipped)} skipped{first})")
@@ -181,7 +182,8 @@ def clean_volumes(
     volume), corrected label volumes in `out_dir` under their names, in their format and
     with their header, and a report per volume and per slice."""
     run = prepare_clean(images_dir, masks_dir, out_dir, train_config, clean_config, report_path, csv_path,
-                        save_model, load=load_volumes)
+                        save_model, load=functools.partial(
+                            load_volumes, context=(train_config or TrainConfig()).slice_context))
     ds: VolumeDataset = run.loaded
     out, report_file, warnings = run.out, run.report_file, run.warnings
     train_config, clean_config = run.train_config, run.clean_config

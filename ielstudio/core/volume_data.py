@@ -61,6 +61,7 @@ class VolumeDataset:
     values: list[int]
     skipped: list[Skipped]
     warnings: list[str]
+    context: int = 0  # neighbouring slices on each side stacked as input channels
 
     @property
     def n_classes(self) -> int:
@@ -68,7 +69,7 @@ class VolumeDataset:
 
     @property
     def in_channels(self) -> int:
-        return 1
+        return 2 * self.context + 1
 
     @property
     def encoding(self) -> MaskEncoding:
@@ -170,11 +171,17 @@ def scan_volume_pairs(images_dir: str | Path, masks_dir: str | Path) -> tuple[li
 
 
 def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path,
-                        progress: Callable[[int, int], None] | None = None) -> VolumeDataset:
+                        progress: Callable[[int, int], None] | None = None, context: int = 0) -> VolumeDataset:
     """Read every volume pair into slices; a pair whose grids differ, or that cannot be
     read, is skipped with its reason. ``progress(done, total)`` after each volume read
-    (it may raise to cancel)."""
+    (it may raise to cancel). ``context``: each sample's image holds the ``context``
+    slices on either side of its slice too (channels k-context .. k+context, the first
+    and last slice repeated at the ends of the volume)."""
     from . import volumes
+
+    context = int(context)
+    if context < 0:
+        raise ValueError(f"slice context must be 0 or more, got {context}")
 
     pairs, skipped = scan_volume_pairs(images_dir, masks_dir)
     read: list[tuple[VolumePair, object, object, list[str]]] = []
@@ -213,12 +220,14 @@ def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path,
         case = VolumeCase(pair.name, pair.image_path, pair.label_path, label, axis, image.shape[axis], notes)
         for k in range(case.n_slices):
             index = (slice(None),) * axis + (k,)
-            samples.append(Sample(case.slice_name(k), np.ascontiguousarray(voxels[index])[None],
+            around = [min(case.n_slices - 1, max(0, j)) for j in range(k - context, k + context + 1)]
+            image = np.stack([voxels[(slice(None),) * axis + (j,)] for j in around])
+            samples.append(Sample(case.slice_name(k), np.ascontiguousarray(image),
                                   np.ascontiguousarray(classes[index]), encoding, pair.image_path, pair.label_path))
         cases.append(case)
         warnings += notes
         del voxels
-    return VolumeDataset(cases, samples, values, skipped, warnings)
+    return VolumeDataset(cases, samples, values, skipped, warnings, context)
 
 
 def volume_of(case: VolumeCase, slices: list[np.ndarray]) -> np.ndarray:

@@ -63,16 +63,17 @@ def _progress(cancel, report):
     return progress
 
 
-def _load(scan, cancel, report, encoding=None):
+def _load(scan, cancel, report, encoding=None, context: int = 0):
     """The data set of a scan: its images loaded (core.dataset), or for a volume data
     set its volumes cut into slices (core.volume_data; the class mapping is the label
-    values, found again from the same files)."""
+    values, found again from the same files; ``context``: neighbouring slices as channels)."""
     from ielstudio.core.dataset import load_samples
     from ielstudio.core.volume_data import load_volume_dataset
     from ielstudio.core.volume_review import VolumeScan
 
     if isinstance(scan, VolumeScan):
-        return load_volume_dataset(scan.images_dir, scan.masks_dir, progress=_progress(cancel, report))
+        return load_volume_dataset(scan.images_dir, scan.masks_dir, progress=_progress(cancel, report),
+                                   context=context)
     return load_samples(scan, progress=_progress(cancel, report), encoding=encoding)
 
 
@@ -250,7 +251,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
     from ielstudio.core.training import DoneEvent, SnapshotEvent, save_checkpoint, train
 
     try:
-        ds = _load(scan, cancel, report, encoding)
+        ds = _load(scan, cancel, report, encoding, context=config.slice_context)
     except Cancelled:
         return
     yield _info(ds)
@@ -315,9 +316,9 @@ def checkpoint_scoring_job(scan, checkpoint_path: str | Path, clean_config, canc
         raise DataError(checkpoint_path, "this model file has changed since the project used it (its sha256 differs); "
                                          "its proposals would not be the ones the decisions were made with. "
                                          "Train again, or put the original file back")
-    model, _config, meta = load_checkpoint(checkpoint_path)
-    try:
-        ds = _load(scan, cancel, report, encoding)
+    model, config, meta = load_checkpoint(checkpoint_path)
+    try:  # a model trained on neighbouring slices is given them again
+        ds = _load(scan, cancel, report, encoding, context=getattr(config, "slice_context", 0))
     except Cancelled:
         return
     spec = model.model_spec
