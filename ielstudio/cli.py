@@ -540,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             rank = f"[rank {world.rank}/{world.size}] "
         code = HANDLERS[args.command](args)
         distributed.shutdown(finished=True)  # every rank done: leave together
+        if rank:
+            _end_rank(code)
         return code
     except KeyboardInterrupt:
         _say(f"\nielstudio {args.command}: interrupted; files already written are complete, nothing half-written is left")
@@ -564,6 +566,18 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown(finished=False)  # after a failure (else already left)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _end_rank(code: int) -> None:
+    """A torchrun rank whose command succeeded ends here, after every rank has left the
+    process group: its files are written and its output is flushed, and it exits without
+    running C++ static destructors. With them, a gloo thread still alive at interpreter
+    exit aborted a finished rank now and then ("terminate called without an active
+    exception", SIGABRT; seen in CI on a loaded machine), which failed a run that had
+    done all its work."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class Terminated(BaseException):
