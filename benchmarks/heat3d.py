@@ -44,7 +44,9 @@ volumes of a set; "raw" is the model's 3-D post-processed decision before the
 do-no-harm gate, "out" what `ielstudio clean` would write (after the gate).
 
     python benchmarks/heat3d.py --selftest
-    python benchmarks/heat3d.py [--steps 200] [--width 16] [--seeds 0,1] [--tag NAME]
+    python benchmarks/heat3d.py [--steps 200] [--width 16] [--seeds 0,1] [--seeds-pyradiomics 0,1] [--tag NAME]
+
+The recorded run (results/heat3d.md): --seeds 0,1,2 --seeds-pyradiomics 0,1 (about 28 min on 2 cores).
 
 Runs are cached in results/heat3d[-TAG]-runs.json (a rerun skips finished runs).
 """
@@ -434,11 +436,19 @@ def run_grid(cache, set_name, plan, sets, truth, spacing_w, seeds, args, t_grid)
             for arm in arms:
                 key = f"{set_name}|{given}|{arm_key(arm)}|seed{seed}|steps{args.steps}|w{args.width}"
                 r = cache.get(key)
+                old = r
+                if r is not None and arm["kind"] == "base" and any(str(t) not in r["scores"] for t in t_grid):
+                    r = None  # a cached base run without the diffusion time now asked for: train it again
                 if r is None:
                     print(f"run {key} ...", flush=True)
                     r = run_one(sets[given], truth, spacing_w, train_config(args, seed), arm, t_grid,
                                 check_library=(arm["kind"] == "base" and not checked and args.check))
                     checked = checked or arm["kind"] == "base"
+                    if old is not None:  # training on the CPU is reproducible: the same model again
+                        same = old["scores"]["0.0"]["raw"] == r["scores"]["0.0"]["raw"]
+                        print(f"  rerun for t {t_grid}: t=0 scores identical to the cached run: {same}", flush=True)
+                        r["scores"] = {**old["scores"], **r["scores"]}
+                        r["rerun_identical"] = same
                     cache.put(key, r)
                     s0 = r["scores"]["0.0"]
                     print(f"  raw {np.mean(s0['raw']):.4f} out {np.mean(s0['out']):.4f} "
@@ -526,6 +536,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=200, help="training steps per run (fixed: min = max)")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds-pyradiomics", default="", help="seeds on the pyradiomics scans (default: --seeds)")
     p.add_argument("--dev-arms", default="3:spacing,5:spacing,3:iso",
                    help="slab3d settings tried on the dev set, k:coupling (spacing = the spacing's w, iso = w 1)")
     p.add_argument("--t-grid", default="2,8,32,128,512", help="infz diffusion times tried on the dev set")
@@ -585,7 +596,9 @@ def main(argv=None) -> int:
             sets, truth, spacing_w = build_set(Path(tmp), set_name, cases, noise_seed=1)
             # the slab2d control only where it can explain a difference: given the noisy labels
             plan = [("noisy", report_arms), ("correct", report_arms[:2])]
-            runs = run_grid(cache, set_name, plan, sets, truth, spacing_w, seeds, args, [best_t])
+            set_seeds = seeds if set_name == "generated" or not args.seeds_pyradiomics else \
+                [int(x) for x in args.seeds_pyradiomics.split(",")]
+            runs = run_grid(cache, set_name, plan, sets, truth, spacing_w, set_seeds, args, [best_t])
             noisy_in = float(np.mean([vbench.dice(np.stack([s.mask for s in sets["noisy"].slices_of(c)]) > 0,
                                                   truth[c.name]) for c in sets["noisy"].cases]))
         rows = []
@@ -597,17 +610,19 @@ def main(argv=None) -> int:
             row = {"variant": label, "key": akey, "t": float(t), "noisy_in": noisy_in}
             for given in ("noisy", "correct"):
                 for which in ("raw", "out"):
-                    med, vals = summarise(runs, given, akey, seeds, t, which)
+                    med, vals = summarise(runs, given, akey, set_seeds, t, which)
                     row[f"{given}_{which}"], row[f"{given}_{which}_seeds"] = med, vals
-            done = [runs[(g, akey, s)] for g in ("noisy", "correct") for s in seeds if (g, akey, s) in runs]
+            done = [runs[(g, akey, s)] for g in ("noisy", "correct") for s in set_seeds if (g, akey, s) in runs]
             row["time_s"] = float(np.median([r["train_s"] + r["predict_s"] for r in done]))
-            row["agreement"] = [runs[("noisy", akey, s)]["scores"][t]["agreement"] for s in seeds]
+            row["agreement"] = [runs[("noisy", akey, s)]["scores"][t]["agreement"] for s in set_seeds]
             row["runs"] = len(done)
             rows.append(row)
-        report[set_name] = {"rows": rows, "spacing_w": spacing_w, "volumes": len(truth),
+        report[set_name] = {"rows": rows, "spacing_w": spacing_w, "volumes": len(truth), "seeds": set_seeds,
                             "slices": len(sets["noisy"].samples)}
     summary["report"] = report
     summary["elapsed_s"] = time.perf_counter() - started
+    summary["compute_s"] = float(sum(r["train_s"] + r["predict_s"] for r in cache.data.values()))
+    summary["n_runs"] = len(cache.data)
     common.write_json(RESULTS / f"heat3d{tag}.json", summary)
     write_md(RESULTS / f"heat3d{tag}.md", summary, args, seeds)
     print((RESULTS / f"heat3d{tag}.md").read_text())
@@ -617,20 +632,26 @@ def main(argv=None) -> int:
 def write_md(path: Path, s: dict, args, seeds) -> None:
     L = ["# Heat IEL across slices (benchmarks/heat3d.py)", ""]
     L.append(f"Settings: {args.steps} training steps per run (fixed), U-Net width {args.width}, seeds "
-             f"{', '.join(map(str, seeds))} (every variant on the same seeds, interleaved), CPU, 1 torch thread. "
+             f"{', '.join(map(str, seeds))} (pyradiomics: as its heading says; every variant on the same seeds, "
+             "interleaved), CPU, 1 torch thread. "
              "Dice: foreground, per volume vs the correct labels, mean over the set's volumes; the median over "
              "seeds (per-seed values after it). raw = the model's 3-D post-processed decision before the "
              "do-no-harm gate; out = what `ielstudio clean` writes (after the gate).")
     L.append("")
     d = s["dev"]
-    L.append(f"## Dev set (choices only): 4 generated volumes (seed 100, noise seed 101), noisy Dice {d['noisy_dice']:.3f}")
+    L.append("## Dev set (choices only): 4 generated volumes (seed 100, noise seed 101), "
+             f"noisy Dice {d['noisy_dice']:.3f}")
     L.append("")
     L.append(common.md_table(["variant", "raw Dice (median)", "per seed"], d["rows"]))
-    L.append(f"Chosen on dev: (b) t = {d['chosen_t']:g}; (a) {arm_key(d['chosen_arm'])}.")
+    L.append(f"Chosen on dev: (b) t = {d['chosen_t']:g}; (a) {arm_key(d['chosen_arm'])}. "
+             "(infz t: diffusion time in the IEL's units, sigma across slices = sqrt(w t / 2) slices; "
+             "slab3d-kK-spacing: slabs of K slices coupled at w = (in-plane / slice spacing)^2, -iso: at w = 1 "
+             "whatever the spacing.)")
     L.append("")
     for name, r in s["report"].items():
         ws = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["spacing_w"].items()))
-        L.append(f"## Report: {name} ({r['volumes']} volumes, {r['slices']} slices; w = {ws})")
+        L.append(f"## Report: {name} ({r['volumes']} volumes, {r['slices']} slices; seeds "
+                 f"{', '.join(map(str, r['seeds']))}; w = {ws})")
         L.append("")
         head = ["variant", "noisy given", "cleaned raw", "paired Δ raw vs base", "cleaned out",
                 "correct given -> raw", "correct -> out", "held-out agreement", "time/run (s)", "runs"]
@@ -638,7 +659,7 @@ def write_md(path: Path, s: dict, args, seeds) -> None:
         rows = []
 
         def cell(x, key):
-            return "–" if math.isnan(x[key]) else f"{x[key]:.3f} ({fmt_seeds(x[key + '_seeds'])})"
+            return "–" if x[key] is None or math.isnan(x[key]) else f"{x[key]:.3f} ({fmt_seeds(x[key + '_seeds'])})"
 
         for x in r["rows"]:
             delta = [a - b for a, b in zip(x["noisy_raw_seeds"], base["noisy_raw_seeds"])]
@@ -648,7 +669,16 @@ def write_md(path: Path, s: dict, args, seeds) -> None:
                          "/".join("-" if a is None else f"{a:.2f}" for a in x["agreement"]),
                          f"{x['time_s']:.0f}", x["runs"]])
         L.append(common.md_table(head, rows))
-    L.append(f"Total time {s['elapsed_s'] / 60:.1f} min (cached runs count 0).")
+        spread = max(base["noisy_raw_seeds"]) - min(base["noisy_raw_seeds"])
+        for x in r["rows"][1:]:
+            delta = [a - b for a, b in zip(x["noisy_raw_seeds"], base["noisy_raw_seeds"])]
+            wins = sum(d > 0 for d in delta)
+            verdict = ("helps" if wins == len(delta) and np.median(delta) > 0.01 else "does not help")
+            L.append(f"- {x['variant']}: paired Δ raw {np.median(delta):+.4f} (better in {wins} of {len(delta)} "
+                     f"seeds; today's seeds span {spread:.3f}): {verdict} (rule: better in every seed and by > 0.01)")
+        L.append("")
+    L.append(f"Compute: {s['n_runs']} training runs in the run cache, {s['compute_s'] / 60:.1f} min of training "
+             f"and scoring in all (this invocation: {s['elapsed_s'] / 60:.1f} min; cached runs are not redone).")
     L.append("")
     common.write_text(path, "\n".join(L) + "\n")
 
