@@ -89,6 +89,16 @@ def volume_encoding(values, dtype: str = "uint8") -> MaskEncoding:
     return MaskEncoding("index", tuple(int(v) for v in values), dtype=str(dtype), suffix=".nii.gz")
 
 
+def checked_label_values(present: set[int], masks_dir: str | Path) -> list[int]:
+    """The label values found over a data set's label volumes, ascending (0 included);
+    DataError naming the masks folder when they are more than `MAX_CLASSES`."""
+    values = sorted({0, *present})
+    if len(values) > MAX_CLASSES:
+        raise DataError(masks_dir, f"the label volumes hold {len(values)} different values; at most {MAX_CLASSES} "
+                                   "classes are supported")
+    return values
+
+
 def _volume_name(path: Path) -> str:
     stem = file_stem(path.name) if path.is_file() else path.name
     return stem[:-4] if stem.lower().endswith(".seg") else stem
@@ -202,10 +212,7 @@ def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path,
         present.update(found)
     if progress is not None:
         progress(len(pairs), len(pairs))
-    values = sorted(present)
-    if len(values) > MAX_CLASSES:
-        raise DataError(masks_dir, f"the label volumes hold {len(values)} different values; at most {MAX_CLASSES} "
-                                   "classes are supported")
+    values = checked_label_values(present, masks_dir)
     lookup = {v: c for c, v in enumerate(values)}
     cases, samples, warnings = [], [], []
     encoding = volume_encoding(values)
@@ -221,8 +228,8 @@ def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path,
         for k in range(case.n_slices):
             index = (slice(None),) * axis + (k,)
             around = [min(case.n_slices - 1, max(0, j)) for j in range(k - context, k + context + 1)]
-            image = np.stack([voxels[(slice(None),) * axis + (j,)] for j in around])
-            samples.append(Sample(case.slice_name(k), np.ascontiguousarray(image),
+            planes = np.stack([voxels[(slice(None),) * axis + (j,)] for j in around])
+            samples.append(Sample(case.slice_name(k), np.ascontiguousarray(planes),
                                   np.ascontiguousarray(classes[index]), encoding, pair.image_path, pair.label_path))
         cases.append(case)
         warnings += notes

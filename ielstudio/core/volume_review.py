@@ -36,8 +36,8 @@ import numpy as np
 
 from .dataset import Pair, Sample, Scan, Skipped
 from .errors import DataError
-from .imageio import MAX_CLASSES, MaskEncoding, atomic_write_text
-from .volume_data import SLICE_SEP, class_values, scan_volume_pairs, volume_encoding
+from .imageio import MaskEncoding, atomic_write_text
+from .volume_data import SLICE_SEP, checked_label_values, class_values, scan_volume_pairs, volume_encoding
 
 #: Volumes kept open by `VolumeSlices`: the one shown and the ones before and after it.
 OPEN_VOLUMES = 3
@@ -196,10 +196,7 @@ def settle_volume_encoding(scan: VolumeScan, progress: Callable[[int, int], None
             skipped.append(Skipped(e.path or entry.label_path, e.problem))
         if progress is not None:
             progress(i + 1, len(scan.volumes))
-    if len(present) > MAX_CLASSES:
-        raise DataError(scan.masks_dir, f"the label volumes hold {len(present)} different values; at most "
-                                        f"{MAX_CLASSES} classes are supported")
-    return volume_encoding(sorted(present), dtype or "uint8"), skipped
+    return volume_encoding(checked_label_values(present, scan.masks_dir), dtype or "uint8"), skipped
 
 
 def classes_of(labels: np.ndarray, encoding: MaskEncoding, path: Path | None = None) -> np.ndarray:
