@@ -143,7 +143,7 @@ def decision_thresholds(prob_maps: Iterable[np.ndarray]) -> np.ndarray:
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
-    """The class map (H,W) int64 of (C,H,W) probabilities: the argmax, after weighting
+    """The class map (H,W) int64 of (C,H,W) probabilities (or (D,H,W) of (C,D,H,W)): the argmax, after weighting
     each foreground class c by (1 - t_c) / t_c (None or all 0.5: the plain argmax)."""
     probs = np.asarray(probs)
     if thresholds is None:
@@ -155,4 +155,4 @@ def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarra
         return probs.argmax(axis=0).astype(np.int64)
     w = (1.0 - t) / t
     w[0] = 1.0
-    return (probs * w[:, None, None].astype(probs.dtype)).argmax(axis=0).astype(np.int64)
+    return (probs * w.reshape((-1,) + (1,) * (probs.ndim - 1)).astype(probs.dtype)).argmax(axis=0).astype(np.int64)

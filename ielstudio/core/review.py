@@ -20,6 +20,16 @@ Do no harm. A label is changed only where the evidence is strong:
    model's mean probability of the proposed class over it is at least
    `CHANGE_CONFIDENCE`; otherwise the region keeps its given label. A region that
    moves from one foreground class to another needs `RELABEL_CONFIDENCE` (0.95).
+3. **Or the object is one the model finds no trace of, in an image it otherwise
+   reads right** (`remove_unsupported_objects`; per object, so it holds even where
+   the class as a whole misses the bar of 1.): an object of the given mask (a
+   connected region of one class) is removed when the model decides background on
+   every pixel of it with a mean probability of that class below
+   `UNSUPPORTED_PROBABILITY`, and the model agrees with the *rest* of that image's
+   mask of the class (its other objects, ignoring outline shifts of up to
+   `AGREEMENT_TOLERANCE` px) at `IMAGE_AGREEMENT` or more. A spurious blob drawn
+   beside a lesion the model finds is removed; an object in an image where the model
+   finds nothing, or the only object of an image, is never removed.
 
 Scores (`cleaning.label_quality`) come from the model's decision before these
 gates, so the ranking still orders images by doubt when nothing is changed.
@@ -54,6 +64,21 @@ CHANGE_CONFIDENCE = 0.75
 #: 0.968) and at p >= 0.95 2 px; given its noisy masks, add/remove changes alone gain
 #: 2,211 px.
 RELABEL_CONFIDENCE = 0.95
+#: Mean probability (weighed as the decision weighs it) below which the model finds
+#: no trace of a given object, and (`IMAGE_AGREEMENT`) how well it must read the rest
+#: of that image's mask of the class, as outline-tolerant Dice (`tolerant_dice`, within
+#: `AGREEMENT_TOLERANCE` px). Chosen on the real-data `dev` set (brain1, lung1) with
+#: its noisy and its correct masks (`benchmarks/evidence_probe.py objects`,
+#: benchmarks/README.md), never on a set it is reported on.
+UNSUPPORTED_PROBABILITY = 0.05
+IMAGE_AGREEMENT = 0.8
+AGREEMENT_TOLERANCE = 3
+#: Objects smaller than this (px, or voxels) are not judged by rule 3: a model's
+#: probability over a few pixels says little (a 5 px fragment of a correct CSF mask
+#: had p < 0.05 once), and specks are `CleanConfig.min_area`'s business, under rule 1.
+MIN_OBJECT_SIZE = 10
+#: How the first message starts when no class is reliable (the window titles its box by it).
+NOT_RELIABLE = "the model is not reliable for any class"
 #: Held-out images whose agreement decides reliability (enough for a pooled Dice).
 MAX_RELIABILITY_IMAGES = 32
 
@@ -112,7 +137,7 @@ def assess_reliability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes
         reliable = [True] + [False] * (n_classes - 1)
         messages.append("no image could be used to check the model, so every mask is kept as given")
     elif not any(reliable[1:]):
-        messages.insert(0, "the model is not reliable for any class: every mask is kept as given. The scores "
+        messages.insert(0, f"{NOT_RELIABLE}: every mask is kept as given. The scores "
                            "still rank the images by how much the model doubts them, but treat the ranking with care")
     return Reliability(agreement, reliable, out_of_sample, len(pairs), messages)
 
@@ -170,6 +195,65 @@ def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, rel
     return out
 
 
+def tolerant_dice(a: np.ndarray, b: np.ndarray, tolerance: int = AGREEMENT_TOLERANCE) -> float:
+    """Dice of two binary masks (H,W), or volumes (D,H,W) taken slice by slice, where a
+    pixel of one counts as matched when the other has a pixel within `tolerance` px
+    (a disk): blind to outlines that differ by up to `tolerance` px, as the outlines
+    of two careful annotators do. 1.0 when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum() + b.sum())
+    if total == 0:
+        return 1.0
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1,) * 2)
+
+    def grown(m: np.ndarray) -> np.ndarray:
+        if m.ndim == 2:
+            return cv2.dilate(m.astype(np.uint8), disk).astype(bool)
+        return np.stack([grown(s) for s in m])
+
+    return float(((a & grown(b)).sum() + (b & grown(a)).sum()) / total)
+
+
+def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray,
+                               thresholds: np.ndarray | None = None,
+                               probability: float = UNSUPPORTED_PROBABILITY,
+                               agreement: float = IMAGE_AGREEMENT,
+                               min_size: int = MIN_OBJECT_SIZE) -> tuple[np.ndarray, int]:
+    """(`proposal` with the given objects the model finds no trace of set to background,
+    how many were removed). See the module doc, rule 3. An object is a connected region
+    of one foreground class in `given` (8-connected in 2-D, 26 in 3-D) that `proposal`
+    still keeps as given; it is removed when `core.decision.decide` gives background on
+    all of it, the mean (decision-weighted) probability of its class there is below
+    `probability`, it has at least `min_size` pixels, and the model's decision agrees
+    with the image's other objects of the class that it does not remove
+    (`tolerant_dice`) at `agreement` or more."""
+    proposal, given = np.asarray(proposal), np.asarray(given)
+    decided = decide(probs, thresholds)
+    weighed = decision_probabilities(np.asarray(probs, np.float32), thresholds)
+    out, removed = proposal.copy(), 0
+    for c in range(1, probs.shape[0]):
+        mine = given == c
+        n, labels = connected_regions(mine)
+        if n <= 2:  # no object, or the only one: nothing else to judge the model by
+            continue
+        index = labels.ravel()
+        size = np.bincount(index, minlength=n)
+        p_mean = np.bincount(index, weights=weighed[c].ravel(), minlength=n) / np.maximum(size, 1)
+        decided_bg = np.bincount(index, weights=(decided == 0).ravel(), minlength=n)
+        kept = np.bincount(index, weights=(proposal == given).ravel(), minlength=n)
+        candidates = np.flatnonzero((p_mean < probability) & (decided_bg == size) & (kept == size)
+                                    & (size >= min_size))
+        candidates = candidates[candidates != 0]
+        if not candidates.size or candidates.size == n - 1:
+            continue
+        drop = np.isin(labels, candidates)
+        if tolerant_dice((decided == c) & ~drop, mine & ~drop) < agreement:
+            continue
+        out[drop] = 0
+        removed += int(candidates.size)
+    return out, removed
+
+
 def connected_regions(binary: np.ndarray) -> tuple[int, np.ndarray]:
     """(count including the background label 0, labels) of the 8-connected regions of a 2-D
     mask, or the 26-connected ones of a 3-D mask."""
@@ -191,6 +275,7 @@ class ImageResult:
     proposal: np.ndarray
     score: float
     out_of_sample: bool
+    objects_removed: int = 0  # by rule 3 (`remove_unsupported_objects`)
 
 
 @dataclass
@@ -201,6 +286,11 @@ class ReviewSummary:
     labelled: np.ndarray  # pixels per class in the given masks
     proposed: np.ndarray  # pixels per class in the proposals
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, problem): lazy files that failed
+    objects_removed: int = 0  # by rule 3, over the data set
+
+    @property
+    def labels_kept_as_given(self) -> bool:
+        return not self.reliability.any_reliable and self.objects_removed == 0
 
 
 def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str] | None = None,
@@ -265,6 +355,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
         thresholds, reliability = distributed.gather((thresholds, reliability))[0]
     labelled = np.zeros(n_classes)
     proposed = np.zeros(n_classes)
+    objects_removed = 0
     for s in distributed.shard(list(samples), world):
         if cancelled():
             break
@@ -273,21 +364,37 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
             continue
         raw = propose(probs, s.mask, clean_config, thresholds)
         proposal = gate_changes(raw, s.mask, probs, reliability.reliable, thresholds)
+        proposal, removed = remove_unsupported_objects(proposal, s.mask, probs, thresholds)
+        objects_removed += removed
         _, in_proposal, in_label = confusion_counts(raw, s.mask, n_classes)
         labelled, proposed = labelled + in_label, proposed + in_proposal
         score, _ = label_quality(probs, s.mask, thresholds)
-        yield ImageResult(s.name, probs, proposal, score, crossfit or s.name in held)
+        yield ImageResult(s.name, probs, proposal, score, crossfit or s.name in held, removed)
     if world.distributed:
-        parts = distributed.gather((labelled, proposed, unreadable))
+        parts = distributed.gather((labelled, proposed, unreadable, objects_removed))
         labelled, proposed = sum(p[0] for p in parts), sum(p[1] for p in parts)
         unreadable = {k: v for p in parts for k, v in p[2].items()}
-    warnings = list(reliability.messages)
+        objects_removed = sum(p[3] for p in parts)
+    warnings = with_removed_objects(reliability.messages, objects_removed)
     warnings += [w for w in lost_class_warnings(labelled, proposed)
                  if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]
     if unreadable:
         warnings.append(f"{len(unreadable)} image(s) could not be read when their turn came and were left out "
                         "(listed under skipped)")
-    return ReviewSummary(thresholds, reliability, warnings, labelled, proposed, list(unreadable.values()))
+    return ReviewSummary(thresholds, reliability, warnings, labelled, proposed, list(unreadable.values()),
+                         objects_removed)
+
+
+def with_removed_objects(messages: Sequence[str], removed: int) -> list[str]:
+    """The reliability messages, saying so where rule 3 removed objects from masks that
+    would otherwise all be kept as given."""
+    out = list(messages)
+    if removed and out and out[0].startswith(NOT_RELIABLE):
+        out[0] = (f"{NOT_RELIABLE}: every mask is kept as given, except {removed} object(s) the model finds no "
+                  "trace of, in images where it finds the other objects (removed; the images with the lowest "
+                  "scores show them). The scores still rank the images by how much the model doubts them, but "
+                  "treat the ranking with care")
+    return out
 
 
 def _n_classes_of(model) -> int:

@@ -54,7 +54,8 @@ from .cleaning import (
 from .decision import decide
 from .errors import DataError
 from .imageio import atomic_write_text
-from .review import MAX_RELIABILITY_IMAGES, assess_reliability, gate_changes
+from .review import (MAX_RELIABILITY_IMAGES, assess_reliability, gate_changes, remove_unsupported_objects,
+                     with_removed_objects)
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
 
@@ -108,6 +109,7 @@ class VolumeResult:
     score: float
     out_of_sample: bool
     probs: np.ndarray | None = None  # (C,D,H,W) float16, the model's probabilities (for the review window)
+    objects_removed: int = 0  # 3-D objects the model finds no trace of (`review.remove_unsupported_objects`)
 
 
 def _volume_score(slice_scores: list[float], foreground: list[bool]) -> float:
@@ -134,6 +136,7 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
     pairs = [(probs_of(s), s.mask) for s in judged[::step][:MAX_RELIABILITY_IMAGES]]
     reliability = assess_reliability(pairs, ds.n_classes, thresholds, out_of_sample=bool(oos))
     labelled, proposed = np.zeros(ds.n_classes), np.zeros(ds.n_classes)
+    objects_removed = 0
     for case in ds.cases:
         if cancelled():
             break
@@ -146,13 +149,15 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
         raw = postprocess_volume(decided, config)
         raw = np.stack([keep_given_edges(raw[k], given[k], config.edge_tolerance) for k in range(len(slices))])
         proposal = gate_changes(raw, given, probs, reliability.reliable, thresholds)
+        proposal, removed = remove_unsupported_objects(proposal, given, probs, thresholds)
+        objects_removed += removed
         labelled += np.bincount(given.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         proposed += np.bincount(raw.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         scores = [label_quality(probs[:, k], given[k], thresholds)[0] for k in range(len(slices))]
         foreground = [bool((given[k] != 0).any() or (decided[k] != 0).any()) for k in range(len(slices))]
         yield VolumeResult(case, proposal, given, scores, _volume_score(scores, foreground),
-                           crossfit or all(s.name in held for s in slices), probs.astype(np.float16))
-    warnings = list(reliability.messages)
+                           crossfit or all(s.name in held for s in slices), probs.astype(np.float16), removed)
+    warnings = with_removed_objects(reliability.messages, objects_removed)
     warnings += [w for w in lost_class_warnings(labelled, proposed)
                  if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]
     return thresholds, reliability, warnings
@@ -224,6 +229,7 @@ def clean_volumes(
             rows.append({
                 "name": case.name, "image": str(case.image_path), "mask": str(case.label_path), "output": str(dst),
                 "score": round(result.score, 6), "out_of_sample": result.out_of_sample,
+                "objects_removed": result.objects_removed,
                 "slice_axis": case.axis, "slices": case.n_slices,
                 "worst_slices": [{"slice": int(k), "score": round(result.slice_scores[k], 6)} for k in worst],
                 "slice_scores": [round(s, 6) for s in result.slice_scores],
@@ -267,7 +273,8 @@ def clean_volumes(
         "device": str(next(model.parameters()).device),
         "training": _training_summary(done),
         "reliability": reliability.to_dict(),
-        "labels_kept_as_given": not reliability.any_reliable,
+        "labels_kept_as_given": not reliability.any_reliable and not any(r["objects_removed"] for r in rows),
+        "objects_removed": sum(r["objects_removed"] for r in rows),
         "warnings": warnings + review_warnings,
         "written": written,
         "skipped": [{"path": str(s.path), "problem": s.problem} for s in ds.skipped],

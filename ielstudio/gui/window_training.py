@@ -9,6 +9,8 @@ import time
 from enum import Enum
 from pathlib import Path
 
+from ielstudio.core.review import NOT_RELIABLE
+
 from . import jobs
 from .process_worker import ProcessWorker
 from .workers import GeneratorWorker
@@ -248,8 +250,10 @@ class TrainingMixin:
         if reviews.step is None:
             self._show_scoring_progress(reviews)
         if reviews.warnings:
-            kept = reviews.warnings[0].startswith("the model is not reliable for any class")
-            title = "The model is not reliable: masks kept as given" if kept else "Labels kept where the model is not reliable"
+            kept = reviews.warnings[0].startswith(NOT_RELIABLE)
+            title = ("Labels kept where the model is not reliable" if not kept
+                     else "The model is not reliable: masks kept as given" if " except " not in reviews.warnings[0]
+                     else "The model is not reliable: masks kept, but for objects it finds no trace of")
             self.report_error(title, "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
 

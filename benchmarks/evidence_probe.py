@@ -1,0 +1,212 @@
+"""Which evidence ranks and gates labels well when the model is weak: a development probe.
+
+    python benchmarks/evidence_probe.py train --set dev --labels noisy,clean --folds 1,3
+    python benchmarks/evidence_probe.py score --set dev
+
+`train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
+K models so every image is predicted by one that never saw its label) on a real set and
+caches, per image, the probabilities, the given and the correct mask and whether the
+image was out of sample (`/tmp/ielstudio-evidence/<set>-<labels>-f<K>.npz`).
+`score` reads those caches and prints, per cache, the Spearman correlation of several
+label-quality scores with the true Dice of the given masks, split by in-sample and
+out-of-sample images where both exist. Choosing is done on `dev` sets only; the report
+sets are scored once with what was chosen (`realtable.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
+import realdata  # noqa: E402
+
+CACHE = Path("/tmp/ielstudio-evidence")
+
+
+def cache_path(set_name: str, labels: str, folds: int) -> Path:
+    return CACHE / f"{set_name}-{labels}-f{folds}.npz"
+
+
+def sets() -> dict:
+    """The real-data sets of `realdata.py` and the bundled samples (as `realtable.py` names them)."""
+    import realtable
+
+    return {**realdata.build_sets(), **realtable.bundled_sets()}
+
+
+def train_one(set_name: str, labels: str, folds: int, threads: int) -> str:
+    C.limit_threads(threads)
+    from ielstudio.core.cleaning import CleanConfig, calibration_subset, load_dataset, thresholds_for
+    from ielstudio.core.imageio import read_mask
+    from ielstudio.core.training import CrossFitModel, TrainConfig, predict
+
+    rs = sets()[set_name]
+    loaded = load_dataset(rs.images, rs.noisy if labels == "noisy" else rs.clean)
+    samples = loaded.samples
+    enc = read_mask(rs.clean / samples[0].mask_path.name)[1]
+    t0 = time.perf_counter()
+    done = C.fit(samples, TrainConfig(folds=folds))
+    train_s = time.perf_counter() - t0
+    model = done.model
+    crossfit = isinstance(model, CrossFitModel)
+    held = set(done.history.get("holdout", [])) if not crossfit else {s.name for s in samples}
+    probs = [predict(model.model_for(s.name) if crossfit else model, s.image) for s in samples]
+    by = dict(zip([s.name for s in samples], probs))
+    th = thresholds_for((by[s.name] for s in calibration_subset(list(samples))), CleanConfig())
+    out = cache_path(set_name, labels, folds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out, names=np.array([s.name for s in samples]), probs=np.stack(probs).astype(np.float16),
+        given=np.stack([s.mask for s in samples]).astype(np.uint8),
+        clean=np.stack([read_mask(rs.clean / s.mask_path.name, enc)[0] for s in samples]).astype(np.uint8),
+        images=np.stack([np.asarray(s.image, np.float32).reshape(s.image.shape[0], s.image.shape[1], -1)[..., 0]
+                         for s in samples]),
+        oos=np.array([s.name in held for s in samples]), thresholds=np.asarray(th if th is not None else []),
+        train_s=train_s, steps=done.steps)
+    return f"{out.name}: {done.steps} steps, {train_s:.0f} s"
+
+
+def load(path: Path) -> dict:
+    z = np.load(path)
+    d = {k: z[k] for k in z.files}
+    d["probs"] = d["probs"].astype(np.float32)
+    d["thresholds"] = d["thresholds"] if d["thresholds"].size else None
+    return d
+
+
+def _fg(probs: np.ndarray) -> np.ndarray:
+    return 1.0 - probs[0]
+
+
+def _band(mask: np.ndarray, r: int) -> np.ndarray:
+    import cv2
+
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    m = (mask != 0).astype(np.uint8)
+    return (cv2.dilate(m, k) - cv2.erode(m, k)).astype(bool)
+
+
+def tolerant_dice(a: np.ndarray, b: np.ndarray, tol: int) -> float:
+    """Foreground Dice where a pixel of one mask counts as matched when the other mask has
+    foreground within `tol` px (a surface-Dice-like agreement, blind to outline shifts <= tol)."""
+    import cv2
+
+    a, b = a != 0, b != 0
+    if not a.any() and not b.any():
+        return 1.0
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tol + 1, 2 * tol + 1))
+    da = cv2.dilate(a.astype(np.uint8), k).astype(bool)
+    db = cv2.dilate(b.astype(np.uint8), k).astype(bool)
+    return float(((a & db).sum() + (b & da).sum()) / (a.sum() + b.sum()))
+
+
+def image_scores(d: dict, i: int) -> dict[str, float]:
+    from ielstudio.core.cleaning import label_quality
+    from ielstudio.core.decision import decide
+    from ielstudio.core.metrics import dice
+
+    probs, g = d["probs"][i], d["given"][i].astype(np.int64)
+    th = d["thresholds"]
+    n = probs.shape[0]
+    arg = decide(probs, th)
+    p_given = np.take_along_axis(probs, np.clip(g, 0, n - 1)[None], 0)[0]
+    fg, gf = _fg(probs), g != 0
+    out = {"current": label_quality(probs, g, th)[0], "hard dice": dice(arg, g, n),
+           "soft dice": float(2 * (fg * gf).sum() / max(fg.sum() + gf.sum(), 1e-6))}
+    for r in (2, 4):
+        band = _band(g, r)
+        out[f"mean p(given) band {r}"] = float(p_given[band].mean()) if band.any() else 1.0
+    union = gf | (arg != 0)
+    out["mean p(given) union"] = float(p_given[union].mean()) if union.any() else 1.0
+    for t in (1, 2, 3):
+        out[f"tolerant dice {t}"] = tolerant_dice(arg, g, t)
+    # the share of the given foreground the model supports, and of the model's the label covers
+    out["precision+recall soft"] = float(0.5 * (fg[gf].mean() if gf.any() else 1.0)
+                                         + 0.5 * ((fg * gf).sum() / max(fg.sum(), 1e-6)))
+    return out
+
+
+def report(name: str, d: dict) -> None:
+    from ielstudio.core.metrics import dice
+
+    n = d["probs"].shape[1]
+    true = np.array([dice(g, c, n) for g, c in zip(d["given"], d["clean"])])
+    rows = [image_scores(d, i) for i in range(len(true))]
+    oos = d["oos"].astype(bool)
+    print(f"\n{name}: {len(true)} images ({oos.sum()} out of sample), given Dice {true.mean():.3f}, "
+          f"{int(d['steps'])} steps, {float(d['train_s']):.0f} s")
+    if np.allclose(true, 1):
+        return
+    head = ["score", "Spearman all"] + (["out of sample", "in sample"] if 0 < oos.sum() < len(oos) else [])
+    table = []
+    for k in rows[0]:
+        v = np.array([r[k] for r in rows])
+        cells = [k, C.fmt(C.spearman(v, true))]
+        if len(head) > 2:
+            cells += [C.fmt(C.spearman(v[oos], true[oos])), C.fmt(C.spearman(v[~oos], true[~oos]))]
+        table.append(cells)
+    print(C.md_table(head, table))
+
+
+PROBABILITIES = (0.02, 0.05, 0.1)
+AGREEMENTS = (0.7, 0.8, 0.9)
+
+
+def objects(name: str, d: dict) -> None:
+    """Output Dice against the correct masks of today's gates, and of them followed by
+    `review.remove_unsupported_objects` at each (probability, agreement)."""
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.metrics import dice
+    from ielstudio.core.review import assess_reliability, gate_changes, remove_unsupported_objects
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    n = probs.shape[1]
+    oos = d["oos"].astype(bool)
+    rel = assess_reliability([(probs[i], given[i]) for i in np.flatnonzero(oos)], n, th, True)
+    gated = [gate_changes(propose(probs[i], given[i], CleanConfig(), th), given[i], probs[i], rel.reliable, th)
+             for i in range(len(given))]
+    cells = [name, C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)])),
+             C.fmt(np.mean([dice(o, c, n) for o, c in zip(gated, clean)]))]
+    for p in PROBABILITIES:
+        for agree in AGREEMENTS:
+            outs = [remove_unsupported_objects(gated[i], given[i], probs[i], th, p, agree) for i in range(len(given))]
+            cells.append(f"{np.mean([dice(o, c, n) for (o, _), c in zip(outs, clean)]):.3f} "
+                         f"({sum(k for _, k in outs)})")
+    print(C.md_table(["cache", "given", "today"] + [f"p<{p}, agr>={a}" for p in PROBABILITIES for a in AGREEMENTS],
+                     [cells]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["train", "score", "objects"])
+    ap.add_argument("--set", default="dev")
+    ap.add_argument("--labels", default="noisy,clean")
+    ap.add_argument("--folds", default="1,3")
+    ap.add_argument("--jobs", type=int, default=2)
+    a = ap.parse_args(argv)
+    if a.what == "train":
+        if not (a.set.endswith("dev") or a.set == "nuclei-sample"):
+            ap.error("probe development sets only (dev, brain-multiclass-dev; the bundled nuclei chose earlier "
+                     "defaults too)")
+        realdata.build_sets()
+        jobs = [(a.set, lab, int(k)) for lab in a.labels.split(",") for k in a.folds.split(",")]
+        threads = max(1, (os.cpu_count() or 1) // a.jobs)
+        with ProcessPoolExecutor(a.jobs) as pool:
+            for line in pool.map(train_one, *zip(*jobs), [threads] * len(jobs)):
+                print(line, flush=True)
+        return 0
+    for path in sorted(CACHE.glob(f"{a.set}-*.npz")):
+        (report if a.what == "score" else objects)(path.stem, load(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

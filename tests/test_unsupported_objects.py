@@ -1,0 +1,143 @@
+"""Rule 3 of do no harm (core.review.remove_unsupported_objects): a given object the model
+finds no trace of, in an image whose other objects it finds, is removed; nothing else is."""
+
+import cv2
+import numpy as np
+
+from ielstudio.core.decision import decide
+from ielstudio.core.review import (
+    AGREEMENT_TOLERANCE,
+    IMAGE_AGREEMENT,
+    MIN_OBJECT_SIZE,
+    NOT_RELIABLE,
+    UNSUPPORTED_PROBABILITY,
+    remove_unsupported_objects,
+    tolerant_dice,
+    with_removed_objects,
+)
+
+
+def disk(shape, centre, radius) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    cv2.circle(m, centre, radius, 1, -1)
+    return m.astype(bool)
+
+
+def lesion_and_blob():
+    """(given, truth): a lesion of radius 12 and a spurious blob of radius 4 drawn beside it."""
+    lesion = disk((64, 64), (24, 30), 12)
+    blob = disk((64, 64), (50, 12), 4)
+    return (lesion | blob).astype(np.int64), lesion.astype(np.int64)
+
+
+def probs_of(p_fg: np.ndarray) -> np.ndarray:
+    return np.stack([1 - p_fg, p_fg]).astype(np.float32)
+
+
+def test_a_blob_beside_a_lesion_the_model_finds_is_removed_exactly():
+    given, truth = lesion_and_blob()
+    p = np.where(truth == 1, 0.9, 0.01)
+    out, removed = remove_unsupported_objects(given, given, probs_of(p))
+    assert removed == 1 and np.array_equal(out, truth)
+
+
+def test_the_model_must_read_the_rest_of_the_image_right():
+    given, truth = lesion_and_blob()
+    # the model finds nothing at all: no evidence about this image, nothing removed
+    out, removed = remove_unsupported_objects(given, given, probs_of(np.full((64, 64), 0.01)))
+    assert removed == 0 and np.array_equal(out, given)
+    # it finds the lesion but also a large object the mask does not have: tolerant Dice of the
+    # rest 2 * 441 / (441 + 441 + 900) ~ 0.49 < IMAGE_AGREEMENT
+    p = np.where(truth == 1, 0.9, 0.01)
+    p[34:64, 34:64] = 0.9
+    assert tolerant_dice(decide(probs_of(p)) == 1, truth == 1) < IMAGE_AGREEMENT
+    out, removed = remove_unsupported_objects(given, given, probs_of(p))
+    assert removed == 0 and np.array_equal(out, given)
+
+
+def test_an_object_with_any_trace_or_the_only_object_is_kept():
+    given, truth = lesion_and_blob()
+    p = np.where(truth == 1, 0.9, 0.01)
+    blob = (given == 1) & (truth == 0)
+    # one pixel of the blob decided foreground: a trace, kept
+    y, x = np.argwhere(blob)[0]
+    q = p.copy()
+    q[y, x] = 0.6
+    assert remove_unsupported_objects(given, given, probs_of(q))[1] == 0
+    # mean probability just above the bar, decision background everywhere: kept; just below: removed
+    for level, removed in ((UNSUPPORTED_PROBABILITY + 0.01, 0), (UNSUPPORTED_PROBABILITY - 0.01, 1)):
+        q = np.where(blob, level, p)
+        assert remove_unsupported_objects(given, given, probs_of(q))[1] == removed
+    # the only object of an image is never removed, however sure the model is
+    only = truth.copy()
+    assert remove_unsupported_objects(only, only, probs_of(np.full((64, 64), 0.0)))[1] == 0
+
+
+def test_a_change_already_made_by_the_gate_is_left_alone():
+    given, truth = lesion_and_blob()
+    p = np.where(truth == 1, 0.9, 0.01)
+    proposal = given.copy()
+    proposal[given != truth] = 0  # the gate already took the blob out
+    proposal[10:12, 10:12] = 1  # ... and added something elsewhere: kept as the gate left it
+    out, removed = remove_unsupported_objects(proposal, given, probs_of(p))
+    assert removed == 0 and np.array_equal(out, proposal)
+
+
+def test_multi_class_only_background_decisions_remove_and_to_background():
+    given = np.zeros((48, 48), np.int64)
+    given[4:20, 4:20] = 1  # class 1, found by the model
+    given[30:36, 4:10] = 1  # class 1 blob: no trace of it
+    given[24:44, 24:44] = 2  # class 2, found by the model
+    given[6:10, 30:34] = 2  # class 2 blob the model calls class 1: a relabel, not this rule's
+    probs = np.zeros((3, 48, 48), np.float32)
+    probs[0] = 1.0
+    for c, (ys, xs) in ((1, (slice(4, 20), slice(4, 20))), (2, (slice(24, 44), slice(24, 44))),
+                        (1, (slice(6, 10), slice(30, 34)))):
+        probs[:, ys, xs] = 0.0
+        probs[c, ys, xs] = 1.0
+    out, removed = remove_unsupported_objects(given, given, probs)
+    assert removed == 1
+    expected = given.copy()
+    expected[30:36, 4:10] = 0
+    assert np.array_equal(out, expected)
+
+
+def test_volumes_take_3d_objects():
+    truth = np.zeros((5, 40, 40), np.int64)
+    truth[:, 8:22, 8:22] = 1
+    given = truth.copy()
+    given[1:3, 30:34, 30:34] = 1  # one blob over two slices: one 3-D object
+    p = np.where(truth == 1, 0.95, 0.0)
+    probs = np.stack([1 - p, p]).astype(np.float32)
+    out, removed = remove_unsupported_objects(given, given, probs)
+    assert removed == 1 and np.array_equal(out, truth)
+    # the decision thresholds weigh a volume's probabilities like a slice's
+    th = np.array([0.5, 0.3])
+    assert np.array_equal(decide(probs, th), np.stack([decide(probs[:, k], th) for k in range(5)]))
+
+
+def test_tolerant_dice_ignores_outline_shifts_up_to_the_tolerance():
+    a = disk((64, 64), (30, 30), 10)
+    b = disk((64, 64), (32, 30), 10)  # shifted by 2 px
+    assert tolerant_dice(a, b, 2) == 1.0
+    plain = 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert plain < tolerant_dice(a, b, 1) < 1.0
+    assert tolerant_dice(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
+    assert tolerant_dice(a, np.zeros_like(a)) == 0.0
+    assert AGREEMENT_TOLERANCE >= 2
+
+
+def test_the_not_reliable_message_says_which_objects_were_removed():
+    msgs = [f"{NOT_RELIABLE}: every mask is kept as given. The scores ...", "class 1: ..."]
+    assert with_removed_objects(msgs, 0) == msgs
+    changed = with_removed_objects(msgs, 3)
+    assert changed[0].startswith(NOT_RELIABLE) and "except 3 object(s)" in changed[0]
+    assert changed[1:] == msgs[1:]
+
+
+def test_objects_smaller_than_a_speck_are_not_judged():
+    given, truth = lesion_and_blob()
+    given[2:4, 60:63] = 1  # 6 px, no trace of it in the model either
+    p = np.where(truth == 1, 0.9, 0.01)
+    out, removed = remove_unsupported_objects(given, given, probs_of(p))
+    assert removed == 1 and out[2:4, 60:63].all() and MIN_OBJECT_SIZE > 6
