@@ -973,3 +973,23 @@ def test_the_scoring_bar_estimates_from_the_images_scored_in_this_pass(make_wind
     w._show_scoring_progress(Reviews(None, dict(chunk), done=4, total=10))  # 2 images in 4 s
     w._show_scoring_progress(Reviews(None, dict(chunk), done=6, total=10))  # 4 images in 10 s
     assert shown == [(2, 10, None), (4, 10, 12.0), (6, 10, 10.0)]
+
+
+def test_training_with_folds_scores_every_image_out_of_sample(make_window, dataset, qtbot):
+    """The form's Folds = 2 trains two models, as `clean --folds 2` does: every image is
+    scored by the one that never saw its label, and the saved model holds both."""
+    from ielstudio.core.training import CrossFitModel, load_checkpoint
+
+    w = make_window()
+    w.open_folders(*dataset)
+    w.training_panel.folds.setValue(2)
+    reviews = []
+    w.reviewsApplied.connect(reviews.append)
+    with qtbot.waitSignal(w.trainingFinished, timeout=90000):
+        assert w.start_training(steps=3, snapshot_every=1000)
+    assert w.project.settings()["train_config"]["folds"] == 2
+    final = [r for r in reviews if r.step is None]
+    assert sum(len(r.items) for r in final) == N_IMAGES
+    model, _, meta = load_checkpoint(w.project.checkpoint.path)
+    assert isinstance(model, CrossFitModel) and len(model.models) == 2
+    assert set(model.fold_of) == {f"cell{i}" for i in range(N_IMAGES)}

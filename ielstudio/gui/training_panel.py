@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 from .canvas_input import ShortcutsPassThrough
 
 # form widget -> dataclass field it edits
-TRAIN_FIELDS = ("arch", "epochs", "max_steps", "device", "init_checkpoint")
+TRAIN_FIELDS = ("arch", "epochs", "max_steps", "folds", "device", "init_checkpoint")
 IEL_FIELDS = ("heat", "heat_dt", "heat_steps", "convex_classes", "convex_dt", "convex_steps")
 CLEAN_FIELDS = ("convex_hull_classes",)
 
@@ -119,6 +119,13 @@ class TrainingPanel(QWidget):
         self.max_steps = QSpinBox()
         self.max_steps.setRange(1, 10_000_000)
         self.max_steps.setToolTip("Upper bound on optimisation steps")
+        self.folds = QSpinBox()
+        self.folds.setRange(1, 10)
+        self.folds.setSpecialValueText("1 (hold-out)")
+        self.folds.setToolTip(
+            "1: one model; the automatic budget holds 20 % of the images out, and only those are scored by a "
+            "model that never saw their label. k >= 2: k models, every image scored and proposed by one that "
+            "never saw its label (fairer scores, k times the training time); as clean --folds k")
 
         model_box = QGroupBox("Model")
         mf = QFormLayout(model_box)
@@ -139,6 +146,7 @@ class TrainingPanel(QWidget):
         steps_row.addWidget(QLabel("Max steps"))
         steps_row.addWidget(self.max_steps)
         mf.addRow(steps_row)
+        mf.addRow("Folds", self.folds)
 
         # --- IEL
         self.heat = QCheckBox("Heat IEL")
@@ -249,6 +257,7 @@ class TrainingPanel(QWidget):
             self.arch.setCurrentIndex(i)
         self.epochs.setValue(int(config.epochs or 0))
         self.max_steps.setValue(int(config.max_steps))
+        self.folds.setValue(int(config.folds))
         i = self.device.findData(config.device)
         self.device.setCurrentIndex(max(0, i))
         ck = getattr(config, "init_checkpoint", None)
@@ -270,6 +279,7 @@ class TrainingPanel(QWidget):
             "arch": self.arch.currentData(),
             "epochs": self.epochs.value() or None,
             "max_steps": self.max_steps.value(),
+            "folds": self.folds.value(),
             "device": self.device.currentData(),
             "init_checkpoint": ck or None,
         }
@@ -345,7 +355,7 @@ class TrainingPanel(QWidget):
             self.progress.setFormat(self._before_pause)
             self._before_pause = None
         for w in (self.arch, self.new_radio, self.finetune_radio, self.checkpoint_edit, self.checkpoint_button,
-                  self.device, self.epochs, self.max_steps, self.heat, self.heat_dt, self.heat_steps,
+                  self.device, self.epochs, self.max_steps, self.folds, self.heat, self.heat_dt, self.heat_steps,
                   self.convex_classes, self.convex_dt, self.convex_steps, self.convex_hull):
             w.setEnabled(not running)
 
