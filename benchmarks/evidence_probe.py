@@ -2,6 +2,7 @@
 
     python benchmarks/evidence_probe.py train --set dev --labels noisy,clean --folds 1,3
     python benchmarks/evidence_probe.py score --set dev
+    python benchmarks/evidence_probe.py objects --set dev
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -9,7 +10,9 @@ caches, per image, the probabilities, the given and the correct mask and whether
 image was out of sample (`/tmp/ielstudio-evidence/<set>-<labels>-f<K>.npz`).
 `score` reads those caches and prints, per cache, the Spearman correlation of several
 label-quality scores with the true Dice of the given masks, split by in-sample and
-out-of-sample images where both exist. Choosing is done on `dev` sets only; the report
+out-of-sample images where both exist. `objects` prints the output Dice of the review's
+gates with and without rule 3 (`review.remove_unsupported_objects`) at several settings:
+the probe that chose its defaults. Choosing is done on `dev` sets only; the report
 sets are scored once with what was chosen (`realtable.py`).
 """
 
@@ -94,24 +97,11 @@ def _band(mask: np.ndarray, r: int) -> np.ndarray:
     return (cv2.dilate(m, k) - cv2.erode(m, k)).astype(bool)
 
 
-def tolerant_dice(a: np.ndarray, b: np.ndarray, tol: int) -> float:
-    """Foreground Dice where a pixel of one mask counts as matched when the other mask has
-    foreground within `tol` px (a surface-Dice-like agreement, blind to outline shifts <= tol)."""
-    import cv2
-
-    a, b = a != 0, b != 0
-    if not a.any() and not b.any():
-        return 1.0
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tol + 1, 2 * tol + 1))
-    da = cv2.dilate(a.astype(np.uint8), k).astype(bool)
-    db = cv2.dilate(b.astype(np.uint8), k).astype(bool)
-    return float(((a & db).sum() + (b & da).sum()) / (a.sum() + b.sum()))
-
-
 def image_scores(d: dict, i: int) -> dict[str, float]:
     from ielstudio.core.cleaning import label_quality
     from ielstudio.core.decision import decide
     from ielstudio.core.metrics import dice
+    from ielstudio.core.review import tolerant_dice
 
     probs, g = d["probs"][i], d["given"][i].astype(np.int64)
     th = d["thresholds"]
@@ -160,9 +150,10 @@ PROBABILITIES = (0.02, 0.05, 0.1)
 AGREEMENTS = (0.7, 0.8, 0.9)
 
 
-def objects(name: str, d: dict) -> None:
-    """Output Dice against the correct masks of today's gates, and of them followed by
-    `review.remove_unsupported_objects` at each (probability, agreement)."""
+def objects(name: str, d: dict) -> list:
+    """A row: output Dice against the correct masks of rules 1-2 of `core.review` alone, and
+    followed by `review.remove_unsupported_objects` at each (probability, agreement), with
+    the number of objects it removed."""
     from ielstudio.core.cleaning import CleanConfig, propose
     from ielstudio.core.metrics import dice
     from ielstudio.core.review import assess_reliability, gate_changes, remove_unsupported_objects
@@ -180,8 +171,7 @@ def objects(name: str, d: dict) -> None:
             outs = [remove_unsupported_objects(gated[i], given[i], probs[i], th, p, agree) for i in range(len(given))]
             cells.append(f"{np.mean([dice(o, c, n) for (o, _), c in zip(outs, clean)]):.3f} "
                          f"({sum(k for _, k in outs)})")
-    print(C.md_table(["cache", "given", "today"] + [f"p<{p}, agr>={a}" for p in PROBABILITIES for a in AGREEMENTS],
-                     [cells]))
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,8 +193,14 @@ def main(argv: list[str] | None = None) -> int:
             for line in pool.map(train_one, *zip(*jobs), [threads] * len(jobs)):
                 print(line, flush=True)
         return 0
-    for path in sorted(CACHE.glob(f"{a.set}-*.npz")):
-        (report if a.what == "score" else objects)(path.stem, load(path))
+    paths = sorted(CACHE.glob(f"{a.set}-*.npz"))
+    if a.what == "score":
+        for path in paths:
+            report(path.stem, load(path))
+    else:
+        print(C.md_table(["cache", "given", "rules 1-2"] + [f"p < {p}, agreement >= {g}" for p in PROBABILITIES
+                                                             for g in AGREEMENTS],
+                         [objects(path.stem, load(path)) for path in paths]))
     return 0
 
 

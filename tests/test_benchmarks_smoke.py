@@ -211,3 +211,28 @@ def test_real_data_scripts_import_and_parse_their_variants():
     assert set(realtable.TRAINED) == {"no-iel", "heat", "heat+convex"} and realtable.ORDER[-1] == "heat"
     assert harm_probe.THRESHOLDS[0] == 0.75 and callable(harm_probe.main)
     assert set(realtable.bundled_sets()) == {"nuclei-sample", "lesions-sample"}
+
+
+def test_evidence_probe_scores_rule_3_on_a_cached_case():
+    """evidence_probe.py's `objects` row on a three-image cache: a lesion with a spurious blob
+    the model does not see, a correct lesion it sees, one it misses (so the class misses the
+    reliability bar and rules 1-2 change nothing); rule 3 removes exactly the blob."""
+    import cv2
+    import evidence_probe as P
+
+    clean = np.zeros((3, 48, 48), np.uint8)
+    for k in range(3):
+        cv2.circle(clean[k], (20, 20), 9, 1, -1)
+    given = clean.copy()
+    cv2.circle(given[0], (40, 40), 4, 1, -1)
+    p = np.where(clean == 1, 0.95, 0.01).astype(np.float32)
+    p[2] = 0.01
+    d = {"probs": np.stack([1 - p, p], axis=1), "given": given, "clean": clean, "thresholds": None,
+         "oos": np.array([True, True, True]), "images": clean.astype(np.float32), "steps": 1, "train_s": 0.0,
+         "names": np.array(["a", "b", "c"])}
+    row = P.objects("tiny", d)
+    assert row[0] == "tiny" and float(row[1]) < 1.0 and row[2] == row[1]  # rules 1-2: kept as given
+    at_default = P.PROBABILITIES.index(0.05) * len(P.AGREEMENTS) + P.AGREEMENTS.index(0.8)
+    assert row[3 + at_default] == "1.000 (1)"
+    scores = P.image_scores(d, 0)
+    assert scores["hard dice"] < 1.0 and P.image_scores(d, 1)["hard dice"] == 1.0
