@@ -391,9 +391,9 @@ def with_removed_objects(messages: Sequence[str], removed: int) -> list[str]:
     out = list(messages)
     if removed and out and out[0].startswith(NOT_RELIABLE):
         out[0] = (f"{NOT_RELIABLE}: every mask is kept as given, except {removed} object(s) the model finds no "
-                  "trace of, in images where it finds the other objects (removed; the images with the lowest "
-                  "scores show them). The scores still rank the images by how much the model doubts them, but "
-                  "treat the ranking with care")
+                  "trace of, in images where it finds the other objects: those are removed (the report's "
+                  "objects_removed and the window's Changed column say where). The scores still rank the images "
+                  "by how much the model doubts them, but treat the ranking with care")
     return out
 
 

@@ -253,7 +253,7 @@ class TrainingMixin:
             kept = reviews.warnings[0].startswith(NOT_RELIABLE)
             title = ("Labels kept where the model is not reliable" if not kept
                      else "The model is not reliable: masks kept as given" if " except " not in reviews.warnings[0]
-                     else "The model is not reliable: masks kept, but for objects it finds no trace of")
+                     else "Masks kept, except objects the model rules out")
             self.report_error(title, "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
 
