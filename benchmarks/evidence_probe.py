@@ -34,18 +34,22 @@ import realdata  # noqa: E402
 CACHE = Path("/tmp/ielstudio-evidence")
 
 
-def cache_path(set_name: str, labels: str, folds: int) -> Path:
-    return CACHE / f"{set_name}-{labels}-f{folds}.npz"
+def cache_path(set_name: str, labels: str, folds: int, seed: int = 0) -> Path:
+    return CACHE / f"{set_name}-{labels}-f{folds}{f'-s{seed}' if seed else ''}.npz"
 
 
 def sets() -> dict:
-    """The real-data sets of `realdata.py` and the bundled samples (as `realtable.py` names them)."""
+    """The real-data sets of `realdata.py`, the bundled samples (as `realtable.py` names
+    them) and `lesions-dev`: the bundled lesion recipe with another seed (`harm_probe.py`)."""
+    import harm_probe
     import realtable
 
-    return {**realdata.build_sets(), **realtable.bundled_sets()}
+    images, noisy, clean, n = harm_probe.folders("lesions-dev", CACHE)
+    dev = realdata.RealSet("lesions-dev", "dev", images, clean, noisy, (), n)
+    return {**realdata.build_sets(), **realtable.bundled_sets(), "lesions-dev": dev}
 
 
-def train_one(set_name: str, labels: str, folds: int, threads: int) -> str:
+def train_one(set_name: str, labels: str, folds: int, threads: int, seed: int = 0) -> str:
     C.limit_threads(threads)
     from ielstudio.core.cleaning import CleanConfig, calibration_subset, load_dataset, thresholds_for
     from ielstudio.core.imageio import read_mask
@@ -56,7 +60,7 @@ def train_one(set_name: str, labels: str, folds: int, threads: int) -> str:
     samples = loaded.samples
     enc = read_mask(rs.clean / samples[0].mask_path.name)[1]
     t0 = time.perf_counter()
-    done = C.fit(samples, TrainConfig(folds=folds))
+    done = C.fit(samples, TrainConfig(folds=folds, seed=seed))
     train_s = time.perf_counter() - t0
     model = done.model
     crossfit = isinstance(model, CrossFitModel)
@@ -64,7 +68,7 @@ def train_one(set_name: str, labels: str, folds: int, threads: int) -> str:
     probs = [predict(model.model_for(s.name) if crossfit else model, s.image) for s in samples]
     by = dict(zip([s.name for s in samples], probs))
     th = thresholds_for((by[s.name] for s in calibration_subset(list(samples))), CleanConfig())
-    out = cache_path(set_name, labels, folds)
+    out = cache_path(set_name, labels, folds, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out, names=np.array([s.name for s in samples]), probs=np.stack(probs).astype(np.float16),
@@ -180,17 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
+    ap.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args(argv)
     if a.what == "train":
-        if not (a.set.endswith("dev") or a.set == "nuclei-sample"):
+        if not (a.set.endswith("dev") or a.set == "nuclei-sample"):  # lesions-dev ends so too
             ap.error("probe development sets only (dev, brain-multiclass-dev; the bundled nuclei chose earlier "
                      "defaults too)")
         realdata.build_sets()
-        jobs = [(a.set, lab, int(k)) for lab in a.labels.split(",") for k in a.folds.split(",")]
+        jobs = [(a.set, lab, int(k), int(seed)) for lab in a.labels.split(",") for k in a.folds.split(",")
+                for seed in a.seeds.split(",")]
         threads = max(1, (os.cpu_count() or 1) // a.jobs)
         with ProcessPoolExecutor(a.jobs) as pool:
-            for line in pool.map(train_one, *zip(*jobs), [threads] * len(jobs)):
+            for line in pool.map(train_one, *list(zip(*jobs))[:3], [threads] * len(jobs), [j[3] for j in jobs]):
                 print(line, flush=True)
         return 0
     paths = sorted(CACHE.glob(f"{a.set}-*.npz"))

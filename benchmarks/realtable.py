@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seconds": seconds, "spearman": C.spearman([score[n] for n in names], true),
                          "agreement": rel["agreement"], "reliable": rel["reliable"],
                          "kept_as_given": report["labels_kept_as_given"],
+                         "objects_removed": report.get("objects_removed", 0),
                          "steps": report["training"].get("steps"), "best_step": report["training"].get("best_step"),
                          "changed_images": sum(1 for im in report["images"] if im.get("changed_pixels", 0))})
                     if method == "heat":
