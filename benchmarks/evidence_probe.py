@@ -3,6 +3,7 @@
     python benchmarks/evidence_probe.py train --set dev --labels noisy,clean --folds 1,3
     python benchmarks/evidence_probe.py score --set dev
     python benchmarks/evidence_probe.py objects --set dev
+    python benchmarks/evidence_probe.py outlines --set dev
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -12,7 +13,8 @@ image was out of sample (`/tmp/ielstudio-evidence/<set>-<labels>-f<K>.npz`).
 label-quality scores with the true Dice of the given masks, split by in-sample and
 out-of-sample images where both exist. `objects` prints the output Dice of the review's
 gates with and without rule 3 (`review.remove_unsupported_objects`) at several settings:
-the probe that chose its defaults. Choosing is done on `dev` sets only; the report
+the probe that chose its defaults. `outlines` tries rule 3's per-image evidence on
+outline moves (thick regions added or cut), which was not adopted. Choosing is done on `dev` sets only; the report
 sets are scored once with what was chosen (`realtable.py`).
 """
 
@@ -135,7 +137,11 @@ def report(name: str, d: dict) -> None:
     true = np.array([dice(g, c, n) for g, c in zip(d["given"], d["clean"])])
     rows = [image_scores(d, i) for i in range(len(true))]
     oos = d["oos"].astype(bool)
+    from ielstudio.core.decision import decide
+
+    own = np.mean([dice(decide(p, d["thresholds"]), c, n) for p, c in zip(d["probs"], d["clean"])])
     print(f"\n{name}: {len(true)} images ({oos.sum()} out of sample), given Dice {true.mean():.3f}, "
+          f"the model's own decision {own:.3f} (against the correct masks), "
           f"{int(d['steps'])} steps, {float(d['train_s']):.0f} s")
     if np.allclose(true, 1):
         return
@@ -148,6 +154,48 @@ def report(name: str, d: dict) -> None:
             cells += [C.fmt(C.spearman(v[oos], true[oos])), C.fmt(C.spearman(v[~oos], true[~oos]))]
         table.append(cells)
     print(C.md_table(head, table))
+
+
+def outline_moves(name: str, d: dict, confidence: float, kind: str) -> list:
+    """A row: output Dice after rules 1-3, and after also applying, in images whose mask
+    the model reads right (`review.tolerant_dice` >= `review.IMAGE_AGREEMENT`), every
+    region it would add to (`kind` "add") or cut from ("cut") a class that is at least
+    5 px thick (survives an erosion by 2 px) and over which its mean (decision-weighted)
+    probability is at least `confidence`: rule 3 widened to outlines, not adopted."""
+    import cv2
+
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.decision import decide
+    from ielstudio.core.metrics import dice
+    from ielstudio.core.review import (IMAGE_AGREEMENT, assess_reliability, decision_probabilities, gate_changes,
+                                       remove_unsupported_objects, tolerant_dice)
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    n = probs.shape[1]
+    oos = d["oos"].astype(bool)
+    rel = assess_reliability([(probs[i], given[i]) for i in np.flatnonzero(oos)], n, th, True)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    before, after, moved = [], [], 0
+    for i in range(len(given)):
+        g = given[i]
+        out = gate_changes(propose(probs[i], g, CleanConfig(), th), g, probs[i], rel.reliable, th)
+        out = remove_unsupported_objects(out, g, probs[i], th)[0]
+        before.append(dice(out, clean[i], n))
+        decided, weighed = decide(probs[i], th), decision_probabilities(probs[i], th)
+        moved_out = out.copy()
+        for c in range(1, n):
+            if tolerant_dice(decided == c, g == c) < IMAGE_AGREEMENT:
+                continue
+            region = ((decided == c) & (g == 0)) if kind == "add" else ((g == c) & (decided == 0))
+            count, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+            for k in range(1, count):
+                r = labels == k
+                p = (weighed[c] if kind == "add" else weighed[0])[r].mean()
+                if p >= confidence and cv2.erode(r.astype(np.uint8), disk).any() and (out[r] == g[r]).all():
+                    moved_out[r] = c if kind == "add" else 0
+                    moved += 1
+        after.append(dice(moved_out, clean[i], n))
+    return [name, kind, confidence, C.fmt(np.mean(before)), f"{np.mean(after):.3f} ({moved})"]
 
 
 PROBABILITIES = (0.02, 0.05, 0.1)
@@ -180,7 +228,7 @@ def objects(name: str, d: dict) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "score", "objects"])
+    ap.add_argument("what", choices=["train", "score", "objects", "outlines"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -203,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.what == "score":
         for path in paths:
             report(path.stem, load(path))
+    elif a.what == "outlines":
+        rows = [outline_moves(path.stem, load(path), conf, kind) for path in paths for kind in ("add", "cut")
+                for conf in (0.8, 0.9, 0.95)]
+        print(C.md_table(["cache", "region", "mean p >=", "rules 1-3", "with outline moves (regions)"], rows))
     else:
         print(C.md_table(["cache", "given", "rules 1-2"] + [f"p < {p}, agreement >= {g}" for p in PROBABILITIES
                                                              for g in AGREEMENTS],
