@@ -1001,3 +1001,24 @@ def test_training_with_folds_scores_every_image_out_of_sample(make_window, datas
     model, _, meta = load_checkpoint(w.project.checkpoint.path)
     assert isinstance(model, CrossFitModel) and len(model.models) == 2
     assert set(model.fold_of) == {f"cell{i}" for i in range(N_IMAGES)}
+
+
+def test_a_narrow_saved_layout_still_shows_the_queue_scores(make_window, dataset, qtbot):
+    """A splitter state saved on a small screen must not squeeze the queue to names only."""
+    from ielstudio.gui.main_window import QUEUE_MIN_WIDTH
+    from ielstudio.gui.queue_model import COL_SCORE
+
+    w = make_window()
+    w.resize(1200, 800)
+    w.show()
+    assert w.open_folders(*dataset)
+    w.top_split.setSizes([20, 1000, 180])
+    qtbot.waitUntil(lambda: w.top_split.sizes()[0] > 0, timeout=2000)
+    assert w.top_split.sizes()[0] >= QUEUE_MIN_WIDTH and w.queue.width() >= QUEUE_MIN_WIDTH
+    header = w.queue.table.horizontalHeader()
+    assert header.sectionPosition(COL_SCORE) + header.sectionSize(COL_SCORE) <= w.queue.table.viewport().width()
+    # on a wide screen the name column takes what the other columns leave: no gap, no scrolling
+    w.resize(1900, 900)
+    w.top_split.setSizes([460, 1000, 380])
+    qtbot.waitUntil(lambda: w.queue.table.viewport().width() > 400, timeout=2000)
+    qtbot.waitUntil(lambda: header.length() == w.queue.table.viewport().width(), timeout=2000)

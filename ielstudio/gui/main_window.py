@@ -39,6 +39,8 @@ from .window_volumes import VolumeMixin
 from .workers import GeneratorWorker
 
 MAX_RECENT = 8
+#: The review queue's narrowest width (px): thumbnail, name and score columns.
+QUEUE_MIN_WIDTH = 240
 
 
 def freeze_startup_objects() -> None:
@@ -148,6 +150,10 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, VolumeMix
         self.top_split.addWidget(centre)
         self.top_split.addWidget(self.iel_panel)
         self.top_split.setStretchFactor(1, 1)
+        # the queue never narrower than its thumbnail, name and score columns (a saved
+        # splitter state from a smaller screen squeezed it to names only), never collapsed
+        self.queue.setMinimumWidth(QUEUE_MIN_WIDTH)
+        self.top_split.setCollapsible(0, False)
         self.top_split.setSizes([400, 780, 380])
         self.main_split = QSplitter(Qt.Orientation.Vertical)
         self.main_split.addWidget(self.top_split)

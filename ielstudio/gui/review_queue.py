@@ -34,6 +34,9 @@ from .queue_model import (
     QueueModel,
 )
 
+#: The name column's narrowest width (px) when the pane is narrow.
+NAME_MIN_WIDTH = 48
+
 
 class QueueProxy(QSortFilterProxyModel):
     """Sort by SORT_ROLE; filter by name substring (case-insensitive) and status."""
@@ -115,10 +118,15 @@ class ReviewQueue(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(COL_THUMB, QHeaderView.ResizeMode.Fixed)
         header.resizeSection(COL_THUMB, THUMB_SIZE + 8)
-        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
+        # the name column takes the width the others leave (`_fit_name_column`): as a
+        # Stretch section it kept the width of a wider layout once the pane shrank,
+        # pushing the scores out of sight
+        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Interactive)
         for c in (COL_SCORE, COL_CHANGED, COL_STATUS):
             header.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
         header.setMinimumSectionSize(30)
+        header.sectionResized.connect(lambda index, *_: index != COL_NAME and self._fit_name_column())
+        self.table.viewport().installEventFilter(self)
         self.table.sortByColumn(COL_SCORE, Qt.SortOrder.AscendingOrder)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
         self._page_keys = PageKeysToWindow(self)
@@ -176,6 +184,18 @@ class ReviewQueue(QWidget):
         if not frozen:
             self.proxy.invalidate()
             self.proxy.sort(self.proxy.sortColumn(), self.proxy.sortOrder())
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Type.Resize and obj is self.table.viewport():
+            self._fit_name_column()
+        return False
+
+    def _fit_name_column(self) -> None:
+        """Give the name column what the viewport has left after the other columns
+        (at least NAME_MIN_WIDTH px: below that the table scrolls sideways)."""
+        header = self.table.horizontalHeader()
+        others = sum(header.sectionSize(c) for c in range(header.count()) if c != COL_NAME)
+        header.resizeSection(COL_NAME, max(NAME_MIN_WIDTH, self.table.viewport().width() - others))
 
     def focus_table(self) -> None:
         """Give the keyboard to the table (its arrows, and the window's single-key shortcuts)."""
