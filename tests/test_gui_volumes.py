@@ -320,3 +320,25 @@ def test_the_next_volume_is_opened_in_the_background_before_n_reaches_it(window,
     qtbot.waitUntil(lambda: following in w.volumes._open and following not in w._prefetching, timeout=10000)
     image, label = w.volumes._open[following]
     assert image._array is not None and label._array is not None  # compressed: read whole, ahead of time
+
+
+def test_the_slice_context_of_the_form_trains_and_scores_with_neighbouring_slices(window, volume_folders, qtbot):
+    """Training form: Slice context 1 gives the network each slice with one neighbour on
+    each side (3 input channels), as `--slice-context 1`; its scoring pass loads the same."""
+    import torch
+
+    from ielstudio.core.training import load_checkpoint
+
+    w = window
+    w.open_folders(*volume_folders)
+    w.training_panel.slice_context.setValue(1)
+    reviews = []
+    w.reviewsApplied.connect(reviews.append)
+    with qtbot.waitSignal(w.trainingFinished, timeout=120000):
+        assert w.start_training(steps=2, snapshot_every=1000)
+    qtbot.waitUntil(lambda: not w.is_training(), timeout=60000)
+    assert sum(len(r.items) for r in reviews if r.step is None) == 18
+    model, config, _ = load_checkpoint(w.project.checkpoint.path)
+    assert config.slice_context == 1
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 3

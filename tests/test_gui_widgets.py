@@ -226,8 +226,9 @@ def test_training_form_fields_match_config_dataclasses(qtbot):
     panel.epochs.setValue(3)
     assert panel.folds.text() == "1 (hold-out)"
     panel.folds.setValue(3)
+    panel.slice_context.setValue(1)
     cfg = panel.config(TrainConfig(width=8))
-    assert cfg.width == 8 and cfg.max_steps == 40 and cfg.epochs == 3 and cfg.folds == 3
+    assert cfg.width == 8 and cfg.max_steps == 40 and cfg.epochs == 3 and cfg.folds == 3 and cfg.slice_context == 1
     assert cfg.iel.heat_dt == pytest.approx(0.05) and cfg.iel.heat_steps == 7 and cfg.iel.convex_classes == (1, 2)
     # round trip: a config shown in the form reads back the same
     panel2 = TrainingPanel()

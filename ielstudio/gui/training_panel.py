@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 from .canvas_input import ShortcutsPassThrough
 
 # form widget -> dataclass field it edits
-TRAIN_FIELDS = ("arch", "epochs", "max_steps", "folds", "device", "init_checkpoint")
+TRAIN_FIELDS = ("arch", "epochs", "max_steps", "folds", "slice_context", "device", "init_checkpoint")
 IEL_FIELDS = ("heat", "heat_dt", "heat_steps", "convex_classes", "convex_dt", "convex_steps")
 CLEAN_FIELDS = ("convex_hull_classes",)
 
@@ -126,6 +126,12 @@ class TrainingPanel(QWidget):
             "1: one model; the automatic budget holds 20 % of the images out, and only those are scored by a "
             "model that never saw their label. k >= 2: k models, every image scored and proposed by one that "
             "never saw its label (fairer scores, k times the training time); as clean --folds k")
+        self.slice_context = QSpinBox()
+        self.slice_context.setRange(0, 8)
+        self.slice_context.setSpecialValueText("0 (each slice alone)")
+        self.slice_context.setToolTip(
+            "Volumes: this many neighbouring slices on each side go to the network as extra input channels "
+            "(as --slice-context N); 2-D images ignore it. Not measured against 0 yet")
 
         model_box = QGroupBox("Model")
         mf = QFormLayout(model_box)
@@ -147,6 +153,7 @@ class TrainingPanel(QWidget):
         steps_row.addWidget(self.max_steps)
         mf.addRow(steps_row)
         mf.addRow("Folds", self.folds)
+        mf.addRow("Slice context", self.slice_context)
 
         # --- IEL
         self.heat = QCheckBox("Heat IEL")
@@ -258,6 +265,7 @@ class TrainingPanel(QWidget):
         self.epochs.setValue(int(config.epochs or 0))
         self.max_steps.setValue(int(config.max_steps))
         self.folds.setValue(int(config.folds))
+        self.slice_context.setValue(int(config.slice_context))
         i = self.device.findData(config.device)
         self.device.setCurrentIndex(max(0, i))
         ck = getattr(config, "init_checkpoint", None)
@@ -280,6 +288,7 @@ class TrainingPanel(QWidget):
             "epochs": self.epochs.value() or None,
             "max_steps": self.max_steps.value(),
             "folds": self.folds.value(),
+            "slice_context": self.slice_context.value(),
             "device": self.device.currentData(),
             "init_checkpoint": ck or None,
         }
@@ -355,7 +364,7 @@ class TrainingPanel(QWidget):
             self.progress.setFormat(self._before_pause)
             self._before_pause = None
         for w in (self.arch, self.new_radio, self.finetune_radio, self.checkpoint_edit, self.checkpoint_button,
-                  self.device, self.epochs, self.max_steps, self.folds, self.heat, self.heat_dt, self.heat_steps,
+                  self.device, self.epochs, self.max_steps, self.folds, self.slice_context, self.heat, self.heat_dt, self.heat_steps,
                   self.convex_classes, self.convex_dt, self.convex_steps, self.convex_hull):
             w.setEnabled(not running)
 
