@@ -275,6 +275,15 @@ def test_ct_window_level_presets_are_offered_for_volumes_in_hounsfield_units(win
     controls.set_mode("ct-bone")
     w.close_project()  # back to normalised images: no presets, and no window in CT units
     assert controls.mode.findData("ct-lung") < 0 and controls.mode.currentData() == "auto"
+    # the project remembers the contrast it was reviewed in: a preset, or a window and level
+    w.open_folders(*volume_folders)
+    assert controls.mode.currentData() == "ct-bone"
+    controls.window.setValue(321.0)
+    controls.level.setValue(-12.0)
+    controls.window.editingFinished.emit()
+    w.close_project()
+    w.open_folders(*volume_folders)
+    assert controls.mode.currentData() == "manual" and (controls.window.value(), controls.level.value()) == (321.0, -12.0)
 
 
 def test_training_in_the_window_scores_each_volume_as_the_cli_does(window, volume_folders, qtbot):

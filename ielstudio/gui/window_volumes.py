@@ -20,6 +20,10 @@ from .workers import GeneratorWorker
 VOLUME_ACTIONS = ("next_slice", "previous_slice", "accept_volume", "keep_volume")
 
 
+#: project setting: the contrast a volume data set was last reviewed in
+CONTRAST_SETTING = "volume_contrast"
+
+
 class VolumeMixin:
     """The volume side of the review session (`self.volumes` is None for 2-D data)."""
 
@@ -33,9 +37,35 @@ class VolumeMixin:
         self._slice_at: dict[str, str] = {}  # volume -> the slice the user moved to there last
         self.slice_bar.setVisible(volumes)
         self.canvas.slice_wheel = volumes
-        self.canvas.view_controls.set_raw(volumes)
+        controls = self.canvas.view_controls
+        saved = self.project.get_setting(CONTRAST_SETTING) if volumes and self.project is not None else None
+        self._restoring_contrast = True
+        try:
+            controls.set_raw(volumes)
+            if isinstance(saved, dict) and controls.mode.findData(saved.get("mode")) >= 0:
+                if saved["mode"] == "manual":
+                    controls.window.setValue(float(saved.get("window", controls.window.value())))
+                    controls.level.setValue(float(saved.get("level", controls.level.value())))
+                controls.set_mode(saved["mode"])
+        finally:
+            self._restoring_contrast = False
+        if not getattr(self, "_contrast_hooked", False):
+            self._contrast_hooked = True
+            controls.mode.currentIndexChanged.connect(lambda _: self._remember_contrast())
+            controls.window.editingFinished.connect(self._remember_contrast)
+            controls.level.editingFinished.connect(self._remember_contrast)
         for key in VOLUME_ACTIONS:
             self.actions[key].setEnabled(volumes)
+
+    def _remember_contrast(self) -> None:
+        """A volume project keeps its contrast (a CT preset, or a window and level in the
+        scan's units), so it reopens in the lung window it was reviewed in."""
+        if self.volumes is None or self.project is None or self.project.read_only or self._restoring_contrast:
+            return
+        controls = self.canvas.view_controls
+        self.project.set_setting(CONTRAST_SETTING, {"mode": controls.mode.currentData(),
+                                                    "window": controls.window.value(),
+                                                    "level": controls.level.value()})
 
     def resolve_slice(self, name: str) -> str:
         """What to show for a queue row: the slice of a volume the user moved to last there,
