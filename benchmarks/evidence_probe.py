@@ -76,8 +76,7 @@ def train_one(set_name: str, labels: str, folds: int, threads: int, seed: int = 
         out, names=np.array([s.name for s in samples]), probs=np.stack(probs).astype(np.float16),
         given=np.stack([s.mask for s in samples]).astype(np.uint8),
         clean=np.stack([read_mask(rs.clean / s.mask_path.name, enc)[0] for s in samples]).astype(np.uint8),
-        images=np.stack([np.asarray(s.image, np.float32).reshape(s.image.shape[0], s.image.shape[1], -1)[..., 0]
-                         for s in samples]),
+        images=np.stack([np.asarray(s.image, np.float32)[0] for s in samples]),  # (N,H,W): the first channel
         oos=np.array([s.name in held for s in samples]), thresholds=np.asarray(th if th is not None else []),
         train_s=train_s, steps=done.steps)
     return f"{out.name}: {done.steps} steps, {train_s:.0f} s"
@@ -88,6 +87,11 @@ def load(path: Path) -> dict:
     d = {k: z[k] for k in z.files}
     d["probs"] = d["probs"].astype(np.float32)
     d["thresholds"] = d["thresholds"] if d["thresholds"].size else None
+    if d["images"].shape != d["given"].shape:  # caches of the first version stored them wrongly: read them again
+        from ielstudio.core.dataset import _load_image as load_image
+
+        rs = sets()[path.stem.split("-noisy")[0].split("-clean")[0]]
+        d["images"] = np.stack([load_image(next(rs.images.glob(f"{n}.*")))[0] for n in d["names"]])
     return d
 
 
@@ -179,7 +183,7 @@ def outline_moves(name: str, d: dict, confidence: float, kind: str) -> list:
     for i in range(len(given)):
         g = given[i]
         out = gate_changes(propose(probs[i], g, CleanConfig(), th), g, probs[i], rel.reliable, th)
-        out = remove_unsupported_objects(out, g, probs[i], th)[0]
+        out = remove_unsupported_objects(out, g, probs[i], th, d["images"][i][None])[0]
         before.append(dice(out, clean[i], n))
         decided, weighed = decide(probs[i], th), decision_probabilities(probs[i], th)
         moved_out = out.copy()
@@ -211,6 +215,7 @@ def objects(name: str, d: dict) -> list:
     from ielstudio.core.review import assess_reliability, gate_changes, remove_unsupported_objects
 
     probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    images = d["images"][:, None]  # (N,1,H,W): the first channel of each image
     n = probs.shape[1]
     oos = d["oos"].astype(bool)
     rel = assess_reliability([(probs[i], given[i]) for i in np.flatnonzero(oos)], n, th, True)
@@ -220,7 +225,8 @@ def objects(name: str, d: dict) -> list:
              C.fmt(np.mean([dice(o, c, n) for o, c in zip(gated, clean)]))]
     for p in PROBABILITIES:
         for agree in AGREEMENTS:
-            outs = [remove_unsupported_objects(gated[i], given[i], probs[i], th, p, agree) for i in range(len(given))]
+            outs = [remove_unsupported_objects(gated[i], given[i], probs[i], th, images[i], p, agree)
+                    for i in range(len(given))]
             cells.append(f"{np.mean([dice(o, c, n) for (o, _), c in zip(outs, clean)]):.3f} "
                          f"({sum(k for _, k in outs)})")
     return cells

@@ -190,3 +190,29 @@ def test_the_review_removes_the_blob_where_the_model_reads_the_image_and_says_so
         assert by[f"img_{i}"].objects_removed == 0 and np.array_equal(by[f"img_{i}"].proposal, data[i].mask)
     assert summary.objects_removed == 4 and not summary.labels_kept_as_given
     assert summary.warnings[0].startswith(NOT_RELIABLE) and "except 4 object(s)" in summary.warnings[0]
+
+
+def test_a_second_lesion_that_looks_like_the_first_is_kept_however_sure_the_model():
+    """Given the image, rule 3 also asks it: the object must look like its unlabelled
+    surroundings, not like the lesion the model finds. A missed satellite lesion (as bright
+    as the main one) is kept; a blob drawn on the dark background is removed."""
+    from ielstudio.core.review import looks_like_background
+
+    lesion = disk((64, 64), (24, 30), 12)
+    satellite = disk((64, 64), (50, 50), 4)
+    blob = disk((64, 64), (50, 12), 4)
+    image = np.full((1, 64, 64), 0.1, np.float32)
+    image[0][lesion | satellite] = 0.9
+    given = (lesion | satellite | blob).astype(np.int64)
+    p = np.where(lesion, 0.9, 0.01)  # the model misses the satellite as it misses the blob
+    assert looks_like_background(image, blob, lesion, given) and not looks_like_background(image, satellite, lesion,
+                                                                                         given)
+    out, removed = remove_unsupported_objects(given, given, probs_of(p), image=image)
+    assert removed == 1 and np.array_equal(out, (lesion | satellite).astype(np.int64))
+    # without the image only the model speaks: both go
+    assert remove_unsupported_objects(given, given, probs_of(p))[1] == 2
+    # volumes: (C,D,H,W) images, rings taken slice by slice
+    vol = np.stack([given, given])
+    out3, removed3 = remove_unsupported_objects(vol, vol, np.stack([probs_of(p)] * 2, axis=1),
+                                                image=np.stack([image] * 2, axis=1))
+    assert removed3 == 1 and np.array_equal(out3, np.stack([out, out]))

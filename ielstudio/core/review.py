@@ -27,9 +27,12 @@ Do no harm. A label is changed only where the evidence is strong:
    every pixel of it with a mean probability of that class below
    `UNSUPPORTED_PROBABILITY`, and the model agrees with the *rest* of that image's
    mask of the class (its other objects, ignoring outline shifts of up to
-   `AGREEMENT_TOLERANCE` px) at `IMAGE_AGREEMENT` or more. A spurious blob drawn
-   beside a lesion the model finds is removed; an object in an image where the model
-   finds nothing, or the only object of an image, is never removed.
+   `AGREEMENT_TOLERANCE` px) at `IMAGE_AGREEMENT` or more, and the image says the
+   same: the object's pixels look like its unlabelled surroundings rather than like
+   the objects of its class the model finds there. A spurious blob drawn beside a
+   lesion the model finds is removed; an object in an image where the model finds
+   nothing, the only object of an image, or a second lesion that looks like the
+   first, is never removed.
 
 Scores (`cleaning.label_quality`) come from the model's decision before these
 gates, so the ranking still orders images by doubt when nothing is changed.
@@ -77,6 +80,8 @@ AGREEMENT_TOLERANCE = 3
 #: probability over a few pixels says little (a 5 px fragment of a correct CSF mask
 #: had p < 0.05 once), and specks are `CleanConfig.min_area`'s business, under rule 1.
 MIN_OBJECT_SIZE = 10
+#: Width (px) of the ring around an object that `looks_like_background` compares it with.
+SURROUNDING = 5
 #: How the first message starts when no class is reliable (the window titles its box by it).
 NOT_RELIABLE = "the model is not reliable for any class"
 #: Held-out images whose agreement decides reliability (enough for a pooled Dice).
@@ -204,18 +209,33 @@ def tolerant_dice(a: np.ndarray, b: np.ndarray, tolerance: int = AGREEMENT_TOLER
     total = int(a.sum() + b.sum())
     if total == 0:
         return 1.0
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1,) * 2)
+    return float(((a & _grown(b, tolerance)).sum() + (b & _grown(a, tolerance)).sum()) / total)
 
-    def grown(m: np.ndarray) -> np.ndarray:
-        if m.ndim == 2:
-            return cv2.dilate(m.astype(np.uint8), disk).astype(bool)
-        return np.stack([grown(s) for s in m])
 
-    return float(((a & grown(b)).sum() + (b & grown(a)).sum()) / total)
+def _grown(mask: np.ndarray, radius: int) -> np.ndarray:
+    """`mask` (H,W), or (D,H,W) slice by slice, dilated by a disk of `radius` px."""
+    if mask.ndim == 3:
+        return np.stack([_grown(m, radius) for m in mask])
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+    return cv2.dilate(mask.astype(np.uint8), disk).astype(bool)
+
+
+def looks_like_background(image: np.ndarray, obj: np.ndarray, found: np.ndarray, given: np.ndarray) -> bool:
+    """Whether the object's pixels look more like the unlabelled surroundings (a ring of
+    `SURROUNDING` px around it, outside every given object) than like the objects of its
+    class that the model does find in the same image (`found`): per channel medians,
+    Euclidean distance. False when either has no pixels (no grounds to remove it).
+    `image` (C,H,W) for slices, (C,D,H,W) for volumes."""
+    ring = _grown(obj, SURROUNDING) & ~obj & (given == 0)
+    if not ring.any() or not found.any():
+        return False
+    image = np.asarray(image, np.float32)
+    medians = [np.median(image[:, m], axis=1) for m in (obj, ring, found)]
+    return float(np.linalg.norm(medians[0] - medians[1])) < float(np.linalg.norm(medians[0] - medians[2]))
 
 
 def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray,
-                               thresholds: np.ndarray | None = None,
+                               thresholds: np.ndarray | None = None, image: np.ndarray | None = None,
                                probability: float = UNSUPPORTED_PROBABILITY,
                                agreement: float = IMAGE_AGREEMENT,
                                min_size: int = MIN_OBJECT_SIZE) -> tuple[np.ndarray, int]:
@@ -224,9 +244,11 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
     of one foreground class in `given` (8-connected in 2-D, 26 in 3-D) that `proposal`
     still keeps as given; it is removed when `core.decision.decide` gives background on
     all of it, the mean (decision-weighted) probability of its class there is below
-    `probability`, it has at least `min_size` pixels, and the model's decision agrees
+    `probability`, it has at least `min_size` pixels, the model's decision agrees
     with the image's other objects of the class that it does not remove
-    (`tolerant_dice`) at `agreement` or more."""
+    (`tolerant_dice`) at `agreement` or more, and, given the `image` ((C,H,W), or
+    (C,D,H,W) for a volume), the object looks like its surroundings rather than like
+    those other objects (`looks_like_background`)."""
     proposal, given = np.asarray(proposal), np.asarray(given)
     decided = decide(probs, thresholds)
     weighed = decision_probabilities(np.asarray(probs, np.float32), thresholds)
@@ -249,8 +271,12 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
         drop = np.isin(labels, candidates)
         if tolerant_dice((decided == c) & ~drop, mine & ~drop) < agreement:
             continue
-        out[drop] = 0
-        removed += int(candidates.size)
+        found = mine & ~drop & (decided == c)
+        for k in candidates:
+            obj = labels == k
+            if image is None or looks_like_background(image, obj, found, given):
+                out[obj] = 0
+                removed += 1
     return out, removed
 
 
@@ -364,7 +390,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
             continue
         raw = propose(probs, s.mask, clean_config, thresholds)
         proposal = gate_changes(raw, s.mask, probs, reliability.reliable, thresholds)
-        proposal, removed = remove_unsupported_objects(proposal, s.mask, probs, thresholds)
+        proposal, removed = remove_unsupported_objects(proposal, s.mask, probs, thresholds, s.image)
         objects_removed += removed
         _, in_proposal, in_label = confusion_counts(raw, s.mask, n_classes)
         labelled, proposed = labelled + in_label, proposed + in_proposal

@@ -149,7 +149,8 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
         raw = postprocess_volume(decided, config)
         raw = np.stack([keep_given_edges(raw[k], given[k], config.edge_tolerance) for k in range(len(slices))])
         proposal = gate_changes(raw, given, probs, reliability.reliable, thresholds)
-        proposal, removed = remove_unsupported_objects(proposal, given, probs, thresholds)
+        proposal, removed = remove_unsupported_objects(proposal, given, probs, thresholds,
+                                                       np.stack([s.image for s in slices], axis=1))
         objects_removed += removed
         labelled += np.bincount(given.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         proposed += np.bincount(raw.ravel(), minlength=ds.n_classes)[:ds.n_classes]
