@@ -216,3 +216,12 @@ def test_a_second_lesion_that_looks_like_the_first_is_kept_however_sure_the_mode
     out3, removed3 = remove_unsupported_objects(vol, vol, np.stack([probs_of(p)] * 2, axis=1),
                                                 image=np.stack([image] * 2, axis=1))
     assert removed3 == 1 and np.array_equal(out3, np.stack([out, out]))
+
+
+def test_a_blob_at_the_image_border_is_judged_on_the_ring_inside_the_image():
+    lesion = disk((64, 64), (30, 30), 12)
+    corner = disk((64, 64), (1, 1), 4)  # cut by the border
+    image = np.where(lesion, 0.9, 0.1)[None].astype(np.float32)
+    given = (lesion | corner).astype(np.int64)
+    out, removed = remove_unsupported_objects(given, given, probs_of(np.where(lesion, 0.9, 0.01)), image=image)
+    assert removed == 1 and np.array_equal(out, lesion.astype(np.int64))

@@ -220,18 +220,39 @@ def _grown(mask: np.ndarray, radius: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), disk).astype(bool)
 
 
-def looks_like_background(image: np.ndarray, obj: np.ndarray, found: np.ndarray, given: np.ndarray) -> bool:
+def looks_like_background(image: np.ndarray, obj: np.ndarray, found: np.ndarray | None, given: np.ndarray,
+                          found_median: np.ndarray | None = None) -> bool:
     """Whether the object's pixels look more like the unlabelled surroundings (a ring of
     `SURROUNDING` px around it, outside every given object) than like the objects of its
-    class that the model does find in the same image (`found`): per channel medians,
-    Euclidean distance. False when either has no pixels (no grounds to remove it).
-    `image` (C,H,W) for slices, (C,D,H,W) for volumes."""
+    class that the model does find in the same image (`found`, or their per-channel
+    median `found_median`): per channel medians, Euclidean distance. False when there
+    is no ring or nothing found (no grounds to remove it). `image` (C,H,W) for slices,
+    (C,D,H,W) for volumes; the arrays may be crops around the object."""
+    if found_median is None:
+        if found is None or not found.any():
+            return False
+        found_median = np.median(np.asarray(image, np.float32)[:, found], axis=1)
     ring = _grown(obj, SURROUNDING) & ~obj & (given == 0)
-    if not ring.any() or not found.any():
+    if not ring.any():
         return False
     image = np.asarray(image, np.float32)
-    medians = [np.median(image[:, m], axis=1) for m in (obj, ring, found)]
-    return float(np.linalg.norm(medians[0] - medians[1])) < float(np.linalg.norm(medians[0] - medians[2]))
+    inside, around = np.median(image[:, obj], axis=1), np.median(image[:, ring], axis=1)
+    return float(np.linalg.norm(inside - around)) < float(np.linalg.norm(inside - found_median))
+
+
+def _boxes(labels: np.ndarray, wanted: np.ndarray, pad: int) -> dict[int, tuple[slice, ...]]:
+    """Per wanted label, its bounding box grown by `pad` px in-plane (the last two axes)
+    and clipped to the array, from one pass over the labelled pixels."""
+    flat = np.flatnonzero(np.isin(labels, wanted))
+    coords = np.stack(np.unravel_index(flat, labels.shape), axis=1)
+    which = labels.ravel()[flat]
+    margin = np.array([0] * (labels.ndim - 2) + [pad, pad])
+    out = {}
+    for k in wanted:
+        c = coords[which == k]
+        lo, hi = np.maximum(c.min(0) - margin, 0), np.minimum(c.max(0) + margin + 1, labels.shape)
+        out[int(k)] = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    return out
 
 
 def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray,
@@ -272,10 +293,15 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
         if tolerant_dice((decided == c) & ~drop, mine & ~drop) < agreement:
             continue
         found = mine & ~drop & (decided == c)
-        for k in candidates:
-            obj = labels == k
-            if image is None or looks_like_background(image, obj, found, given):
-                out[obj] = 0
+        if image is not None:
+            if not found.any():
+                continue
+            found_median = np.median(np.asarray(image, np.float32)[:, found], axis=1)
+        for k, box in _boxes(labels, candidates, SURROUNDING + 1).items():
+            obj = labels[box] == k
+            if image is None or looks_like_background(np.asarray(image)[(slice(None),) + box], obj, None,
+                                                      given[box], found_median):
+                out[box][obj] = 0
                 removed += 1
     return out, removed
 
