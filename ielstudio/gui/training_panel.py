@@ -128,7 +128,7 @@ class TrainingPanel(QWidget):
             "never saw its label (fairer scores, k times the training time); as clean --folds k")
         self.slice_context = QSpinBox()
         self.slice_context.setRange(0, 8)
-        self.slice_context.setSpecialValueText("0 (each slice alone)")
+        self.slice_context.setSpecialValueText("off")
         self.slice_context.setToolTip(
             "Volumes: this many neighbouring slices on each side go to the network as extra input channels "
             "(as --slice-context N); 2-D images ignore it. Not measured against 0 yet")
@@ -152,8 +152,12 @@ class TrainingPanel(QWidget):
         steps_row.addWidget(QLabel("Max steps"))
         steps_row.addWidget(self.max_steps)
         mf.addRow(steps_row)
-        mf.addRow("Folds", self.folds)
-        mf.addRow("Slice context", self.slice_context)
+        folds_row = QHBoxLayout()  # one row, so the form (and the queue above it) keep their height
+        folds_row.addWidget(QLabel("Folds"))
+        folds_row.addWidget(self.folds)
+        folds_row.addWidget(QLabel("Slice context"))
+        folds_row.addWidget(self.slice_context)
+        mf.addRow(folds_row)
 
         # --- IEL
         self.heat = QCheckBox("Heat IEL")
