@@ -125,7 +125,7 @@ class ReviewQueue(QWidget):
         for c in (COL_SCORE, COL_CHANGED, COL_STATUS):
             header.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
         header.setMinimumSectionSize(30)
-        header.sectionResized.connect(lambda index, *_: index != COL_NAME and self._fit_name_column())
+        header.sectionResized.connect(self._on_section_resized)
         self.table.viewport().installEventFilter(self)
         self.table.sortByColumn(COL_SCORE, Qt.SortOrder.AscendingOrder)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
@@ -189,6 +189,10 @@ class ReviewQueue(QWidget):
         if event.type() == QEvent.Type.Resize and obj is self.table.viewport():
             self._fit_name_column()
         return False
+
+    def _on_section_resized(self, index: int, _old: int, _new: int) -> None:
+        if index != COL_NAME:  # a score, change or status column grew with its contents
+            self._fit_name_column()
 
     def _fit_name_column(self) -> None:
         """Give the name column what the viewport has left after the other columns

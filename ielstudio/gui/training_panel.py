@@ -368,8 +368,8 @@ class TrainingPanel(QWidget):
             self.progress.setFormat(self._before_pause)
             self._before_pause = None
         for w in (self.arch, self.new_radio, self.finetune_radio, self.checkpoint_edit, self.checkpoint_button,
-                  self.device, self.epochs, self.max_steps, self.folds, self.slice_context, self.heat, self.heat_dt, self.heat_steps,
-                  self.convex_classes, self.convex_dt, self.convex_steps, self.convex_hull):
+                  self.device, self.epochs, self.max_steps, self.folds, self.slice_context, self.heat, self.heat_dt,
+                  self.heat_steps, self.convex_classes, self.convex_dt, self.convex_steps, self.convex_hull):
             w.setEnabled(not running)
 
     def _pause_clicked(self) -> None:
