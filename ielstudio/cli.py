@@ -391,6 +391,13 @@ def _print_summary(report: dict, report_path) -> None:
             _say(f"  {s['path']}: {s['problem']}")
     for warning in report.get("warnings", []):
         _say(f"warning: {warning}")
+    rel = report.get("reliability") or {}
+    if rel.get("out_of_sample"):
+        from ielstudio.core.review import few_held_out_note
+
+        note = few_held_out_note(int(rel.get("n_images", 0)), bool(report.get("model", {}).get("out_of_sample")))
+        if note:
+            _say(f"note: {note}")
     if scores:
         _say(f"mean label-quality score {sum(scores) / len(scores):.3f} (1 = label agrees with the model); worst first in the report")
     saved = report.get("model", {}).get("saved_to")

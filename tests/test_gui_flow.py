@@ -298,6 +298,8 @@ def test_training_fills_scores_proposals_and_curves(make_window, dataset, qtbot)
     with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
         assert w.start_training(steps=6, snapshot_every=3)
     assert blocker.args[0].steps == 6 and blocker.args[0].checkpoint  # TrainingFinished
+    # one of six images held out: the panel says the verdict on the model rests on it
+    assert "on 1 held-out image(s): few" in w.training_panel.status.text()
     assert sorted({r.step for r in reviews if r.step is not None}) == [3, 6]  # two snapshots
     assert sum(len(r.items) for r in reviews if r.step == 6) == N_IMAGES
     assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}

@@ -208,3 +208,11 @@ def test_fill_holes_fills_a_hole_in_a_blob_but_not_the_loop_of_a_vessel():
     cv2.line(vessels, (0, 30), (10, 30), 1, 2)
     out = cleaning.postprocess(vessels.astype(np.int64), CleanConfig(min_area=0))
     assert np.array_equal(out, vessels)
+
+
+def test_a_verdict_on_few_held_out_images_gets_a_note():
+    from ielstudio.core.review import FEW_HELD_OUT, few_held_out_note
+
+    assert "only 2 held-out image(s)" in few_held_out_note(2, every_image=False)
+    assert few_held_out_note(FEW_HELD_OUT, every_image=False) is None  # enough images
+    assert few_held_out_note(2, every_image=True) is None  # folds: every image judged out of sample

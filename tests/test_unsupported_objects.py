@@ -225,3 +225,4 @@ def test_a_blob_at_the_image_border_is_judged_on_the_ring_inside_the_image():
     given = (lesion | corner).astype(np.int64)
     out, removed = remove_unsupported_objects(given, given, probs_of(np.where(lesion, 0.9, 0.01)), image=image)
     assert removed == 1 and np.array_equal(out, lesion.astype(np.int64))
+
