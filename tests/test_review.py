@@ -20,7 +20,7 @@ from ielstudio.core.review import (
     gate_changes,
 )
 from ielstudio.core.patches import CropStream, patch_and_batch
-from ielstudio.core.training import DoneEvent, EvalEvent, TrainConfig, train
+from ielstudio.core.training import EvalEvent, TrainConfig, train
 
 ENC = MaskEncoding.gray(2, 255)
 
