@@ -618,7 +618,7 @@ def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
 
     warning = with_removed_objects([warning], 2)[0]
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
-                                 warnings=[warning]))
+                                 warnings=[warning], objects_removed=2))
     assert w._error_box.windowTitle() == "Masks kept, except objects the model rules out"
     assert "except 2 object(s)" in w.statusBar().currentMessage()
 

@@ -185,3 +185,27 @@ def test_the_window_job_and_the_command_give_the_same_masks_and_scores(tmp_path)
         changed += int((written != given).sum())
     assert window[-1].warnings == report["warnings"] == []  # the model is reliable here: it changed labels
     assert changed > 0
+
+
+def test_scoring_job_counts_the_objects_rule_3_removed_on_its_last_message():
+    """Blobs on the dark background beside a bright object the model finds go (rule 3 of
+    core.review), even though the model misses the (dark) objects of two other images and
+    is not reliable for the class; the last message says how many, for the window's title."""
+    enc = MaskEncoding.gray(2, 255)
+    data = []
+    for i in range(4):
+        obj = np.zeros((32, 32), bool)
+        obj[8:20, 8:20] = True
+        given = obj.copy()
+        given[26:30, 26:30] = True  # a spurious blob
+        image = (obj if i < 2 else np.zeros_like(obj))[None].astype(np.float32)
+        data.append(Sample(f"img_{i}", image, given.astype(np.int64), enc))
+    reviews = list(jobs.scoring_job(FixedOdds(0.95), data, CleanConfig(), cancel=lambda: False,
+                                    holdout=[s.name for s in data]))
+    assert [r.objects_removed for r in reviews[:-1]] == [0] * (len(reviews) - 1)
+    assert reviews[-1].objects_removed == 2 and reviews[-1].warnings[0].startswith("the model is not reliable")
+    items = {k: v for r in reviews for k, v in r.items.items()}
+    for i in (0, 1):
+        assert not items[f"img_{i}"].proposal[26:30, 26:30].any() and items[f"img_{i}"].proposal[8:20, 8:20].all()
+    for i in (2, 3):
+        assert np.array_equal(items[f"img_{i}"].proposal, data[i].mask)

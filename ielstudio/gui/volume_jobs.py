@@ -39,12 +39,13 @@ def volume_scoring_job(model, ds, clean_config, cancel: Callable[[], bool], hold
     from ielstudio.core.volume_clean import review_volumes
 
     total = len(ds.samples)
-    done = 0
+    done = removed = 0
     held: Reviews | None = None  # the last message waits for the warnings that end the pass
     reviews = review_volumes(model, ds, clean_config, list(holdout or []), cancel)
     try:
         while True:
             r = next(reviews)
+            removed += r.objects_removed
             names = [r.case.slice_name(k) for k in range(r.case.n_slices)]
             for start in range(0, len(names), chunk):
                 if cancel():
@@ -61,5 +62,5 @@ def volume_scoring_job(model, ds, clean_config, cancel: Callable[[], bool], hold
     except StopIteration as stop:
         _thresholds, _reliability, warnings = stop.value
     if held is not None and not cancel():
-        held.warnings = list(warnings)
+        held.warnings, held.objects_removed = list(warnings), removed
         yield held

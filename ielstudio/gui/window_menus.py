@@ -91,8 +91,8 @@ class MenusMixin:
                     "tool_pan", "brush", "eraser", "tool_object", "pick_class", "smaller", "larger"):
             edit.addSeparator() if key is None else edit.addAction(self.actions[key])
         view = mb.addMenu("&View")
-        for key in ("next", "previous", "next_slice", "previous_slice", None, "fit_view", "actual_size", "auto_contrast", "full_contrast", None,
-                    "toggle_mask", "toggle_proposal", "toggle_difference"):
+        for key in ("next", "previous", "next_slice", "previous_slice", None, "fit_view", "actual_size",
+                    "auto_contrast", "full_contrast", None, "toggle_mask", "toggle_proposal", "toggle_difference"):
             view.addSeparator() if key is None else view.addAction(self.actions[key])
         train = mb.addMenu("&Training")
         for key in ("train", "pause", "stop", None, "score_saved", "review_model"):

@@ -260,8 +260,6 @@ class ProjectMixin:
         self.datasetSettled.emit()
 
     def _reload_queue(self) -> None:
-        from . import jobs
-
         in_scan = set(self.pairs)  # a project may remember images (slices) no longer in the folders
         rows = [QueueRow(r.name, r.status, r.score, r.changed_fraction, r.skip_reason)
                 for r in self.project.images(order_by="score") if self.volumes is None or r.name in in_scan]

@@ -252,8 +252,8 @@ class TrainingMixin:
         if reviews.warnings:
             kept = reviews.warnings[0].startswith(NOT_RELIABLE)
             title = ("Labels kept where the model is not reliable" if not kept
-                     else "The model is not reliable: masks kept as given" if " except " not in reviews.warnings[0]
-                     else "Masks kept, except objects the model rules out")
+                     else "Masks kept, except objects the model rules out" if reviews.objects_removed
+                     else "The model is not reliable: masks kept as given")
             self.report_error(title, "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
 
