@@ -393,9 +393,11 @@ def _print_summary(report: dict, report_path) -> None:
         _say(f"warning: {warning}")
     rel = report.get("reliability") or {}
     if rel.get("out_of_sample"):
-        from ielstudio.core.review import few_held_out_note
+        from ielstudio.core.review import few_held_out_note, held_out_units
 
-        note = few_held_out_note(int(rel.get("n_images", 0)), bool(report.get("model", {}).get("out_of_sample")))
+        held = report.get("training", {}).get("holdout")
+        n, what = held_out_units(held) if held else (int(rel.get("n_images", 0)), "image(s)")
+        note = few_held_out_note(n, bool(report.get("model", {}).get("out_of_sample")), what)
         if note:
             _say(f"note: {note}")
     if scores:

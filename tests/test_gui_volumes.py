@@ -296,6 +296,7 @@ def test_training_in_the_window_scores_each_volume_as_the_cli_does(window, volum
     qtbot.waitUntil(lambda: not w.is_training(), timeout=60000)
     final = [r for r in reviews if r.step is None]
     assert sum(len(r.items) for r in final) == 18 and final[-1].done == final[-1].total == 18
+    assert "on 1 held-out volume(s): few" in w.training_panel.status.text()  # a volume's slices count as one
     assert {n for r in final for n in r.volume_scores} == {"case0", "case1", "case2"}
     assert all(w.queue.model.get(v).score is not None for v in ("case0", "case1", "case2"))
     scores = w.project.get_setting(jobs.VOLUME_SCORES)

@@ -216,3 +216,9 @@ def test_a_verdict_on_few_held_out_images_gets_a_note():
     assert "only 2 held-out image(s)" in few_held_out_note(2, every_image=False)
     assert few_held_out_note(FEW_HELD_OUT, every_image=False) is None  # enough images
     assert few_held_out_note(2, every_image=True) is None  # folds: every image judged out of sample
+    # a volume's slices are held out together: 96 slices of two volumes are two held-out volumes
+    from ielstudio.core.review import held_out_units
+
+    assert held_out_units([f"case{v}/{k:04d}" for v in (1, 7) for k in range(48)]) == (2, "volume(s)")
+    assert held_out_units(["a", "b", "c"]) == (3, "image(s)")
+    assert "only 2 held-out volume(s)" in few_held_out_note(2, False, "volume(s)")

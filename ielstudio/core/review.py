@@ -441,12 +441,23 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
                          objects_removed)
 
 
-def few_held_out_note(n_images: int, every_image: bool) -> str | None:
+def held_out_units(names: Sequence[str]) -> tuple[int, str]:
+    """(how many, "image(s)" or "volume(s)") the held-out `names` are: the slices of a
+    volume (``case/0012``) are held out together and count as one volume."""
+    from .volume_review import split_slice_name
+
+    parts = [split_slice_name(n) for n in names]
+    if parts and all(parts):
+        return len({p[0] for p in parts}), "volume(s)"
+    return len(names), "image(s)"
+
+
+def few_held_out_note(n_images: int, every_image: bool, what: str = "image(s)") -> str | None:
     """A note for a reliability verdict that rests on fewer than FEW_HELD_OUT held-out
-    images (None when every image was judged out of sample, or enough were)."""
+    images or volumes (None when every image was judged out of sample, or enough were)."""
     if every_image or n_images >= FEW_HELD_OUT:
         return None
-    return (f"the model was checked on only {n_images} held-out image(s), so whether it may change labels is a "
+    return (f"the model was checked on only {n_images} held-out {what}, so whether it may change labels is a "
             "rough call that can go either way between two trainings; --folds 3 (the window: Training > Folds) "
             "checks it on every image, at about 3 times the training time")
 

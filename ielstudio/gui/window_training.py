@@ -9,7 +9,7 @@ import time
 from enum import Enum
 from pathlib import Path
 
-from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE
+from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, held_out_units
 
 from . import jobs
 from .process_worker import ProcessWorker
@@ -272,11 +272,11 @@ class TrainingMixin:
     def _on_done(self, ev: "jobs.TrainingFinished") -> None:
         self.last_training = ev
         agreement = ev.history.get("best_agreement")
-        held = len(ev.history.get("holdout", []))
+        held, what = held_out_units(ev.history.get("holdout", []))
         few = "folds" not in ev.history and 0 < held < FEW_HELD_OUT
         self.training_panel.set_message(
             f"Done: {ev.steps} steps ({ev.reason})" + ("" if agreement is None else f"; agreement {agreement:.3f}")
-            + (f" on {held} held-out image(s): few, a rough verdict (Folds 3 checks every image)" if few else ""))
+            + (f" on {held} held-out {what}: few, a rough verdict (Folds 3 checks every image)" if few else ""))
         if ev.checkpoint:  # the job recorded it in the project
             self.checkpoint = Path(ev.checkpoint)
         if ev.reason != "cancelled" and self.training_state != TrainingState.STOPPING:
