@@ -20,3 +20,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _drain(generator):
+    """(every item a generator yields, the value it returns)."""
+    items = []
+    try:
+        while True:
+            items.append(next(generator))
+    except StopIteration as stop:
+        return items, stop.value
+
+
+@pytest.fixture
+def drain():
+    """Run a review generator (core.review.review_samples, core.volume_clean.review_volumes)
+    to its end: (its results, its summary)."""
+    return _drain

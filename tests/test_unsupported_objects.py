@@ -159,7 +159,7 @@ class Brightness(nn.Module):
         return torch.cat([torch.zeros_like(fg), fg], 1)
 
 
-def test_the_review_removes_the_blob_where_the_model_reads_the_image_and_says_so():
+def test_the_review_removes_the_blob_where_the_model_reads_the_image_and_says_so(drain):
     """A model that is not reliable for the class (it misses two of four lesions, which
     are dark) still removes a blob drawn beside a lesion it finds, and nothing else."""
     from ielstudio.core.cleaning import CleanConfig
@@ -174,13 +174,7 @@ def test_the_review_removes_the_blob_where_the_model_reads_the_image_and_says_so
         given = (lesion | disk((64, 64), (50, 12), 4) | disk((64, 64), (8, 56), 4)).astype(np.int64)
         image = (lesion if i < 2 else np.zeros_like(lesion))[None].astype(np.float32)  # 2, 3: the model sees nothing
         data.append(Sample(f"img_{i}", image, given, enc))
-    reviews = review_samples(Brightness(), data, CleanConfig(), holdout=[s.name for s in data])
-    results = []
-    try:
-        while True:
-            results.append(next(reviews))
-    except StopIteration as stop:
-        summary = stop.value
+    results, summary = drain(review_samples(Brightness(), data, CleanConfig(), holdout=[s.name for s in data]))
     assert not summary.reliability.any_reliable
     by = {r.name: r for r in results}
     for i in (0, 1):

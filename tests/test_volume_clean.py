@@ -132,7 +132,7 @@ class Oracle(nn.Module):
         return torch.cat([-fg, fg, torch.full_like(fg, -50.0)], dim=1)
 
 
-def test_a_reliable_model_removes_a_3d_speck_and_keeps_the_rest(volume_folders):
+def test_a_reliable_model_removes_a_3d_speck_and_keeps_the_rest(volume_folders, drain):
     images, masks = volume_folders
     noisy = nib.load(masks / "case1_seg.nii.gz")
     labels = np.asarray(noisy.dataobj).copy()
@@ -140,14 +140,8 @@ def test_a_reliable_model_removes_a_3d_speck_and_keeps_the_rest(volume_folders):
     nib.save(nib.Nifti1Image(labels, AFFINE), masks / "case1_seg.nii.gz")
     ds = load_volume_dataset(images, masks)
     holdout = [s.name for s in ds.samples if s.name.startswith("case0/")]
-    results = review_volumes(Oracle(), ds, CleanConfig(), holdout)
-    by_name = {}
-    try:
-        while True:
-            r = next(results)
-            by_name[r.case.name] = r
-    except StopIteration as stop:
-        _, reliability, warnings = stop.value
+    results, (_, reliability, warnings) = drain(review_volumes(Oracle(), ds, CleanConfig(), holdout))
+    by_name = {r.case.name: r for r in results}
     assert reliability.reliable[1] and reliability.out_of_sample
     r = by_name["case1"]
     blob = np.zeros_like(r.given, bool)  # slices first: (k, i, j)

@@ -363,7 +363,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     whole data set's counts and warnings.
     """
     from . import distributed
-    from .cleaning import calibration_subset, label_quality, lost_class_warnings, propose, thresholds_for
+    from .cleaning import calibration_subset, label_quality, propose, thresholds_for
     from .training import CrossFitModel, predict
 
     cancelled = cancel or (lambda: False)
@@ -422,7 +422,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
         proposal = gate_changes(raw, s.mask, probs, reliability.reliable, thresholds)
         proposal, removed = remove_unsupported_objects(proposal, s.mask, probs, thresholds, s.image)
         objects_removed += removed
-        _, in_proposal, in_label = confusion_counts(raw, s.mask, n_classes)
+        _, in_proposal, in_label = confusion_counts(proposal, s.mask, n_classes)
         labelled, proposed = labelled + in_label, proposed + in_proposal
         score, _ = label_quality(probs, s.mask, thresholds)
         yield ImageResult(s.name, probs, proposal, score, crossfit or s.name in held, removed)
@@ -431,9 +431,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
         labelled, proposed = sum(p[0] for p in parts), sum(p[1] for p in parts)
         unreadable = {k: v for p in parts for k, v in p[2].items()}
         objects_removed = sum(p[3] for p in parts)
-    warnings = with_removed_objects(reliability.messages, objects_removed)
-    warnings += [w for w in lost_class_warnings(labelled, proposed)
-                 if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]
+    warnings = summary_warnings(reliability, objects_removed, labelled, proposed)
     if unreadable:
         warnings.append(f"{len(unreadable)} image(s) could not be read when their turn came and were left out "
                         "(listed under skipped)")
@@ -472,6 +470,25 @@ def with_removed_objects(messages: Sequence[str], removed: int) -> list[str]:
                   "objects_removed and the window's Changed column say where). The scores still rank the images "
                   "by how much the model doubts them, but treat the ranking with care")
     return out
+
+
+def summary_warnings(reliability: Reliability, objects_removed: int, labelled: np.ndarray,
+                     proposed: np.ndarray) -> list[str]:
+    """What a review tells the user once every image is done: the reliability messages
+    (`with_removed_objects`), a line for each labelled class that no held-out image had
+    (its labels are kept as given, unchecked), and `cleaning.lost_class_warnings` for a
+    class the written proposals (`proposed`, pixels per class; `labelled`: in the given
+    masks) nearly lost, unless a message above already names that class."""
+    from .cleaning import lost_class_warnings
+
+    warnings = with_removed_objects(reliability.messages, objects_removed)
+    if reliability.n_images:
+        for c in range(1, min(len(labelled), len(reliability.agreement))):
+            if labelled[c] > 0 and reliability.agreement[c] is None:
+                warnings.append(f"class {c}: none of the {reliability.n_images} image(s) the model was checked on "
+                                "has it, so it could not be checked for this class; its labels are kept as given")
+    named = {w.split(":")[0] for w in warnings if w.startswith("class ")}
+    return warnings + [w for w in lost_class_warnings(labelled, proposed) if w.split(":")[0] not in named]
 
 
 def _n_classes_of(model) -> int:

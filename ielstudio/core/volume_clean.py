@@ -47,7 +47,6 @@ from .cleaning import (
     change_summary,
     keep_given_edges,
     label_quality,
-    lost_class_warnings,
     prepare_clean,
     thresholds_for,
 )
@@ -55,7 +54,7 @@ from .decision import decide
 from .errors import DataError
 from .imageio import atomic_write_text
 from .review import (MAX_RELIABILITY_IMAGES, assess_reliability, gate_changes, remove_unsupported_objects,
-                     with_removed_objects)
+                     summary_warnings)
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
 
@@ -153,14 +152,12 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
                                                        np.stack([s.image for s in slices], axis=1))
         objects_removed += removed
         labelled += np.bincount(given.ravel(), minlength=ds.n_classes)[:ds.n_classes]
-        proposed += np.bincount(raw.ravel(), minlength=ds.n_classes)[:ds.n_classes]
+        proposed += np.bincount(proposal.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         scores = [label_quality(probs[:, k], given[k], thresholds)[0] for k in range(len(slices))]
         foreground = [bool((given[k] != 0).any() or (decided[k] != 0).any()) for k in range(len(slices))]
         yield VolumeResult(case, proposal, given, scores, _volume_score(scores, foreground),
                            crossfit or all(s.name in held for s in slices), probs.astype(np.float16), removed)
-    warnings = with_removed_objects(reliability.messages, objects_removed)
-    warnings += [w for w in lost_class_warnings(labelled, proposed)
-                 if not any(w.startswith(m.split(":")[0] + ":") for m in reliability.messages)]
+    warnings = summary_warnings(reliability, objects_removed, labelled, proposed)
     return thresholds, reliability, warnings
 
 
