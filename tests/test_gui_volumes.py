@@ -352,3 +352,42 @@ def test_the_slice_context_of_the_form_trains_and_scores_with_neighbouring_slice
     assert config.slice_context == 1
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert first.in_channels == 3
+
+
+def test_a_large_compressed_volume_is_read_in_the_background_before_its_slice_shows(window, volume_folders, qtbot,
+                                                                                 monkeypatch):
+    """A volume whose file has no random access and more than READ_AT_ONCE_VOXELS voxels
+    (here: every one, the limit set to 0) is opened in the prefetch thread: the window
+    shows nothing and says so meanwhile, then the slice; a file that cannot be read is
+    reported and skipped, not retried for ever."""
+    import threading
+
+    from ielstudio.core import volume_review
+
+    monkeypatch.setattr(volume_review, "READ_AT_ONCE_VOXELS", 0)
+    readers = []
+    opened = volume_review.VolumeSlices.open
+
+    def open_and_record(self, volume):
+        readers.append((volume, threading.current_thread() is threading.main_thread()))
+        return opened(self, volume)
+
+    monkeypatch.setattr(volume_review.VolumeSlices, "open", open_and_record)
+    w = window
+    assert w.open_folders(*volume_folders)
+    assert w.current is None and w._waiting_for == "case0/0003"  # the first volume: being read
+    assert "Reading case0 (case0.nii.gz)" in w.statusBar().currentMessage()
+    settled(w, qtbot)
+    qtbot.waitUntil(lambda: w.current == "case0/0003", timeout=10000)
+    assert w.canvas._shown is not None and w.volumes.ready("case0")
+    qtbot.waitUntil(lambda: w.volumes.ready("case1"), timeout=10000)  # the next one, opened ahead
+    # case2 is damaged on disk after the scan: its background opens fail, the window says why once
+    (volume_folders[0] / "case2.nrrd").write_bytes(b"NRRD0004\ntype: short\n")
+    w.queue.select("case1")
+    assert w.current == "case1/0003"  # at once
+    assert [v for v, _ in readers][:2] == ["case0", "case1"] and not any(in_gui for _, in_gui in readers)
+    w.queue.select("case2")
+    assert w.current is None and w._waiting_for == "case2/0003"
+    qtbot.waitUntil(lambda: w._waiting_for is None and any(n.startswith("case2/") for n in w._unreadable),
+                    timeout=10000)
+    assert w.current is None and "case2.nrrd" in w.last_error

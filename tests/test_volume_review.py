@@ -116,3 +116,27 @@ def test_a_volumes_status_and_the_next_slice_to_review():
     assert next_slice_to_review(names, statuses, scores) == "v/2"  # worst unreviewed; decided ones are passed
     assert next_slice_to_review(names, statuses, scores, current="v/2") == "v/0"
     assert next_slice_to_review(names, {n: "kept" for n in names}, scores) is None
+
+
+def test_a_volume_is_ready_to_show_when_small_open_or_read_slice_by_slice(tmp_path, monkeypatch):
+    """`VolumeSlices.ready`: whether the window may read a slice now, in its own thread."""
+    from ielstudio.core import volume_review
+    from ielstudio.core.volume_review import VolumeSlices
+
+    images, masks = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    masks.mkdir()
+    for name, ext in (("gz", ".nii.gz"), ("plain", ".nii")):
+        nib.save(nib.Nifti1Image(np.zeros((20, 16, 5), np.int16), np.eye(4)), images / f"{name}{ext}")
+        nib.save(nib.Nifti1Image(np.zeros((20, 16, 5), np.uint8), np.eye(4)), masks / f"{name}{ext}")
+    slices = VolumeSlices(scan_volume_dataset(images, masks))
+    assert slices.ready("gz") and slices.ready("plain")  # 1,600 voxels: read at once
+    monkeypatch.setattr(volume_review, "READ_AT_ONCE_VOXELS", 1_599)
+    assert not slices.ready("gz") and slices.ready("plain")  # gzip has no random access
+    slices.open("gz")  # what the window's prefetch thread does
+    assert slices.ready("gz")
+    slices.keep = 1
+    slices.sample("plain/0000", None)  # the other volume: "gz" is closed
+    assert not slices.ready("gz") and slices.ready("plain")
+    slices.sample("gz/0002", None)  # a slice of gzip reads the whole volume, in the thread that asks
+    assert slices.ready("gz")

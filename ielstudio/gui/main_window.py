@@ -116,6 +116,10 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, VolumeMix
         self.prefetch_worker: GeneratorWorker | None = None
         self.prefetch_queue: queue.Queue = queue.Queue()
         self._prefetching: set[str] = set()
+        #: a volume's slice to show once the volume is open (`_open_before_showing`), and a
+        #: volume whose background open failed, to be read once in the GUI thread (to report why)
+        self._waiting_for: str | None = None
+        self._read_now: str | None = None
         #: images whose proposal comes from a training snapshot (a model still in training)
         self.previews: set[str] = set()
         #: images whose image or mask file failed to load this session: name -> reason
@@ -296,6 +300,7 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, VolumeMix
             self.prefetch_worker = None
             self.prefetch_queue = queue.Queue()
             self._prefetching.clear()
+            self._waiting_for = None
         if self.thumb_worker is not None:
             self.thumb_queue.put((None, None))  # wakes the thread, which then ends
             self.thumb_worker.stop(5000)

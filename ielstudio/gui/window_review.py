@@ -114,8 +114,9 @@ class ReviewMixin:
             self._prefetch_gen += 1
             self._prefetching.clear()
         self._set_classes(encoding.n_classes)
-        if self.current and not self._samples:
-            self.show_image(self.current)
+        shown = self.current or self._waiting_for
+        if shown and not self._samples:
+            self.show_image(shown)
 
     def current_mask(self, name: str) -> np.ndarray | None:
         """The mask as decided so far: the stored accepted/edited mask, else the given one
@@ -143,6 +144,8 @@ class ReviewMixin:
             self.canvas.set_image(None)
             self.iel_panel.clear()
             self.statusBar().showMessage(f"{name}: skipped: {row.reason}", 10000)
+            return
+        if self._open_before_showing(name):
             return
         s = self.sample(name)
         if s is None:  # nothing of the previous image stays on screen
@@ -174,11 +177,7 @@ class ReviewMixin:
             return
         i = names.index(name)
         wanted = names[i + 1:i + 1 + ahead] + names[max(0, i - 1):i]
-        if self.prefetch_worker is None:
-            self.prefetch_worker = GeneratorWorker(jobs.prefetch_job, self.prefetch_queue, cancel_kwarg="cancel",
-                                                   parent=self)
-            self.prefetch_worker.yielded.connect(self._on_prefetched)
-            self.prefetch_worker.start()
+        self._start_prefetching()
         if self.volumes is not None:
             self._open_volumes_ahead(wanted)
             return
@@ -188,8 +187,17 @@ class ReviewMixin:
                 self._prefetching.add(n)
                 self.prefetch_queue.put((n, self.pairs[n], encoding, self._prefetch_gen))
 
+    def _start_prefetching(self) -> None:
+        if self.prefetch_worker is None:
+            self.prefetch_worker = GeneratorWorker(jobs.prefetch_job, self.prefetch_queue, cancel_kwarg="cancel",
+                                                   parent=self)
+            self.prefetch_worker.yielded.connect(self._on_prefetched)
+            self.prefetch_worker.start()
+
     def _on_prefetched(self, item: "jobs.Prefetched") -> None:
         self._prefetching.discard(item.name)
+        if self._waiting_for and item.generation == self._prefetch_gen and self.volumes is not None:
+            self._show_when_open(item.name)
         if (item.generation != self._prefetch_gen or item.sample is None or item.name in self._samples
                 or item.name not in self.pairs):
             return  # unreadable ones are reported when opened

@@ -35,6 +35,7 @@ class VolumeMixin:
         self.volumes = VolumeSlices(scan) if volumes else None
         self._thumb_volumes = VolumeSlices(scan, keep=1) if volumes else None  # read in the thumbnail thread only
         self._slice_at: dict[str, str] = {}  # volume -> the slice the user moved to there last
+        self._waiting_for = self._read_now = None
         self.slice_bar.setVisible(volumes)
         self.canvas.slice_wheel = volumes
         controls = self.canvas.view_controls
@@ -228,6 +229,36 @@ class VolumeMixin:
         name = min(scored, key=lambda n: self.queue.model.get(n).score) if scored else members[len(members) // 2]
         reader = self._thumb_volumes
         self.thumb_queue.put((volume, lambda: reader.thumbnail_source(name)))
+
+    def _open_before_showing(self, name: str) -> bool:
+        """A slice of a volume that would be slow to read now (`VolumeSlices.ready`: a large
+        compressed file not yet open): open the volume in the background, show nothing and
+        say so meanwhile, and show ``name`` once it is open (`_show_when_open`). True then."""
+        found = self.scan.locate(name) if self.volumes is not None and name not in self._samples else None
+        read_now, self._read_now = self._read_now, None
+        if found is None or found[0].name == read_now or self.volumes.ready(found[0].name):
+            self._waiting_for = None
+            return False
+        volume = found[0].name
+        self._waiting_for, self.current = name, None
+        self.canvas.set_image(None)
+        self.iel_panel.clear()
+        self._update_status()
+        self.statusBar().showMessage(f"Reading {volume} ({found[0].image_path.name}); its slices show when it is read",
+                                     0)
+        self._start_prefetching()
+        self._open_volumes_ahead([volume])
+        return True
+
+    def _show_when_open(self, volume: str) -> None:
+        """The background open of ``volume`` ended: show the slice waiting for it (after a
+        failed open it is read here once more, and reported as an unreadable file is)."""
+        found = self.scan.locate(self._waiting_for)
+        if found is not None and found[0].name == volume:
+            name, self._waiting_for = self._waiting_for, None
+            self._read_now = None if self.volumes.ready(volume) else volume
+            self.statusBar().clearMessage()
+            self.show_image(name)
 
     def _open_volumes_ahead(self, volumes: list[str]) -> None:
         """Open these volumes (the queue's next and previous) in the prefetch thread."""
