@@ -227,6 +227,7 @@ class VolumeSlices:
 
         self.scan, self.keep = scan, keep
         self._open: OrderedDict[str, tuple] = OrderedDict()
+        self._own_values: dict[str, list[int]] = {}  # volume -> its label values (a whole-volume np.unique)
         self._lock = threading.RLock()  # a background thread may open the next volume meanwhile
 
     def open(self, volume: str) -> None:
@@ -295,8 +296,11 @@ class VolumeSlices:
         entry, k = self._locate(name)
         with self._lock:
             image, label = self._volumes(entry)
-        if encoding is None:
-            encoding = volume_encoding(sorted({0, *volumes.label_values(label)}))
+        if encoding is None:  # until the data set's mapping is read: this volume's values, found once
+            with self._lock:
+                if entry.name not in self._own_values:
+                    self._own_values[entry.name] = sorted({0, *volumes.label_values(label)})
+            encoding = volume_encoding(self._own_values[entry.name])
         pixels = np.asarray(self._plane(image, entry, k), np.float32)
         bad = ~np.isfinite(pixels)
         warnings = []
