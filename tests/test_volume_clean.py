@@ -247,3 +247,27 @@ def test_neighbouring_slices_as_input_channels_train_and_clean_volumes(volume_fo
     assert config.slice_context == 1 and net.model_spec["in_channels"] == 3
     report = json.loads((tmp_path / "out" / "ielstudio-report.json").read_text())
     assert report["settings"]["train"]["slice_context"] == 1 and report["n_images"] == 3
+
+
+def test_the_windows_volume_scoring_removes_a_blob_the_model_rules_out_and_says_so(volume_folders, drain):
+    """Rule 3 through the window's volume job (`gui.volume_jobs.volume_scoring_job`): the
+    model misses case1's object (its image shows none), so it is not reliable for the
+    class and every label is kept, except a 27-voxel blob drawn on case0's background,
+    beside the object it finds there; the last message counts it."""
+    from ielstudio.core.review import NOT_RELIABLE
+    from ielstudio.gui.volume_jobs import volume_scoring_job
+
+    images, masks = volume_folders
+    labels = np.asarray(nib.load(masks / "case0_seg.nii.gz").dataobj).copy()
+    labels[22:25, 2:5, 1:4] = 1
+    nib.save(nib.Nifti1Image(labels, AFFINE), masks / "case0_seg.nii.gz")
+    blank = np.random.default_rng(5).normal(-100, 20, SHAPE).astype(np.int16)
+    nib.save(nib.Nifti1Image(blank, AFFINE), images / "case1.nii.gz")
+    ds = load_volume_dataset(images, masks)
+    messages, _ = drain(volume_scoring_job(Oracle(), ds, CleanConfig(), lambda: False,
+                                           holdout=[s.name for s in ds.samples]))
+    assert messages[-1].done == messages[-1].total == len(ds.samples)
+    assert messages[-1].objects_removed == 1
+    assert messages[-1].warnings[0].startswith(NOT_RELIABLE) and "except 1 object(s)" in messages[-1].warnings[0]
+    changed = {name for m in messages for name, r in m.items.items() if r.changed > 0}
+    assert changed == {f"case0/{k:04d}" for k in (1, 2, 3)}  # the blob's three slices, nothing else
