@@ -9,12 +9,15 @@ Sections, each in a fresh subprocess so that its peak memory is its own:
   AdamW) without IEL, with the heat IEL at K = 10, 20, 30 and heat + curve motion at
   K = 20; the ratios to the plain step are the IEL overhead. Configurations are run in
   interleaved rounds so that load changes on a shared machine hit all of them alike.
+- layout: median step time of the default recipe on 2 x 192 px in the memory layout
+  `core.training.fast_layout` picks (channels-last on CPU and CUDA) against plain
+  contiguous tensors, interleaved (`--sections layout`: speed-layout.md).
 - infer: `core.training.predict` images/s at 256 px (one pass) and 1024 px (tiled).
 - arch: parameter count and plain step time of every architecture in `ARCHITECTURES`.
 - folder: opening a folder of 5,000 generated 512 px image/mask PNG pairs as the app
   does (`scan_pairs`, `session.Project.add_images`, one page of queue rows: names and
   status, no pixels): time and peak memory; plus the time eager pixel loading would take.
-Writes <out>/speed.md and speed.json. Last line of output: `iel_overhead=<CPU ratio at K=20>`.
+Writes <out>/speed.md and speed.json (speed-<sections>.* for other --sections). Last line of output: `iel_overhead=<CPU ratio at K=20>`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ TRAIN_CONFIGS = {  # name -> IELConfig kwargs (None = no IEL)
     "heat K=30": {"heat_steps": 30},
     "heat+convex K=20": {"heat_steps": 20, "convex_classes": (1,), "convex_steps": 20},
 }
+DEFAULT_SECTIONS = "train,layout,infer,arch,folder"
 FOLDER_PAIRS = 5000
 FOLDER_PX = 512
 FOLDER_DISTINCT = 16
@@ -223,7 +227,35 @@ def section_folder_make(cache: str) -> dict:
     return {"path": str(images.parent), "seconds": time.perf_counter() - t}
 
 
-SECTIONS = {"train": section_train, "infer": section_infer, "arch": section_arch, "folder": section_folder,
+def section_layout(device: str, rounds: int, steps: int, n: int = 8, size: int = 192) -> dict:
+    """Median step time of the default recipe (heat IEL, Dice + CE, auto batch: 2 whole
+    192 px images) in the layout `core.training.fast_layout` picks against plain
+    contiguous tensors, in `rounds` interleaved runs of `steps` steps each."""
+    import torch
+
+    from ielstudio.core import training
+
+    samples = _train_samples(n, size)
+    chosen = training.fast_layout
+    variants = {"contiguous": lambda model, dev: torch.contiguous_format, "fast_layout": chosen}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        for r in range(rounds):
+            for name, pick in variants.items():
+                training.fast_layout = pick
+                st: list[float] = []
+                C.fit(samples, C.fixed_budget(steps, device=device, seed=r), step_times=st)
+                times[name] += st[2:] if len(st) > 3 else st
+    finally:
+        training.fast_layout = chosen
+    med = {k: statistics.median(v) for k, v in times.items()}
+    picked = str(chosen(torch.nn.Conv2d(1, 1, 3), torch.device(device))).replace("torch.", "")
+    return {"device": device, "median_step_s": med, "n_steps": {k: len(v) for k, v in times.items()},
+            "ratio": med["fast_layout"] / med["contiguous"], "picked": picked, "size": size,
+            "threads": torch.get_num_threads()}
+
+
+SECTIONS = {"train": section_train, "layout": section_layout, "infer": section_infer, "arch": section_arch, "folder": section_folder,
             "folder_make": section_folder_make}
 
 
@@ -264,6 +296,13 @@ def report(facts: dict, res: dict, cmd: str) -> str:
                                   [[k, inf[k]["images_per_s"], inf[k]["s_per_image"] * 1000, inf[k]["cuda_peak_mb"]]
                                    for k in ("256px", "1024px")]))
             out.append(f"\nPeak RSS of this section: {inf.get('rss_peak_mb', float('nan')):.0f} MiB.\n")
+        lay = res.get(f"layout/{dev}", {})
+        if "median_step_s" in lay:
+            out.append(f"\n## Memory layout on {dev} (default recipe, 2 x {lay['size']} px, {lay['threads']} threads; "
+                       f"`fast_layout` picks {lay['picked']})\n\n")
+            out.append(C.md_table(["layout", "median step (ms)", "steps timed"],
+                                  [[k, v * 1000, lay["n_steps"][k]] for k, v in lay["median_step_s"].items()]))
+            out.append(f"\nfast_layout / contiguous: {lay['ratio']:.2f}\n")
         ar = res.get(f"arch/{dev}", {})
         if "archs" in ar:
             out.append(f"\n## Architectures on {dev} (plain step, same data and batch)\n\n")
@@ -293,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
     ap.add_argument("--folder-cache", default=str(Path(tempfile.gettempdir()) / "ielstudio-bench"),
                     help="where the 5,000-pair folder is generated once and reused")
-    ap.add_argument("--sections", default="train,infer,arch,folder")
+    ap.add_argument("--sections", default=DEFAULT_SECTIONS, help="any of train, layout, infer, arch, folder")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per section")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each section (0 = torch's default)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -314,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rounds, steps, repeats, arch_steps = (2, 8, 6, 8) if a.quick else (4, 15, 20, 15)
     facts = C.machine_facts()
-    cmd = "python benchmarks/speed.py" + (" --quick" if a.quick else "")
+    cmd = ("python benchmarks/speed.py" + (" --quick" if a.quick else "")
+           + ("" if a.sections == DEFAULT_SECTIONS else f" --sections {a.sections}"))
     wanted = a.sections.split(",")
     res: dict = {"facts": facts, "devices": _devices(), "command": cmd}
     for dev in res["devices"]:
@@ -326,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    for k in TRAIN_CONFIGS), flush=True)
             else:
                 print(f"[{dev}] train failed: {r.get('error')}", flush=True)
+        if "layout" in wanted:
+            res[f"layout/{dev}"] = r = run_child("layout", {"device": dev, "rounds": rounds, "steps": steps,
+                                                             "threads": a.threads}, a.timeout)
+            print(f"[{dev}] layout: " + (f"fast_layout / contiguous {r['ratio']:.2f}" if "ratio" in r
+                                         else f"failed: {r.get('error')}"), flush=True)
         if "infer" in wanted:
             res[f"infer/{dev}"] = r = run_child("infer", {"device": dev, "repeats": repeats, "threads": a.threads},
                                                  a.timeout)
@@ -347,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"folder failed: {r.get('error')}", flush=True)
 
     a.out.mkdir(parents=True, exist_ok=True)
-    name = "speed-quick" if a.quick else "speed"
+    name = ("speed-quick" if a.quick else "speed") + ("" if a.sections == DEFAULT_SECTIONS else
+                                                       "-" + "-".join(wanted))
     C.write_json(a.out / f"{name}.json", res)
     text = report(facts, res, cmd)
     C.write_text(a.out / f"{name}.md", text)
