@@ -228,6 +228,16 @@ def fit(samples: Sequence[Sample], config, step_times: list[float] | None = None
     return done
 
 
+def drain(generator) -> tuple[list, Any]:
+    """(every item a generator yields, the value it returns): e.g. a review's results and summary."""
+    items = []
+    try:
+        while True:
+            items.append(next(generator))
+    except StopIteration as stop:
+        return items, stop.value
+
+
 def probabilities(done, samples: Sequence[Sample], out_of_sample: bool = True) -> list[np.ndarray]:
     """(C,H,W) probabilities per sample (`core.training.predict_dataset`), in sample order."""
     from ielstudio.core.training import predict_dataset

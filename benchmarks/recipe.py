@@ -62,13 +62,7 @@ def run_variant(set_name: str, labels: str, text: str, threads: int) -> dict:
     done = C.fit(samples, TrainConfig(**parse_variant(text)))
     train_s = time.perf_counter() - t0
     held = set(done.history.get("holdout", []))
-    reviews = review_samples(done.model, samples, CleanConfig(), list(held))
-    results = []
-    try:
-        while True:
-            results.append(next(reviews))
-    except StopIteration as stop:
-        summary = stop.value
+    results, summary = C.drain(review_samples(done.model, samples, CleanConfig(), list(held)))
     by = {r.name: r for r in results}
     raw = {s.name: dice(decide(by[s.name].probs, summary.thresholds), clean[s.name], n) for s in samples}
     out = {s.name: dice(by[s.name].proposal, clean[s.name], n) for s in samples}
