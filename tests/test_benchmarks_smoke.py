@@ -4,6 +4,7 @@ statistics and baselines, and one tiny end-to-end case so the scripts do not rot
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -236,3 +237,31 @@ def test_evidence_probe_scores_rule_3_on_a_cached_case():
     assert row[3 + at_default] == "1.000 (1)"
     scores = P.image_scores(d, 0)
     assert scores["hard dice"] < 1.0 and P.image_scores(d, 1)["hard dice"] == 1.0
+
+
+def test_mirrored_prediction_undoes_each_flip_and_averages_probabilities():
+    """tta_probe.mirrored: for a per-pixel model the mirrored copies agree pixel for pixel,
+    so the mean softmax is the model's own; for a model that reads its left neighbour, the
+    mean is over the left and right neighbours' readings (the flips are undone)."""
+    import torch
+
+    import tta_probe
+
+    torch.manual_seed(0)
+    pixelwise = torch.nn.Conv2d(1, 2, 1)
+    x = torch.randn(1, 1, 8, 8)
+    for k in (4, 8):
+        got = tta_probe.mirrored(pixelwise, k)(x).softmax(1)
+        torch.testing.assert_close(got, pixelwise(x).softmax(1), atol=1e-6, rtol=0)
+
+    class Left(torch.nn.Module):  # logits (0, value of the left neighbour)
+        def forward(self, t):
+            shifted = torch.nn.functional.pad(t, (1, 0))[..., :-1]
+            return torch.cat([torch.zeros_like(t), shifted], 1)
+
+    x = torch.zeros(1, 1, 1, 5)
+    x[..., 2] = 10.0  # one hot pixel: 1 and 3 see it in half of the 4 copies (2 read the left, 2 the right)
+    p = tta_probe.mirrored(Left(), 4)(x).softmax(1)[0, 1, 0]
+    seen = (0.5 + 1 / (1 + math.exp(-10))) / 2
+    expect = torch.tensor([0.5, seen, 0.5, seen, 0.5])
+    torch.testing.assert_close(p, expect, atol=1e-4, rtol=0)
