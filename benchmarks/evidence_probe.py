@@ -3,6 +3,7 @@
     python benchmarks/evidence_probe.py train --set dev --labels noisy,clean --folds 1,3
     python benchmarks/evidence_probe.py score --set dev
     python benchmarks/evidence_probe.py objects --set dev
+    python benchmarks/evidence_probe.py adds --set dev
     python benchmarks/evidence_probe.py outlines --set dev
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
@@ -13,8 +14,11 @@ image was out of sample (`/tmp/ielstudio-evidence/<set>-<labels>-f<K>.npz`).
 label-quality scores with the true Dice of the given masks, split by in-sample and
 out-of-sample images where both exist. `objects` prints the output Dice of the review's
 gates with and without rule 3 (`review.remove_unsupported_objects`) at several settings:
-the probe that chose its defaults. `outlines` tries rule 3's per-image evidence on
-outline moves (thick regions added or cut), which was not adopted. Choosing is done on `dev` sets only; the report
+the probe that chose its defaults. `adds` does the same for rule 4
+(`review.add_supported_regions`: regions the label left out that the model and the
+image support). `outlines` tries rule 3's per-image evidence on
+outline moves (thick regions added or cut), with and without a test of the image,
+which was not adopted. Choosing is done on `dev` sets only; the report
 sets are scored once with what was chosen (`realtable.py`).
 """
 
@@ -160,19 +164,23 @@ def report(name: str, d: dict) -> None:
     print(C.md_table(head, table))
 
 
-def outline_moves(name: str, d: dict, confidence: float, kind: str) -> list:
+def outline_moves(name: str, d: dict, confidence: float, kind: str, image_margin: float | None = None) -> list:
     """A row: output Dice after rules 1-3, and after also applying, in images whose mask
     the model reads right (`review.tolerant_dice` >= `review.IMAGE_AGREEMENT`), every
     region it would add to (`kind` "add") or cut from ("cut") a class that is at least
     5 px thick (survives an erosion by 2 px) and over which its mean (decision-weighted)
-    probability is at least `confidence`: rule 3 widened to outlines, not adopted."""
+    probability is at least `confidence`: rule 3 widened to outlines, not adopted.
+    With `image_margin` the image must agree too: the region's median intensity (first
+    channel), placed on the scale from the unlabelled ring around the objects (0) to
+    the pixels where mask and model agree on the class (1), must exceed 0.5 + margin
+    for an add and stay below 0.5 - margin for a cut."""
     import cv2
 
     from ielstudio.core.cleaning import CleanConfig, propose
     from ielstudio.core.decision import decide
     from ielstudio.core.metrics import dice
-    from ielstudio.core.review import (IMAGE_AGREEMENT, assess_reliability, decision_probabilities, gate_changes,
-                                       remove_unsupported_objects, tolerant_dice)
+    from ielstudio.core.review import (IMAGE_AGREEMENT, _grown, assess_reliability, decision_probabilities,
+                                       gate_changes, remove_unsupported_objects, tolerant_dice)
 
     probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
     n = probs.shape[1]
@@ -187,15 +195,25 @@ def outline_moves(name: str, d: dict, confidence: float, kind: str) -> list:
         before.append(dice(out, clean[i], n))
         decided, weighed = decide(probs[i], th), decision_probabilities(probs[i], th)
         moved_out = out.copy()
+        image = d["images"][i].astype(np.float32)
         for c in range(1, n):
             if tolerant_dice(decided == c, g == c) < IMAGE_AGREEMENT:
                 continue
+            both, anything = (decided == c) & (g == c), (g != 0) | (decided != 0)
+            ring = _grown((g == c) | (decided == c), 5) & ~anything
             region = ((decided == c) & (g == 0)) if kind == "add" else ((g == c) & (decided == 0))
             count, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
             for k in range(1, count):
                 r = labels == k
                 p = (weighed[c] if kind == "add" else weighed[0])[r].mean()
                 if p >= confidence and cv2.erode(r.astype(np.uint8), disk).any() and (out[r] == g[r]).all():
+                    if image_margin is not None:
+                        if not both.any() or not ring.any():
+                            continue
+                        lo, hi = np.median(image[ring]), np.median(image[both])
+                        t = (np.median(image[r]) - lo) / (hi - lo) if hi != lo else 0.5
+                        if not (t > 0.5 + image_margin if kind == "add" else t < 0.5 - image_margin):
+                            continue
                     moved_out[r] = c if kind == "add" else 0
                     moved += 1
         after.append(dice(moved_out, clean[i], n))
@@ -232,9 +250,38 @@ def objects(name: str, d: dict) -> list:
     return cells
 
 
+ADD_GRID = [(conf, thick, margin) for conf in (0.8, 0.9) for thick in (3, 5) for margin in (0.15, 0.25)]
+
+
+def adds(name: str, d: dict) -> list:
+    """A row: output Dice against the correct masks after rules 1-3 of `core.review`, and
+    followed by rule 4 (`review.add_supported_regions`) at each (confidence, thickness,
+    image margin) of ADD_GRID, with the number of regions it added: the probe that
+    chose rule 4's defaults."""
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.metrics import dice
+    from ielstudio.core.review import (add_supported_regions, assess_reliability, gate_changes,
+                                       remove_unsupported_objects)
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
+    n = probs.shape[1]
+    oos = d["oos"].astype(bool)
+    rel = assess_reliability([(probs[i], given[i]) for i in np.flatnonzero(oos)], n, th, True)
+    before = [remove_unsupported_objects(gate_changes(propose(probs[i], given[i], CleanConfig(), th), given[i],
+                                                      probs[i], rel.reliable, th), given[i], probs[i], th, images[i])[0]
+              for i in range(len(given))]
+    cells = [name, C.fmt(np.mean([dice(o, c, n) for o, c in zip(before, clean)]))]
+    for conf, thick, margin in ADD_GRID:
+        outs = [add_supported_regions(before[i], given[i], probs[i], th, images[i], conf, margin, thick)
+                for i in range(len(given))]
+        cells.append(f"{np.mean([dice(o, c, n) for (o, _), c in zip(outs, clean)]):.3f} ({sum(k for _, k in outs)})")
+    return cells
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "score", "objects", "outlines"])
+    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -258,9 +305,19 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             report(path.stem, load(path))
     elif a.what == "outlines":
-        rows = [outline_moves(path.stem, load(path), conf, kind) for path in paths for kind in ("add", "cut")
-                for conf in (0.8, 0.9, 0.95)]
-        print(C.md_table(["cache", "region", "mean p >=", "rules 1-3", "with outline moves (regions)"], rows))
+        rows = []
+        for path in paths:
+            d = load(path)
+            for kind in ("add", "cut"):
+                for conf in (0.8, 0.9, 0.95):
+                    for margin in (None, 0.15):
+                        row = outline_moves(path.stem, d, conf, kind, margin)
+                        rows.append(row[:3] + [margin if margin is not None else "–"] + row[3:])
+        print(C.md_table(["cache", "region", "mean p >=", "image margin", "rules 1-3", "with outline moves (regions)"],
+                         rows))
+    elif a.what == "adds":
+        print(C.md_table(["cache", "rules 1-3"] + [f"p >= {p}, {t} px, margin {m}" for p, t, m in ADD_GRID],
+                         [adds(path.stem, load(path)) for path in paths]))
     else:
         print(C.md_table(["cache", "given", "rules 1-2"] + [f"p < {p}, agreement >= {g}" for p in PROBABILITIES
                                                              for g in AGREEMENTS],

@@ -86,7 +86,8 @@ def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys)
         assert d["removed"][1] == int((given & ~cleaned).sum())
     rows = csv_path.read_text().splitlines()
     assert rows[0].startswith("name,score,changed_pixels") and len(rows) == 7
-    assert rows[0].endswith(",objects_removed,output") and report["objects_removed"] == 0
+    assert rows[0].endswith(",objects_removed,regions_added,output") and report["objects_removed"] == 0
+    assert report["regions_added"] == 0 and all(d["regions_added"] == 0 for d in report["images"])
     # one image of six held out: the verdict on the model rests on it, and the command says so
     assert report["reliability"]["n_images"] == 1 and report["reliability"]["out_of_sample"]
     assert "note: the model was checked on only 1 held-out image(s)" in err and "--folds 3" in err

@@ -614,12 +614,12 @@ def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
     assert w._error_box.windowTitle() == "The model is not reliable: masks kept as given"
     assert "every mask is kept as given" in w.statusBar().currentMessage()
     # ... and when rule 3 removed objects the dialog says so, title and text
-    from ielstudio.core.review import with_removed_objects
+    from ielstudio.core.review import with_object_changes
 
-    warning = with_removed_objects([warning], 2)[0]
+    warning = with_object_changes([warning], 2)[0]
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
                                  warnings=[warning], objects_removed=2))
-    assert w._error_box.windowTitle() == "Masks kept, except objects the model rules out"
+    assert w._error_box.windowTitle() == "Masks kept, except where model and image agree"
     assert "except 2 object(s)" in w.statusBar().currentMessage()
 
 

@@ -17,7 +17,7 @@ from ielstudio.core.review import (
     UNSUPPORTED_PROBABILITY,
     remove_unsupported_objects,
     tolerant_dice,
-    with_removed_objects,
+    with_object_changes,
 )
 
 
@@ -133,10 +133,13 @@ def test_tolerant_dice_ignores_outline_shifts_up_to_the_tolerance():
 
 def test_the_not_reliable_message_says_which_objects_were_removed():
     msgs = [f"{NOT_RELIABLE}: every mask is kept as given. The scores ...", "class 1: ..."]
-    assert with_removed_objects(msgs, 0) == msgs
-    changed = with_removed_objects(msgs, 3)
+    assert with_object_changes(msgs, 0) == msgs
+    changed = with_object_changes(msgs, 3)
     assert changed[0].startswith(NOT_RELIABLE) and "except 3 object(s)" in changed[0]
-    assert changed[1:] == msgs[1:]
+    assert "region(s)" not in changed[0] and changed[1:] == msgs[1:]
+    both = with_object_changes(msgs, 3, 2)[0]
+    assert "except 3 object(s)" in both and " and 2 region(s) the masks left out" in both
+    assert "except 1 region(s) the masks left out" in with_object_changes(msgs, 0, 1)[0]
 
 
 def test_objects_smaller_than_a_speck_are_not_judged():

@@ -692,7 +692,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
             images.append({
                 "name": s.name, "image": str(s.image_path), "mask": str(s.mask_path), "output": str(dst),
                 "score": round(result.score, 6), "out_of_sample": result.out_of_sample,
-                "objects_removed": result.objects_removed,
+                "objects_removed": result.objects_removed, "regions_added": result.regions_added,
                 **change_summary(s.mask, result.proposal, n_classes),
             })
             yield PredictEvent(len(images) - 1, share, s.name, result.score)
@@ -746,6 +746,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
         "reliability": summary.reliability.to_dict(),
         "labels_kept_as_given": summary.labels_kept_as_given,
         "objects_removed": summary.objects_removed,
+        "regions_added": summary.regions_added,
         "warnings": run.warnings + summary.warnings,
         "written": written,
         "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped) + summary.unreadable],
@@ -764,10 +765,10 @@ def _report_csv(images: list[dict], n_classes: int) -> str:
     w = csv.writer(buf)
     w.writerow(["name", "score", "changed_pixels", "changed_fraction"]
                + [f"added_{c}" for c in range(n_classes)] + [f"removed_{c}" for c in range(n_classes)]
-               + ["objects_removed", "output"])
+               + ["objects_removed", "regions_added", "output"])
     for d in images:
         w.writerow([d["name"], d["score"], d["changed_pixels"], f"{d['changed_fraction']:.6f}",
-                    *d["added"], *d["removed"], d["objects_removed"], d["output"]])
+                    *d["added"], *d["removed"], d["objects_removed"], d["regions_added"], d["output"]])
     return buf.getvalue()
 
 

@@ -53,8 +53,7 @@ from .cleaning import (
 from .decision import decide
 from .errors import DataError
 from .imageio import atomic_write_text
-from .review import (MAX_RELIABILITY_IMAGES, assess_reliability, gate_changes, remove_unsupported_objects,
-                     summary_warnings)
+from .review import MAX_RELIABILITY_IMAGES, apply_object_rules, assess_reliability, gate_changes, summary_warnings
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
 
@@ -109,6 +108,7 @@ class VolumeResult:
     out_of_sample: bool
     probs: np.ndarray | None = None  # (C,D,H,W) float16, the model's probabilities (for the review window)
     objects_removed: int = 0  # 3-D objects the model finds no trace of (`review.remove_unsupported_objects`)
+    regions_added: int = 0  # 3-D regions the masks left out (`review.add_supported_regions`)
 
 
 def _volume_score(slice_scores: list[float], foreground: list[bool]) -> float:
@@ -135,7 +135,7 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
     pairs = [(probs_of(s), s.mask) for s in judged[::step][:MAX_RELIABILITY_IMAGES]]
     reliability = assess_reliability(pairs, ds.n_classes, thresholds, out_of_sample=bool(oos))
     labelled, proposed = np.zeros(ds.n_classes), np.zeros(ds.n_classes)
-    objects_removed = 0
+    objects_removed = regions_added = 0
     for case in ds.cases:
         if cancelled():
             break
@@ -148,16 +148,16 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
         raw = postprocess_volume(decided, config)
         raw = np.stack([keep_given_edges(raw[k], given[k], config.edge_tolerance) for k in range(len(slices))])
         proposal = gate_changes(raw, given, probs, reliability.reliable, thresholds)
-        proposal, removed = remove_unsupported_objects(proposal, given, probs, thresholds,
-                                                       np.stack([s.image for s in slices], axis=1))
-        objects_removed += removed
+        proposal, removed, added = apply_object_rules(proposal, given, probs, thresholds,
+                                                      np.stack([s.image for s in slices], axis=1))
+        objects_removed, regions_added = objects_removed + removed, regions_added + added
         labelled += np.bincount(given.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         proposed += np.bincount(proposal.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         scores = [label_quality(probs[:, k], given[k], thresholds)[0] for k in range(len(slices))]
         foreground = [bool((given[k] != 0).any() or (decided[k] != 0).any()) for k in range(len(slices))]
         yield VolumeResult(case, proposal, given, scores, _volume_score(scores, foreground),
-                           crossfit or all(s.name in held for s in slices), probs.astype(np.float16), removed)
-    warnings = summary_warnings(reliability, objects_removed, labelled, proposed)
+                           crossfit or all(s.name in held for s in slices), probs.astype(np.float16), removed, added)
+    warnings = summary_warnings(reliability, objects_removed, labelled, proposed, regions_added)
     return thresholds, reliability, warnings
 
 
@@ -227,7 +227,7 @@ def clean_volumes(
             rows.append({
                 "name": case.name, "image": str(case.image_path), "mask": str(case.label_path), "output": str(dst),
                 "score": round(result.score, 6), "out_of_sample": result.out_of_sample,
-                "objects_removed": result.objects_removed,
+                "objects_removed": result.objects_removed, "regions_added": result.regions_added,
                 "slice_axis": case.axis, "slices": case.n_slices,
                 "worst_slices": [{"slice": int(k), "score": round(result.slice_scores[k], 6)} for k in worst],
                 "slice_scores": [round(s, 6) for s in result.slice_scores],
@@ -271,8 +271,10 @@ def clean_volumes(
         "device": str(next(model.parameters()).device),
         "training": _training_summary(done),
         "reliability": reliability.to_dict(),
-        "labels_kept_as_given": not reliability.any_reliable and not any(r["objects_removed"] for r in rows),
+        "labels_kept_as_given": not reliability.any_reliable and not any(
+            r["objects_removed"] or r["regions_added"] for r in rows),
         "objects_removed": sum(r["objects_removed"] for r in rows),
+        "regions_added": sum(r["regions_added"] for r in rows),
         "warnings": warnings + review_warnings,
         "written": written,
         "skipped": [{"path": str(s.path), "problem": s.problem} for s in ds.skipped],

@@ -78,8 +78,9 @@ class Reviews:
     source: str | None = None
     #: volume data sets: the score of each volume whose slices are in ``items`` (name -> score)
     volume_scores: dict[str, float] = field(default_factory=dict)
-    #: on the last chunk: objects do-no-harm rule 3 removed over the pass (`core.review`)
+    #: on the last chunk: objects do-no-harm rule 3 removed, and regions rule 4 added, over the pass (`core.review`)
     objects_removed: int = 0
+    regions_added: int = 0
 
 
 @dataclass

@@ -219,7 +219,8 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
         if items:
             yield Reviews(None, items, done, total)
         return
-    yield Reviews(None, items, total, total, warnings=summary.warnings, objects_removed=summary.objects_removed)
+    yield Reviews(None, items, total, total, warnings=summary.warnings, objects_removed=summary.objects_removed,
+                  regions_added=summary.regions_added)
 
 
 def review_job(scan, config, clean_config, snapshot_names: list[str] | None, snapshot_every: int,

@@ -39,13 +39,13 @@ def volume_scoring_job(model, ds, clean_config, cancel: Callable[[], bool], hold
     from ielstudio.core.volume_clean import review_volumes
 
     total = len(ds.samples)
-    done = removed = 0
+    done = removed = added = 0
     held: Reviews | None = None  # the last message waits for the warnings that end the pass
     reviews = review_volumes(model, ds, clean_config, list(holdout or []), cancel)
     try:
         while True:
             r = next(reviews)
-            removed += r.objects_removed
+            removed, added = removed + r.objects_removed, added + r.regions_added
             names = [r.case.slice_name(k) for k in range(r.case.n_slices)]
             for start in range(0, len(names), chunk):
                 if cancel():
@@ -62,5 +62,5 @@ def volume_scoring_job(model, ds, clean_config, cancel: Callable[[], bool], hold
     except StopIteration as stop:
         _thresholds, _reliability, warnings = stop.value
     if held is not None and not cancel():
-        held.warnings, held.objects_removed = list(warnings), removed
+        held.warnings, held.objects_removed, held.regions_added = list(warnings), removed, added
         yield held

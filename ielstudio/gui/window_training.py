@@ -252,7 +252,8 @@ class TrainingMixin:
         if reviews.warnings:
             kept = reviews.warnings[0].startswith(NOT_RELIABLE)
             title = ("Labels kept where the model is not reliable" if not kept
-                     else "Masks kept, except objects the model rules out" if reviews.objects_removed
+                     else "Masks kept, except where model and image agree"
+                     if reviews.objects_removed or reviews.regions_added
                      else "The model is not reliable: masks kept as given")
             self.report_error(title, "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
