@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                          "agreement": rel["agreement"], "reliable": rel["reliable"],
                          "kept_as_given": report["labels_kept_as_given"],
                          "objects_removed": report.get("objects_removed", 0),
+                         "regions_added": report.get("regions_added", 0),
                          "changed_px": changed, "changed_right_px": right,
                          "steps": report["training"].get("steps"), "best_step": report["training"].get("best_step"),
                          "changed_images": sum(1 for im in report["images"] if im.get("changed_pixels", 0))})
@@ -181,12 +182,13 @@ def write_table(data: dict, path: Path) -> None:
     rows = sorted(data["rows"], key=lambda r: (r["set"], r["labels"] != "noisy", ORDER.index(r["method"])))
     body = C.md_table(
         ["set", "masks given", "method", "Dice vs correct", "min", "Spearman", "held-out agreement",
-         "changed px (right)", "time s"],
+         "changed px (right)", "objects removed / regions added", "time s"],
         [[r["set"], r["labels"], r["method"] + (" (default)" if r["method"] == "heat" else ""), C.fmt(r["dice"]),
           C.fmt(r["min"]), C.fmt(r.get("spearman")),
           "" if "agreement" not in r else C.fmt(max((x for x in r["agreement"] if x is not None), default=None))
           + (" kept" if r.get("kept_as_given") else ""),
           "" if "changed_px" not in r else f"{r['changed_px']} ({r['changed_right_px'] / max(r['changed_px'], 1):.0%})",
+          "" if "objects_removed" not in r else f"{r['objects_removed']} / {r.get('regions_added', '–')}",
           f"{r['seconds']:.0f}"] for r in rows])
     cl = data.get("classical", {})
     C.write_text(path, "# Real data: every method\n\nCommand: `python benchmarks/realtable.py` "
@@ -194,7 +196,8 @@ def write_table(data: dict, path: Path) -> None:
                  "against the correct masks; Spearman: image score vs true Dice of the given mask; held-out "
                  "agreement: the model's pooled Dice with the given masks on images it did not train on "
                  "(`kept`: below the bar, every mask kept as given); changed px: pixels the output changed, and "
-                 "the share of them that now agree with the correct mask.\n\n" + body)
+                 "the share of them that now agree with the correct mask; objects removed / regions added: "
+                 "do-no-harm rules 3 and 4 (`core.review`).\n\n" + body)
 
 
 if __name__ == "__main__":

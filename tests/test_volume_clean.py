@@ -249,17 +249,21 @@ def test_neighbouring_slices_as_input_channels_train_and_clean_volumes(volume_fo
     assert report["settings"]["train"]["slice_context"] == 1 and report["n_images"] == 3
 
 
-def test_the_windows_volume_scoring_removes_a_blob_the_model_rules_out_and_says_so(volume_folders, drain):
-    """Rule 3 through the window's volume job (`gui.volume_jobs.volume_scoring_job`): the
-    model misses case1's object (its image shows none), so it is not reliable for the
+def test_the_windows_volume_scoring_removes_a_blob_and_adds_a_bite_and_says_so(volume_folders, drain):
+    """Rules 3 and 4 through the window's volume job (`gui.volume_jobs.volume_scoring_job`):
+    the model misses case1's object (its image shows none), so it is not reliable for the
     class and every label is kept, except a 27-voxel blob drawn on case0's background,
-    beside the object it finds there; the last message counts it."""
+    beside the object it finds there, and a bite cut off that object through slices 2-3,
+    which the model and the image both find; the last message counts both."""
     from ielstudio.core.review import NOT_RELIABLE
     from ielstudio.gui.volume_jobs import volume_scoring_job
 
     images, masks = volume_folders
     labels = np.asarray(nib.load(masks / "case0_seg.nii.gz").dataobj).copy()
     labels[22:25, 2:5, 1:4] = 1
+    whole = labels.copy()
+    labels[6:13, 6:18, 2:4] = 0  # the object's upper part, cut off its mask on two slices
+    bite = (whole == 1) & (labels == 0)
     nib.save(nib.Nifti1Image(labels, AFFINE), masks / "case0_seg.nii.gz")
     blank = np.random.default_rng(5).normal(-100, 20, SHAPE).astype(np.int16)
     nib.save(nib.Nifti1Image(blank, AFFINE), images / "case1.nii.gz")
@@ -267,7 +271,8 @@ def test_the_windows_volume_scoring_removes_a_blob_the_model_rules_out_and_says_
     messages, _ = drain(volume_scoring_job(Oracle(), ds, CleanConfig(), lambda: False,
                                            holdout=[s.name for s in ds.samples]))
     assert messages[-1].done == messages[-1].total == len(ds.samples)
-    assert messages[-1].objects_removed == 1
-    assert messages[-1].warnings[0].startswith(NOT_RELIABLE) and "except 1 object(s)" in messages[-1].warnings[0]
+    assert messages[-1].objects_removed == 1 and messages[-1].regions_added == 1 and bite.sum() >= 50
+    warning = messages[-1].warnings[0]
+    assert warning.startswith(NOT_RELIABLE) and "except 1 object(s)" in warning and "and 1 region(s)" in warning
     changed = {name for m in messages for name, r in m.items.items() if r.changed > 0}
-    assert changed == {f"case0/{k:04d}" for k in (1, 2, 3)}  # the blob's three slices, nothing else
+    assert changed == {f"case0/{k:04d}" for k in (1, 2, 3)}  # the blob's and the bite's slices, nothing else
