@@ -385,6 +385,12 @@ def _print_summary(report: dict, report_path) -> None:
     skipped = report.get("skipped", [])
     scores = [img["score"] for img in report.get("images", [])]
     _say(f"wrote {len(written)} cleaned mask(s) to {report.get('out_dir')}")
+    rows = report.get("images", [])
+    changed = sum(1 for img in rows if img.get("changed_pixels"))
+    removed, added = report.get("objects_removed", 0), report.get("regions_added", 0)
+    per_object = ([f"{removed} object(s) removed"] if removed else []) + ([f"{added} region(s) added"] if added else [])
+    _say(f"changed {changed} of {len(rows)} mask(s)"
+         + (f" ({' and '.join(per_object)} where the model and the image agree)" if per_object else ""))
     if skipped:
         _say(f"skipped {len(skipped)} file(s):")
         for s in skipped:

@@ -93,6 +93,8 @@ def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys)
     assert "note: the model was checked on only 1 held-out image(s)" in err and "--folds 3" in err
     assert f"{report['model']['n_parameters']:,} parameters" in err
     assert "wrote 6 cleaned mask(s)" in err and "ielstudio-report.json" in err
+    changed = sum(1 for d in report["images"] if d["changed_pixels"])
+    assert f"changed {changed} of 6 mask(s)\n" in err  # no per-object rule acted: nothing in brackets
     assert f"model saved to {model}" in err and report["model"]["saved_to"] == str(model)
 
     # the saved model segments a folder of images
@@ -484,3 +486,13 @@ def test_old_heat_flag_names_still_work():
     new, _ = cli.configs_from_args(parser.parse_args(["clean", "i", "m", "--out", "o", "--heat-dt", "0.2",
                                                       "--heat-steps", "7"]))
     assert old == new and (new.iel.heat_dt, new.iel.heat_steps) == (0.2, 7)
+
+
+def test_the_summary_says_how_many_masks_changed_and_what_the_per_object_rules_did(capsys):
+    report = {"written": ["a", "b", "c"], "out_dir": "OUT", "objects_removed": 1, "regions_added": 2,
+              "images": [{"score": 0.5, "changed_pixels": 40}, {"score": 0.9, "changed_pixels": 0},
+                         {"score": 0.7, "changed_pixels": 3}]}
+    cli._print_summary(report, "OUT/report.json")
+    err = capsys.readouterr().err
+    assert ("changed 2 of 3 mask(s) (1 object(s) removed and 2 region(s) added where the model and the image "
+            "agree)") in err
