@@ -37,3 +37,29 @@ def drain():
     """Run a review generator (core.review.review_samples, core.volume_clean.review_volumes)
     to its end: (its results, its summary)."""
     return _drain
+
+
+class _Brightness(torch.nn.Module):
+    """A model that segments by intensity: class 1 with p 0.98 where the first channel is
+    above 0.5, p 0.005 elsewhere; never a class above 1 (for n_classes > 2); with
+    ``sees=False`` it finds nothing anywhere."""
+
+    def __init__(self, n_classes: int = 2, sees: bool = True):
+        super().__init__()
+        self.n_classes, self.sees = n_classes, sees
+        self.device_marker = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        import math
+
+        bright = (x[:, :1] > 0.5).float() if self.sees else torch.zeros_like(x[:, :1])
+        fg = math.log(0.005 / 0.995) + (math.log(0.98 / 0.02) - math.log(0.005 / 0.995)) * bright
+        others = [torch.full_like(fg, -20.0)] * (self.n_classes - 2)
+        return torch.cat([torch.zeros_like(fg), fg, *others], 1)
+
+
+@pytest.fixture
+def brightness_model():
+    """The class of a model that segments by intensity (`_Brightness`): call it, e.g.
+    ``brightness_model(3)`` for three classes, ``brightness_model(sees=False)``."""
+    return _Brightness

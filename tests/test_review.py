@@ -5,7 +5,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from ielstudio.core import cleaning
 from ielstudio.core.cleaning import CleanConfig
@@ -225,21 +224,6 @@ def test_a_verdict_on_few_held_out_images_gets_a_note():
     assert "only 2 held-out volume(s)" in few_held_out_note(2, False, "volume(s)")
 
 
-class ByIntensity(torch.nn.Module):
-    """Class 1 where the image is bright (p 0.98), background elsewhere; never class 2."""
-
-    def __init__(self, n_classes: int = 2, sees: bool = True):
-        super().__init__()
-        self.n_classes, self.sees = n_classes, sees
-        self.marker = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        bright = (x[:, :1] > 0.5).float() if self.sees else torch.zeros_like(x[:, :1])
-        fg = math.log(0.02 / 0.98) + 2 * math.log(0.98 / 0.02) * bright
-        others = [torch.full_like(fg, -20.0)] * (self.n_classes - 2)
-        return torch.cat([torch.zeros_like(fg), fg, *others], 1)
-
-
 def squares(n_classes, with_class_2):
     enc = MaskEncoding.gray(n_classes, 255)
     out = []
@@ -253,13 +237,13 @@ def squares(n_classes, with_class_2):
     return out
 
 
-def test_a_class_no_held_out_image_has_is_named_and_kept_as_given(drain):
+def test_a_class_no_held_out_image_has_is_named_and_kept_as_given(drain, brightness_model):
     """Class 2 is only in images the model trained on: the review cannot check it, says so,
     keeps its labels, and does not claim the written masks lost it."""
     from ielstudio.core.review import review_samples
 
     data = squares(3, with_class_2=(2, 3))
-    results, summary = drain(review_samples(ByIntensity(3), data, CleanConfig(), holdout=["sq0", "sq1"]))
+    results, summary = drain(review_samples(brightness_model(3), data, CleanConfig(), holdout=["sq0", "sq1"]))
     assert summary.reliability.agreement[1] == pytest.approx(1.0) and summary.reliability.agreement[2] is None
     assert summary.reliability.reliable == [True, True, False]
     for r, s in zip(results, data):
@@ -269,14 +253,14 @@ def test_a_class_no_held_out_image_has_is_named_and_kept_as_given(drain):
     assert summary.labelled[2] == summary.proposed[2] == 128
 
 
-def test_an_unreliable_model_keeps_the_masks_and_does_not_say_the_class_was_lost(drain):
+def test_an_unreliable_model_keeps_the_masks_and_does_not_say_the_class_was_lost(drain, brightness_model):
     """A model that finds nothing: every mask is kept as given, so the warnings are the
     reliability verdict alone (the lost-class warning counts the masks written, not the
     model's raw proposals, which would have dropped all 400 px)."""
     from ielstudio.core.review import NOT_RELIABLE, review_samples
 
     data = squares(2, with_class_2=())
-    results, summary = drain(review_samples(ByIntensity(2, sees=False), data, CleanConfig(), holdout=["sq0", "sq1"]))
+    results, summary = drain(review_samples(brightness_model(2, sees=False), data, CleanConfig(), holdout=["sq0", "sq1"]))
     assert all(np.array_equal(r.proposal, s.mask) for r, s in zip(results, data))
     assert summary.warnings == summary.reliability.messages and summary.warnings[0].startswith(NOT_RELIABLE)
     assert not any("did not learn" in w for w in summary.warnings)

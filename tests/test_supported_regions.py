@@ -6,8 +6,6 @@ import math
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from ielstudio.core.review import (
     ADD_CONFIDENCE,
@@ -157,19 +155,7 @@ def test_image_position_projects_the_median_onto_the_line_between_background_and
     assert image_position(np.ones((1, 4, 4), np.float32), region, background, objects) == 0.5  # cannot tell
 
 
-class Brightness(nn.Module):
-    """p(object) = 0.98 on bright pixels, 0.005 on dark ones."""
-
-    def __init__(self):
-        super().__init__()
-        self.device_marker = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        fg = math.log(0.005 / 0.995) + (math.log(0.98 / 0.02) - math.log(0.005 / 0.995)) * (x[:, :1] > 0.5).float()
-        return torch.cat([torch.zeros_like(fg), fg], 1)
-
-
-def test_the_review_adds_the_bite_back_where_the_model_reads_the_image_and_says_so(drain):
+def test_the_review_adds_the_bite_back_where_the_model_reads_the_image_and_says_so(drain, brightness_model):
     """The model is not reliable for the class (two of four lesions are dark: it misses
     them), so every mask is kept as given, except the bites cut off the two lesions it
     finds; the summary counts them and the message names them."""
@@ -181,7 +167,7 @@ def test_the_review_adds_the_bite_back_where_the_model_reads_the_image_and_says_
     enc = MaskEncoding.gray(2, 255)
     truth, given, bright = cut_lesion()
     data = [Sample(f"img_{i}", bright if i < 2 else np.zeros_like(bright), given.copy(), enc) for i in range(4)]
-    results, summary = drain(review_samples(Brightness(), data, CleanConfig(), holdout=[s.name for s in data]))
+    results, summary = drain(review_samples(brightness_model(), data, CleanConfig(), holdout=[s.name for s in data]))
     assert not summary.reliability.any_reliable
     by = {r.name: r for r in results}
     for i in (0, 1):

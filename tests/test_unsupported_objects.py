@@ -1,12 +1,9 @@
 """Rule 3 of do no harm (core.review.remove_unsupported_objects): a given object the model
 finds no trace of, in an image whose other objects it finds, is removed; nothing else is."""
 
-import math
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from ielstudio.core.decision import decide
 from ielstudio.core.review import (
@@ -150,19 +147,7 @@ def test_objects_smaller_than_a_speck_are_not_judged():
     assert removed == 1 and out[2:4, 60:63].all() and MIN_OBJECT_SIZE > 6
 
 
-class Brightness(nn.Module):
-    """p(object) = 0.98 on bright pixels, 0.005 on dark ones."""
-
-    def __init__(self):
-        super().__init__()
-        self.device_marker = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        fg = math.log(0.005 / 0.995) + (math.log(0.98 / 0.02) - math.log(0.005 / 0.995)) * (x[:, :1] > 0.5).float()
-        return torch.cat([torch.zeros_like(fg), fg], 1)
-
-
-def test_the_review_removes_the_blob_where_the_model_reads_the_image_and_says_so(drain):
+def test_the_review_removes_the_blob_where_the_model_reads_the_image_and_says_so(drain, brightness_model):
     """A model that is not reliable for the class (it misses two of four lesions, which
     are dark) still removes a blob drawn beside a lesion it finds, and nothing else."""
     from ielstudio.core.cleaning import CleanConfig
@@ -177,7 +162,7 @@ def test_the_review_removes_the_blob_where_the_model_reads_the_image_and_says_so
         given = (lesion | disk((64, 64), (50, 12), 4) | disk((64, 64), (8, 56), 4)).astype(np.int64)
         image = (lesion if i < 2 else np.zeros_like(lesion))[None].astype(np.float32)  # 2, 3: the model sees nothing
         data.append(Sample(f"img_{i}", image, given, enc))
-    results, summary = drain(review_samples(Brightness(), data, CleanConfig(), holdout=[s.name for s in data]))
+    results, summary = drain(review_samples(brightness_model(), data, CleanConfig(), holdout=[s.name for s in data]))
     assert not summary.reliability.any_reliable
     by = {r.name: r for r in results}
     for i in (0, 1):
