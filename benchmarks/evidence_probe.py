@@ -132,6 +132,11 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
     out["mean p(given) union"] = float(p_given[union].mean()) if union.any() else 1.0
     for t in (1, 2, 3):
         out[f"tolerant dice {t}"] = tolerant_dice(arg, g, t)
+    # cleanlab's image score (segmentation.rank.get_label_quality_scores, method "softmin",
+    # temperature 0.1): a softmin-weighted mean of p(given) over every pixel
+    x = p_given.ravel().astype(np.float64)
+    w = np.exp(-(x - x.min()) / 0.1)
+    out["softmin p(given) (cleanlab)"] = float((x * w).sum() / w.sum())
     # the share of the given foreground the model supports, and of the model's the label covers
     out["precision+recall soft"] = float(0.5 * (fg[gf].mean() if gf.any() else 1.0)
                                          + 0.5 * ((fg * gf).sum() / max(fg.sum(), 1e-6)))
