@@ -135,7 +135,7 @@ def test_the_not_reliable_message_says_which_objects_were_removed():
     assert changed[0].startswith(NOT_RELIABLE) and "except 3 object(s)" in changed[0]
     assert "region(s)" not in changed[0] and changed[1:] == msgs[1:]
     both = with_object_changes(msgs, 3, 2)[0]
-    assert "except 3 object(s)" in both and " and 2 region(s) the masks left out" in both
+    assert "except 3 object(s)" in both and ", and 2 region(s) the masks left out" in both
     assert "except 1 region(s) the masks left out" in with_object_changes(msgs, 0, 1)[0]
 
 

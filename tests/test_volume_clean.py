@@ -273,6 +273,6 @@ def test_the_windows_volume_scoring_removes_a_blob_and_adds_a_bite_and_says_so(v
     assert messages[-1].done == messages[-1].total == len(ds.samples)
     assert messages[-1].objects_removed == 1 and messages[-1].regions_added == 1 and bite.sum() >= 50
     warning = messages[-1].warnings[0]
-    assert warning.startswith(NOT_RELIABLE) and "except 1 object(s)" in warning and "and 1 region(s)" in warning
+    assert warning.startswith(NOT_RELIABLE) and "except 1 object(s)" in warning and ", and 1 region(s)" in warning
     changed = {name for m in messages for name, r in m.items.items() if r.changed > 0}
     assert changed == {f"case0/{k:04d}" for k in (1, 2, 3)}  # the blob's and the bite's slices, nothing else

@@ -559,9 +559,9 @@ def with_object_changes(messages: Sequence[str], removed: int, added: int = 0) -
     if (removed or added) and out and out[0].startswith(NOT_RELIABLE):
         parts = ([f"{removed} object(s) the model finds no trace of, in images where it finds the other "
                   "objects (removed)"] if removed else []) + \
-                ([f"{added} region(s) the masks left out that the model is sure of and that look like the "
-                  "objects it finds with the masks (added)"] if added else [])
-        out[0] = (f"{NOT_RELIABLE}: every mask is kept as given, except {' and '.join(parts)}; the report's "
+                ([f"{added} region(s) the masks left out, which the model is sure of and the image shows as "
+                  "part of the objects (added)"] if added else [])
+        out[0] = (f"{NOT_RELIABLE}: every mask is kept as given, except {', and '.join(parts)}; the report's "
                   "objects_removed and regions_added and the window's Changed column say where. The scores still "
                   "rank the images by how much the model doubts them, but treat the ranking with care")
     return out
