@@ -406,3 +406,31 @@ def test_the_encoding_settled_on_open_is_the_one_loading_finds(tmp_path):
     for a, b in zip(settled.samples, found.samples):
         assert np.array_equal(a.mask, b.mask) and np.array_equal(a.image, b.image) and a.encoding == b.encoding
     assert [s.path.name for s in settled.skipped] == ["bad_mask.png", "one_mask.png"]  # refused by the mapping
+
+
+def test_scale_rotate_moves_image_and_mask_together_and_costs_nothing_when_off():
+    """augment_pair's scale_rotate: the mask follows the image (an image that is its own
+    mask stays its mask after the warp, but on the few edge pixels where linear and
+    nearest interpolation part), its classes stay classes; at 0 the random stream and
+    the result are those of plain augmentation."""
+    from ielstudio.core.dataset import augment_pair
+
+    mask = np.zeros((64, 64), np.int64)
+    mask[10:30, 20:50] = 1
+    mask[40:56, 8:24] = 2
+    image = (mask / 2.0).astype(np.float32)[None]
+    moved = 0
+    for seed in range(6):
+        img, m = augment_pair(image, mask, np.random.default_rng(seed), None, True, scale_rotate=1.0)
+        assert set(np.unique(m)) <= {0, 1, 2} and img.shape == (1, 64, 64)
+        # intensity jitter (gain, bias, gamma) keeps the order of the three levels: nearest level = class
+        levels = [np.median(img[0][m == c]) for c in range(3)]
+        nearest = np.abs(img[0][..., None] - np.array(levels)).argmin(-1)
+        assert (nearest == m).mean() > 0.95
+        plain = augment_pair(image, mask, np.random.default_rng(seed), None, True)[1]
+        moved += not np.array_equal(m, plain)
+    assert moved == 6  # every pair was turned or scaled
+    for seed in range(3):
+        a = augment_pair(image, mask, np.random.default_rng(seed), 32, True)
+        b = augment_pair(image, mask, np.random.default_rng(seed), 32, True, scale_rotate=0.0)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -550,10 +550,12 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample | Pair], crop: int | None = 128, augment: bool = True,
-                 seed: int = 0, encoding: MaskEncoding | None = None, in_channels: int | None = None):
+                 seed: int = 0, encoding: MaskEncoding | None = None, in_channels: int | None = None,
+                 scale_rotate: float = 0.0):
         self.samples = list(samples)
         self.crop = crop
         self.augment = augment
+        self.scale_rotate = scale_rotate
         self.seed = int(seed)
         self.epoch = 0
         self.encoding = encoding
@@ -578,13 +580,27 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.get_sample(index)
-        image, mask = augment_pair(s.image, s.mask, self.rng_for(index), self.crop, self.augment)
+        image, mask = augment_pair(s.image, s.mask, self.rng_for(index), self.crop, self.augment, self.scale_rotate)
         return torch.from_numpy(image), torch.from_numpy(mask)
 
 
+def _scale_rotate(image: np.ndarray, mask: np.ndarray, angle: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    h, w = mask.shape
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+    flags = dict(dsize=(w, h), borderMode=cv2.BORDER_REFLECT_101)
+    image = np.stack([cv2.warpAffine(np.ascontiguousarray(c, np.float32), m, flags=cv2.INTER_LINEAR, **flags)
+                      for c in image])
+    mask = cv2.warpAffine(np.ascontiguousarray(mask, np.int32), m, flags=cv2.INTER_NEAREST, **flags)
+    return image, mask
+
+
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int | None,
-                 augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Crop (mirror-padding small images), flip, rotate and jitter one pair identically."""
+                 augment: bool = True, scale_rotate: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Crop (mirror-padding small images), flip, rotate and jitter one pair identically;
+    with probability ``scale_rotate`` also turn it by any angle and scale it by 0.7-1.4
+    about its centre (nnU-Net's ranges; mirrored borders, the mask by nearest neighbour)."""
     h, w = mask.shape
     if crop is not None:
         ph, pw = max(0, crop - h), max(0, crop - w)
@@ -606,5 +622,7 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
             image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k)
         gain, bias, gamma = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05), rng.uniform(0.85, 1.15)
         image = np.clip(np.clip(image, 0.0, 1.0) ** gamma * gain + bias, 0.0, 1.0)
+        if scale_rotate > 0 and rng.random() < scale_rotate:
+            image, mask = _scale_rotate(image, mask, rng.uniform(-180.0, 180.0), rng.uniform(0.7, 1.4))
     return (np.ascontiguousarray(image, dtype=np.float32),
             np.ascontiguousarray(mask, dtype=np.int64))

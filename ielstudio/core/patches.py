@@ -63,7 +63,8 @@ class CropStream:
 
     def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int):
         self.crop, self.batch = crop, batch
-        self.ds = SegmentationDataset(samples, crop=self.crop, augment=config.augment, seed=seed)
+        self.ds = SegmentationDataset(samples, crop=self.crop, augment=config.augment, seed=seed,
+                                      scale_rotate=config.scale_rotate)
         self.rng = np.random.default_rng(seed)
         self.foreground = float(config.foreground_crops)
         self.lazy = bool(samples) and isinstance(samples[0], LazySample)
@@ -91,7 +92,7 @@ class CropStream:
         x0 = min(max(0, x - self.crop // 2 + int(rng.integers(-jitter, jitter + 1))), max(0, w - self.crop))
         image = s.image[:, y0:y0 + self.crop, x0:x0 + self.crop]
         mask = s.mask[y0:y0 + self.crop, x0:x0 + self.crop]
-        image, mask = augment_pair(image, mask, rng, self.crop, self.ds.augment)
+        image, mask = augment_pair(image, mask, rng, self.crop, self.ds.augment, self.ds.scale_rotate)
         return torch.from_numpy(image), torch.from_numpy(mask)
 
     def _foreground_patch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -125,6 +125,8 @@ class TrainConfig:
         "processes that read and crop the training images beside training (torch DataLoader workers); "
         "0 = the training process itself"))
     augment: bool = field(default=True, metadata=_help("flips, 90-degree rotations, intensity jitter"))
+    scale_rotate: float = field(default=0.0, metadata=_help(
+        "share of patches also turned by any angle and scaled by 0.7-1.4 (nnU-Net's spatial augmentation)"))
     slice_context: int = field(default=0, metadata=_help(
         "volumes: neighbouring slices on each side given to the network as extra input channels "
         "(0 = each slice alone; 2-D images ignore it)"))
@@ -156,6 +158,8 @@ class TrainConfig:
             bad("crop", "must be at least 8 px, or None for auto")
         if not 0 <= self.foreground_crops <= 1:
             bad("foreground_crops", "must be between 0 and 1")
+        if not 0 <= self.scale_rotate <= 1:
+            bad("scale_rotate", "must be between 0 and 1")
         if not 0 <= self.learned_agreement <= 1:
             bad("learned_agreement", "must be between 0 and 1")
         if self.epochs is not None and not self.epochs > 0:
