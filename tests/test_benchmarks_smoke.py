@@ -265,3 +265,30 @@ def test_mirrored_prediction_undoes_each_flip_and_averages_probabilities():
     seen = (0.5 + 1 / (1 + math.exp(-10))) / 2
     expect = torch.tensor([0.5, seen, 0.5, seen, 0.5])
     torch.testing.assert_close(p, expect, atol=1e-4, rtol=0)
+
+
+def test_evidence_probe_adds_a_bite_back_and_the_mask_prior_scores_ragged_masks_lower():
+    """`adds` on a three-image cache: a lesion with a bite cut off its mask (the model and
+    the image see the whole lesion), two correct ones, one missed by the model (so the
+    class misses the bar): rule 4 at its defaults adds exactly the bite back.
+    `mask_smoothness`: a disk scores near 1, the same disk with a ragged outline lower."""
+    import cv2
+    import evidence_probe as P
+
+    clean = np.zeros((3, 48, 48), np.uint8)
+    for k in range(3):
+        cv2.circle(clean[k], (22, 22), 12, 1, -1)
+    given = clean.copy()
+    given[0, 10:18, 26:36] = 0  # the bite
+    p = np.where(clean == 1, 0.97, 0.01).astype(np.float32)
+    p[2] = 0.01
+    images = np.where(clean == 1, 0.9, 0.1).astype(np.float32)
+    d = {"probs": np.stack([1 - p, p], axis=1), "given": given, "clean": clean, "thresholds": None,
+         "oos": np.array([True, True, True]), "images": images}
+    row = P.adds("tiny", d)
+    at_default = P.ADD_GRID.index((0.9, 5, 0.15))
+    assert float(row[1]) < 1.0 and row[2 + at_default] == f"{np.mean([1.0, 1.0, 1.0]):.3f} (1)"
+    disk = clean[1]
+    ragged = disk.copy()
+    ragged[::2, :][cv2.dilate(disk, np.ones((3, 3), np.uint8))[::2, :] > disk[::2, :]] = 1
+    assert P.mask_smoothness(disk) > 0.9 and P.mask_smoothness(ragged) < P.mask_smoothness(disk) - 0.05
