@@ -141,9 +141,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
-def run_clean(images: Path, masks: Path, out: Path, steps: int | None, folds: int = 1) -> tuple[dict, float]:
-    config = TrainConfig(folds=folds) if steps is None else TrainConfig(max_steps=steps, min_steps=min(300, steps),
-                                                                        folds=folds)
+def run_clean(images: Path, masks: Path, out: Path, steps: int | None, folds: int = 1,
+              slice_context: int = 0) -> tuple[dict, float]:
+    budget = {} if steps is None else {"max_steps": steps, "min_steps": min(300, steps)}
+    config = TrainConfig(folds=folds, slice_context=slice_context, **budget)
     t0 = time.perf_counter()
     report = None
     for ev in clean_dataset(images, masks, out, config, CleanConfig()):
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="cap on training steps (default: the automatic budget)")
     p.add_argument("--faults", type=int, default=2, help="annotation faults per noisy volume (1..5)")
     p.add_argument("--folds", type=int, default=1, help="--folds K of the clean runs (default 1)")
+    p.add_argument("--slice-context", type=int, default=0,
+                   help="--slice-context N of the clean runs: N neighbouring slices each side as input (default 0)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     rows = []
@@ -173,7 +176,7 @@ def main(argv=None) -> int:
             images, noisy, clean, truth = write_set(Path(tmp) / set_name, cases, faults=args.faults)
             for given_name, given in (("noisy", noisy), ("correct", clean)):
                 out = Path(tmp) / f"out-{given_name}"
-                report, seconds = run_clean(images, given, out, args.steps, args.folds)
+                report, seconds = run_clean(images, given, out, args.steps, args.folds, args.slice_context)
                 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 rows.append({
                     "set": set_name, "given": given_name, "volumes": len(cases),

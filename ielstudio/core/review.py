@@ -345,12 +345,18 @@ def image_position(image: np.ndarray, region: np.ndarray, background: np.ndarray
     region's per-channel median onto the line between the other two medians. 0.5 when
     the two medians coincide (the image cannot tell them apart)."""
     image = np.asarray(image, np.float32)
-    lo, hi = np.median(image[:, background], axis=1), np.median(image[:, objects], axis=1)
+    line = _line(np.median(image[:, background], axis=1), np.median(image[:, objects], axis=1))
+    return _on_line(np.median(image[:, region], axis=1), line)
+
+
+def _line(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     span = hi - lo
-    length = float(span @ span)
-    if length <= 1e-12:
-        return 0.5
-    return float((np.median(image[:, region], axis=1) - lo) @ span / length)
+    return lo, span, float(span @ span)
+
+
+def _on_line(value: np.ndarray, line: tuple[np.ndarray, np.ndarray, float]) -> float:
+    lo, span, length = line
+    return 0.5 if length <= 1e-12 else float((value - lo) @ span / length)
 
 
 def add_supported_regions(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray,
@@ -366,12 +372,13 @@ def add_supported_regions(proposal: np.ndarray, given: np.ndarray, probs: np.nda
     `confidence`, the model reads the image's mask of c right, the candidates included
     (`tolerant_dice` >= `IMAGE_AGREEMENT`: so a model that marks far more than the mask,
     or a missed lesion as large as the labelled one, adds nothing), and on the image's
-    scale from the unlabelled ring
-    around the objects (0) to the pixels where mask and model agree on c (1) the
-    region lies above 0.5 + `margin` (`image_position`)."""
+    scale from the unlabelled ring around the objects (0) to the pixels where mask and
+    model agree on c (1) the region lies above 0.5 + `margin` (`image_position`). Each
+    candidate is judged on a crop around it."""
     proposal, given = np.asarray(proposal), np.asarray(given)
     decided = decide(probs, thresholds)
     weighed = decision_probabilities(np.asarray(probs, np.float32), thresholds)
+    image = np.asarray(image, np.float32)
     out, added = proposal.copy(), 0
     labelled = (given != 0) | (decided != 0)
     for c in range(1, probs.shape[0]):
@@ -385,17 +392,19 @@ def add_supported_regions(proposal: np.ndarray, given: np.ndarray, probs: np.nda
         size = np.bincount(index, minlength=n)
         p_mean = np.bincount(index, weights=weighed[c].ravel(), minlength=n) / np.maximum(size, 1)
         kept = np.bincount(index, weights=(proposal == given).ravel(), minlength=n)
-        sure = [k for k in np.flatnonzero((p_mean >= confidence) & (kept == size)) if k != 0
-                and _survives_erosion(labels == k, thickness // 2)]
-        if not sure:
+        sure = np.flatnonzero((p_mean >= confidence) & (kept == size))
+        sure = sure[sure != 0]
+        if not sure.size:
             continue
         ring = _grown(mine | found, SURROUNDING) & ~labelled
         if not ring.any():
             continue
-        for k in sure:
-            region = labels == k
-            if image_position(image, region, ring, agreed) > 0.5 + margin:
-                out[region] = c
+        line = _line(np.median(image[:, ring], axis=1), np.median(image[:, agreed], axis=1))
+        for k, box in _boxes(labels, sure, thickness // 2 + 1).items():
+            region = labels[box] == k
+            if (_survives_erosion(region, thickness // 2)
+                    and _on_line(np.median(image[(slice(None),) + box][:, region], axis=1), line) > 0.5 + margin):
+                out[box][region] = c
                 added += 1
     return out, added
 
