@@ -289,13 +289,13 @@ ADD_GRID = [(conf, thick, margin) for conf in (0.8, 0.9) for thick in (3, 5) for
 
 def adds(name: str, d: dict) -> list:
     """A row: output Dice against the correct masks after rules 1-3 of `core.review`, and
-    followed by rule 4 (`review.add_supported_regions`) at each (confidence, thickness,
-    image margin) of ADD_GRID, with the number of regions it added: the probe that
-    chose rule 4's defaults."""
+    followed by rule 4 (`review.add_supported_regions`, on the classes of
+    `review.rule_4_classes`) at each (confidence, thickness, image margin) of ADD_GRID,
+    with the number of regions it added: the probe that chose rule 4's defaults."""
     from ielstudio.core.cleaning import CleanConfig, propose
     from ielstudio.core.metrics import dice
     from ielstudio.core.review import (add_supported_regions, assess_reliability, gate_changes,
-                                       remove_unsupported_objects)
+                                       remove_unsupported_objects, rule_4_classes)
 
     probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
     images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
@@ -307,8 +307,8 @@ def adds(name: str, d: dict) -> list:
               for i in range(len(given))]
     cells = [name, C.fmt(np.mean([dice(o, c, n) for o, c in zip(before, clean)]))]
     for conf, thick, margin in ADD_GRID:
-        outs = [add_supported_regions(before[i], given[i], probs[i], th, images[i], conf, margin, thick)
-                for i in range(len(given))]
+        outs = [add_supported_regions(before[i], given[i], probs[i], th, images[i], conf, margin, thick,
+                                      rule_4_classes(rel)) for i in range(len(given))]
         cells.append(f"{np.mean([dice(o, c, n) for (o, _), c in zip(outs, clean)]):.3f} ({sum(k for _, k in outs)})")
     return cells
 

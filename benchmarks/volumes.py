@@ -142,9 +142,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_clean(images: Path, masks: Path, out: Path, steps: int | None, folds: int = 1,
-              slice_context: int = 0) -> tuple[dict, float]:
+              slice_context: int = 0, seed: int = 0) -> tuple[dict, float]:
     budget = {} if steps is None else {"max_steps": steps, "min_steps": min(300, steps)}
-    config = TrainConfig(folds=folds, slice_context=slice_context, **budget)
+    config = TrainConfig(folds=folds, slice_context=slice_context, seed=seed, **budget)
     t0 = time.perf_counter()
     report = None
     for ev in clean_dataset(images, masks, out, config, CleanConfig()):
@@ -167,8 +167,14 @@ def main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=1, help="--folds K of the clean runs (default 1)")
     p.add_argument("--slice-context", type=int, default=0,
                    help="--slice-context N of the clean runs: N neighbouring slices each side as input (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the clean runs (default 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows = []
     for set_name in args.sets.split(","):
         cases = list(generated_cases() if set_name == "generated" else pyradiomics_cases())
@@ -176,7 +182,8 @@ def main(argv=None) -> int:
             images, noisy, clean, truth = write_set(Path(tmp) / set_name, cases, faults=args.faults)
             for given_name, given in (("noisy", noisy), ("correct", clean)):
                 out = Path(tmp) / f"out-{given_name}"
-                report, seconds = run_clean(images, given, out, args.steps, args.folds, args.slice_context)
+                report, seconds = run_clean(images, given, out, args.steps, args.folds, args.slice_context,
+                                            args.seed)
                 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 rows.append({
                     "set": set_name, "given": given_name, "volumes": len(cases),

@@ -176,3 +176,23 @@ def test_the_review_adds_the_bite_back_where_the_model_reads_the_image_and_says_
         assert by[f"img_{i}"].regions_added == 0 and np.array_equal(by[f"img_{i}"].proposal, given)
     assert summary.regions_added == 2 and summary.objects_removed == 0 and not summary.labels_kept_as_given
     assert summary.warnings[0].startswith(NOT_RELIABLE) and "except 2 region(s) the masks left out" in summary.warnings[0]
+
+
+def test_a_class_the_model_gets_mostly_wrong_on_unseen_images_gets_nothing_added():
+    """apply_object_rules adds only to the classes of rule_4_classes: held-out agreement
+    at least ADD_MIN_AGREEMENT. The same bite is added at 0.6, not at 0.3 (nor for a
+    class no held-out image had)."""
+    from ielstudio.core.review import ADD_MIN_AGREEMENT, Reliability, apply_object_rules, rule_4_classes
+
+    truth, given, image = cut_lesion()
+    probs = probs_of(np.where(truth == 1, 0.97, 0.01))
+
+    def verdict(agreement):
+        return Reliability([None, agreement], [True, False], True, 4)
+
+    assert rule_4_classes(verdict(0.6)) == [1] and rule_4_classes(verdict(0.3)) == []
+    assert rule_4_classes(verdict(None)) == [] and 0.3 < ADD_MIN_AGREEMENT < 0.6
+    out, removed, added = apply_object_rules(given, given, probs, None, image, verdict(0.6))
+    assert (removed, added) == (0, 1) and np.array_equal(out, truth)
+    out, removed, added = apply_object_rules(given, given, probs, None, image, verdict(0.3))
+    assert (removed, added) == (0, 0) and np.array_equal(out, given)

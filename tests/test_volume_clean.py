@@ -251,11 +251,12 @@ def test_neighbouring_slices_as_input_channels_train_and_clean_volumes(volume_fo
 
 def test_the_windows_volume_scoring_removes_a_blob_and_adds_a_bite_and_says_so(volume_folders, drain):
     """Rules 3 and 4 through the window's volume job (`gui.volume_jobs.volume_scoring_job`):
-    the model misses case1's object (its image shows none), so it is not reliable for the
-    class and every label is kept, except a 27-voxel blob drawn on case0's background,
+    the model misses half of case1's object (its image shows only the lower slices), so it
+    is not reliable for the class (held-out agreement between ADD_MIN_AGREEMENT and the
+    bar) and every label is kept, except a 27-voxel blob drawn on case0's background,
     beside the object it finds there, and a bite cut off that object through slices 2-3,
     which the model and the image both find; the last message counts both."""
-    from ielstudio.core.review import NOT_RELIABLE
+    from ielstudio.core.review import ADD_MIN_AGREEMENT, NOT_RELIABLE, RELIABLE_AGREEMENT
     from ielstudio.gui.volume_jobs import volume_scoring_job
 
     images, masks = volume_folders
@@ -265,11 +266,14 @@ def test_the_windows_volume_scoring_removes_a_blob_and_adds_a_bite_and_says_so(v
     labels[6:13, 6:18, 2:4] = 0  # the object's upper part, cut off its mask on two slices
     bite = (whole == 1) & (labels == 0)
     nib.save(nib.Nifti1Image(labels, AFFINE), masks / "case0_seg.nii.gz")
-    blank = np.random.default_rng(5).normal(-100, 20, SHAPE).astype(np.int16)
-    nib.save(nib.Nifti1Image(blank, AFFINE), images / "case1.nii.gz")
+    image1 = np.asarray(nib.load(images / "case1.nii.gz").dataobj).copy()
+    image1[:, :, 3:] = np.random.default_rng(5).normal(-100, 20, image1[:, :, 3:].shape)  # its upper half unseen
+    nib.save(nib.Nifti1Image(image1, AFFINE), images / "case1.nii.gz")
     ds = load_volume_dataset(images, masks)
     messages, _ = drain(volume_scoring_job(Oracle(), ds, CleanConfig(), lambda: False,
                                            holdout=[s.name for s in ds.samples]))
+    reliability = drain(review_volumes(Oracle(), ds, CleanConfig(), [s.name for s in ds.samples]))[1][1]
+    assert ADD_MIN_AGREEMENT <= reliability.agreement[1] < RELIABLE_AGREEMENT
     assert messages[-1].done == messages[-1].total == len(ds.samples)
     assert messages[-1].objects_removed == 1 and messages[-1].regions_added == 1 and bite.sum() >= 50
     warning = messages[-1].warnings[0]
