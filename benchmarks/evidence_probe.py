@@ -115,6 +115,7 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
     from ielstudio.core.cleaning import label_quality
     from ielstudio.core.decision import decide
     from ielstudio.core.metrics import dice
+    from ielstudio.core.mask_prior import outline_smoothness
     from ielstudio.core.review import tolerant_dice
 
     probs, g = d["probs"][i], d["given"][i].astype(np.int64)
@@ -140,26 +141,38 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
     # the share of the given foreground the model supports, and of the model's the label covers
     out["precision+recall soft"] = float(0.5 * (fg[gf].mean() if gf.any() else 1.0)
                                          + 0.5 * ((fg * gf).sum() / max(fg.sum(), 1e-6)))
-    out["mask smoothness (no model)"] = mask_smoothness(g)
+    out["mask smoothness (no model)"] = outline_smoothness(g)
+    out["mask smoothness per class (no model)"] = mask_smoothness_per_class(g, n)
     return out
 
 
-def mask_smoothness(mask: np.ndarray) -> float:
-    """The given mask alone: the outline length of its foreground smoothed by a Gaussian
-    (sigma 2 px, cut at 0.5) over its own outline length; a ragged, wobbly or speckled
-    mask scores low. A prior on shape, blind to shifts and to outlines drawn too wide."""
+def mask_smoothness_per_class(mask: np.ndarray, n_classes: int) -> float:
+    """`mask_prior.outline_smoothness` over every foreground class's outline together (a
+    boundary between two classes counts for both): the summed smoothed outline over the
+    summed outline. Measured against the foreground-as-one prior the review uses."""
     import cv2
 
-    m = (mask != 0).astype(np.uint8)
-    if not m.any():
-        return 1.0
+    from ielstudio.core.mask_prior import SMOOTHING_SIGMA, outline_length
 
-    def outline(a: np.ndarray) -> float:
-        contours, _ = cv2.findContours(a.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        return sum(cv2.arcLength(c, True) for c in contours)
+    num = den = 0.0
+    for c in range(1, n_classes):
+        m = (mask == c).astype(np.float32)
+        if m.any():
+            num += outline_length(cv2.GaussianBlur(m, (0, 0), SMOOTHING_SIGMA) > 0.5)
+            den += outline_length(m)
+    return float(num / den) if den > 0 else 1.0
 
-    smooth = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 2) > 0.5
-    return float(outline(smooth) / max(outline(m), 1e-6))
+
+def held_out_agreement(d: dict) -> tuple[list[float], bool]:
+    """The review's reliability verdict on the cache: the lowest held-out agreement over
+    the labelled classes (`review.assess_reliability` on the out-of-sample images)."""
+    from ielstudio.core.review import assess_reliability
+
+    oos = d["oos"].astype(bool)
+    idx = np.flatnonzero(oos) if oos.any() else np.arange(len(oos))
+    rel = assess_reliability([(d["probs"][i], d["given"][i].astype(np.int64)) for i in idx],
+                             d["probs"].shape[1], d["thresholds"], bool(oos.any()))
+    return [a for a in rel.agreement[1:] if a is not None], rel.any_reliable
 
 
 def _ranks(v: np.ndarray) -> np.ndarray:
@@ -168,6 +181,7 @@ def _ranks(v: np.ndarray) -> np.ndarray:
 
 def report(name: str, d: dict) -> None:
     from ielstudio.core.metrics import dice
+    from ielstudio.core.review import SHAPE_PRIOR_POWER
 
     n = d["probs"].shape[1]
     true = np.array([dice(g, c, n) for g, c in zip(d["given"], d["clean"])])
@@ -183,12 +197,18 @@ def report(name: str, d: dict) -> None:
         return
     head = ["score", "Spearman all"] + (["out of sample", "in sample"] if 0 < oos.sum() < len(oos) else [])
     table = []
-    for r in rows:
-        r["rank mean of current and smoothness"] = 0.0
+    agreement, reliable = held_out_agreement(d)
+    print("held-out agreement per class: " + ", ".join(f"{a:.3f}" for a in agreement)
+          + ("" if reliable else " (no class reliable: the review's score includes the shape prior)"))
     current = _ranks(np.array([r["current"] for r in rows]))
     smooth = _ranks(np.array([r["mask smoothness (no model)"] for r in rows]))
     for r, a, b in zip(rows, current, smooth):
         r["rank mean of current and smoothness"] = float(a + b)
+        for k in (1, 2, 3):
+            r[f"current x smoothness^{k}"] = r["current"] * r["mask smoothness (no model)"] ** k
+        r["current x smoothness per class^2"] = r["current"] * r["mask smoothness per class (no model)"] ** 2
+        r["the review's score (review.image_score)"] = (
+            r["current"] if reliable else r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER)
     for k in rows[0]:
         v = np.array([r[k] for r in rows])
         cells = [k, C.fmt(C.spearman(v, true))]

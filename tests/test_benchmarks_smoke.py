@@ -267,11 +267,12 @@ def test_mirrored_prediction_undoes_each_flip_and_averages_probabilities():
     torch.testing.assert_close(p, expect, atol=1e-4, rtol=0)
 
 
-def test_evidence_probe_adds_a_bite_back_and_the_mask_prior_scores_ragged_masks_lower():
+def test_evidence_probe_adds_a_bite_back_and_its_per_class_prior_scores_ragged_masks_lower():
     """`adds` on a three-image cache: a lesion with a bite cut off its mask (the model and
     the image see the whole lesion), two correct ones, one missed by the model (so the
     class misses the bar): rule 4 at its defaults adds exactly the bite back.
-    `mask_smoothness`: a disk scores near 1, the same disk with a ragged outline lower."""
+    `mask_smoothness_per_class`: a disk scores near 1, the same disk with a ragged outline
+    lower, as the foreground-as-one prior of the review (`core.mask_prior`) does."""
     import cv2
     import evidence_probe as P
 
@@ -291,4 +292,8 @@ def test_evidence_probe_adds_a_bite_back_and_the_mask_prior_scores_ragged_masks_
     disk = clean[1]
     ragged = disk.copy()
     ragged[::2, :][cv2.dilate(disk, np.ones((3, 3), np.uint8))[::2, :] > disk[::2, :]] = 1
-    assert P.mask_smoothness(disk) > 0.9 and P.mask_smoothness(ragged) < P.mask_smoothness(disk) - 0.05
+    from ielstudio.core.mask_prior import outline_smoothness
+
+    smooth = P.mask_smoothness_per_class(disk, 2)
+    assert smooth > 0.9 and P.mask_smoothness_per_class(ragged, 2) < smooth - 0.05
+    assert smooth == pytest.approx(outline_smoothness(disk), abs=1e-6)  # one class: the same prior

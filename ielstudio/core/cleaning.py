@@ -693,6 +693,8 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
                 "name": s.name, "image": str(s.image_path), "mask": str(s.mask_path), "output": str(dst),
                 "score": round(result.score, 6), "out_of_sample": result.out_of_sample,
                 "objects_removed": result.objects_removed, "regions_added": result.regions_added,
+                **({} if result.outline_smoothness is None
+                   else {"outline_smoothness": round(result.outline_smoothness, 6)}),
                 **change_summary(s.mask, result.proposal, n_classes),
             })
             yield PredictEvent(len(images) - 1, share, s.name, result.score)

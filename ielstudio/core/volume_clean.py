@@ -10,7 +10,7 @@ each volume as one 3-D object, and write corrected label volumes with the input'
   per slice), and the do-no-harm gate (`review.gate_changes`) applies or refuses each
   26-connected changed region as a whole. An object's tip, a few pixels on its last
   slice, is part of the object and stays.
-- **Scores** per slice (`cleaning.label_quality`) and per volume (the mean over the
+- **Scores** per slice (`review.image_score`) and per volume (the mean over the
   slices where the label or the model has foreground); the report lists the volumes
   worst first, each with its worst slices.
 """
@@ -46,14 +46,14 @@ from .cleaning import (
     calibration_subset,
     change_summary,
     keep_given_edges,
-    label_quality,
     prepare_clean,
     thresholds_for,
 )
 from .decision import decide
 from .errors import DataError
 from .imageio import atomic_write_text
-from .review import MAX_RELIABILITY_IMAGES, apply_object_rules, assess_reliability, gate_changes, summary_warnings
+from .review import (MAX_RELIABILITY_IMAGES, apply_object_rules, assess_reliability, gate_changes, image_score,
+                     summary_warnings)
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
 
@@ -153,7 +153,7 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
         objects_removed, regions_added = objects_removed + removed, regions_added + added
         labelled += np.bincount(given.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         proposed += np.bincount(proposal.ravel(), minlength=ds.n_classes)[:ds.n_classes]
-        scores = [label_quality(probs[:, k], given[k], thresholds)[0] for k in range(len(slices))]
+        scores = [image_score(probs[:, k], given[k], thresholds, reliability)[0] for k in range(len(slices))]
         foreground = [bool((given[k] != 0).any() or (decided[k] != 0).any()) for k in range(len(slices))]
         yield VolumeResult(case, proposal, given, scores, _volume_score(scores, foreground),
                            crossfit or all(s.name in held for s in slices), probs.astype(np.float16), removed, added)

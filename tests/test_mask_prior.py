@@ -1,0 +1,106 @@
+"""The shape prior (`core.mask_prior`) and where the review's score uses it (`review.image_score`)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from ielstudio.core.cleaning import CleanConfig, label_quality
+from ielstudio.core.mask_prior import SMOOTHING_SIGMA, outline_length, outline_smoothness
+from ielstudio.core.review import SHAPE_PRIOR_POWER, assess_reliability, image_score
+
+
+def disk(size=64, r=14, centre=(32, 32)) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    cv2.circle(m, centre, r, 1, -1)
+    return m
+
+
+def ragged(mask: np.ndarray) -> np.ndarray:
+    """Every other row of the outline pushed out by a pixel: a zig-zag border."""
+    out = mask.copy()
+    ring = cv2.dilate(mask, np.ones((3, 3), np.uint8)) > mask
+    ring[1::2] = False
+    out[ring] = 1
+    return out
+
+
+def test_outline_length_of_a_square_runs_through_the_pixel_centres():
+    sq = np.zeros((20, 20), np.uint8)
+    sq[5:15, 5:15] = 1  # 10 x 10 px: the contour joins the centres of the border pixels, 4 x 9 px
+    assert outline_length(sq) == pytest.approx(36.0)
+    two = sq.copy()
+    two[17:19, 17:19] = 1  # a second object adds its own 4 x 1 px
+    assert outline_length(two) == pytest.approx(40.0)
+
+
+def test_a_smooth_disk_scores_near_one_and_the_same_disk_with_a_ragged_outline_lower():
+    clean = outline_smoothness(disk())
+    assert clean > 0.95
+    assert outline_smoothness(ragged(disk())) < clean - 0.1
+    # shifted, the same shape scores the same: the prior is blind to where the outline is
+    assert outline_smoothness(disk(centre=(29, 35))) == pytest.approx(clean, abs=1e-6)
+
+
+def test_specks_lower_the_score_and_lone_pixels_score_zero():
+    m = disk()
+    specked = m.copy()
+    for y, x in [(4, 4), (4, 60), (60, 4), (60, 60), (8, 30)]:
+        specked[y:y + 2, x:x + 2] = 1  # 2 x 2 px specks: smoothing at sigma 2 erases them
+    assert SMOOTHING_SIGMA == 2.0
+    assert outline_smoothness(specked) < outline_smoothness(m) - 0.05
+    lone = np.zeros((16, 16), np.uint8)
+    lone[3, 3] = lone[10, 12] = 1
+    assert outline_smoothness(lone) == 0.0
+    assert outline_smoothness(np.zeros((16, 16), np.uint8)) == 1.0  # nothing labelled: nothing to doubt
+
+
+def test_the_prior_takes_the_foreground_as_one_and_needs_a_2d_mask():
+    m = disk().astype(np.int64)
+    two = np.where(m == 1, np.where(np.arange(64)[None] < 32, 1, 2), 0)  # the disk split into two classes
+    assert outline_smoothness(two) == pytest.approx(outline_smoothness(m))
+    with pytest.raises(ValueError, match="2-D"):
+        outline_smoothness(np.zeros((2, 8, 8), np.uint8))
+
+
+def probs_of(mask: np.ndarray, p: float) -> np.ndarray:
+    fg = np.where(mask != 0, p, 1 - p).astype(np.float32)
+    return np.stack([1 - fg, fg])
+
+
+def test_image_score_adds_the_prior_only_where_no_class_is_reliable():
+    truth = disk()
+    given = ragged(truth).astype(np.int64)
+    probs = probs_of(truth, 0.9)  # a model that finds the smooth disk
+    good = assess_reliability([(probs, truth.astype(np.int64))], 2, None, out_of_sample=True)
+    bad = assess_reliability([(probs_of(np.zeros_like(truth), 0.9), truth.astype(np.int64))], 2, None, True)
+    assert good.any_reliable and not bad.any_reliable
+    plain = label_quality(probs, given)[0]
+    assert image_score(probs, given, None, good) == (plain, None)
+    score, smoothness = image_score(probs, given, None, bad)
+    assert smoothness == pytest.approx(outline_smoothness(given))
+    assert SHAPE_PRIOR_POWER == 2 and score == pytest.approx(plain * smoothness ** 2)
+    assert score < plain
+
+
+def test_an_unreliable_review_ranks_a_ragged_mask_below_a_smooth_one_the_model_doubts_alike(drain, brightness_model):
+    """brightness_model finds nothing (so no class is reliable); two masks it doubts the
+    same (both all foreground against its all-background decision): without the prior
+    they tie, with it the ragged one ranks first."""
+    from ielstudio.core.dataset import Sample
+    from ielstudio.core.imageio import MaskEncoding
+    from ielstudio.core.review import review_samples
+
+    enc = MaskEncoding.gray(2, 255)
+    smooth, rough = disk(), ragged(disk())
+    data = [Sample(n, m[None].astype(np.float32), m.astype(np.int64), enc)
+            for n, m in [("smooth", smooth), ("rough", rough), ("smooth2", smooth), ("rough2", rough)]]
+    results, summary = drain(review_samples(brightness_model(2, sees=False), data, CleanConfig(),
+                                            holdout=["smooth2", "rough2"]))
+    assert not summary.reliability.any_reliable
+    by = {r.name: r for r in results}
+    assert by["rough"].score < by["smooth"].score
+    assert by["rough"].outline_smoothness == pytest.approx(outline_smoothness(rough))
+    assert all(np.array_equal(r.proposal, s.mask) for r, s in zip(results, data))  # nothing changed
+    assert "how ragged each mask's outline is" in summary.warnings[0]
