@@ -151,6 +151,39 @@ def test_a_reliable_model_removes_a_3d_speck_and_keeps_the_rest(volume_folders, 
     assert r.score < by_name["case0"].score  # the doubtful label ranks first
 
 
+class Blind(Oracle):
+    """Finds nothing anywhere: reliable for no class."""
+
+    def forward(self, x):
+        return torch.cat([torch.full_like(x, 5.0), torch.full_like(x, -5.0), torch.full_like(x, -50.0)], dim=1)
+
+
+def test_an_unreliable_models_slice_scores_include_the_shape_prior(volume_folders, drain):
+    """No class is reliable: every label volume is kept, and each slice's score is the
+    model's times its mask's outline smoothness squared (`review.image_score`), so a
+    volume whose label has a ragged slice ranks below its clean twin."""
+    from ielstudio.core.cleaning import label_quality
+    from ielstudio.core.mask_prior import outline_smoothness
+
+    images, masks = volume_folders
+    labels = np.asarray(nib.load(masks / "case1_seg.nii.gz").dataobj).copy()
+    labels[::2, :, 2] |= np.roll(labels[::2, :, 2], 1, axis=1)  # slice 2: every other row pushed out a voxel
+    nib.save(nib.Nifti1Image(labels, AFFINE), masks / "case1_seg.nii.gz")
+    ds = load_volume_dataset(images, masks)
+    holdout = [s.name for s in ds.samples if s.name.startswith("case0/")]
+    results, (_, reliability, _) = drain(review_volumes(Blind(), ds, CleanConfig(), holdout))
+    assert not reliability.any_reliable
+    by_name = {r.case.name: r for r in results}
+    r = by_name["case1"]
+    np.testing.assert_array_equal(r.proposal, r.given)
+    for k, score in enumerate(r.slice_scores):
+        probs = r.probs[:, k].astype(np.float32)
+        assert score == pytest.approx(label_quality(probs, r.given[k])[0] * outline_smoothness(r.given[k]) ** 2,
+                                      abs=1e-3)  # probs kept as float16
+    assert outline_smoothness(r.given[2]) < outline_smoothness(by_name["case0"].given[2])
+    assert r.score < by_name["case0"].score
+
+
 def test_mixed_2d_and_3d_and_mismatched_grids_are_refused(volume_folders, tmp_path, capsys):
     images, masks = volume_folders
     import cv2
