@@ -42,6 +42,7 @@ from ielstudio.core.cleaning import CleanConfig, CleanDone, clean_dataset, load_
 from ielstudio.core.iel import IELConfig  # noqa: E402
 from ielstudio.core.imageio import read_mask  # noqa: E402
 from ielstudio.core.metrics import dice  # noqa: E402
+from ielstudio.core.review import SHAPE_PRIOR_POWER  # noqa: E402
 from ielstudio.core.training import TrainConfig, load_checkpoint, predict  # noqa: E402
 
 TRAINED = {
@@ -157,9 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                     changed = sum(int((outs[n] != given[n]).sum()) for n in names)
                     right = sum(int(((outs[n] != given[n]) & (outs[n] == clean[n])).sum()) for n in names)
                     score = {Path(im["mask"]).name: im["score"] for im in report["images"]}
+                    prior = {Path(im["mask"]).name: im["outline_smoothness"] for im in report["images"]
+                             if "outline_smoothness" in im}
+                    parts = {} if len(prior) != len(names) else {  # the score's two factors, ranked alone
+                        "spearman_model": C.spearman([score[n] / max(prior[n], 1e-6) ** SHAPE_PRIOR_POWER
+                                                      for n in names], true),
+                        "spearman_prior": C.spearman([prior[n] for n in names], true)}
                     rel = report["reliability"]
                     add({**base, "method": method, "dice": float(np.mean(d)), "min": float(np.min(d)),
-                         "seconds": seconds, "spearman": C.spearman([score[n] for n in names], true),
+                         "seconds": seconds, "spearman": C.spearman([score[n] for n in names], true), **parts,
                          "agreement": rel["agreement"], "reliable": rel["reliable"],
                          "kept_as_given": report["labels_kept_as_given"],
                          "objects_removed": report.get("objects_removed", 0),
@@ -184,7 +191,9 @@ def write_table(data: dict, path: Path) -> None:
         ["set", "masks given", "method", "Dice vs correct", "min", "Spearman", "held-out agreement",
          "changed px (right)", "objects removed / regions added", "time s"],
         [[r["set"], r["labels"], r["method"] + (" (default)" if r["method"] == "heat" else ""), C.fmt(r["dice"]),
-          C.fmt(r["min"]), C.fmt(r.get("spearman")),
+          C.fmt(r["min"]), C.fmt(r.get("spearman")) + (
+              f" (model {C.fmt(r['spearman_model'])}, prior {C.fmt(r['spearman_prior'])})"
+              if "spearman_model" in r else ""),
           "" if "agreement" not in r else C.fmt(max((x for x in r["agreement"] if x is not None), default=None))
           + (" kept" if r.get("kept_as_given") else ""),
           "" if "changed_px" not in r else f"{r['changed_px']} ({r['changed_right_px'] / max(r['changed_px'], 1):.0%})",
@@ -193,7 +202,8 @@ def write_table(data: dict, path: Path) -> None:
     cl = data.get("classical", {})
     C.write_text(path, "# Real data: every method\n\nCommand: `python benchmarks/realtable.py` "
                  f"(classical tuned on `{cl.get('tuned_on')}`: {cl.get('params')}). Dice: mean foreground Dice "
-                 "against the correct masks; Spearman: image score vs true Dice of the given mask; held-out "
+                 "against the correct masks; Spearman: image score vs true Dice of the given mask (where the "
+                 "score includes the shape prior, its two factors ranked alone in brackets); held-out "
                  "agreement: the model's pooled Dice with the given masks on images it did not train on "
                  "(`kept`: below the bar, every mask kept as given); changed px: pixels the output changed, and "
                  "the share of them that now agree with the correct mask; objects removed / regions added: "
