@@ -16,7 +16,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 
 import common as C
 from ielstudio.core.cleaning import CleanConfig

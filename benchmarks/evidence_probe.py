@@ -164,15 +164,16 @@ def mask_smoothness_per_class(mask: np.ndarray, n_classes: int) -> float:
 
 
 def held_out_agreement(d: dict) -> tuple[list[float], bool]:
-    """The review's reliability verdict on the cache: the lowest held-out agreement over
-    the labelled classes (`review.assess_reliability` on the out-of-sample images)."""
+    """The review's reliability verdict on the cache (`review.assess_reliability` on the
+    out-of-sample images): the held-out agreement of each labelled class, and whether the
+    review's score includes the shape prior (`Reliability.uses_shape_prior`)."""
     from ielstudio.core.review import assess_reliability
 
     oos = d["oos"].astype(bool)
     idx = np.flatnonzero(oos) if oos.any() else np.arange(len(oos))
     rel = assess_reliability([(d["probs"][i], d["given"][i].astype(np.int64)) for i in idx],
                              d["probs"].shape[1], d["thresholds"], bool(oos.any()))
-    return [a for a in rel.agreement[1:] if a is not None], rel.any_reliable
+    return [a for a in rel.agreement[1:] if a is not None], rel.uses_shape_prior
 
 
 def _ranks(v: np.ndarray) -> np.ndarray:
@@ -197,9 +198,9 @@ def report(name: str, d: dict) -> None:
         return
     head = ["score", "Spearman all"] + (["out of sample", "in sample"] if 0 < oos.sum() < len(oos) else [])
     table = []
-    agreement, reliable = held_out_agreement(d)
+    agreement, with_prior = held_out_agreement(d)
     print("held-out agreement per class: " + ", ".join(f"{a:.3f}" for a in agreement)
-          + ("" if reliable else " (no class reliable: the review's score includes the shape prior)"))
+          + (" (the review's score includes the shape prior)" if with_prior else ""))
     current = _ranks(np.array([r["current"] for r in rows]))
     smooth = _ranks(np.array([r["mask smoothness (no model)"] for r in rows]))
     for r, a, b in zip(rows, current, smooth):
@@ -208,7 +209,7 @@ def report(name: str, d: dict) -> None:
             r[f"current x smoothness^{k}"] = r["current"] * r["mask smoothness (no model)"] ** k
         r["current x smoothness per class^2"] = r["current"] * r["mask smoothness per class (no model)"] ** 2
         r["the review's score (review.image_score)"] = (
-            r["current"] if reliable else r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER)
+            r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER if with_prior else r["current"])
     for k in rows[0]:
         v = np.array([r[k] for r in rows])
         cells = [k, C.fmt(C.spearman(v, true))]

@@ -184,7 +184,6 @@ def run_case(s: Settings, source: str, kind: str, noise: str, level: int, morph:
 def run_auto(s: Settings, kind: str, noise: str, level: int, seed: int) -> dict:
     """No IEL and heat IEL on a sample case, both at the automatic budget (`ielstudio clean`'s
     default): Dice of the cleaned masks, the step kept and the steps run, for one training seed."""
-    from ielstudio.core.iel import IELConfig
     from ielstudio.core.training import TrainConfig
 
     ds = dataset("sample", kind)

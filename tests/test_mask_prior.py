@@ -8,7 +8,8 @@ import pytest
 
 from ielstudio.core.cleaning import CleanConfig, label_quality
 from ielstudio.core.mask_prior import SMOOTHING_SIGMA, outline_length, outline_smoothness
-from ielstudio.core.review import SHAPE_PRIOR_POWER, assess_reliability, image_score
+from ielstudio.core.review import (RELIABLE_AGREEMENT, SHAPE_PRIOR_BELOW, SHAPE_PRIOR_POWER, assess_reliability,
+                                   image_score, with_object_changes)
 
 
 def disk(size=64, r=14, centre=(32, 32)) -> np.ndarray:
@@ -82,6 +83,31 @@ def test_image_score_adds_the_prior_only_where_no_class_is_reliable():
     assert smoothness == pytest.approx(outline_smoothness(given))
     assert SHAPE_PRIOR_POWER == 2 and score == pytest.approx(plain * smoothness ** 2)
     assert score < plain
+
+
+def test_a_model_that_nearly_reaches_the_bar_ranks_without_the_prior():
+    """Held-out agreement 56/68 = 0.824: not reliable (below 0.85), but within
+    SHAPE_PRIOR_BELOW (0.8) of it, so the score is the model's alone and the message
+    does not claim the outlines rank; at 24/52 = 0.46 the prior is back."""
+    given = np.zeros((64, 64), np.int64)
+    given[10:50, 10:30] = 1  # 800 px
+    def model(rows: int) -> np.ndarray:
+        found = np.zeros_like(given)
+        found[10:10 + rows, 10:30] = 1
+        return probs_of(found, 0.9)
+    near = assess_reliability([(model(28), given)], 2, None, out_of_sample=True)
+    assert near.agreement[1] == pytest.approx(56 / 68)
+    assert SHAPE_PRIOR_BELOW <= near.agreement[1] < RELIABLE_AGREEMENT
+    assert not near.any_reliable and not near.uses_shape_prior
+    rough = ragged(disk()).astype(np.int64)
+    probs = probs_of(disk(), 0.9)
+    assert image_score(probs, rough, None, near) == (label_quality(probs, rough)[0], None)
+    assert "the model is not reliable for any class" in near.messages[0]
+    assert "ragged" not in near.messages[0] and "ragged" not in with_object_changes(near.messages, 2)[0]
+    far = assess_reliability([(model(12), given)], 2, None, out_of_sample=True)
+    assert far.agreement[1] == pytest.approx(24 / 52) and far.uses_shape_prior
+    assert image_score(probs, rough, None, far)[1] == pytest.approx(outline_smoothness(rough))
+    assert "how ragged each mask's outline is" in with_object_changes(far.messages, 2)[0]
 
 
 def test_an_unreliable_review_ranks_a_ragged_mask_below_a_smooth_one_the_model_doubts_alike(drain, brightness_model):

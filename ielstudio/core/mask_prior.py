@@ -16,8 +16,9 @@ It is taken over the foreground as one (mask != 0): on the brain MRI dev slices 
 per-class outline, which counts the naturally folded boundaries between tissue
 classes, ranked worse (Spearman 0.77 against 0.93; benchmarks/README.md).
 
-`core.review.image_score` uses it only where the model is not reliable for any
-class, as a factor on the model's score (chosen on the real dev sets, reported on
+`core.review.image_score` uses it only where the model is far from reliable for
+every class (held-out agreement below `review.SHAPE_PRIOR_BELOW`), as a factor on
+the model's score (chosen on the real dev sets, reported on
 the others: benchmarks/README.md, "A shape prior where the model is not reliable").
 """
 
