@@ -16,7 +16,6 @@ import argparse
 import statistics
 import time
 
-
 import common as C
 from ielstudio.core.cleaning import CleanConfig
 from ielstudio.core.iel import IELConfig
