@@ -99,6 +99,7 @@ def test_a_model_that_nearly_reaches_the_bar_ranks_without_the_prior():
     assert near.agreement[1] == pytest.approx(56 / 68)
     assert SHAPE_PRIOR_BELOW <= near.agreement[1] < RELIABLE_AGREEMENT
     assert not near.any_reliable and not near.uses_shape_prior
+    assert near.to_dict()["score_includes_shape_prior"] is False
     rough = ragged(disk()).astype(np.int64)
     probs = probs_of(disk(), 0.9)
     assert image_score(probs, rough, None, near) == (label_quality(probs, rough)[0], None)
@@ -106,6 +107,7 @@ def test_a_model_that_nearly_reaches_the_bar_ranks_without_the_prior():
     assert "ragged" not in near.messages[0] and "ragged" not in with_object_changes(near.messages, 2)[0]
     far = assess_reliability([(model(12), given)], 2, None, out_of_sample=True)
     assert far.agreement[1] == pytest.approx(24 / 52) and far.uses_shape_prior
+    assert far.to_dict()["score_includes_shape_prior"] is True
     assert image_score(probs, rough, None, far)[1] == pytest.approx(outline_smoothness(rough))
     assert "how ragged each mask's outline is" in with_object_changes(far.messages, 2)[0]
 

@@ -179,6 +179,7 @@ class Reliability:
                 "reliable": self.reliable, "out_of_sample": self.out_of_sample, "n_images": self.n_images,
                 "required_agreement": RELIABLE_AGREEMENT, "change_confidence": CHANGE_CONFIDENCE,
                 "relabel_confidence": RELABEL_CONFIDENCE,
+                "score_includes_shape_prior": self.uses_shape_prior, "shape_prior_below": SHAPE_PRIOR_BELOW,
                 "messages": self.messages}
 
 
