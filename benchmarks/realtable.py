@@ -193,7 +193,7 @@ def write_table(data: dict, path: Path) -> None:
         [[r["set"], r["labels"], r["method"] + (" (default)" if r["method"] == "heat" else ""), C.fmt(r["dice"]),
           C.fmt(r["min"]), C.fmt(r.get("spearman")) + (
               f" (model {C.fmt(r['spearman_model'])}, prior {C.fmt(r['spearman_prior'])})"
-              if np.isfinite(r.get("spearman_model") or np.nan) else ""),
+              if C.fmt(r.get("spearman_model")) != "–" else ""),
           "" if "agreement" not in r else C.fmt(max((x for x in r["agreement"] if x is not None), default=None))
           + (" kept" if r.get("kept_as_given") else ""),
           "" if "changed_px" not in r else f"{r['changed_px']} ({r['changed_right_px'] / max(r['changed_px'], 1):.0%})",

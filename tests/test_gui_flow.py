@@ -616,7 +616,7 @@ def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
     # ... and when rule 3 removed objects the dialog says so, title and text
     from ielstudio.core.review import with_object_changes
 
-    warning = with_object_changes([warning], 2)[0]
+    warning = with_object_changes([warning], 2, caveat="The scores still rank the images")[0]
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
                                  warnings=[warning], objects_removed=2))
     assert w._error_box.windowTitle() == "Masks kept, except where model and image agree"

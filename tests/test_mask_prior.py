@@ -104,12 +104,13 @@ def test_a_model_that_nearly_reaches_the_bar_ranks_without_the_prior():
     probs = probs_of(disk(), 0.9)
     assert image_score(probs, rough, None, near) == (label_quality(probs, rough)[0], None)
     assert "the model is not reliable for any class" in near.messages[0]
-    assert "ragged" not in near.messages[0] and "ragged" not in with_object_changes(near.messages, 2)[0]
+    assert "ragged" not in near.messages[0] and "ragged" not in with_object_changes(
+        near.messages, 2, caveat=near.ranking_caveat)[0]
     far = assess_reliability([(model(12), given)], 2, None, out_of_sample=True)
     assert far.agreement[1] == pytest.approx(24 / 52) and far.uses_shape_prior
     assert far.to_dict()["score_includes_shape_prior"] is True
     assert image_score(probs, rough, None, far)[1] == pytest.approx(outline_smoothness(rough))
-    assert "how ragged each mask's outline is" in with_object_changes(far.messages, 2)[0]
+    assert "how ragged each mask's outline is" in with_object_changes(far.messages, 2, caveat=far.ranking_caveat)[0]
 
 
 def test_an_unreliable_review_ranks_a_ragged_mask_below_a_smooth_one_the_model_doubts_alike(drain, brightness_model):

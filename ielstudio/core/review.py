@@ -205,8 +205,8 @@ def assess_reliability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes
         reliable = [True] + [False] * (n_classes - 1)
         messages.append("no image could be used to check the model, so every mask is kept as given")
     result = Reliability(agreement, reliable, out_of_sample, len(pairs), messages)
-    if pairs and not any(reliable[1:]):
-        messages.insert(0, f"{NOT_RELIABLE}: every mask is kept as given. {result.ranking_caveat}")
+    if pairs and not result.any_reliable:
+        result.messages.insert(0, f"{NOT_RELIABLE}: every mask is kept as given. {result.ranking_caveat}")
     return result
 
 
@@ -619,12 +619,12 @@ def few_held_out_note(n_images: int, every_image: bool, what: str = "image(s)") 
             "checks it on every image, at about 3 times the training time")
 
 
-def with_object_changes(messages: Sequence[str], removed: int, added: int = 0) -> list[str]:
+def with_object_changes(messages: Sequence[str], removed: int, added: int = 0, *, caveat: str) -> list[str]:
     """The reliability messages, saying so where rules 3 and 4 changed objects in masks
-    that would otherwise all be kept as given."""
+    that would otherwise all be kept as given; ``caveat``: the verdict's ranking caveat
+    (`Reliability.ranking_caveat`), which ends the rewritten message."""
     out = list(messages)
     if (removed or added) and out and out[0].startswith(NOT_RELIABLE):
-        caveat = out[0].partition("kept as given. ")[2]  # the ranking caveat the verdict chose
         parts = ([f"{removed} object(s) the model finds no trace of, in images where it finds the other "
                   "objects (removed)"] if removed else []) + \
                 ([f"{added} region(s) the masks left out, which the model is sure of and the image shows as "
@@ -661,7 +661,8 @@ def summary_warnings(reliability: Reliability, objects_removed: int, labelled: n
     masks) nearly lost, unless a message above already names that class."""
     from .cleaning import lost_class_warnings
 
-    warnings = with_object_changes(reliability.messages, objects_removed, regions_added)
+    warnings = with_object_changes(reliability.messages, objects_removed, regions_added,
+                                   caveat=reliability.ranking_caveat)
     if reliability.n_images:
         for c in range(1, min(len(labelled), len(reliability.agreement))):
             if labelled[c] > 0 and reliability.agreement[c] is None:
