@@ -39,6 +39,20 @@ def drain():
     return _drain
 
 
+@pytest.fixture
+def planned(request):
+    """``planned(window)``: wait until the window's `plan_in_background` worker (decisions
+    on many images, read and encoded in a worker) has ended and its decisions are recorded."""
+    qtbot = request.getfixturevalue("qtbot")
+
+    def wait(w) -> None:
+        worker = w.planning_worker
+        if worker is not None:
+            qtbot.waitUntil(lambda: worker.done, timeout=20000)
+
+    return wait
+
+
 class _Brightness(torch.nn.Module):
     """A model that segments by intensity: class 1 with p 0.98 where the first channel is
     above 0.5, p 0.005 elsewhere; never a class above 1 (for n_classes > 2); with

@@ -220,13 +220,14 @@ def test_accept_object_changes_only_the_clicked_object(make_window, dataset):
     assert len(w.project.history("cell0")) == 1
 
 
-def test_accept_all_worse_than_is_one_undo_step(make_window, dataset):
+def test_accept_all_worse_than_is_one_undo_step(make_window, dataset, planned):
     w = make_window()
     w.open_folders(*dataset)
     inject_proposals(w, SCORES)
     w.keep("cell5", advance=False)  # already reviewed: not touched by the bulk accept
     n_before = w.undo_stack.count()
     assert w.accept_worse_than(0.65) == 3  # cell1 0.2, cell3 0.4, cell2 0.6
+    planned(w)  # read and encoded in a worker, recorded in one transaction after
     assert w.undo_stack.count() == n_before + 1
     statuses = {r.name: r.status for r in w.project.images()}
     assert statuses == {"cell0": "unreviewed", "cell1": "accepted", "cell2": "accepted", "cell3": "accepted",
@@ -713,7 +714,7 @@ def test_keys_reach_the_queue_after_opening_and_the_filter_only_when_clicked(mak
     assert w.queue.filter_edit.text() == "cell3"  # Esc leaves the box, the filter stays
 
 
-def test_undo_says_what_it_undoes_and_shows_that_image(make_window, dataset):
+def test_undo_says_what_it_undoes_and_shows_that_image(make_window, dataset, planned):
     w = make_window()
     w.open_folders(*dataset)
     inject_proposals(w, SCORES)
@@ -729,6 +730,7 @@ def test_undo_says_what_it_undoes_and_shows_that_image(make_window, dataset):
     w.redo()
     assert w.statusBar().currentMessage() == "Nothing to redo"
     w.accept_worse_than(0.5)  # one macro over several images: said, the view stays
+    planned(w)
     before = w.current
     w.undo()
     assert w.statusBar().currentMessage().startswith("Undid: Accept ") and w.current == before

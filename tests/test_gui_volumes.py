@@ -149,7 +149,7 @@ def test_page_keys_shift_wheel_and_the_slider_move_through_a_volume(window, volu
 
 
 def test_accept_goes_to_the_worst_unreviewed_slice_and_a_volume_decision_is_one_undo_step(window, volume_folders,
-                                                                                          qtbot):
+                                                                                          qtbot, planned):
     w = window
     w.open_folders(*volume_folders)
     settled(w, qtbot)
@@ -169,6 +169,7 @@ def test_accept_goes_to_the_worst_unreviewed_slice_and_a_volume_decision_is_one_
     assert w.queue.model.data(w.queue.model.index(0, 4)) == "2/6 done"
     n = w.decide_volume("accepted")
     assert n == 4  # the unreviewed ones; the two decided keep their decision
+    planned(w)
     statuses = {k: w.project.image(f"case0/{k:04d}").status for k in range(6)}
     assert statuses == {0: "accepted", 1: "accepted", 2: "kept", 3: "accepted", 4: "accepted", 5: "accepted"}
     assert w.queue.model.get("case0").status == "edited"  # a mix of decisions
@@ -179,7 +180,7 @@ def test_accept_goes_to_the_worst_unreviewed_slice_and_a_volume_decision_is_one_
 
 
 def test_an_object_accept_takes_the_whole_3d_object_and_undo_stores_slices_not_volumes(window, volume_folders,
-                                                                                      qtbot):
+                                                                                      qtbot, planned):
     w = window
     w.open_folders(*volume_folders)
     settled(w, qtbot)
@@ -189,6 +190,8 @@ def test_an_object_accept_takes_the_whole_3d_object_and_undo_stores_slices_not_v
     decisions_before = w.project._q("SELECT count(*) FROM decisions")[0][0]
     r, c = np.argwhere(w.proposals.get("case1/0002") != 0)[0]
     w.accept_object(int(r), int(c))
+    assert w.project.image("case1/0002").status == "unreviewed"  # read and found in a worker, recorded after
+    planned(w)
     # the dent is filled on slices 1-3 (all of the 3-D object), the speck on slice 5 is a separate object and stays
     for k in range(6):
         after = from_display(w.current_mask(f"case1/{k:04d}"), entry.orientation)
@@ -203,7 +206,7 @@ def test_an_object_accept_takes_the_whole_3d_object_and_undo_stores_slices_not_v
                         "WHERE d.id > ?", (decisions_before,))
     assert rows == [(24, 28)] * 3
     command = w.undo_stack.command(w.undo_stack.index() - 1)
-    assert command.childCount() == 3 and all(command.child(i)._mask is None for i in range(3))
+    assert command.names == [f"case1/{k:04d}" for k in (1, 2, 3)] and command.plans == []
     w.undo()
     assert [w.project.image(f"case1/{k:04d}").status for k in range(6)] == ["unreviewed"] * 6
     # a brush stroke changes one slice and stores that slice alone
@@ -215,8 +218,49 @@ def test_an_object_accept_takes_the_whole_3d_object_and_undo_stores_slices_not_v
     assert w.project._q("SELECT height, width FROM masks ORDER BY id DESC LIMIT 1")[0] == (24, 28)
 
 
+def test_the_window_stays_free_while_an_object_is_taken_and_a_slice_edited_meanwhile_is_not_overwritten(
+        window, volume_folders, qtbot, planned, monkeypatch):
+    import threading
+
+    from ielstudio.core import volume_review
+
+    w = window
+    w.open_folders(*volume_folders)
+    settled(w, qtbot)
+    inject(w, "case1", 1)
+    planning, go_on = threading.Event(), threading.Event()
+    plan = volume_review.plan_object_take
+
+    def held_plan(*args, **kwargs):  # the worker plans, then waits while the test works in the window
+        take = plan(*args, **kwargs)
+        planning.set()
+        go_on.wait(10)
+        return take
+
+    monkeypatch.setattr(volume_review, "plan_object_take", held_plan)
+    w.show_slice("case1/0002")
+    r, c = np.argwhere(w.proposals.get("case1/0002") != 0)[0]
+    assert w.accept_object_3d("case1/0002", int(r), int(c)) is not None
+    assert planning.wait(10)
+    assert w.statusBar().currentMessage() == "Taking the object on case1…"
+    assert w.accept_object_3d("case1/0002", int(r), int(c)) is None  # one at a time, said
+    assert w.statusBar().currentMessage().startswith("Still taking the object on case1")
+    footprint = np.zeros((24, 28), bool)
+    footprint[0:2, 0:2] = True
+    w.apply_stroke(footprint, 1)  # the window is free meanwhile: the reviewer brushes slice 2
+    brushed = w.current_mask("case1/0002")
+    go_on.set()
+    planned(w)
+    # the take was planned against slice 2 before the stroke: it records nothing, and says why
+    assert [w.project.image(f"case1/{k:04d}").status for k in range(6)] == [
+        "unreviewed", "unreviewed", "edited", "unreviewed", "unreviewed", "unreviewed"]
+    np.testing.assert_array_equal(w.current_mask("case1/0002"), brushed)
+    assert "case1/0002 was changed meanwhile; nothing was recorded" in w.last_error
+    assert w.undo_stack.undoText() == "Brush on case1/0002"
+
+
 def test_export_writes_label_volumes_with_their_headers_and_only_decided_slices_change(window, volume_folders, qtbot,
-                                                                                       tmp_path):
+                                                                                       tmp_path, planned):
     images, masks = volume_folders
     originals = {p.name: p.read_bytes() for p in masks.iterdir()}
     w = window
@@ -226,8 +270,10 @@ def test_export_writes_label_volumes_with_their_headers_and_only_decided_slices_
     inject(w, "case2", 1, cls=2)
     w.queue.select("case1")
     w.decide_volume("accepted")
+    planned(w)
     w.queue.select("case2")
     w.decide_volume("accepted")
+    planned(w)
     out = tmp_path / "out"
     with qtbot.waitSignal(w.exportFinished, timeout=20000) as blocker:
         assert w.export(out)

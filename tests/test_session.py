@@ -204,6 +204,38 @@ def test_failed_decision_rolls_back_completely(tmp_path):
     assert p._q("SELECT count(*) FROM decisions")[0][0] == 0
 
 
+def test_planned_decisions_record_in_one_transaction_all_or_none_and_undo_together(tmp_path):
+    """Decisions made ready elsewhere (a worker) record together, refuse together when an
+    image was decided after its plan was made, and restore together."""
+    p = _project(tmp_path, n=4)
+    p.record_decision("img3", "kept")
+    proposal = {f"img{i}": np.full((4, 5), i, np.int64) for i in range(4)}
+    plans, missing = S.plan_decisions(p, ["img0", "img1", "img2", "img3"], "accepted",
+                                      lambda n: proposal[n] if n != "img2" else None)
+    assert [q.name for q in plans] == ["img0", "img1"] and missing == ["img2"]  # img3 is decided: left alone
+    assert p._q("SELECT count(*) FROM decisions")[0][0] == 1  # planning records nothing
+    # img1 is decided after the plan: nothing of the plan is recorded
+    p.record_decision("img1", "edited", np.ones((4, 5), np.int64))
+    n_decisions = p._q("SELECT count(*) FROM decisions")[0][0]
+    with pytest.raises(S.DecisionChanged, match="img1 was changed meanwhile"):
+        p.record_planned(plans)
+    assert p._q("SELECT count(*) FROM decisions")[0][0] == n_decisions and p.image("img0").status == "unreviewed"
+    # planned again, it records both in one go, with what they replaced
+    plans, _ = S.plan_decisions(p, ["img0", "img2"], "accepted", proposal.get)
+    done = p.record_planned(plans, Provenance(who="carol"))
+    assert [(b.status, a.status, a.who) for b, a in done] == [("unreviewed", "accepted", "carol")] * 2
+    np.testing.assert_array_equal(p.final_mask("img2"), proposal["img2"])
+    p.restore_all([b for b, _ in done])  # undo
+    assert p.image("img0").status == p.image("img2").status == "unreviewed" and p.final_mask("img2") is None
+    n_masks = p._q("SELECT count(*) FROM masks")[0][0]
+    p.restore_all([a for _, a in done])  # redo: by reference, no new mask rows
+    np.testing.assert_array_equal(p.final_mask("img0"), proposal["img0"])
+    assert p._q("SELECT count(*) FROM masks")[0][0] == n_masks
+    with pytest.raises(ValueError, match="takes no mask"):
+        S.plan_decision("img0", "kept", np.zeros((2, 2), np.int64), None)
+    p.close()
+
+
 def test_paging_filters_and_orderings(tmp_path):
     p = _project(tmp_path, n=6)
     assert p.set_scores({"img0": 0.9, "img1": 0.1, "img2": 0.5}) == 3

@@ -36,7 +36,7 @@ import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,52 @@ class Decision:
     @property
     def has_mask(self) -> bool:
         return self.mask_id is not None
+
+
+@dataclass(frozen=True)
+class PlannedDecision:
+    """A decision made ready to record (`plan_decision`): its mask encoded, and the image's
+    decision it was planned against (``seen``: its id, None when never decided), so that
+    `Project.record_planned` refuses it once the image has been decided otherwise since."""
+
+    name: str
+    status: str
+    blob: tuple | None  # a `masks` row (`_mask_blob`); None for decisions without a mask
+    seen: int | None
+
+
+class DecisionChanged(Exception):
+    """`Project.record_planned`: an image was decided otherwise after its plan was made."""
+
+    def __init__(self, name: str):
+        super().__init__(f"{name} was changed meanwhile; nothing was recorded")
+        self.name = name
+
+
+def plan_decision(name: str, status: str, mask: np.ndarray | None, seen: int | None) -> PlannedDecision:
+    """A `PlannedDecision` (the slow part of recording, encoding the mask, done here: any thread)."""
+    return PlannedDecision(name, status, _checked_blob(status, mask), seen)
+
+
+def plan_decisions(project: "Project", names: Iterable[str], status: str,
+                   proposal: Callable[[str], np.ndarray | None] | None = None
+                   ) -> tuple[list[PlannedDecision], list[str]]:
+    """Plans deciding each of ``names`` that is still unreviewed in ``project`` as
+    ``status`` (accepted: with its proposal, ``proposal(name)``), and the names left out
+    for want of a proposal. Reads the project only, so it runs in a worker thread."""
+    plans, missing = [], []
+    for name in names:
+        decided = project.decision(name)
+        if decided.status != "unreviewed":
+            continue
+        mask = None
+        if status in STATUSES_WITH_MASK:
+            mask = None if proposal is None else proposal(name)
+            if mask is None:
+                missing.append(name)
+                continue
+        plans.append(plan_decision(name, status, mask, decided.id))
+    return plans, missing
 
 
 @dataclass(frozen=True)
@@ -673,36 +719,55 @@ class Project:
         re-recording an earlier state for undo/redo costs one small row). kept/unreviewed/skipped
         take no mask. `reason`: why it was skipped (kept as the image's skip_reason) or a note.
         """
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        if (mask is not None) != (status in STATUSES_WITH_MASK):
-            raise ValueError(f"status {status!r} {'needs' if status in STATUSES_WITH_MASK else 'takes no'} mask")
-        blob = None if mask is None else _mask_blob(mask)
-        return self._record(name, status, blob, None, provenance, reason)
+        blob = _checked_blob(status, mask)
+        with self._tx() as c:
+            return self._insert_decision(c, name, status, blob, None, provenance, reason)
+
+    def record_planned(self, plans: Iterable[PlannedDecision], provenance: Provenance | None = None
+                       ) -> list[tuple[Decision, Decision]]:
+        """Record decisions prepared by `plan_decision` (their masks encoded already, e.g. in
+        a worker thread) in ONE transaction: all of them or, on any error, none. Refused
+        (`DecisionChanged`, nothing recorded) when an image's decision is no longer the one
+        its plan was made against. Returns (before, after) for each, in order."""
+        done = []
+        with self._tx() as c:
+            for plan in plans:
+                before = self.decision(plan.name)
+                if before.id != plan.seen:
+                    raise DecisionChanged(plan.name)
+                done.append((before, self._insert_decision(c, plan.name, plan.status, plan.blob, None,
+                                                           provenance, None)))
+        return done
 
     def restore(self, name: str, decision: Decision, provenance: Provenance | None = None) -> Decision:
         """Re-record an earlier decision (undo/redo) by reference to its stored mask: no re-encoding."""
-        return self._record(name, decision.status, None, decision.mask_id,
-                            provenance or Provenance(checkpoint_sha256=decision.checkpoint_sha256,
-                                                     settings=decision.settings), decision.reason)
+        return self.restore_all([replace(decision, name=name)], provenance)[0]
 
-    def _record(self, name, status, blob, mask_id, provenance, reason) -> Decision:
+    def restore_all(self, decisions: Iterable[Decision], provenance: Provenance | None = None) -> list[Decision]:
+        """`restore` for several images (each `Decision` names its image) in ONE transaction."""
+        with self._tx() as c:
+            return [self._insert_decision(c, d.name, d.status, None, d.mask_id,
+                                          provenance or Provenance(checkpoint_sha256=d.checkpoint_sha256,
+                                                                   settings=d.settings), d.reason)
+                    for d in decisions]
+
+    def _insert_decision(self, c: sqlite3.Connection, name, status, blob, mask_id, provenance, reason) -> Decision:
+        """Append a decision inside the open transaction ``c`` and make it the image's current one."""
         prov = provenance or Provenance()
         ckpt = prov.checkpoint_sha256 or self._meta("checkpoint_sha256")
         settings = json.dumps(dict(prov.settings), sort_keys=True)
         at = _now()
-        with self._tx() as c:
-            row = c.execute("SELECT id FROM images WHERE name = ?", (_db_text(name),)).fetchone()
-            if row is None:
-                raise KeyError(name)
-            if blob is not None:
-                mask_id = _store_mask(c, blob)
-            cur = c.execute("INSERT INTO decisions(image_id, status, mask_id, reason, who, at, "
-                            "checkpoint_sha256, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (row[0], status, mask_id, reason, prov.who, at, ckpt, settings))
-            did = cur.lastrowid
-            c.execute("UPDATE images SET status = ?, decision_id = ?, skip_reason = ? WHERE id = ?",
-                      (status, did, reason if status == "skipped" else None, row[0]))
+        row = c.execute("SELECT id FROM images WHERE name = ?", (_db_text(name),)).fetchone()
+        if row is None:
+            raise KeyError(name)
+        if blob is not None:
+            mask_id = _store_mask(c, blob)
+        cur = c.execute("INSERT INTO decisions(image_id, status, mask_id, reason, who, at, "
+                        "checkpoint_sha256, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (row[0], status, mask_id, reason, prov.who, at, ckpt, settings))
+        did = cur.lastrowid
+        c.execute("UPDATE images SET status = ?, decision_id = ?, skip_reason = ? WHERE id = ?",
+                  (status, did, reason if status == "skipped" else None, row[0]))
         return Decision(did, name, status, mask_id, reason, prov.who, at, ckpt, json.loads(settings))
 
     def decision(self, name: str) -> Decision:
@@ -779,6 +844,15 @@ def proposal_source(checkpoint_sha256: str, clean_settings: Mapping[str, Any]) -
     probabilities into proposals. A reopened project reuses its proposals only when both match."""
     text = json.dumps({"checkpoint": checkpoint_sha256, "clean": dict(clean_settings)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _checked_blob(status: str, mask: np.ndarray | None) -> tuple | None:
+    """The stored form of a decision's mask (None: a status without one); ValueError on a wrong pairing."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    if (mask is not None) != (status in STATUSES_WITH_MASK):
+        raise ValueError(f"status {status!r} {'needs' if status in STATUSES_WITH_MASK else 'takes no'} mask")
+    return None if mask is None else _mask_blob(mask)
 
 
 def _mask_blob(mask: np.ndarray) -> tuple[str, int, int, str, bytes]:

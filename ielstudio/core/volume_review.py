@@ -19,7 +19,8 @@ exported as label volumes with their header.
   mean what they say; the model sees the volume's normalised intensities, as in
   `volume_data.load_volume_dataset`.
 - **Objects** (`object_in_volume`): the 26-connected object through a voxel, found
-  slice by slice, reading only the slices it spans.
+  slice by slice, reading only the slices it spans; `plan_object_take` turns taking its
+  proposal into slice decisions ready to record, away from the window's thread.
 - **Export** (`iter_volume_export`): every volume written in its label file's format and
   header, decided slices replaced and every other voxel as the file holds it.
 """
@@ -363,6 +364,61 @@ def object_in_volume(foreground: Callable[[int], np.ndarray], n_slices: int, k: 
             region[nb] = grown
             frontier.append(nb)
     return region
+
+
+@dataclass(frozen=True)
+class ObjectTake:
+    """What `plan_object_take` found: the slice decisions that take the proposal for one
+    3-D object (`session.PlannedDecision`, status "edited", only slices it changes)."""
+
+    volume: str
+    plans: list
+    first: int  # the slices the object spans (0-based)
+    last: int
+
+    @property
+    def span(self) -> str:
+        """The slices in words, counted from 1 as the slice bar counts them."""
+        return f"slice {self.first + 1}" if self.first == self.last else f"slices {self.first + 1}-{self.last + 1}"
+
+
+def plan_object_take(project, entry: VolumeEntry, k: int, row: int, col: int,
+                     given_mask: Callable[[str], np.ndarray], proposal: Callable[[str], np.ndarray | None]
+                     ) -> ObjectTake:
+    """Take the proposal for the 3-D object under voxel (k, row, col) of volume ``entry``:
+    the 26-connected object of foreground in the decided (else given) or proposed labels,
+    replaced by the proposal on every slice it spans where that slice has one.
+
+    Reads the project's decided masks and the given readers (``given_mask(name)``: the
+    slice's mask as given; ``proposal(name)``: its proposal or None), all safe in a
+    worker thread, and encodes the new masks there, so the window only records them
+    (`Project.record_planned`, one transaction, refused when a slice was decided
+    otherwise meanwhile). ValueError when a slice the object reaches cannot be read."""
+    from .session import plan_decision
+
+    names = entry.slice_names()
+    seen, current, proposed = {}, {}, {}
+
+    def foreground(j: int) -> np.ndarray:
+        decided = project.decision(names[j])
+        seen[j] = decided.id
+        current[j] = project.mask(decided.mask_id) if decided.mask_id is not None else given_mask(names[j])
+        if current[j] is None:
+            raise ValueError(f"{names[j]} cannot be read")
+        proposed[j] = proposal(names[j])
+        fg = current[j] != 0
+        return fg | (proposed[j] != 0) if proposed[j] is not None else fg
+
+    region = object_in_volume(foreground, entry.n_slices, k, row, col)
+    plans = []
+    for j in sorted(region):
+        if proposed.get(j) is None:
+            continue
+        after = np.array(current[j], np.int64, copy=True)
+        after[region[j]] = proposed[j][region[j]]
+        if not np.array_equal(after, current[j]):
+            plans.append(plan_decision(names[j], "edited", after, seen[j]))
+    return ObjectTake(entry.name, plans, min(region, default=k), max(region, default=k))
 
 
 def volume_status(statuses: Iterable[str]) -> str:

@@ -30,6 +30,7 @@ from .proposals import Proposals
 from .review_queue import ReviewQueue
 from .slice_bar import SliceBar
 from .training_panel import TrainingPanel
+from .window_bulk import BulkDecisionsMixin
 from .window_menus import MenusMixin
 from .window_project import ProjectMixin
 from .window_recovery import RecoveryMixin
@@ -71,7 +72,9 @@ def icon_path() -> Path | None:
             return p
     return None
 
-class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, VolumeMixin, TrainingMixin, QMainWindow):
+
+class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecisionsMixin, VolumeMixin, TrainingMixin,
+                 QMainWindow):
     """IEL Studio's window. Signals let scripts and tests wait for background work."""
 
     datasetOpened = Signal()
@@ -101,6 +104,7 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, VolumeMix
         self.dataset_info: jobs.DatasetInfo | None = None  # what the last load found
         self._samples: OrderedDict = OrderedDict()
         self.proposals = Proposals()  # recent ones in memory, the rest read from the project
+        self.planning_worker = None  # `plan_in_background`: decisions for many images made ready
         self._probs: OrderedDict = OrderedDict()
         self.checkpoint: Path | None = None  # the model behind the proposals
         self.train_in_process = True  # training in a child process keeps the GUI thread free of the GIL

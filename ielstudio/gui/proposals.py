@@ -62,6 +62,25 @@ class Proposals:
         self.put(name, found, stored=True)
         return found
 
+    def reader(self):
+        """``read(name) -> proposal or None`` for another thread: the proposals held in
+        memory now (a snapshot), the stored ones read from the project (thread-safe),
+        this object's cache left alone."""
+        held = {**self._cache, **self._unstored}
+        project, source = self.project, self.source
+
+        def read(name: str):
+            if name in held:
+                return held[name]
+            if project is None or source is None:
+                return None
+            try:
+                return project.proposal(name, source)
+            except KeyError:
+                return None
+
+        return read
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 

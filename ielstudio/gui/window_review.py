@@ -1,12 +1,13 @@
 """The review session in the main window: the images loaded, shown and prefetched, and
-the decisions on them (accept, keep, brush, object, accept worse than), undoable."""
+the decisions on them (accept, keep, brush, object), undoable; decisions on many images
+at once are in `window_bulk`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtWidgets import QInputDialog, QMessageBox
+from PySide6.QtWidgets import QMessageBox
 
 from . import jobs
 from .edit_commands import DecisionCommand, object_under, paint
@@ -273,8 +274,7 @@ class ReviewMixin:
             return
         command = self.undo_stack.command(index)
         text = command.text()
-        names = [command.name] if isinstance(command, DecisionCommand) else [
-            c.name for c in (command.child(i) for i in range(command.childCount())) if isinstance(c, DecisionCommand)]
+        names = [command.name] if isinstance(command, DecisionCommand) else list(getattr(command, "names", []))
         step()
         one_volume = self.volumes is not None and len({self.queue.model.group_of(n) for n in names}) == 1
         if names and (len(names) == 1 or one_volume) and names[0] != self.current:
@@ -283,14 +283,19 @@ class ReviewMixin:
 
     def decision_changed(self, name: str) -> None:
         """After a command changed ``name`` in the project: update its row and the view."""
-        try:
-            row = self.project.image(name)
-        except KeyError:
-            return
-        self.queue.model.update(name, status=row.status)
-        if name == self.current:
-            self._refresh_overlays(name, iel=False)
-            self._update_slice_bar(name)
+        self.decisions_changed([name])
+
+    def decisions_changed(self, names: list[str]) -> None:
+        """After a command changed these images in the project: their rows, the view once."""
+        for name in names:
+            try:
+                row = self.project.image(name)
+            except KeyError:
+                continue
+            self.queue.model.update(name, status=row.status)
+            if name == self.current:
+                self._refresh_overlays(name, iel=False)
+                self._update_slice_bar(name)
         self._update_status()
 
     def _need_current(self) -> str | None:
@@ -368,29 +373,3 @@ class ReviewMixin:
             self.statusBar().showMessage("The proposal does not change anything there.", 4000)
             return
         self.undo_stack.push(DecisionCommand(self, name, "edited", after, f"Accept object on {name}"))
-
-    def accept_worse_than(self, threshold: float | None = None) -> int:
-        """Accept every unreviewed proposal whose score is below ``threshold``, as ONE undo step."""
-        if self.project is None:
-            return 0
-        if threshold is None:
-            threshold, ok = QInputDialog.getDouble(
-                self, "Accept proposals", "Accept every unreviewed proposal with a label-quality score below:",
-                float(self.settings.value("accept_worse/threshold", 0.8)), 0.0, 1.0, 3)
-            if not ok:
-                return 0
-            self.settings.setValue("accept_worse/threshold", threshold)
-        names = [r.name for r in self.queue.model.leaf_rows()
-                 if r.status == "unreviewed" and r.score is not None and r.score < threshold
-                 and r.name in self.proposals]
-        if not names:
-            self.statusBar().showMessage(f"No unreviewed proposal with a score below {threshold:g}.", 5000)
-            return 0
-        self.undo_stack.beginMacro(f"Accept {len(names)} proposals with score < {threshold:g}")
-        for name in names:
-            self.undo_stack.push(DecisionCommand(self, name, "accepted", self.proposals[name],
-                                                 f"Accept proposal for {name}"))
-        self.undo_stack.endMacro()
-        self.statusBar().showMessage(f"Accepted {len(names)} proposals (one undo step).", 6000)
-        return len(names)
-
