@@ -120,6 +120,8 @@ def test_open_lists_pairs_lazily_and_sorts_worst_first(make_window, dataset):
     assert w.project.path.parent == w.data_dir / "projects"
     assert len(w.queue.model.rows) == N_IMAGES
     assert w.current in w._samples and len(w._samples) <= 4  # the shown image (+ prefetch of neighbours)
+    # 2-D images: the defect maps beside the image, no "Other planes" tab (volumes only)
+    assert w.side_tabs.currentWidget() is w.iel_panel and not w.side_tabs.isTabVisible(1)
     inject_proposals(w, SCORES)
     order = w.queue.visible_names()
     assert order == ["cell5", "cell1", "cell3", "cell2", "cell4", "cell0"]  # score ascending

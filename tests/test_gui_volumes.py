@@ -259,6 +259,60 @@ def test_the_window_stays_free_while_an_object_is_taken_and_a_slice_edited_meanw
     assert w.undo_stack.undoText() == "Brush on case1/0002"
 
 
+def test_the_other_two_planes_show_the_labels_as_decided_and_a_click_in_one_moves_the_review(
+        window, volume_folders, qtbot, planned):
+    from PySide6.QtCore import QPointF
+
+    from ielstudio.core.ortho_planes import display_point, voxel_at
+
+    w = window
+    w.open_folders(*volume_folders)
+    settled(w, qtbot)
+    inject(w, "case1", 1)
+    assert w.side_tabs.currentWidget() is w.ortho_views and w.side_tabs.tabBar().isVisibleTo(w)
+    entry = w.scan.volume("case1")
+
+    def shown_planes(action):
+        with qtbot.waitSignal(w.ortho_views.updated, timeout=10000):
+            action()
+        return w.ortho_views.planes
+
+    def assert_labels(planes, expected):
+        for p in planes:
+            take = (slice(None),) * p.axis + (p.index,)
+            np.testing.assert_array_equal(from_display(p.labels, p.orientation), expected[take],
+                                          err_msg=f"plane across axis {p.axis}")
+
+    planes = shown_planes(lambda: w.show_slice("case1/0002"))
+    # through the centre of slice 2 (voxel 14, 12, 2): sagittal and coronal, 3 mm slices by 0.8 mm pixels
+    assert [(p.axis, p.index, p.view) for p in planes] == [(0, 14, "sagittal"), (1, 12, "coronal")]
+    assert all(p.spacing == pytest.approx((3.0, 0.8)) and p.reviewed_line == ("row", p.point[0]) for p in planes)
+    assert_labels(planes, given_label(1))
+    # the object taken on slices 1-3 shows in the coronal plane, which crosses the dent
+    r, c = np.argwhere(w.proposals.get("case1/0002") != 0)[0]
+    w.accept_object(int(r), int(c))
+    planes = shown_planes(lambda: planned(w))
+    decided = given_label(1).astype(np.int64)
+    for k in (1, 2, 3):
+        decided[:, :, k] = np.where(proposal_of(1)[:, :, k] != 0, 1, decided[:, :, k])
+    assert not np.array_equal(decided[:, 12], given_label(1)[:, 12])
+    assert_labels(planes, decided)
+    # a click in the coronal plane on slice 4 reviews slice 4, the cross on the voxel clicked
+    coronal = planes[1]
+    row, col = display_point(entry.shape, 1, coronal.orientation, (20, 12, 4))
+    dy, dx = coronal.spacing
+    planes = shown_planes(lambda: w.ortho_views._clicked(1, QPointF((col + 0.5) * dx, (row + 0.5) * dy)))
+    assert w.current == "case1/0004"
+    assert [p.index for p in planes] == [20, 12]
+    # a pan-tool click on the slice moves the cross there
+    r, c = display_point(entry.shape, 2, entry.orientation, (8, 5, 4))
+    planes = shown_planes(lambda: w.canvas.pointClicked.emit(r, c))
+    assert voxel_at(entry.shape, 2, 4, entry.orientation, r, c) == (8, 5, 4)
+    assert [p.index for p in planes] == [8, 5] and w.current == "case1/0004"
+    x, y = w.canvas.cross_item.getData()
+    assert (float(y[0]), float(x[0])) == (r + 0.5, c + 0.5)  # the cross is marked on the slice too
+
+
 def test_export_writes_label_volumes_with_their_headers_and_only_decided_slices_change(window, volume_folders, qtbot,
                                                                                        tmp_path, planned):
     images, masks = volume_folders

@@ -275,11 +275,26 @@ class VolumeSlices:
 
     @staticmethod
     def _read_plane(volume, entry: VolumeEntry, k: int) -> np.ndarray:
-        if volume.format == "nifti" and str(volume.path).lower().endswith(".gz"):
-            plane = np.asarray(volume.array[entry.index(k)])  # gzip has no random access: read once, keep
-        else:
-            plane = volume.slice(entry.axis, k)
-        return to_display(plane, entry.orientation)
+        return to_display(_array_plane(volume, entry.axis, k), entry.orientation)
+
+    def cross_section(self, volume: str, axis: int, index: int, encoding: MaskEncoding | None):
+        """Plane ``index`` across array ``axis`` of ``volume`` (any of the three axes), in
+        the array's frame: (raw intensities float32, class indices of the label file,
+        spacing in mm per array axis, RAS affine or None). For the orthogonal views
+        (`core.ortho_planes`); safe in a worker thread."""
+        from . import volumes
+
+        entry = self.scan.volume(volume)
+        if entry is None:
+            raise KeyError(volume)
+        with self._lock:
+            image, label = self._volumes(entry)
+            pixels = np.asarray(_array_plane(image, axis, index), np.float32)
+            values = _array_plane(label, axis, index)
+        encoding = self._own_encoding(entry, label) if encoding is None else encoding
+        pixels[~np.isfinite(pixels)] = 0.0
+        return (pixels, classes_of(values, encoding, entry.label_path), tuple(float(s) for s in image.spacing),
+                volumes.ras_affine(image))
 
 
     def _locate(self, name: str) -> tuple[VolumeEntry, int]:
@@ -292,16 +307,10 @@ class VolumeSlices:
         """Slice ``name`` in the displayed frame: ``image`` (1, H, W) float32 raw intensities,
         ``mask`` its class indices (``encoding`` None, before the data set's mapping is
         settled: this volume's own values). DataError naming the file when it cannot be read."""
-        from . import volumes
-
         entry, k = self._locate(name)
         with self._lock:
             image, label = self._volumes(entry)
-        if encoding is None:  # until the data set's mapping is read: this volume's values, found once
-            with self._lock:
-                if entry.name not in self._own_values:
-                    self._own_values[entry.name] = sorted({0, *volumes.label_values(label)})
-            encoding = volume_encoding(self._own_values[entry.name])
+        encoding = self._own_encoding(entry, label) if encoding is None else encoding
         pixels = np.asarray(self._plane(image, entry, k), np.float32)
         bad = ~np.isfinite(pixels)
         warnings = []
@@ -311,11 +320,27 @@ class VolumeSlices:
         mask = classes_of(self._plane(label, entry, k), encoding, entry.label_path)
         return Sample(name, pixels[None], mask, encoding, entry.image_path, entry.label_path, warnings)
 
+    def _own_encoding(self, entry: VolumeEntry, label) -> MaskEncoding:
+        """Until the data set's mapping is read: this volume's own label values (found once)."""
+        from . import volumes
+
+        with self._lock:
+            if entry.name not in self._own_values:
+                self._own_values[entry.name] = sorted({0, *volumes.label_values(label)})
+        return volume_encoding(self._own_values[entry.name])
+
     def thumbnail_source(self, name: str) -> np.ndarray:
         """Slice ``name`` as a 2-D float array (for the queue's thumbnail)."""
         entry, k = self._locate(name)
         with self._lock:
             return np.asarray(self._plane(self._volumes(entry)[0], entry, k), np.float32)
+
+
+def _array_plane(volume, axis: int, index: int) -> np.ndarray:
+    """Plane ``index`` across ``axis`` of an open volume, in the array's frame."""
+    if volume.format == "nifti" and str(volume.path).lower().endswith(".gz"):
+        return np.asarray(volume.array[(slice(None),) * axis + (index,)])  # gzip has no random access: read once, keep
+    return volume.slice(axis, index)
 
 
 def _random_access(path: Path) -> bool:

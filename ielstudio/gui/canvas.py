@@ -61,6 +61,7 @@ class Canvas(QWidget):
 
     strokeFinished = Signal(object, int)  # footprint (H,W) bool, value painted (0 = erase)
     objectClicked = Signal(int, int)  # row, col
+    pointClicked = Signal(int, int)  # row, col of a click with the pan tool (the cross of a volume's other planes)
     toolChanged = Signal(str)
     brushRadiusChanged = Signal(int)
     brushClassChanged = Signal(int)
@@ -113,6 +114,10 @@ class Canvas(QWidget):
         self.cursor_item.setZValue(11)
         self.cursor_item.setVisible(False)
         self.viewbox.addItem(self.cursor_item)
+        #: where a volume's other planes cross this slice (`set_cross`): a small plus
+        self.cross_item = pg.ScatterPlotItem(size=13, symbol="+", pen=pg.mkPen(QColor(255, 220, 0), width=1.5))
+        self.cross_item.setZValue(12)
+        self.viewbox.addItem(self.cross_item)
         self.view_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.view_controls = ViewControls(self.viewbox, self.image_item)
 
@@ -223,6 +228,13 @@ class Canvas(QWidget):
         self._shape = new_shape
         self.info.setText(f"{new_shape[1]} x {new_shape[0]} px")
 
+    def set_cross(self, point: tuple[int, int] | None) -> None:
+        """Mark pixel (row, col), where a volume's other two planes cross the slice; None: no mark."""
+        if point is None:
+            self.cross_item.clear()
+        else:
+            self.cross_item.setData([point[1] + 0.5], [point[0] + 0.5])
+
     def _set_layer(self, name: str, data: np.ndarray | None) -> None:
         item = self.items[name]
         if data is None:
@@ -291,19 +303,18 @@ class Canvas(QWidget):
         self._update_cursor(None)
         self.brushRadiusChanged.emit(self.brush_radius)
 
-    def _pixel(self, pos: QPointF) -> tuple[int, int] | None:
+    def _pixel(self, pos: QPointF, inside: bool = False) -> tuple[int, int] | None:
+        """The image pixel (row, col) at ``pos``; with ``inside``, None off the image."""
         if self._shape is None:
             return None
         r, c = int(np.floor(pos.y())), int(np.floor(pos.x()))
-        return r, c
+        return None if inside and not (0 <= r < self._shape[0] and 0 <= c < self._shape[1]) else (r, c)
 
     def _on_mouse_moved(self, scene_pos) -> None:
         pos = self.viewbox.mapSceneToView(scene_pos)
         if self.tool in ("brush", "eraser"):
             self._update_cursor(pos)
-        p = self._pixel(pos)
-        h, w = self._shape or (0, 0)
-        self.hover = p if p is not None and 0 <= p[0] < h and 0 <= p[1] < w else None
+        self.hover = self._pixel(pos, inside=True)
         self.info.setText(self.readout())
 
     def readout(self) -> str:
@@ -396,10 +407,13 @@ class Canvas(QWidget):
         self._stroke_end()
 
     def _object_click(self, pos: QPointF) -> None:
-        p = self._pixel(pos)
-        if p is None:
-            return
-        r, c = p
-        h, w = self._shape
-        if 0 <= r < h and 0 <= c < w:
-            self.objectClicked.emit(r, c)
+        p = self._pixel(pos, inside=True)
+        if p is not None:
+            self.objectClicked.emit(*p)
+
+    def _point_click(self, pos: QPointF) -> bool:
+        """A pan-tool click: ``pointClicked`` for the pixel under it; False off the image."""
+        p = self._pixel(pos, inside=True)
+        if p is not None:
+            self.pointClicked.emit(*p)
+        return p is not None

@@ -66,4 +66,7 @@ class CanvasViewBox(pg.ViewBox):
                 self._canvas._stroke_to(pos)
                 self._canvas._stroke_end()
                 return
+            if tool == "pan" and self._canvas._point_click(pos):
+                ev.accept()
+                return
         super().mouseClickEvent(ev)

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QIcon, QUndoStack
-from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from . import jobs
 from .canvas import OVERLAYS, Canvas
 from .iel_panel import IELPanel
+from .ortho_views import OrthoViews
 from .proposals import Proposals
 from .review_queue import ReviewQueue
 from .slice_bar import SliceBar
@@ -156,7 +157,13 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         self.top_split = QSplitter(Qt.Orientation.Horizontal)
         self.top_split.addWidget(self.queue)
         self.top_split.addWidget(centre)
-        self.top_split.addWidget(self.iel_panel)
+        # beside the slice: the defect maps and, for a volume, its other two planes (a tab each:
+        # either needs the column's height)
+        self.ortho_views = OrthoViews()
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(self.iel_panel, "Defect maps (IEL)")
+        self.side_tabs.addTab(self.ortho_views, "Other planes")
+        self.top_split.addWidget(self.side_tabs)
         self.top_split.setStretchFactor(1, 1)
         # the queue never narrower than its thumbnail, name and score columns (a saved
         # splitter state from a smaller screen squeezed it to names only), never collapsed
@@ -178,6 +185,9 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         self.canvas.objectClicked.connect(self.accept_object)
         self.canvas.sliceWheel.connect(self.step_slice)
         self.slice_bar.sliceChanged.connect(self._slice_bar_moved)
+        self.canvas.pointClicked.connect(self.move_cross)
+        self.ortho_views.pointPicked.connect(self.go_to_voxel)
+        self.canvas.view_controls.levelsChanged.connect(self.ortho_views.set_levels)
         self.canvas.brushRadiusChanged.connect(lambda r: self.statusBar().showMessage(f"Brush radius {r} px", 2000))
         self.training_panel.startRequested.connect(lambda: self.start_training())
         self.training_panel.pauseRequested.connect(self.pause_training)
@@ -296,7 +306,7 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
             setattr(self, attr, None)
 
     def _stop_workers(self) -> None:
-        for attr in ("train_worker", "export_worker", "settle_worker"):
+        for attr in ("train_worker", "export_worker", "settle_worker", "planning_worker"):
             self._finish_worker(attr)
         if self.prefetch_worker is not None:
             self.prefetch_queue.put((None, None, None, None))
@@ -311,6 +321,7 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
             self.thumb_worker = None
             self.thumb_queue = queue.Queue()
         self.iel_panel.stop()
+        self.ortho_views.stop()
         self.training_state = TrainingState.IDLE
         self.training_panel.set_running(False)
 

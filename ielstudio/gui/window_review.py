@@ -163,6 +163,7 @@ class ReviewMixin:
         self._refresh_overlays(name, s)
         self._update_status()
         self._update_slice_bar(name)
+        self.show_other_planes(name)
         self._prefetch_around(name)
 
     def _prefetch_around(self, name: str, ahead: int = 2) -> None:
@@ -296,6 +297,8 @@ class ReviewMixin:
             if name == self.current:
                 self._refresh_overlays(name, iel=False)
                 self._update_slice_bar(name)
+        if self.current is not None and any(self.same_volume(n, self.current) for n in names):
+            self.show_other_planes(self.current)  # their labels changed
         self._update_status()
 
     def _need_current(self) -> str | None:

@@ -33,6 +33,12 @@ class VolumeMixin:
         self._thumb_volumes = VolumeSlices(scan, keep=1) if volumes else None  # read in the thumbnail thread only
         self._slice_at: dict[str, str] = {}  # volume -> the slice the user moved to there last
         self._waiting_for = self._read_now = None
+        self._cross_at: dict[str, tuple[int, int]] = {}  # volume -> the (row, col) its other planes pass through
+        self.ortho_views.clear()
+        self.side_tabs.setTabVisible(self.side_tabs.indexOf(self.ortho_views), volumes)
+        self.side_tabs.tabBar().setVisible(volumes)
+        self.side_tabs.setCurrentWidget(self.ortho_views if volumes else self.iel_panel)
+        self.canvas.set_cross(None)
         self.slice_bar.setVisible(volumes)
         self.canvas.slice_wheel = volumes
         controls = self.canvas.view_controls
@@ -124,6 +130,61 @@ class VolumeMixin:
         status = STATUS_TITLES.get(row.status, row.status) if row is not None else "unreviewed"
         self.slice_bar.show_slice(k, entry.n_slices, entry.orientation.view, None if row is None else row.score,
                                   status)
+
+    def same_volume(self, a: str, b: str) -> bool:
+        """Whether slices ``a`` and ``b`` are of one volume (False for 2-D images)."""
+        if self.volumes is None:
+            return False
+        va, vb = self.queue.model.group_of(a), self.queue.model.group_of(b)
+        return va is not None and va == vb
+
+    def show_other_planes(self, name: str) -> None:
+        """Show the two other planes of slice ``name``'s volume through its cross (the
+        centre of the slice until a pan-tool click or a click in a plane moves it), with
+        the labels as decided so far; read and put together in the worker of `OrthoViews`."""
+        found = self.scan.locate(name) if self.volumes is not None and self.project is not None else None
+        if found is None:
+            return
+        from ielstudio.core.ortho_planes import display_point, ortho_planes, voxel_at
+
+        entry, k = found
+        if entry.name in self._cross_at:
+            voxel = voxel_at(entry.shape, entry.axis, k, entry.orientation, *self._cross_at[entry.name])
+        else:
+            voxel = tuple(k if a == entry.axis else n // 2 for a, n in enumerate(entry.shape))
+        volumes, project, encoding = self.volumes, self.project, self.project.mask_encoding()
+
+        def decided(n: str):
+            d = project.decision(n)
+            return project.mask(d.mask_id) if d.mask_id is not None else None
+
+        self.canvas.set_cross(display_point(entry.shape, entry.axis, entry.orientation, voxel))
+        self.ortho_views.set_levels(*self.canvas.view_controls.levels())
+        self.ortho_views.request(lambda: ortho_planes(lambda v, a, i: volumes.cross_section(v, a, i, encoding),
+                                                      entry, voxel, decided))
+
+    def move_cross(self, row: int, col: int) -> None:
+        """A pan-tool click on the slice: the other planes pass through (row, col) now."""
+        volume = self.queue.model.group_of(self.current) if self.volumes is not None and self.current else None
+        if volume is not None:
+            self._cross_at[volume] = (int(row), int(col))
+            self.show_other_planes(self.current)
+
+    def go_to_voxel(self, voxel) -> None:
+        """A click in one of the other planes: review the slice through that voxel, the
+        cross on it."""
+        found = self.scan.locate(self.current) if self.volumes is not None and self.current else None
+        if found is None:
+            return
+        from ielstudio.core.ortho_planes import display_point
+
+        entry = found[0]
+        self._cross_at[entry.name] = display_point(entry.shape, entry.axis, entry.orientation, voxel)
+        target = entry.slice_name(int(voxel[entry.axis]))
+        if target == self.current:
+            self.show_other_planes(target)
+        else:
+            self.show_slice(target)
 
     def _advance(self, name: str) -> None:
         """After a decision on ``name``: in a volume, its next slice to review (worst
