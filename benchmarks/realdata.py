@@ -4,9 +4,11 @@ Source: the ``data/`` folder of the ``pyradiomics==3.0.1`` source distribution (
 five real scans with a manual lesion label each: ``brain1``, ``brain2`` (MR),
 ``lung1``, ``lung2`` (CT), ``breast1`` (MR). Optional multi-class set: the MNI152
 2009a T1 template with its grey/white-matter probability maps from the ``nilearn``
-wheel (PyPI), labelled background / CSF / grey matter / white matter.
+wheel (PyPI), labelled background / CSF / grey matter / white matter. Fluorescence
+nuclei: the 2018 Data Science Bowl image with its manual nuclei mask that the
+``stardist==0.9.2`` wheel (PyPI) ships as its 2-D test image, cut into 16 tiles.
 
-Both are fetched once with pip (``pip download``, no install) into a cache folder
+All are fetched once with pip (``pip download``, no install) into a cache folder
 (``--cache``, else ``$IELSTUDIO_BENCH_CACHE``, else ``~/.cache/ielstudio-bench/realdata``)
 and never go into the wheel. The sets are written below it as
 
@@ -51,6 +53,9 @@ from ielstudio.core.noise import NOISE_TYPES, apply_noise  # noqa: E402
 BUILD_VERSION = 1  # bump when the slicing or noise changes: cached sets are rebuilt
 PYRADIOMICS = "pyradiomics==3.0.1"  # the 3.1.0 sdist is refused by pip (its metadata step fails)
 NILEARN = "nilearn==0.14.1"
+STARDIST = "stardist==0.9.2"
+STARDIST_FILES = {"image": "stardist/data/images/img2d.tif", "mask": "stardist/data/images/mask2d.tif"}
+NUCLEI_TILE = 128  # the 512 px DSB image as 4 x 4 tiles of this side, native resolution
 MNI_FILES = {k: f"nilearn/datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 
 SIZE = 192  # side of every saved slice (px)
@@ -179,6 +184,20 @@ def fetch_mni(cache: Path) -> Path:
         with zipfile.ZipFile(wheel) as z:
             for k, member in MNI_FILES.items():
                 (out / f"{k}.nii.gz").write_bytes(z.read(member))
+    return out
+
+
+def fetch_stardist_nuclei(cache: Path) -> Path:
+    """The folder of the DSB 2018 nuclei image and mask taken from the stardist wheel (once)."""
+    out = cache / "raw" / "dsb-nuclei"
+    if all((out / f"{k}.tif").exists() for k in STARDIST_FILES):
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = _pip_download(STARDIST, Path(tmp), sdist=False)
+        out.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as z:
+            for k, member in STARDIST_FILES.items():
+                (out / f"{k}.tif").write_bytes(z.read(member))
     return out
 
 
@@ -620,7 +639,8 @@ def write_set(root: Path, name: str, split: str, slices: Sequence[Slice], n_clas
                         "spacing_mm": round(s.spacing_mm, 4), "lesion_fraction": float((s.mask > 0).mean()),
                         "mixture_ops": ops, "mixture_dice": metrics.dice(noisy, s.mask, n_classes)})
     manifest = folder / "manifest.json"
-    manifest.write_text(json.dumps({"name": name, "split": split, "n_classes": n_classes, "size": SIZE,
+    size = int(slices[0].image.shape[0]) if slices else SIZE
+    manifest.write_text(json.dumps({"name": name, "split": split, "n_classes": n_classes, "size": size,
                                     "params": params or {}, "slices": entries}, indent=1))
     return _set_from_manifest(root, manifest)
 
@@ -692,13 +712,15 @@ def mni_slices(vol: Volume, n: int = MULTICLASS_N) -> list[Slice]:
 
 
 def build_sets(cache_dir: str | Path | None = None, n_per_scan: int = 12, seed: int = DEFAULT_SEED,
-               multiclass: bool = True, force: bool = False, verbose: bool = False) -> dict[str, RealSet]:
+               multiclass: bool = True, force: bool = False, verbose: bool = False,
+               nuclei: bool = True) -> dict[str, RealSet]:
     """Fetch (once) and build the real-data sets; {name: RealSet}.
 
     ``dev`` (brain1 + lung1) and ``report`` (brain2 + lung2) come from disjoint scans,
     up to ``n_per_scan`` slices each; ``mixed-scan``: 6 slices from each of the four
     scans; with ``multiclass`` also ``brain-multiclass-dev`` / ``-report`` (MNI152, 4
-    classes, 8 slices each). Sets whose manifest matches the parameters are reused.
+    classes, 8 slices each); with ``nuclei`` also ``dsb-nuclei`` (16 tiles of real
+    fluorescence nuclei). Sets whose manifest matches the parameters are reused.
     """
     root = cache_root(cache_dir)
     params = {"version": BUILD_VERSION, "n_per_scan": n_per_scan, "seed": seed, "size": SIZE}
@@ -717,7 +739,29 @@ def build_sets(cache_dir: str | Path | None = None, n_per_scan: int = 12, seed: 
         out[name] = cached
     if multiclass:
         out.update(build_multiclass(root, seed, force))
+    if nuclei:
+        out.update(build_nuclei(root, seed, force))
     return out
+
+
+def build_nuclei(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:
+    """``dsb-nuclei``: the DSB 2018 fluorescence image (512 px, 183 nuclei, manual mask) as
+    16 native tiles of 128 px, the nuclei as one foreground class. Report only: no
+    default was chosen on it."""
+    import tifffile
+
+    params = {"version": BUILD_VERSION, "seed": seed, "size": NUCLEI_TILE, "source": STARDIST}
+    cached = None if force else _cached(root, "dsb-nuclei", params)
+    if cached is not None:
+        return {"dsb-nuclei": cached}
+    raw = fetch_stardist_nuclei(root)
+    image = np.clip(tifffile.imread(raw / "image.tif"), 0, 255).astype(np.uint8)  # 8-bit values stored as uint16
+    mask = (tifffile.imread(raw / "mask.tif") > 0).astype(np.uint8)
+    t = NUCLEI_TILE
+    tiles = [Slice(f"dsb_tile{r // t}{c // t}", "dsb2018", "tile", r // t * 4 + c // t, image[r:r + t, c:c + t],
+                   mask[r:r + t, c:c + t], 1.0, (r, c, t))
+             for r in range(0, image.shape[0], t) for c in range(0, image.shape[1], t)]
+    return {"dsb-nuclei": write_set(root, "dsb-nuclei", "report", tiles, 2, seed, params=params)}
 
 
 def build_multiclass(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:
@@ -741,7 +785,8 @@ def summary_row(rs: RealSet) -> list:
     frac = np.array([e["lesion_fraction"] for e in entries])
     dice = np.array([e["mixture_dice"] for e in entries])
     clean = sum(not e["mixture_ops"] for e in entries)
-    return [rs.name, rs.split, "+".join(rs.scans), len(entries), f"{SIZE}x{SIZE}",
+    size = json.loads(rs.manifest.read_text()).get("size", SIZE)
+    return [rs.name, rs.split, "+".join(rs.scans), len(entries), f"{size}x{size}",
             f"{frac.mean():.3f} ({frac.min():.3f}-{frac.max():.3f})", f"{dice.mean():.3f} (min {dice.min():.2f}, {clean} clean)"]
 
 

@@ -6,10 +6,10 @@
 Each trained method is one `ielstudio clean` run (`core.cleaning.clean_dataset`, the
 function the command and the window call) with default settings except the IEL spec:
 `heat` *is* the default (`ielstudio clean IMAGES MASKS --out X`), `no-iel` is
-`--iel none`, `heat+convex` is `--iel heat,convex --convex-classes 1` (lesion sets only:
-brain tissue classes are not convex). The sets: the real-data `report`,
-`brain-multiclass-report` and `mixed-scan` sets of `realdata.py` and the two bundled
-samples (`nuclei-sample`, `lesions-sample`). Also, without training: `noisy` (the masks as
+`--iel none`, `heat+convex` is `--iel heat,convex --convex-classes 1` (lesion and nuclei sets
+only: brain tissue classes are not convex). The sets: the real-data `report`,
+`brain-multiclass-report`, `mixed-scan` and `dsb-nuclei` sets of `realdata.py` and the
+two bundled samples (`nuclei-sample`, `lesions-sample`). Also, without training: `noisy` (the masks as
 given), `classical` (morphological opening/closing + speck removal + hole filling,
 radii and minimum area grid-searched against the correct masks of `--tune-set`, never
 of the reported set), and `cleanlab` (cleanlab 2.9's segmentation filter and image
@@ -50,8 +50,8 @@ TRAINED = {
     "heat": lambda convex: IELConfig(),
     "heat+convex": lambda convex: IELConfig(convex_classes=convex),
 }
-#: Lesion sets have one convex class (the lesion); brain tissue classes are not convex.
-CONVEX = {"dev": (1,), "report": (1,), "mixed-scan": (1,), "lesions-sample": (1,)}
+#: Lesion and nuclei sets have one convex class; brain tissue classes are not convex.
+CONVEX = {"dev": (1,), "report": (1,), "mixed-scan": (1,), "lesions-sample": (1,), "dsb-nuclei": (1,)}
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample"
 
 
@@ -98,7 +98,8 @@ def cleanlab_row(images: Path, masks: Path, model_path: Path, clean: dict, given
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", default="report,brain-multiclass-report,mixed-scan,nuclei-sample,lesions-sample")
+    ap.add_argument("--sets", default="report,brain-multiclass-report,mixed-scan,dsb-nuclei,nuclei-sample,"
+                                      "lesions-sample")
     ap.add_argument("--labels", default="noisy,clean", help="which masks are given: noisy (the mixture), clean")
     ap.add_argument("--methods", default="heat,no-iel,heat+convex")
     ap.add_argument("--tune-set", default="dev", help="set whose correct masks tune the classical baseline")
