@@ -25,6 +25,7 @@ sets are scored once with what was chosen (`realtable.py`).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
@@ -40,28 +41,45 @@ import realdata  # noqa: E402
 CACHE = Path("/tmp/ielstudio-evidence")
 
 
-def cache_path(set_name: str, labels: str, folds: int, seed: int = 0) -> Path:
-    return CACHE / f"{set_name}-{labels}-f{folds}{f'-s{seed}' if seed else ''}.npz"
+def cache_path(set_name: str, labels: str, folds: int, seed: int = 0, noise_seed: int = 0) -> Path:
+    return CACHE / (f"{set_name}-{labels}-f{folds}{f'-s{seed}' if seed else ''}"
+                    f"{f'-n{noise_seed}' if noise_seed else ''}.npz")
 
 
-def sets() -> dict:
-    """The real-data sets of `realdata.py`, the bundled samples (as `realtable.py` names
-    them) and `lesions-dev`: the bundled lesion recipe with another seed (`harm_probe.py`)."""
+def real_sets(noise_seed: int = 0) -> dict:
+    """`realdata.build_sets` with the label noise drawn from ``noise_seed``: the same
+    slices, other noisy masks (another draw of the mixture), in a cache folder of their own
+    (``<cache>/noise-seed-N``, the downloaded scans shared)."""
+    if not noise_seed:
+        return realdata.build_sets()
+    root = realdata.cache_root()
+    own = root / f"noise-seed-{noise_seed}"
+    own.mkdir(parents=True, exist_ok=True)
+    if not (own / "raw").exists():
+        realdata.fetch_pyradiomics(root)
+        (own / "raw").symlink_to(root / "raw", target_is_directory=True)
+    return realdata.build_sets(own, seed=noise_seed)
+
+
+def sets(noise_seed: int = 0) -> dict:
+    """The real-data sets of `realdata.py` (`real_sets`), the bundled samples (as
+    `realtable.py` names them) and `lesions-dev`: the bundled lesion recipe with another
+    seed (`harm_probe.py`)."""
     import harm_probe
     import realtable
 
     images, noisy, clean, n = harm_probe.folders("lesions-dev", CACHE)
     dev = realdata.RealSet("lesions-dev", "dev", images, clean, noisy, (), n)
-    return {**realdata.build_sets(), **realtable.bundled_sets(), "lesions-dev": dev}
+    return {**real_sets(noise_seed), **realtable.bundled_sets(), "lesions-dev": dev}
 
 
-def train_one(set_name: str, labels: str, folds: int, threads: int, seed: int = 0) -> str:
+def train_one(set_name: str, labels: str, folds: int, threads: int, seed: int = 0, noise_seed: int = 0) -> str:
     C.limit_threads(threads)
     from ielstudio.core.cleaning import CleanConfig, calibration_subset, load_dataset, thresholds_for
     from ielstudio.core.imageio import read_mask
     from ielstudio.core.training import CrossFitModel, TrainConfig, predict
 
-    rs = sets()[set_name]
+    rs = sets(noise_seed)[set_name]
     loaded = load_dataset(rs.images, rs.noisy if labels == "noisy" else rs.clean)
     samples = loaded.samples
     enc = read_mask(rs.clean / samples[0].mask_path.name)[1]
@@ -74,7 +92,7 @@ def train_one(set_name: str, labels: str, folds: int, threads: int, seed: int = 
     probs = [predict(model.model_for(s.name) if crossfit else model, s.image) for s in samples]
     by = dict(zip([s.name for s in samples], probs))
     th = thresholds_for((by[s.name] for s in calibration_subset(list(samples))), CleanConfig())
-    out = cache_path(set_name, labels, folds, seed)
+    out = cache_path(set_name, labels, folds, seed, noise_seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out, names=np.array([s.name for s in samples]), probs=np.stack(probs).astype(np.float16),
@@ -94,7 +112,8 @@ def load(path: Path) -> dict:
     if d["images"].shape != d["given"].shape:  # caches of the first version stored them wrongly: read them again
         from ielstudio.core.dataset import _load_image as load_image
 
-        rs = sets()[path.stem.split("-noisy")[0].split("-clean")[0]]
+        noise_seed = int(path.stem.split("-n")[-1]) if "-n" in path.stem.split("-f")[-1] else 0
+        rs = sets(noise_seed)[path.stem.split("-noisy")[0].split("-clean")[0]]
         d["images"] = np.stack([load_image(next(rs.images.glob(f"{n}.*")))[0] for n in d["names"]])
     return d
 
@@ -112,6 +131,7 @@ def _band(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def image_scores(d: dict, i: int) -> dict[str, float]:
+    from ielstudio.core.boundary_fit import outline_fit_dice
     from ielstudio.core.cleaning import label_quality
     from ielstudio.core.decision import decide
     from ielstudio.core.metrics import dice
@@ -143,6 +163,7 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
                                          + 0.5 * ((fg * gf).sum() / max(fg.sum(), 1e-6)))
     out["mask smoothness (no model)"] = outline_smoothness(g)
     out["mask smoothness per class (no model)"] = mask_smoothness_per_class(g, n)
+    out["outline fit (no model)"] = outline_fit_dice(d["images"][i], g)
     return out
 
 
@@ -208,8 +229,13 @@ def report(name: str, d: dict) -> None:
         for k in (1, 2, 3):
             r[f"current x smoothness^{k}"] = r["current"] * r["mask smoothness (no model)"] ** k
         r["current x smoothness per class^2"] = r["current"] * r["mask smoothness per class (no model)"] ** 2
+        r["smoothness x outline fit (no model)"] = r["mask smoothness (no model)"] * r["outline fit (no model)"]
+        for k in (1, 2):
+            r[f"current x smoothness^2 x outline fit^{k}"] = (
+                r["current"] * r["mask smoothness (no model)"] ** 2 * r["outline fit (no model)"] ** k)
         r["the review's score (review.image_score)"] = (
-            r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER if with_prior else r["current"])
+            r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER * r["outline fit (no model)"]
+            if with_prior else r["current"])
     for k in rows[0]:
         v = np.array([r[k] for r in rows])
         cells = [k, C.fmt(C.spearman(v, true))]
@@ -341,18 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
     ap.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1")
+    ap.add_argument("--noise-seeds", default="0",
+                    help="draws of the label noise (train: the same slices with other noisy masks), e.g. 0,1,2")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args(argv)
     if a.what == "train":
         if not (a.set.endswith("dev") or a.set == "nuclei-sample"):  # lesions-dev ends so too
             ap.error("probe development sets only (dev, brain-multiclass-dev; the bundled nuclei chose earlier "
                      "defaults too)")
-        realdata.build_sets()
-        jobs = [(a.set, lab, int(k), int(seed)) for lab in a.labels.split(",") for k in a.folds.split(",")
-                for seed in a.seeds.split(",")]
+        noise_seeds = [int(n) for n in a.noise_seeds.split(",")]
+        for n in noise_seeds:
+            real_sets(n)
+        jobs = [(a.set, lab, int(k), int(seed), n) for lab in a.labels.split(",") for k in a.folds.split(",")
+                for seed in a.seeds.split(",") for n in noise_seeds]
         threads = max(1, (os.cpu_count() or 1) // a.jobs)
-        with ProcessPoolExecutor(a.jobs) as pool:
-            for line in pool.map(train_one, *list(zip(*jobs))[:3], [threads] * len(jobs), [j[3] for j in jobs]):
+        with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:  # no fork after building sets
+            for line in pool.map(train_one, *list(zip(*jobs))[:3], [threads] * len(jobs), [j[3] for j in jobs],
+                                 [j[4] for j in jobs]):
                 print(line, flush=True)
         return 0
     paths = sorted(CACHE.glob(f"{a.set}-*.npz"))

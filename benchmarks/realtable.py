@@ -161,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                     score = {Path(im["mask"]).name: im["score"] for im in report["images"]}
                     prior = {Path(im["mask"]).name: im["outline_smoothness"] for im in report["images"]
                              if "outline_smoothness" in im}
-                    parts = {} if len(prior) != len(names) else {  # the score's two factors, ranked alone
-                        "spearman_model": C.spearman([score[n] / max(prior[n], 1e-6) ** SHAPE_PRIOR_POWER
+                    fit = {Path(im["mask"]).name: im["outline_fit"] for im in report["images"] if "outline_fit" in im}
+                    parts = {} if len(prior) != len(names) or len(fit) != len(names) else {
+                        # the score's three factors, ranked alone
+                        "spearman_model": C.spearman([score[n] / max(prior[n] ** SHAPE_PRIOR_POWER * fit[n], 1e-6)
                                                       for n in names], true),
-                        "spearman_prior": C.spearman([prior[n] for n in names], true)}
+                        "spearman_prior": C.spearman([prior[n] for n in names], true),
+                        "spearman_fit": C.spearman([fit[n] for n in names], true)}
                     rel = report["reliability"]
                     add({**base, "method": method, "dice": float(np.mean(d)), "min": float(np.min(d)),
                          "seconds": seconds, "spearman": C.spearman([score[n] for n in names], true), **parts,
@@ -193,7 +196,8 @@ def write_table(data: dict, path: Path) -> None:
          "changed px (right)", "objects removed / regions added", "time s"],
         [[r["set"], r["labels"], r["method"] + (" (default)" if r["method"] == "heat" else ""), C.fmt(r["dice"]),
           C.fmt(r["min"]), C.fmt(r.get("spearman")) + (
-              f" (model {C.fmt(r['spearman_model'])}, prior {C.fmt(r['spearman_prior'])})"
+              f" (model {C.fmt(r['spearman_model'])}, prior {C.fmt(r['spearman_prior'])}"
+              + (f", fit {C.fmt(r['spearman_fit'])})" if "spearman_fit" in r else ")")
               if C.fmt(r.get("spearman_model")) != "–" else ""),
           "" if "agreement" not in r else C.fmt(max((x for x in r["agreement"] if x is not None), default=None))
           + (" kept" if r.get("kept_as_given") else ""),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ielstudio.core.cleaning import CleanConfig, label_quality
+from ielstudio.core.boundary_fit import outline_fit_dice
 from ielstudio.core.mask_prior import SMOOTHING_SIGMA, outline_length, outline_smoothness
 from ielstudio.core.review import (RELIABLE_AGREEMENT, SHAPE_PRIOR_BELOW, SHAPE_PRIOR_POWER, assess_reliability,
                                    image_score, with_object_changes)
@@ -78,11 +79,16 @@ def test_image_score_adds_the_prior_only_where_no_class_is_reliable():
     bad = assess_reliability([(probs_of(np.zeros_like(truth), 0.9), truth.astype(np.int64))], 2, None, True)
     assert good.any_reliable and not bad.any_reliable
     plain = label_quality(probs, given)[0]
-    assert image_score(probs, given, None, good) == (plain, None)
-    score, smoothness = image_score(probs, given, None, bad)
+    image = np.where(truth != 0, 120.0, 60.0)[None]
+    assert image_score(probs, given, None, good, image) == (plain, None, None)
+    score, smoothness, fit = image_score(probs, given, None, bad, image)
     assert smoothness == pytest.approx(outline_smoothness(given))
-    assert SHAPE_PRIOR_POWER == 2 and score == pytest.approx(plain * smoothness ** 2)
+    assert fit == pytest.approx(outline_fit_dice(image, given)) and fit < 1.0  # the ragged outline is off the edge
+    assert SHAPE_PRIOR_POWER == 2 and score == pytest.approx(plain * smoothness ** 2 * fit)
     assert score < plain
+    # the truth's own outline sits on the image's edge: the fit leaves its score as the prior makes it
+    score, smoothness, fit = image_score(probs, truth.astype(np.int64), None, bad, image)
+    assert fit == 1.0 and score == pytest.approx(label_quality(probs, truth.astype(np.int64))[0] * smoothness ** 2)
 
 
 def test_a_model_that_nearly_reaches_the_bar_ranks_without_the_prior():
@@ -102,14 +108,15 @@ def test_a_model_that_nearly_reaches_the_bar_ranks_without_the_prior():
     assert near.to_dict()["score_includes_shape_prior"] is False
     rough = ragged(disk()).astype(np.int64)
     probs = probs_of(disk(), 0.9)
-    assert image_score(probs, rough, None, near) == (label_quality(probs, rough)[0], None)
+    image = np.where(disk() != 0, 120.0, 60.0)
+    assert image_score(probs, rough, None, near, image) == (label_quality(probs, rough)[0], None, None)
     assert "the model is not reliable for any class" in near.messages[0]
     assert "ragged" not in near.messages[0] and "ragged" not in with_object_changes(
         near.messages, 2, caveat=near.ranking_caveat)[0]
     far = assess_reliability([(model(12), given)], 2, None, out_of_sample=True)
     assert far.agreement[1] == pytest.approx(24 / 52) and far.uses_shape_prior
     assert far.to_dict()["score_includes_shape_prior"] is True
-    assert image_score(probs, rough, None, far)[1] == pytest.approx(outline_smoothness(rough))
+    assert image_score(probs, rough, None, far, image)[1] == pytest.approx(outline_smoothness(rough))
     assert "how ragged each mask's outline is" in with_object_changes(far.messages, 2, caveat=far.ranking_caveat)[0]
 
 
@@ -133,3 +140,28 @@ def test_an_unreliable_review_ranks_a_ragged_mask_below_a_smooth_one_the_model_d
     assert by["rough"].outline_smoothness == pytest.approx(outline_smoothness(rough))
     assert all(np.array_equal(r.proposal, s.mask) for r, s in zip(results, data))  # nothing changed
     assert "how ragged each mask's outline is" in summary.warnings[0]
+
+
+def test_an_unreliable_review_ranks_an_outline_off_the_image_edge_below_one_on_it(drain, brightness_model):
+    """The same model doubt and smoothness, but one mask drawn 2 px too wide around the
+    object the image shows: its outline fit (`boundary_fit.outline_fit_dice`) is below 1,
+    the other's is 1, and each score is the model's x smoothness^2 x fit."""
+    from ielstudio.core.dataset import Sample
+    from ielstudio.core.imageio import MaskEncoding
+    from ielstudio.core.review import review_samples
+
+    enc = MaskEncoding.gray(2, 255)
+    shown = disk(r=12)
+    image = np.where(shown != 0, 0.45, 0.2)[None].astype(np.float32)  # below 0.5: nothing bright for the model
+    data = [Sample(n, image, m.astype(np.int64), enc)
+            for n, m in [("edge", shown), ("wide", disk(r=14)), ("edge2", shown), ("wide2", disk(r=14))]]
+    model = brightness_model(2, sees=False)
+    results, summary = drain(review_samples(model, data, CleanConfig(), holdout=["edge2", "wide2"]))
+    assert summary.reliability.uses_shape_prior
+    by = {r.name: r for r in results}
+    assert by["edge"].outline_fit == 1.0
+    assert by["wide"].outline_fit == pytest.approx(outline_fit_dice(image, disk(r=14)))
+    assert by["wide"].outline_fit < 0.9
+    for r, s in zip(results, data):
+        model_score = label_quality(r.probs, s.mask)[0]
+        assert r.score == pytest.approx(model_score * r.outline_smoothness ** 2 * r.outline_fit)

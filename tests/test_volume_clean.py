@@ -162,6 +162,7 @@ def test_an_unreliable_models_slice_scores_include_the_shape_prior(volume_folder
     """No class is reliable: every label volume is kept, and each slice's score is the
     model's times its mask's outline smoothness squared (`review.image_score`), so a
     volume whose label has a ragged slice ranks below its clean twin."""
+    from ielstudio.core.boundary_fit import outline_fit_dice
     from ielstudio.core.cleaning import label_quality
     from ielstudio.core.mask_prior import outline_smoothness
 
@@ -176,10 +177,12 @@ def test_an_unreliable_models_slice_scores_include_the_shape_prior(volume_folder
     by_name = {r.case.name: r for r in results}
     r = by_name["case1"]
     np.testing.assert_array_equal(r.proposal, r.given)
+    slices = {s.name: s for s in ds.samples}
     for k, score in enumerate(r.slice_scores):
         probs = r.probs[:, k].astype(np.float32)
-        assert score == pytest.approx(label_quality(probs, r.given[k])[0] * outline_smoothness(r.given[k]) ** 2,
-                                      abs=1e-3)  # probs kept as float16
+        image = slices[f"case1/{k:04d}"].image
+        assert score == pytest.approx(label_quality(probs, r.given[k])[0] * outline_smoothness(r.given[k]) ** 2
+                                      * outline_fit_dice(image, r.given[k]), abs=1e-3)  # probs kept as float16
     assert outline_smoothness(r.given[2]) < outline_smoothness(by_name["case0"].given[2])
     assert r.score < by_name["case0"].score
 

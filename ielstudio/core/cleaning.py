@@ -695,6 +695,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
                 "objects_removed": result.objects_removed, "regions_added": result.regions_added,
                 **({} if result.outline_smoothness is None
                    else {"outline_smoothness": round(result.outline_smoothness, 6)}),
+                **({} if result.outline_fit is None else {"outline_fit": round(result.outline_fit, 6)}),
                 **change_summary(s.mask, result.proposal, n_classes),
             })
             yield PredictEvent(len(images) - 1, share, s.name, result.score)
