@@ -112,8 +112,7 @@ def load(path: Path) -> dict:
     if d["images"].shape != d["given"].shape:  # caches of the first version stored them wrongly: read them again
         from ielstudio.core.dataset import _load_image as load_image
 
-        noise_seed = int(path.stem.split("-n")[-1]) if "-n" in path.stem.split("-f")[-1] else 0
-        rs = sets(noise_seed)[path.stem.split("-noisy")[0].split("-clean")[0]]
+        rs = sets(noise_seed_of(path.stem))[path.stem.split("-noisy")[0].split("-clean")[0]]
         d["images"] = np.stack([load_image(next(rs.images.glob(f"{n}.*")))[0] for n in d["names"]])
     return d
 
@@ -131,7 +130,7 @@ def _band(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def image_scores(d: dict, i: int) -> dict[str, float]:
-    from ielstudio.core.boundary_fit import outline_fit_dice
+    from ielstudio.core.boundary_fit import candidate_contrasts, outline_fit_dice
     from ielstudio.core.cleaning import label_quality
     from ielstudio.core.decision import decide
     from ielstudio.core.metrics import dice
@@ -164,6 +163,9 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
     out["mask smoothness (no model)"] = outline_smoothness(g)
     out["mask smoothness per class (no model)"] = mask_smoothness_per_class(g, n)
     out["outline fit (no model)"] = outline_fit_dice(d["images"][i], g)
+    # the first form tried, not adopted: the given outline's contrast over the best candidate's
+    contrasts = [c for _, c in candidate_contrasts(d["images"][i], g)]
+    out["contrast ratio (no model)"] = contrasts[0] / max(contrasts) if contrasts and max(contrasts) > 0 else 1.0
     return out
 
 
@@ -201,7 +203,9 @@ def _ranks(v: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
 
 
-def report(name: str, d: dict) -> None:
+def report(name: str, d: dict) -> dict[str, float] | None:
+    """Print the Spearman of every score on one cache; {score: Spearman over all images}
+    (None where every given mask is correct: nothing to rank)."""
     from ielstudio.core.metrics import dice
     from ielstudio.core.review import SHAPE_PRIOR_POWER
 
@@ -216,7 +220,7 @@ def report(name: str, d: dict) -> None:
           f"the model's own decision {own:.3f} (against the correct masks), "
           f"{int(d['steps'])} steps, {float(d['train_s']):.0f} s")
     if np.allclose(true, 1):
-        return
+        return None
     head = ["score", "Spearman all"] + (["out of sample", "in sample"] if 0 < oos.sum() < len(oos) else [])
     table = []
     agreement, with_prior = held_out_agreement(d)
@@ -233,16 +237,44 @@ def report(name: str, d: dict) -> None:
         for k in (1, 2):
             r[f"current x smoothness^2 x outline fit^{k}"] = (
                 r["current"] * r["mask smoothness (no model)"] ** 2 * r["outline fit (no model)"] ** k)
+        r["current x smoothness^2 x contrast ratio"] = (
+            r["current"] * r["mask smoothness (no model)"] ** 2 * r["contrast ratio (no model)"])
         r["the review's score (review.image_score)"] = (
             r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER * r["outline fit (no model)"]
             if with_prior else r["current"])
+    spearman = {}
     for k in rows[0]:
         v = np.array([r[k] for r in rows])
-        cells = [k, C.fmt(C.spearman(v, true))]
+        spearman[k] = C.spearman(v, true)
+        cells = [k, C.fmt(spearman[k])]
         if len(head) > 2:
             cells += [C.fmt(C.spearman(v[oos], true[oos])), C.fmt(C.spearman(v[~oos], true[~oos]))]
         table.append(cells)
     print(C.md_table(head, table))
+    return spearman
+
+
+def noise_seed_of(stem: str) -> int:
+    """The label-noise draw of a cache (`cache_path`'s ``-nN``; 0 without)."""
+    tail = stem.rsplit("-f", 1)[-1]
+    return int(tail.rsplit("-n", 1)[1]) if "-n" in tail else 0
+
+
+def summary(set_name: str, by_cache: dict[str, dict[str, float]]) -> None:
+    """One table over the caches of a set: each score's Spearman per cache and its mean
+    over the draws of the label noise (the trainings of one draw averaged first)."""
+    if not by_cache:
+        return
+    stems = list(by_cache)
+    draws: dict[int, list[str]] = {}
+    for stem in stems:
+        draws.setdefault(noise_seed_of(stem), []).append(stem)
+    rows = []
+    for k in by_cache[stems[0]]:
+        mean = np.mean([np.mean([by_cache[s][k] for s in group]) for group in draws.values()])
+        rows.append([k] + [C.fmt(by_cache[s][k]) for s in stems] + [C.fmt(mean)])
+    print(f"\n{set_name}: Spearman per cache, and the mean over {len(draws)} draw(s) of the label noise")
+    print(C.md_table(["score"] + stems + ["mean over noise draws"], rows))
 
 
 def outline_moves(name: str, d: dict, confidence: float, kind: str, image_margin: float | None = None) -> list:
@@ -388,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     paths = sorted(CACHE.glob(f"{a.set}-*.npz"))
     if a.what == "score":
-        for path in paths:
-            report(path.stem, load(path))
+        by_cache = {path.stem: report(path.stem, load(path)) for path in paths}
+        summary(a.set, {k: v for k, v in by_cache.items() if v is not None})
     elif a.what == "outlines":
         rows = []
         for path in paths:

@@ -5,7 +5,8 @@ and its Dice with it estimates the outline's true Dice."""
 import numpy as np
 import pytest
 
-from ielstudio.core.boundary_fit import MAX_OFFSET, MAX_SHIFT, best_fitting_outline, outline_fit_dice
+from ielstudio.core.boundary_fit import (MAX_OFFSET, MAX_SHIFT, best_fitting_outline, candidate_contrasts,
+                                        outline_fit_dice)
 from ielstudio.core.metrics import dice
 
 
@@ -25,6 +26,17 @@ def test_the_objects_own_outline_fits():
     image = scan(obj)
     np.testing.assert_array_equal(best_fitting_outline(image, obj), obj.astype(bool))
     assert outline_fit_dice(image, obj) == 1.0
+
+
+def test_every_candidate_is_scored_the_given_outline_first():
+    obj = disk()
+    image = scan(obj)
+    contrasts = candidate_contrasts(image, disk(radius=14))
+    moves = [m for m, _ in contrasts]
+    assert moves[0] == (0, 0, 0) and len(moves) == len(set(moves)) == (2 * MAX_OFFSET + 1) * (2 * MAX_SHIFT + 1) ** 2
+    best = max(contrasts, key=lambda c: c[1])[0]
+    assert best == (-2, 0, 0)  # 2 px too wide: shrunk by 2, not moved
+    assert candidate_contrasts(image, np.zeros_like(obj)) == []
 
 
 @pytest.mark.parametrize("given", ["wide", "narrow", "shifted"])

@@ -70,11 +70,8 @@ def _contrast(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(abs(inside.mean() - outside.mean()) / (spread + 1e-6 * (1.0 + abs(inside.mean()))))
 
 
-def best_fitting_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The foreground of ``mask`` (bool, H x W) grown, shrunk or shifted to the candidate
-    whose outline separates ``image`` best (module docstring); the mask itself where none
-    separates it better (a flat image, an empty or full mask). ``image`` (H, W) or
-    (C, H, W); ``mask`` (H, W) class indices."""
+def _prepared(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground uint8, mean over channels float32), both (H, W); ValueError if unfit."""
     m = (np.asarray(mask) != 0).astype(np.uint8)
     if m.ndim != 2:
         raise ValueError(f"the outline fit needs a 2-D mask, got shape {m.shape}")
@@ -83,22 +80,32 @@ def best_fitting_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         img = img.mean(axis=0)
     if img.shape != m.shape:
         raise ValueError(f"image {img.shape} and mask {m.shape} differ in size")
-    if not m.any() or m.all():
-        return m.astype(bool)
-    # a crop around the mask holds every ring of every candidate
+    return m, img
+
+
+def _crop_box(m: np.ndarray) -> tuple[slice, slice]:
+    """A box around the foreground that holds every ring of every candidate."""
     margin = MAX_OFFSET + RING_WIDTH + MAX_SHIFT + 1
     rows, cols = np.nonzero(m)
-    r0, r1 = max(rows.min() - margin, 0), min(rows.max() + margin + 1, m.shape[0])
-    c0, c1 = max(cols.min() - margin, 0), min(cols.max() + margin + 1, m.shape[1])
-    crop, img = m[r0:r1, c0:c1], img[r0:r1, c0:c1]
+    return (slice(max(rows.min() - margin, 0), min(rows.max() + margin + 1, m.shape[0])),
+            slice(max(cols.min() - margin, 0), min(cols.max() + margin + 1, m.shape[1])))
+
+
+def candidate_contrasts(image: np.ndarray, mask: np.ndarray) -> list[tuple[tuple[int, int, int], float]]:
+    """[((grown by d px, shifted dy, dx), contrast across that outline)], the mask as
+    given (0, 0, 0) first; empty for an empty or full mask. ``image`` (H, W) or
+    (C, H, W); ``mask`` (H, W) class indices, the foreground taken as one."""
+    m, img = _prepared(image, mask)
+    if not m.any() or m.all():
+        return []
+    box = _crop_box(m)
+    crop, img = m[box], img[box]
     s = MAX_SHIFT
     padded = np.pad(img, s, mode="edge")
     ring = _disk(RING_WIDTH)
-    best, best_contrast = (0, 0, 0), -1.0
-    # the mask as given first: another candidate must separate the image strictly better
     candidates = [(0, 0, 0)] + [(d, dy, dx) for d in range(-MAX_OFFSET, MAX_OFFSET + 1)
                                 for dy in range(-s, s + 1) for dx in range(-s, s + 1) if (d, dy, dx) != (0, 0, 0)]
-    rings = {}
+    rings, out = {}, []
     for d, dy, dx in candidates:
         if d not in rings:
             md = _grown(crop, d)
@@ -109,12 +116,23 @@ def best_fitting_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
             continue
         inner, outer = rings[d]
         # the rings moved by (dy, dx): the image where they then lie
-        c = _contrast(padded[inner[0] + s + dy, inner[1] + s + dx], padded[outer[0] + s + dy, outer[1] + s + dx])
-        if c > best_contrast:
-            best, best_contrast = (d, dy, dx), c
-    d, dy, dx = best
+        out.append(((d, dy, dx), _contrast(padded[inner[0] + s + dy, inner[1] + s + dx],
+                                           padded[outer[0] + s + dy, outer[1] + s + dx])))
+    return out
+
+
+def best_fitting_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The foreground of ``mask`` (bool, H x W) grown, shrunk or shifted to the candidate
+    whose outline separates ``image`` best (`candidate_contrasts`); the mask itself where
+    none separates it strictly better (a flat image, an empty or full mask)."""
+    m, _ = _prepared(image, mask)
+    contrasts = candidate_contrasts(image, mask)
+    if not contrasts:
+        return m.astype(bool)
+    (d, dy, dx), _ = max(contrasts, key=lambda c: c[1])  # the first of equals: the mask as given
+    box = _crop_box(m)
     out = np.zeros(m.shape, bool)
-    out[r0:r1, c0:c1] = _shifted(_grown(crop, d), dy, dx).astype(bool)
+    out[box] = _shifted(_grown(m[box], d), dy, dx).astype(bool)
     return out
 
 

@@ -10,7 +10,8 @@ is mostly smooth at the scale of a few pixels, so
 
 is near 1 for a clean outline and lower the more the outline zig-zags or the more
 specks it has (a speck smooths away, so its outline counts only in the
-denominator). It is blind to an outline drawn too wide or shifted, which the model must find.
+denominator). It is blind to an outline drawn too wide or shifted, which the model must find
+or the image shows (`boundary_fit.outline_fit_dice`).
 
 It is taken over the foreground as one (mask != 0): on the brain MRI dev slices a
 per-class outline, which counts the naturally folded boundaries between tissue
