@@ -139,7 +139,7 @@ def test_an_unreliable_review_ranks_a_ragged_mask_below_a_smooth_one_the_model_d
     assert by["rough"].score < by["smooth"].score
     assert by["rough"].outline_smoothness == pytest.approx(outline_smoothness(rough))
     assert all(np.array_equal(r.proposal, s.mask) for r, s in zip(results, data))  # nothing changed
-    assert "how ragged each mask's outline is" in summary.warnings[0]
+    assert "how ragged each mask's outline is and how far it sits from the image's edges" in summary.warnings[0]
 
 
 def test_an_unreliable_review_ranks_an_outline_off_the_image_edge_below_one_on_it(drain, brightness_model):

@@ -142,7 +142,7 @@ FEW_HELD_OUT = 5
 #: How the first message starts when no class is reliable (the window titles its box by it).
 NOT_RELIABLE = "the model is not reliable for any class"
 RANKING_CAVEAT = "The scores still rank the images, by how much the model doubts them{}, but treat the ranking with care"
-PRIOR_IN_RANKING = (" and how ragged each mask's outline is and how far it sits from the edges the image shows")
+PRIOR_IN_RANKING = ", how ragged each mask's outline is and how far it sits from the image's edges"
 #: Held-out images whose agreement decides reliability (enough for a pooled Dice).
 MAX_RELIABILITY_IMAGES = 32
 
