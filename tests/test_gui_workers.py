@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("PySide6")
 
 from ielstudio.gui.job_protocol import error_message  # noqa: E402
-from ielstudio.gui.workers import GeneratorWorker, run_once  # noqa: E402
+from ielstudio.gui.workers import GeneratorWorker, NewestRequestWorker, run_once  # noqa: E402
 
 
 def counting(n, gate=None, reached=None):
@@ -220,3 +220,45 @@ def test_process_worker_relays_events_and_a_job_error(qtbot, tmp_path):
     assert "JobError" in w.traceback_text
     assert (w.failure.kind, w.failure.message) == ("JobError", "no usable image/mask pairs to train on")
     assert w.wait(30000) and w.process.exitcode == 0
+
+
+def test_newest_request_worker_answers_only_the_newest_request(qtbot):
+    """Requests queued while one is served are skipped but the newest; an answer to a
+    superseded request is dropped; a failed request is told and the thread goes on;
+    forget() drops the answer on its way. The served function is made once per thread."""
+    started, release = threading.Event(), threading.Event()
+    made = []
+
+    def make_serve():
+        made.append(1)
+
+        def serve(x):
+            if x == "slow":
+                started.set()
+                release.wait(10)
+            if x == "bad":
+                raise ValueError("no such plane")
+            return x * 2
+        return serve
+
+    w = NewestRequestWorker(make_serve)
+    got = []
+    w.answered.connect(lambda result, error: got.append((result, error)))
+    w.request("slow")
+    assert started.wait(10)
+    for x in (1, 2, 3):  # queued while "slow" runs: only 3 is served
+        w.request(x)
+    release.set()
+    qtbot.waitUntil(lambda: not w.busy(), timeout=5000)
+    assert got == [(6, None)]
+    with qtbot.waitSignal(w.answered, timeout=5000):
+        w.request("bad")
+    assert got[-1] == (None, "ValueError: no such plane")
+    with qtbot.waitSignal(w.answered, timeout=5000):
+        w.request(5)
+    assert got[-1] == (10, None)
+    w.request(7)
+    w.forget()
+    assert not w.busy()
+    w.stop()
+    assert got[-1] == (10, None) and len(got) == 3 and made == [1]

@@ -9,7 +9,6 @@ the newest request is shown), so a 2048 px mask never blocks the window.
 from __future__ import annotations
 
 import hashlib
-import queue
 
 import numpy as np
 import pyqtgraph as pg
@@ -18,7 +17,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from .canvas_input import ShortcutsPassThrough
-from .workers import GeneratorWorker
+from .workers import NewestRequestWorker
 
 
 def heat_lut() -> np.ndarray:
@@ -66,24 +65,11 @@ def compute_defects(given: np.ndarray, probs: np.ndarray | None, n_classes: int,
     return given_maps, pred_maps
 
 
-def defects_job(requests: "queue.Queue", cancel):
-    """Serve ``(request_id, given, probs, n_classes, config)`` requests, newest first
-    (older waiting ones are skipped); ``None`` ends the job. Blocks between requests."""
+def defects_server():
+    """A function serving one request of the panel, ``(given, probs, n_classes, config)`` ->
+    `compute_defects`, with a cache of the given-mask maps kept between requests."""
     cache: dict = {}
-    while not cancel():
-        req = requests.get()
-        while True:  # only the newest request matters
-            try:
-                req = requests.get_nowait()
-            except queue.Empty:
-                break
-        if req is None:
-            return
-        rid, given, probs, n_classes, config = req
-        try:
-            yield rid, compute_defects(given, probs, n_classes, config, cache), None
-        except Exception as e:  # shown in the panel, the job goes on
-            yield rid, None, f"{type(e).__name__}: {e}"
+    return lambda given, probs, n_classes, config: compute_defects(given, probs, n_classes, config, cache)
 
 
 class IELPanel(QWidget):
@@ -97,10 +83,8 @@ class IELPanel(QWidget):
         self.no_prediction_hint = "no prediction yet (train a model)"
         self.given_maps = None
         self.pred_maps = None
-        self._request_id = 0
-        self._pending_id: int | None = None
-        self._requests: queue.Queue = queue.Queue()
-        self._worker: GeneratorWorker | None = None  # one long-lived thread serves every request
+        self._maker = NewestRequestWorker(defects_server, parent=self)  # one long-lived thread serves every request
+        self._maker.answered.connect(self._on_result)
 
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground(QColor(30, 30, 30))
@@ -156,33 +140,19 @@ class IELPanel(QWidget):
     # --- requests ------------------------------------------------------------------
     def request(self, given: np.ndarray | None, probs: np.ndarray | None, n_classes: int, config) -> None:
         """Compute and show the maps for this mask/prediction (newest request wins)."""
-        self._request_id += 1
         if given is None or config is None:
+            self._maker.forget()
             self.clear()
             return
-        if self._worker is None:
-            self._worker = GeneratorWorker(defects_job, self._requests, cancel_kwarg="cancel")
-            self._worker.yielded.connect(self._on_result)
-            self._worker.start()
-        self._pending_id = self._request_id
-        self._requests.put((self._request_id, given, probs, n_classes, config))
+        self._maker.request(given, probs, n_classes, config)
 
     def busy(self) -> bool:
-        return self._pending_id is not None
+        return self._maker.busy()
 
     def stop(self) -> None:
-        if self._worker is not None:
-            self._requests.put(None)
-            self._worker.stop(10000)
-            self._worker = None
-            self._requests = queue.Queue()
-        self._pending_id = None
+        self._maker.stop()
 
-    def _on_result(self, result) -> None:
-        rid, maps, error = result
-        if rid != self._request_id:
-            return  # a newer request is on its way
-        self._pending_id = None
+    def _on_result(self, maps, error) -> None:
         if error is not None:
             self.info.setText(f"IEL maps failed: {error}")
             return

@@ -4,12 +4,12 @@ its own radiological orientation and true pixel aspect, a cross at the point the
 through, and a yellow line where the slice under review crosses them. A click in one
 moves the review to the slice through the voxel clicked (`pointPicked`).
 
-The planes are read and put together in one long-lived worker (`ortho_job`, newest
-request first), so moving the point never waits for a file."""
+The planes are read and put together in one long-lived worker
+(`workers.NewestRequestWorker`, newest request first), so moving the point never waits
+for a file."""
 
 from __future__ import annotations
 
-import queue
 
 import numpy as np
 import pyqtgraph as pg
@@ -19,30 +19,11 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from .canvas_input import ShortcutsPassThrough
 from .overlays import class_lut
-from .workers import GeneratorWorker
+from .workers import NewestRequestWorker
 
 LABEL_OPACITY = 0.4
 CROSS_COLOR = (255, 255, 255)
 REVIEWED_COLOR = (255, 220, 0)
-
-
-def ortho_job(requests: "queue.Queue", cancel):
-    """Serve ``(request_id, planes_fn)`` requests, newest first (older waiting ones are
-    skipped); ``None`` ends the job. Yields (request_id, planes or None, error or None)."""
-    while not cancel():
-        req = requests.get()
-        while True:
-            try:
-                req = requests.get_nowait()
-            except queue.Empty:
-                break
-        if req is None:
-            return
-        rid, planes_fn = req
-        try:
-            yield rid, planes_fn(), None
-        except Exception as e:  # said in the panel; the job goes on
-            yield rid, None, f"{type(e).__name__}: {e}"
 
 
 class _PlaneView(pg.ViewBox):
@@ -70,10 +51,8 @@ class OrthoViews(QWidget):
         super().__init__(parent)
         self.planes: list = []
         self._levels = (0.0, 1.0)
-        self._request_id = 0
-        self._pending_id: int | None = None
-        self._requests: queue.Queue = queue.Queue()
-        self._worker: GeneratorWorker | None = None
+        self._reader = NewestRequestWorker(lambda: (lambda planes_fn: planes_fn()), parent=self)
+        self._reader.answered.connect(self._on_result)
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground(QColor(30, 30, 30))
         self._shortcut_filter = ShortcutsPassThrough(self)
@@ -113,30 +92,15 @@ class OrthoViews(QWidget):
     def request(self, planes_fn) -> None:
         """Compute ``planes_fn()`` (a list of `OrthoPlane`) in the worker and show it;
         the newest request wins."""
-        self._request_id += 1
-        if self._worker is None:
-            self._worker = GeneratorWorker(ortho_job, self._requests, cancel_kwarg="cancel", parent=self)
-            self._worker.yielded.connect(self._on_result)
-            self._worker.start()
-        self._pending_id = self._request_id
-        self._requests.put((self._request_id, planes_fn))
+        self._reader.request(planes_fn)
 
     def busy(self) -> bool:
-        return self._pending_id is not None
+        return self._reader.busy()
 
     def stop(self) -> None:
-        if self._worker is not None:
-            self._requests.put(None)
-            self._worker.stop(10000)
-            self._worker = None
-            self._requests = queue.Queue()
-        self._pending_id = None
+        self._reader.stop()
 
-    def _on_result(self, result) -> None:
-        rid, planes, error = result
-        if rid != self._request_id:
-            return  # a newer request is on its way
-        self._pending_id = None
+    def _on_result(self, planes, error) -> None:
         if error is not None:
             self.clear()
             self.info.setText(f"The other planes cannot be shown: {error}")
@@ -145,8 +109,7 @@ class OrthoViews(QWidget):
 
     # --- display -------------------------------------------------------------------
     def clear(self) -> None:
-        self._request_id += 1  # a result still on its way is not shown
-        self._pending_id = None
+        self._reader.forget()  # planes still on their way are not shown
         self.planes = []
         for i in range(2):
             self.images[i].clear()

@@ -262,3 +262,78 @@ def run_once(fn: Callable[..., Any], *args: Any, parent=None, **kwargs: Any) -> 
         yield fn(*args, **kwargs)
 
     return GeneratorWorker(job, parent=parent)
+
+
+def newest_request_job(requests: "queue.Queue", make_serve: Callable[[], Callable[..., Any]], cancel):
+    """Serve ``(request_id, *payload)`` requests from ``requests``, the newest first (older
+    waiting ones are skipped); ``None`` ends the job. ``make_serve()`` gives the function
+    that serves a payload (called once per job, so it may keep a cache). Yields
+    ``(request_id, result or None, error message or None)``: a failed request is told,
+    and the job goes on."""
+    serve = make_serve()
+    while not cancel():
+        req = requests.get()
+        while True:  # only the newest request matters
+            try:
+                req = requests.get_nowait()
+            except queue.Empty:
+                break
+        if req is None:
+            return
+        rid, *payload = req
+        try:
+            yield rid, serve(*payload), None
+        except Exception as e:  # told to the caller; the job goes on
+            yield rid, None, f"{type(e).__name__}: {e}"
+
+
+class NewestRequestWorker(QObject):
+    """One long-lived thread for a panel whose requests supersede each other (the maps or
+    the planes of the image now shown): ``request(*payload)`` queues a request and
+    ``answered(result, error)`` is emitted in the GUI thread for the newest one only
+    (an answer to an older request is dropped). ``forget()`` drops the answer on its
+    way; ``stop()`` ends the thread (a later request starts a new one)."""
+
+    answered = Signal(object, object)  # (result or None, error message or None)
+
+    def __init__(self, make_serve: Callable[[], Callable[..., Any]], parent=None):
+        super().__init__(parent)
+        self._make_serve = make_serve
+        self._request_id = 0
+        self._pending_id: int | None = None
+        self._requests: queue.Queue = queue.Queue()
+        self._worker: GeneratorWorker | None = None
+
+    def request(self, *payload: Any) -> None:
+        self._request_id += 1
+        if self._worker is None:
+            self._worker = GeneratorWorker(newest_request_job, self._requests, self._make_serve,
+                                           cancel_kwarg="cancel", parent=self)
+            self._worker.yielded.connect(self._on_result)
+            self._worker.start()
+        self._pending_id = self._request_id
+        self._requests.put((self._request_id, *payload))
+
+    def busy(self) -> bool:
+        """Whether the answer to the newest request is still to come."""
+        return self._pending_id is not None
+
+    def forget(self) -> None:
+        """The answer still on its way (if any) is not delivered."""
+        self._request_id += 1
+        self._pending_id = None
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._requests.put(None)
+            self._worker.stop(10000)
+            self._worker = None
+            self._requests = queue.Queue()
+        self._pending_id = None
+
+    def _on_result(self, item) -> None:
+        rid, result, error = item
+        if rid != self._request_id:
+            return  # a newer request is on its way
+        self._pending_id = None
+        self.answered.emit(result, error)
