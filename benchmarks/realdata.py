@@ -173,32 +173,29 @@ def fetch_pyradiomics(cache: Path) -> Path:
     return out
 
 
-def fetch_mni(cache: Path) -> Path:
-    """The folder of the MNI152 T1 / GM / WM maps taken from the nilearn wheel (once)."""
-    out = cache / "raw" / "mni152"
-    if all((out / f"{k}.nii.gz").exists() for k in MNI_FILES):
+def _files_from_wheel(cache: Path, folder: str, package: str, members: dict[str, str], suffix: str) -> Path:
+    """``<cache>/raw/<folder>``, holding each of ``members`` (name -> path in the wheel of
+    ``package``) as ``<name><suffix>``, taken from the wheel once."""
+    out = cache / "raw" / folder
+    if all((out / f"{k}{suffix}").exists() for k in members):
         return out
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = _pip_download(NILEARN, Path(tmp), sdist=False)
+        wheel = _pip_download(package, Path(tmp), sdist=False)
         out.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as z:
-            for k, member in MNI_FILES.items():
-                (out / f"{k}.nii.gz").write_bytes(z.read(member))
+            for k, member in members.items():
+                (out / f"{k}{suffix}").write_bytes(z.read(member))
     return out
+
+
+def fetch_mni(cache: Path) -> Path:
+    """The folder of the MNI152 T1 / GM / WM maps taken from the nilearn wheel (once)."""
+    return _files_from_wheel(cache, "mni152", NILEARN, MNI_FILES, ".nii.gz")
 
 
 def fetch_stardist_nuclei(cache: Path) -> Path:
     """The folder of the DSB 2018 nuclei image and mask taken from the stardist wheel (once)."""
-    out = cache / "raw" / "dsb-nuclei"
-    if all((out / f"{k}.tif").exists() for k in STARDIST_FILES):
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = _pip_download(STARDIST, Path(tmp), sdist=False)
-        out.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as z:
-            for k, member in STARDIST_FILES.items():
-                (out / f"{k}.tif").write_bytes(z.read(member))
-    return out
+    return _files_from_wheel(cache, "dsb-nuclei", STARDIST, STARDIST_FILES, ".tif")
 
 
 # --------------------------------------------------------------------------- volumes
