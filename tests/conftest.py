@@ -10,7 +10,20 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+import gc  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_gui_tests(request):
+    """After a test with windows (set up first, so torn down after qtbot has closed them),
+    free their reference cycles at once: left to a later test, the collector once ran in
+    the GUI thread while that test's training thread was building a model, and the
+    process died of a segmentation fault (full suite, under load)."""
+    yield
+    if "qtbot" in request.fixturenames:
+        gc.collect()
 
 
 @pytest.fixture
