@@ -5,6 +5,7 @@
     python benchmarks/evidence_probe.py objects --set dev
     python benchmarks/evidence_probe.py adds --set dev
     python benchmarks/evidence_probe.py outlines --set dev
+    python benchmarks/evidence_probe.py edges --set nuclei-sample
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -18,7 +19,9 @@ the probe that chose its defaults. `adds` does the same for rule 4
 (`review.add_supported_regions`: regions the label left out that the model and the
 image support). `outlines` tries rule 3's per-image evidence on
 outline moves (thick regions added or cut), with and without a test of the image,
-which was not adopted. Choosing is done on `dev` sets only; the report
+which was not adopted. `edges` shows what rule 2's image check of outline moves
+(`review.image_backs_outline_moves`) costs and saves at several margins. Choosing is
+done on `dev` sets only; the report
 sets are scored once with what was chosen (`realtable.py`).
 """
 
@@ -392,9 +395,40 @@ def adds(name: str, d: dict) -> list:
     return cells
 
 
+EDGE_MARGINS = (None, 0.0, 0.15, 0.3)
+
+
+def edges(name: str, d: dict) -> list:
+    """A row: output Dice against the correct masks of the whole review (rules 1-4) without
+    rule 2's image check of outline moves (`review.image_backs_outline_moves`), and with
+    it at each margin of EDGE_MARGINS (None: without), with the pixels the output changed
+    and the share of them that now agree with the correct mask. The adopted margin is
+    rule 4's (0.15), not tuned here: this probe shows what it costs on the dev sets."""
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.metrics import dice
+    from ielstudio.core.review import apply_object_rules, assess_reliability, gate_changes, image_backs_outline_moves
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
+    n = probs.shape[1]
+    oos = d["oos"].astype(bool)
+    rel = assess_reliability([(probs[i], given[i]) for i in np.flatnonzero(oos)], n, th, True)
+    gated = [gate_changes(propose(probs[i], given[i], CleanConfig(), th), given[i], probs[i], rel.reliable, th)
+             for i in range(len(given))]
+    cells = [name, C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)]))]
+    for margin in EDGE_MARGINS:
+        outs = [apply_object_rules(o if margin is None else image_backs_outline_moves(o, g, im, margin), g, pr, th,
+                                   im, rel)[0] for o, g, pr, im in zip(gated, given, probs, images)]
+        changed = sum(int((o != g).sum()) for o, g in zip(outs, given))
+        right = sum(int(((o != g) & (o == c)).sum()) for o, g, c in zip(outs, given, clean))
+        cells.append(f"{np.mean([dice(o, c, n) for o, c in zip(outs, clean)]):.3f} "
+                     f"({changed} px, {right / max(changed, 1):.0%})")
+    return cells
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines"])
+    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -433,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(row[:3] + [margin if margin is not None else "–"] + row[3:])
         print(C.md_table(["cache", "region", "mean p >=", "image margin", "rules 1-3", "with outline moves (regions)"],
                          rows))
+    elif a.what == "edges":
+        print(C.md_table(["cache", "given", "no image check"] + [f"margin {m}" for m in EDGE_MARGINS[1:]],
+                         [edges(path.stem, load(path)) for path in paths]))
     elif a.what == "adds":
         print(C.md_table(["cache", "rules 1-3"] + [f"p >= {p}, {t} px, margin {m}" for p, t, m in ADD_GRID],
                          [adds(path.stem, load(path)) for path in paths]))

@@ -147,9 +147,9 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
             decided = np.where(probs.max(axis=0) >= config.threshold, decided, given)
         raw = postprocess_volume(decided, config)
         raw = np.stack([keep_given_edges(raw[k], given[k], config.edge_tolerance) for k in range(len(slices))])
-        proposal = gate_changes(raw, given, probs, reliability.reliable, thresholds)
-        proposal, removed, added = apply_object_rules(proposal, given, probs, thresholds,
-                                                      np.stack([s.image for s in slices], axis=1), reliability)
+        image = np.stack([s.image for s in slices], axis=1)  # (C,D,H,W)
+        proposal = gate_changes(raw, given, probs, reliability.reliable, thresholds, image=image)
+        proposal, removed, added = apply_object_rules(proposal, given, probs, thresholds, image, reliability)
         objects_removed, regions_added = objects_removed + removed, regions_added + added
         labelled += np.bincount(given.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         proposed += np.bincount(proposal.ravel(), minlength=ds.n_classes)[:ds.n_classes]
