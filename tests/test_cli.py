@@ -1,7 +1,9 @@
 """The `ielstudio` command line, run in-process through `main([...])` on a tiny generated dataset."""
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import runpy
 import sys
@@ -86,14 +88,19 @@ def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys)
         assert d["removed"][1] == int((given & ~cleaned).sum())
     rows = csv_path.read_text().splitlines()
     assert rows[0].startswith("name,score,changed_pixels") and len(rows) == 7
-    assert rows[0].endswith(",objects_removed,regions_added,output") and report["objects_removed"] == 0
+    assert rows[0].endswith(",objects_removed,regions_added,outline_smoothness,outline_fit,output")
+    assert report["objects_removed"] == 0
     assert report["regions_added"] == 0 and all(d["regions_added"] == 0 for d in report["images"])
     # where the score includes what the mask and the image say (a 2-step model is far from reliable), each
     # image's report names both factors
     with_priors = report["reliability"]["score_includes_shape_prior"]
+    by_name = {r["name"]: r for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
     for d in report["images"]:
         assert ("outline_smoothness" in d) == ("outline_fit" in d) == with_priors
         assert not with_priors or (0.0 < d["outline_fit"] <= 1.0 and 0.0 <= d["outline_smoothness"] <= 1.0)
+        row = by_name[d["name"]]  # report.csv says the same, empty where the score is the model's alone
+        assert row["outline_fit"] == (str(d["outline_fit"]) if with_priors else "")
+        assert row["outline_smoothness"] == (str(d["outline_smoothness"]) if with_priors else "")
     # one image of six held out: the verdict on the model rests on it, and the command says so
     assert report["reliability"]["n_images"] == 1 and report["reliability"]["out_of_sample"]
     assert "note: the model was checked on only 1 held-out image(s)" in err and "--folds 3" in err

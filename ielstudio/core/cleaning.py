@@ -764,14 +764,18 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
 
 
 def _report_csv(images: list[dict], n_classes: int) -> str:
+    """report.csv: a row per image, as in the report's ``images``; ``outline_smoothness`` and
+    ``outline_fit`` (the score's two factors besides the model's) are empty where the score
+    is the model's alone."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["name", "score", "changed_pixels", "changed_fraction"]
                + [f"added_{c}" for c in range(n_classes)] + [f"removed_{c}" for c in range(n_classes)]
-               + ["objects_removed", "regions_added", "output"])
+               + ["objects_removed", "regions_added", "outline_smoothness", "outline_fit", "output"])
     for d in images:
         w.writerow([d["name"], d["score"], d["changed_pixels"], f"{d['changed_fraction']:.6f}",
-                    *d["added"], *d["removed"], d["objects_removed"], d["regions_added"], d["output"]])
+                    *d["added"], *d["removed"], d["objects_removed"], d["regions_added"],
+                    d.get("outline_smoothness", ""), d.get("outline_fit", ""), d["output"]])
     return buf.getvalue()
 
 
