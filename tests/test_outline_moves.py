@@ -40,6 +40,7 @@ def ring_case(ring_value: float):
     (0.1 + 0.8 * (0.5 + ADD_IMAGE_MARGIN + 0.02), True),
     (0.1 + 0.8 * (0.5 + ADD_IMAGE_MARGIN - 0.02), False),  # halfway is no evidence: past it by the margin
     (0.5, False),
+    (float("nan"), False),  # no evidence (the loader sets NaN to 0; this rule does not rely on it)
 ])
 def test_an_outline_grown_by_two_px_is_kept_only_where_the_image_shows_the_edge_there(ring_value, kept):
     given, proposal, image = ring_case(ring_value)

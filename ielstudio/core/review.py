@@ -314,7 +314,7 @@ def image_backs_outline_moves(proposal: np.ndarray, given: np.ndarray, image: np
         below, above = near & (was == g), near & (was == p)
         if not below.any() or not above.any():
             continue
-        if image_position(image[(slice(None),) + box], region, below, above) <= 0.5 + margin:
+        if not image_position(image[(slice(None),) + box], region, below, above) > 0.5 + margin:  # NaN: no evidence
             out[box][region] = was[region]
     return out
 
