@@ -27,7 +27,7 @@ Do no harm. A label is changed only where the evidence is strong:
    (`image_backs_outline_moves`). A model's edges are no more exact than an expert's:
    given the correct masks of the real DSB nuclei (a report set) a reliable model
    (held-out agreement 0.94) changed 4,014 px of outline with confidence, none of
-   them right (output Dice 0.966; 0.990 with this check). benchmarks/README.md,
+   them right (output Dice 0.966; 0.9899 with this check). benchmarks/README.md,
    "Outline moves need the image too".
 3. **Or the object is one the model finds no trace of, in an image it otherwise
    reads right** (`remove_unsupported_objects`; per object, so it holds even where
