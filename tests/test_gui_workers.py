@@ -227,12 +227,13 @@ def test_newest_request_worker_answers_only_the_newest_request(qtbot):
     superseded request is dropped; a failed request is told and the thread goes on;
     forget() drops the answer on its way. The served function is made once per thread."""
     started, release = threading.Event(), threading.Event()
-    made = []
+    made, served = [], []
 
     def make_serve():
         made.append(1)
 
         def serve(x):
+            served.append(x)
             if x == "slow":
                 started.set()
                 release.wait(10)
@@ -260,5 +261,8 @@ def test_newest_request_worker_answers_only_the_newest_request(qtbot):
     w.request(7)
     w.forget()
     assert not w.busy()
+    qtbot.waitUntil(lambda: 7 in served, timeout=5000)  # served, and its answer drained ...
+    qtbot.wait(100)
+    assert got[-1] == (10, None) and len(got) == 3  # ... but not delivered
     w.stop()
-    assert got[-1] == (10, None) and len(got) == 3 and made == [1]
+    assert made == [1] and served == ["slow", 3, "bad", 5, 7]

@@ -10,7 +10,6 @@ for a file."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
@@ -24,6 +23,12 @@ from .workers import NewestRequestWorker
 LABEL_OPACITY = 0.4
 CROSS_COLOR = (255, 255, 255)
 REVIEWED_COLOR = (255, 220, 0)
+
+
+def planes_server():
+    """A function serving one request of the views: ``planes_fn`` -> ``planes_fn()`` (the
+    planes read and put together in the worker)."""
+    return lambda planes_fn: planes_fn()
 
 
 class _PlaneView(pg.ViewBox):
@@ -51,7 +56,7 @@ class OrthoViews(QWidget):
         super().__init__(parent)
         self.planes: list = []
         self._levels = (0.0, 1.0)
-        self._reader = NewestRequestWorker(lambda: (lambda planes_fn: planes_fn()), parent=self)
+        self._reader = NewestRequestWorker(planes_server, parent=self)
         self._reader.answered.connect(self._on_result)
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground(QColor(30, 30, 30))
