@@ -441,3 +441,51 @@ def test_view_controls_fit_zoom_and_window_level(qtbot):
     c.set_image(image[::-1].copy(), reset_view=False)  # kept for the next image
     assert tuple(c.image_item.levels) == pytest.approx((0.2, 0.4))
     assert auto_levels(np.full((4, 4), 0.3)) == pytest.approx((-0.2, 0.8))  # a flat image still shows
+
+
+def test_iel_maps_fill_their_boxes_after_the_panel_grows(qtbot):
+    """Maps first shown while the panel is squeezed (a short window) still fill their boxes
+    once it grows: under Xvfb the maps of a 1,290 x 690 px window stayed dots after the
+    window was enlarged."""
+    from ielstudio.core.iel import IELConfig
+    from ielstudio.gui.iel_panel import IELPanel
+
+    p = IELPanel()
+    qtbot.addWidget(p)
+    mask = np.zeros((40, 40), np.int64)
+    mask[10:30, 8:32] = 1
+    with qtbot.waitSignal(p.updated, timeout=20000):  # before the panel is laid out at all
+        p.request(mask, None, 2, IELConfig(heat_steps=4))
+    p.resize(260, 900)
+    p.show()
+    qtbot.waitExposed(p)
+    qtbot.waitUntil(lambda: p.boxes[0].height() > 150, timeout=5000)
+    qtbot.wait(50)
+    (x0, x1), (y0, y1) = p.boxes[0].viewRange()
+    # the image's 40 px fill the box's tighter side (a little padding), not a speck in it
+    assert min(x1 - x0, y1 - y0) < 40 * 1.2, p.boxes[0].viewRange()
+
+
+def test_ortho_planes_fill_their_boxes_after_the_views_grow(qtbot):
+    """The same for the orthogonal views, which set their range on every new plane size:
+    planes first shown before the views are laid out fill their boxes once they are
+    (they did before the IEL panel's fix too; kept so that it stays so)."""
+    from ielstudio.core.ortho_planes import OrthoPlane
+    from ielstudio.core.volume_review import Orientation
+    from ielstudio.gui.ortho_views import OrthoViews
+
+    v = OrthoViews()
+    qtbot.addWidget(v)
+    planes = [OrthoPlane(axis, 5, "", Orientation(), np.random.default_rng(axis).random((30, 40), np.float32),
+                         np.zeros((30, 40), np.int64), (1.0, 1.0), (10, 12), ("row", 10), (30, 30, 40))
+              for axis in (1, 2)]
+    v.show_planes(planes)
+    v.resize(300, 900)
+    v.show()
+    qtbot.waitExposed(v)
+    qtbot.waitUntil(lambda: v.boxes[0].height() > 100, timeout=5000)
+    qtbot.wait(50)
+    for box in v.boxes:
+        (x0, x1), (y0, y1) = box.viewRange()
+        assert x1 - x0 < 40 * 1.2 or y1 - y0 < 30 * 1.2, box.viewRange()
+        assert x0 <= 0.5 and x1 >= 39.5 and y0 <= 0.5 and y1 >= 29.5  # and the whole plane is in view

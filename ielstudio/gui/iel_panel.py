@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
@@ -179,9 +179,8 @@ class IELPanel(QWidget):
                 region.clear()
             else:
                 region.setImage(np.asarray(maps.convex_region, np.uint8), levels=(0, 255), autoLevels=False)
-        h, w = given_maps.amplification.shape
-        if first:
-            self.boxes[0].setRange(QRectF(0, 0, w, h), padding=0.02)
+        if first:  # fit the maps, and go on fitting them as the panel is laid out or resized (until a zoom)
+            self.boxes[0].enableAutoRange()
         self._show_step(self.slider.value())
         amp = float(np.max(given_maps.amplification))
         text = f"Given mask: max amplification {amp:.3g}"
