@@ -445,25 +445,35 @@ def test_view_controls_fit_zoom_and_window_level(qtbot):
 
 def test_iel_maps_fill_their_boxes_after_the_panel_grows(qtbot):
     """Maps first shown while the panel is squeezed (a short window) still fill their boxes
-    once it grows: under Xvfb the maps of a 1,290 x 690 px window stayed dots after the
-    window was enlarged."""
+    once it grows: under Xvfb the maps of a 1,290 x 690 px window stayed specks after the
+    window was enlarged (the two linked boxes turned pyqtgraph's auto-range off). Until
+    the user zooms: then the maps stay as the user put them."""
     from ielstudio.core.iel import IELConfig
     from ielstudio.gui.iel_panel import IELPanel
 
     p = IELPanel()
     qtbot.addWidget(p)
-    mask = np.zeros((40, 40), np.int64)
-    mask[10:30, 8:32] = 1
-    with qtbot.waitSignal(p.updated, timeout=20000):  # before the panel is laid out at all
-        p.request(mask, None, 2, IELConfig(heat_steps=4))
-    p.resize(260, 900)
+    p.resize(170, 260)
     p.show()
     qtbot.waitExposed(p)
+    mask = np.zeros((40, 40), np.int64)
+    mask[10:30, 8:32] = 1
+    with qtbot.waitSignal(p.updated, timeout=20000):
+        p.request(mask, None, 2, IELConfig(heat_steps=4))
+    p.resize(340, 900)
     qtbot.waitUntil(lambda: p.boxes[0].height() > 150, timeout=5000)
     qtbot.wait(50)
-    (x0, x1), (y0, y1) = p.boxes[0].viewRange()
-    # the image's 40 px fill the box's tighter side (a little padding), not a speck in it
-    assert min(x1 - x0, y1 - y0) < 40 * 1.2, p.boxes[0].viewRange()
+
+    def fitted(box) -> bool:  # the image's 40 px fill the box's tighter side, with a little padding
+        (x0, x1), (y0, y1) = box.viewRange()
+        return min(x1 - x0, y1 - y0) < 40 * 1.2 and x0 <= 0 and y0 <= 0 and x1 >= 40 and y1 >= 40
+
+    assert all(fitted(b) for b in p.boxes), [b.viewRange() for b in p.boxes]
+    p.boxes[0].scaleBy((4, 4))  # as a wheel zoom does, then a manual-range signal
+    p.boxes[0].sigRangeChangedManually.emit([True, True])
+    p.resize(340, 600)
+    qtbot.waitUntil(lambda: p.boxes[0].height() < 300, timeout=5000)
+    assert not fitted(p.boxes[0])  # the user's zoom is kept
 
 
 def test_ortho_planes_fill_their_boxes_after_the_views_grow(qtbot):

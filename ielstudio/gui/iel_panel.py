@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
@@ -108,6 +108,12 @@ class IELPanel(QWidget):
             self.titles.append(label)
         self.boxes[1].setXLink(self.boxes[0])
         self.boxes[1].setYLink(self.boxes[0])
+        # the maps fit their boxes, also as the window is laid out or resized, until the user
+        # zooms or pans (the linked boxes turn pyqtgraph's own auto-range off on a resize)
+        self._fit_maps = True
+        for vb in self.boxes:
+            vb.sigResized.connect(self._fit)
+            vb.sigRangeChangedManually.connect(self._stop_fitting)
         # what the colours mean: one bar, as each map is scaled to its own maximum (in its title)
         self.colour_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=pg.colormap.get("inferno"), interactive=False,
                                           orientation="horizontal", colorMapMenu=False, width=12,
@@ -179,8 +185,9 @@ class IELPanel(QWidget):
                 region.clear()
             else:
                 region.setImage(np.asarray(maps.convex_region, np.uint8), levels=(0, 255), autoLevels=False)
-        if first:  # fit the maps, and go on fitting them as the panel is laid out or resized (until a zoom)
-            self.boxes[0].enableAutoRange()
+        if first:
+            self._fit_maps = True
+            self._fit()
         self._show_step(self.slider.value())
         amp = float(np.max(given_maps.amplification))
         text = f"Given mask: max amplification {amp:.3g}"
@@ -190,6 +197,15 @@ class IELPanel(QWidget):
             text += f" · {self.no_prediction_hint}"
         self.info.setText(text)
         self.updated.emit()
+
+    def _fit(self, *_) -> None:
+        """Fit the shown maps to their boxes (while the user has not zoomed or panned them)."""
+        if self._fit_maps and self.given_maps is not None:
+            h, w = self.given_maps.amplification.shape
+            self.boxes[0].setRange(QRectF(0, 0, w, h), padding=0.02)
+
+    def _stop_fitting(self, *_) -> None:
+        self._fit_maps = False
 
     def _show_step(self, k: int) -> None:
         index = getattr(self.given_maps, "step_index", None)
