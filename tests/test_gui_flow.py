@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
-from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from ielstudio.gui import jobs  # noqa: E402
 from ielstudio.gui.main_window import MainWindow  # noqa: E402
@@ -1007,6 +1007,15 @@ def test_training_with_folds_scores_every_image_out_of_sample(make_window, datas
     model, _, meta = load_checkpoint(w.project.checkpoint.path)
     assert isinstance(model, CrossFitModel) and len(model.models) == 2
     assert set(model.fold_of) == {f"cell{i}" for i in range(N_IMAGES)}
+    # the queue's score tooltip says what the score is and which model gave it, from the project
+    from ielstudio.gui.queue_model import COL_SCORE
+
+    row = w.project.image("cell0")
+    assert row.score_parts["out_of_sample"] is True and row.score_parts["model"] >= row.score - 1e-6
+    w._reload_queue()  # as a reopened project fills the queue
+    tip = w.queue.model.data(w.queue.model.index(w.queue.model.row_of("cell0"), COL_SCORE),
+                             Qt.ItemDataRole.ToolTipRole)
+    assert f"score {row.score:.3f}" in tip and "a model that never trained on this mask" in tip
 
 
 def test_a_narrow_saved_layout_still_shows_the_queue_scores(make_window, dataset, qtbot):

@@ -80,14 +80,15 @@ def test_image_score_adds_the_prior_only_where_no_class_is_reliable():
     assert good.any_reliable and not bad.any_reliable
     plain = label_quality(probs, given)[0]
     image = np.where(truth != 0, 120.0, 60.0)[None]
-    assert image_score(probs, given, None, good, image) == (plain, None, None)
-    score, smoothness, fit = image_score(probs, given, None, bad, image)
+    assert image_score(probs, given, None, good, image) == (plain, plain, None, None)
+    score, model, smoothness, fit = image_score(probs, given, None, bad, image)
+    assert model == plain
     assert smoothness == pytest.approx(outline_smoothness(given))
     assert fit == pytest.approx(outline_fit_dice(image, given)) and fit < 1.0  # the ragged outline is off the edge
     assert SHAPE_PRIOR_POWER == 2 and score == pytest.approx(plain * smoothness ** 2 * fit)
     assert score < plain
     # the truth's own outline sits on the image's edge: the fit leaves its score as the prior makes it
-    score, smoothness, fit = image_score(probs, truth.astype(np.int64), None, bad, image)
+    score, _, smoothness, fit = image_score(probs, truth.astype(np.int64), None, bad, image)
     assert fit == 1.0 and score == pytest.approx(label_quality(probs, truth.astype(np.int64))[0] * smoothness ** 2)
 
 
@@ -109,14 +110,14 @@ def test_a_model_that_nearly_reaches_the_bar_ranks_without_the_prior():
     rough = ragged(disk()).astype(np.int64)
     probs = probs_of(disk(), 0.9)
     image = np.where(disk() != 0, 120.0, 60.0)
-    assert image_score(probs, rough, None, near, image) == (label_quality(probs, rough)[0], None, None)
+    assert image_score(probs, rough, None, near, image) == (label_quality(probs, rough)[0],) * 2 + (None, None)
     assert "the model is not reliable for any class" in near.messages[0]
     assert "ragged" not in near.messages[0] and "ragged" not in with_object_changes(
         near.messages, 2, caveat=near.ranking_caveat)[0]
     far = assess_reliability([(model(12), given)], 2, None, out_of_sample=True)
     assert far.agreement[1] == pytest.approx(24 / 52) and far.uses_shape_prior
     assert far.to_dict()["score_includes_shape_prior"] is True
-    assert image_score(probs, rough, None, far, image)[1] == pytest.approx(outline_smoothness(rough))
+    assert image_score(probs, rough, None, far, image).smoothness == pytest.approx(outline_smoothness(rough))
     assert "how ragged each mask's outline is" in with_object_changes(far.messages, 2, caveat=far.ranking_caveat)[0]
 
 
@@ -165,3 +166,20 @@ def test_an_unreliable_review_ranks_an_outline_off_the_image_edge_below_one_on_i
     for r, s in zip(results, data):
         model_score = label_quality(r.probs, s.mask)[0]
         assert r.score == pytest.approx(model_score * r.outline_smoothness ** 2 * r.outline_fit)
+
+
+def test_the_score_is_described_by_its_parts():
+    from ielstudio.core.review import ImageResult, describe_score
+
+    zero = np.zeros((2, 4, 4), np.float32)
+    alone = ImageResult("a", zero, np.zeros((4, 4), np.int64), 0.8, out_of_sample=False)
+    assert alone.score_parts() == {"model": 0.8, "out_of_sample": False}
+    assert describe_score(0.8, alone.score_parts()) == ("score 0.800: the model's agreement with the mask; "
+                                                       "predicted by a model that trained on this mask")
+    with_prior = ImageResult("b", zero, np.zeros((4, 4), np.int64), 0.8 * 0.9 ** 2 * 0.5, True,
+                             outline_smoothness=0.9, outline_fit=0.5, model_score=0.8)
+    text = describe_score(with_prior.score, with_prior.score_parts())
+    assert text.startswith("score 0.324 = the model's agreement 0.800 x outline smoothness 0.900^2 x "
+                           "outline fit to the image 0.500 (")
+    assert text.endswith("predicted by a model that never trained on this mask")
+    assert describe_score(0.25, None) == "score 0.250"

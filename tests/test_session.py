@@ -24,7 +24,7 @@ def _project(tmp_path, n=3):
 
 def test_create_open_meta_and_pragmas(tmp_path):
     p = _project(tmp_path)
-    assert p.schema_version == S.SCHEMA_VERSION == 3
+    assert p.schema_version == S.SCHEMA_VERSION == 4
     assert p.images_dir == (tmp_path / "images").resolve()
     assert p.masks_dir == (tmp_path / "masks").resolve()
     assert p.app_version == "0.1.0" and p.created.endswith("+00:00")
@@ -106,6 +106,7 @@ def test_v1_file_made_by_raw_sql_migrates_without_losing_data(tmp_path):
     with Project.open(path) as p:  # reopening does not migrate twice
         assert p.get_setting("brush_radius") == 5 and p.schema_version == S.SCHEMA_VERSION
         assert p.proposal("a") is None and p._q("SELECT count(*) FROM proposals")[0][0] == 0  # v3: empty
+        assert p.image("a").score_parts is None  # v4: an old score's parts are not known
 
 
 @pytest.mark.parametrize("mask", [
@@ -613,4 +614,16 @@ def test_copy_to_does_not_wait_for_the_project_lock(tmp_path):
         t.join()
     with Project.open(copy) as q:
         assert q.decision("img1").status == "kept"
+    p.close()
+
+
+def test_a_score_keeps_its_parts_until_a_score_without_them_replaces_it(tmp_path):
+    p = _project(tmp_path)
+    parts = {"model": 0.8, "out_of_sample": True, "outline_smoothness": 0.9, "outline_fit": 0.75}
+    assert p.set_scores([("img0", 0.486, 0.01, parts), ("img1", 0.7, 0.02)]) == 2
+    assert p.image("img0").score_parts == parts and p.image("img0").score == pytest.approx(0.486)
+    assert p.image("img1").score_parts is None
+    assert [r.score_parts for r in p.images(order_by="name")] == [parts, None, None]
+    p.set_scores({"img0": 0.5})  # a score alone (an older caller): its parts would be stale
+    assert p.image("img0").score_parts is None
     p.close()

@@ -70,7 +70,7 @@ lesions, four draws of the label noise: Spearman 0.54 -> 0.56 with the smoothnes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -531,12 +531,27 @@ class ImageResult:
     regions_added: int = 0  # by rule 4 (`add_supported_regions`)
     outline_smoothness: float | None = None  # the shape prior in the score (`image_score`); None: not used
     outline_fit: float | None = None  # the outline's fit to the image in the score (`image_score`); None: not used
+    model_score: float | None = None  # the model's own part of the score (None: the score is the model's alone)
+
+    def score_parts(self) -> dict:
+        """What the score is made of, for the review queue (`describe_score`): the
+        model's part, the two factors without the model (where used), out of sample."""
+        return score_parts(self.score if self.model_score is None else self.model_score,
+                           self.outline_smoothness, self.outline_fit, self.out_of_sample)
+
+
+class ImageScore(NamedTuple):
+    """An image's label-quality score (`image_score`) and what it is made of."""
+
+    value: float
+    model: float  # `cleaning.label_quality`: the model's agreement with the given mask
+    smoothness: float | None  # `mask_prior.outline_smoothness` (None: not in the score)
+    fit: float | None  # `boundary_fit.outline_fit_dice` (None: not in the score)
 
 
 def image_score(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray | None,
-                reliability: Reliability, image: np.ndarray) -> tuple[float, float | None, float | None]:
-    """(score, the outline smoothness and the outline fit it includes, or None, None): the
-    label-quality score of one image (or slice), `cleaning.label_quality`, times
+                reliability: Reliability, image: np.ndarray) -> ImageScore:
+    """The label-quality score of one image (or slice): `cleaning.label_quality`, times
     `outline_smoothness(given)` ** `SHAPE_PRIOR_POWER` times `outline_fit_dice(image,
     given)` where the model is reliable for no class and none comes close
     (`Reliability.uses_shape_prior`). ``image`` (C, H, W) or (H, W)."""
@@ -546,9 +561,42 @@ def image_score(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray | N
 
     score, _ = label_quality(probs, given, thresholds)
     if not reliability.uses_shape_prior:
-        return score, None, None
+        return ImageScore(score, score, None, None)
     smoothness, fit = outline_smoothness(given), outline_fit_dice(image, given)
-    return score * smoothness ** SHAPE_PRIOR_POWER * fit, smoothness, fit
+    return ImageScore(score * smoothness ** SHAPE_PRIOR_POWER * fit, score, smoothness, fit)
+
+
+def score_parts(model: float, smoothness: float | None, fit: float | None, out_of_sample: bool) -> dict:
+    """The parts of an image's score as stored with it (JSON-able; `describe_score`)."""
+    parts = {"model": round(float(model), 6), "out_of_sample": bool(out_of_sample)}
+    if smoothness is not None:
+        parts["outline_smoothness"] = round(float(smoothness), 6)
+    if fit is not None:
+        parts["outline_fit"] = round(float(fit), 6)
+    return parts
+
+
+def describe_score(score: float, parts: dict | None) -> str:
+    """One line for a reviewer: how ``score`` (1 = the label looks right) is made up
+    from its ``parts`` (`score_parts`); just the score where the parts are unknown."""
+    text = f"score {score:.3f}"
+    if not parts:
+        return text
+    model = parts.get("model", score)
+    factors = [f"the model's agreement {model:.3f}"]
+    if "outline_smoothness" in parts:
+        factors.append(f"outline smoothness {parts['outline_smoothness']:.3f}"
+                       + ("" if SHAPE_PRIOR_POWER == 1 else f"^{SHAPE_PRIOR_POWER}"))
+    if "outline_fit" in parts:
+        factors.append(f"outline fit to the image {parts['outline_fit']:.3f}")
+    if len(factors) == 1:
+        text += ": the model's agreement with the mask"
+    else:  # `Reliability.uses_shape_prior`
+        text += (" = " + " x ".join(factors)
+                 + " (the model is far from reliable on this data, so the outline's own shape and fit count too)")
+    seen = ("by a model that never trained on this mask" if parts.get("out_of_sample")
+            else "by a model that trained on this mask")
+    return f"{text}; predicted {seen}"
 
 
 @dataclass
@@ -642,9 +690,9 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
         objects_removed, regions_added = objects_removed + removed, regions_added + added
         _, in_proposal, in_label = confusion_counts(proposal, s.mask, n_classes)
         labelled, proposed = labelled + in_label, proposed + in_proposal
-        score, smoothness, fit = image_score(probs, s.mask, thresholds, reliability, s.image)
-        yield ImageResult(s.name, probs, proposal, score, crossfit or s.name in held, removed, added, smoothness,
-                          fit)
+        score = image_score(probs, s.mask, thresholds, reliability, s.image)
+        yield ImageResult(s.name, probs, proposal, score.value, crossfit or s.name in held, removed, added,
+                          score.smoothness, score.fit, score.model)
     if world.distributed:
         parts = distributed.gather((labelled, proposed, unreadable, objects_removed, regions_added))
         labelled, proposed = sum(p[0] for p in parts), sum(p[1] for p in parts)

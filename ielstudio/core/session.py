@@ -110,6 +110,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX proposals_source ON proposals(source);
     """,
+    # v4: what each score is made of (JSON, `review.score_parts`), for the queue's tooltip.
+    """
+    ALTER TABLE images ADD COLUMN score_parts TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -287,6 +291,7 @@ class ImageRow:
     changed_fraction: float | None
     skip_reason: str | None
     decided_at: str | None
+    score_parts: dict | None = None  # what the score is made of (`review.score_parts`); None: not known
 
 
 @dataclass(frozen=True)
@@ -660,8 +665,10 @@ class Project:
     def set_scores(self, scores: Mapping[str, float] | Iterable[tuple]) -> int:
         """Bulk-set label-quality scores in one transaction.
 
-        `scores`: {name: score} or an iterable of (name, score) / (name, score, changed_fraction).
-        Unknown names are ignored; returns how many rows were updated.
+        `scores`: {name: score} or an iterable of (name, score) / (name, score,
+        changed_fraction) / (name, score, changed_fraction, score_parts), score_parts a
+        JSON-able dict (`review.score_parts`) or None. A score set without its parts
+        forgets the old parts. Unknown names are ignored; returns how many rows were updated.
         """
         items = scores.items() if isinstance(scores, Mapping) else scores
         plain, with_changed = [], []
@@ -669,11 +676,14 @@ class Project:
             if len(item) == 2:
                 plain.append((_opt_float(item[1]), _db_text(item[0])))
             else:
-                with_changed.append((_opt_float(item[1]), _opt_float(item[2]), _db_text(item[0])))
+                parts = item[3] if len(item) > 3 else None
+                with_changed.append((_opt_float(item[1]), _opt_float(item[2]),
+                                     None if parts is None else json.dumps(parts), _db_text(item[0])))
         with self._tx() as c:
             start = self._conn.total_changes
-            c.executemany("UPDATE images SET score = ? WHERE name = ?", plain)
-            c.executemany("UPDATE images SET score = ?, changed_fraction = ? WHERE name = ?", with_changed)
+            c.executemany("UPDATE images SET score = ?, score_parts = NULL WHERE name = ?", plain)
+            c.executemany("UPDATE images SET score = ?, changed_fraction = ?, score_parts = ? WHERE name = ?",
+                          with_changed)
             return self._conn.total_changes - start
 
     def image(self, name: str) -> ImageRow:
@@ -987,14 +997,14 @@ def _opt_float(x) -> float | None:
 
 
 _IMAGE_SELECT = ("SELECT i.name, i.image_path, i.mask_path, i.status, i.score, i.changed_fraction, "
-                 "i.skip_reason, (SELECT at FROM decisions WHERE id = i.decision_id) FROM images i")
+                 "i.skip_reason, (SELECT at FROM decisions WHERE id = i.decision_id), i.score_parts FROM images i")
 _DECISION_SELECT = ("SELECT d.id, d.status, d.mask_id, d.reason, d.who, d.at, d.checkpoint_sha256, "
                     "d.settings, i.status")
 
 
 def _image_row(r: tuple) -> ImageRow:
     return ImageRow(_py_text(r[0]), Path(_py_text(r[1])), None if r[2] is None else Path(_py_text(r[2])),
-                    r[3], r[4], r[5], r[6], r[7])
+                    r[3], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] else None)
 
 
 def _decision(name: str, r: tuple, status: str) -> Decision:

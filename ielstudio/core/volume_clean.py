@@ -153,7 +153,7 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
         objects_removed, regions_added = objects_removed + removed, regions_added + added
         labelled += np.bincount(given.ravel(), minlength=ds.n_classes)[:ds.n_classes]
         proposed += np.bincount(proposal.ravel(), minlength=ds.n_classes)[:ds.n_classes]
-        scores = [image_score(probs[:, k], given[k], thresholds, reliability, slices[k].image)[0]
+        scores = [image_score(probs[:, k], given[k], thresholds, reliability, slices[k].image).value
                   for k in range(len(slices))]
         foreground = [bool((given[k] != 0).any() or (decided[k] != 0).any()) for k in range(len(slices))]
         yield VolumeResult(case, proposal, given, scores, _volume_score(scores, foreground),

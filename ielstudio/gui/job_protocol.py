@@ -63,6 +63,7 @@ class ImageReview:
     proposal: np.ndarray
     score: float
     changed: float
+    parts: dict | None = None  # what the score is made of (`core.review.score_parts`); None: not known
 
 
 @dataclass

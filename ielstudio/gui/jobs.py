@@ -153,7 +153,7 @@ class ScoreWriter:
         if self.project_path is None or not reviews.items:
             return reviews
         project = self._open()
-        project.set_scores([(n, r.score, r.changed) for n, r in reviews.items.items()])
+        project.set_scores([(n, r.score, r.changed, r.parts) for n, r in reviews.items.items()])
         if reviews.volume_scores and reviews.step is None:
             project.set_setting(VOLUME_SCORES, {**(project.get_setting(VOLUME_SCORES) or {}),
                                                 **reviews.volume_scores})
@@ -207,7 +207,7 @@ def scoring_job(model, samples, clean_config, cancel: Callable[[], bool],
             done += 1
             items[r.name] = ImageReview(np.asarray(r.probs, np.float32).astype(np.float16), compact_classes(r.proposal),
                                         float(r.score),
-                                        float(np.mean(r.proposal != given[r.name])))
+                                        float(np.mean(r.proposal != given[r.name])), r.score_parts())
             if len(items) >= chunk and done < total:
                 yield Reviews(None, items, done, total)
                 items = {}

@@ -14,6 +14,8 @@ import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 
+from ielstudio.core.review import describe_score
+
 COLUMNS = ("", "Name", "Score", "Changed", "Status")
 COL_THUMB, COL_NAME, COL_SCORE, COL_CHANGED, COL_STATUS = range(5)
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -37,6 +39,7 @@ class QueueRow:
     score: float | None = None
     changed: float | None = None
     reason: str | None = None  # why it was skipped
+    score_parts: dict | None = None  # what the score is made of (`core.review.score_parts`)
 
 
 def thumbnail_pixmap(rgb: np.ndarray) -> QPixmap:
@@ -235,6 +238,8 @@ class QueueModel(QAbstractTableModel):
                 done, n = self.progress_of(row.name)
                 return (f"{row.name}: a volume of {n} slices, {done} decided; its score is the mean over the slices "
                         "with foreground (PageUp/PageDown or Shift+wheel move through its slices)")
+            if col == COL_SCORE and row.score is not None:
+                return f"{row.name}: {describe_score(row.score, row.score_parts)}"
             return row.name
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_SCORE, COL_CHANGED):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)

@@ -261,7 +261,7 @@ class ProjectMixin:
 
     def _reload_queue(self) -> None:
         in_scan = set(self.pairs)  # a project may remember images (slices) no longer in the folders
-        rows = [QueueRow(r.name, r.status, r.score, r.changed_fraction, r.skip_reason)
+        rows = [QueueRow(r.name, r.status, r.score, r.changed_fraction, r.skip_reason, r.score_parts)
                 for r in self.project.images(order_by="score") if self.volumes is None or r.name in in_scan]
         if self.volumes is not None:  # slices in volume order: the row of a volume lists them so
             order = {p.name: i for i, p in enumerate(self.scan.pairs)}

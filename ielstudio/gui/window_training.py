@@ -237,10 +237,11 @@ class TrainingMixin:
             self.proposals.put(name, r.proposal, stored=reviews.source is not None)
             self._probs[name] = r.probs
             self._probs.move_to_end(name)
-            rows.append((name, r.score, r.changed))
+            rows.append((name, r.score, r.changed, r.parts))
         while len(self._probs) > PROBS_CACHE:
             self._probs.popitem(last=False)
-        self.queue.model.update_many({n: {"score": s, "changed": c} for n, s, c in rows})
+        self.queue.model.update_many({n: {"score": s, "changed": c, "score_parts": parts}
+                                      for n, s, c, parts in rows})
         if reviews.volume_scores and reviews.step is None:
             self.queue.model.set_group_scores(reviews.volume_scores)
         if self.current in reviews.items:
