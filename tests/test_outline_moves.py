@@ -2,10 +2,11 @@
 moves by a pixel or two stays as drawn unless the image shows the edge where the model
 put it; a model's edges are no more exact than an expert's."""
 
-import cv2
 import numpy as np
 import pytest
 
+from drawn import disk as drawn_disk
+from drawn import probs_of
 from ielstudio.core.review import (
     ADD_IMAGE_MARGIN,
     ADD_THICKNESS,
@@ -15,13 +16,8 @@ from ielstudio.core.review import (
 
 
 def disk(shape, centre, radius) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    cv2.circle(m, centre, radius, 1, -1)
-    return m.astype(np.int64)
-
-
-def probs_of(p_fg: np.ndarray) -> np.ndarray:
-    return np.stack([1 - p_fg, p_fg]).astype(np.float32)
+    """Class indices (int64), as masks are read."""
+    return drawn_disk(shape, centre, radius, np.int64)
 
 
 def ring_case(ring_value: float):

@@ -4,9 +4,9 @@ image whose mask the model reads right; nothing else is."""
 
 import math
 
-import cv2
 import numpy as np
 
+from drawn import disk, probs_of
 from ielstudio.core.review import (
     ADD_CONFIDENCE,
     ADD_IMAGE_MARGIN,
@@ -15,16 +15,6 @@ from ielstudio.core.review import (
     add_supported_regions,
     image_position,
 )
-
-
-def disk(shape, centre, radius) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    cv2.circle(m, centre, radius, 1, -1)
-    return m.astype(bool)
-
-
-def probs_of(p_fg: np.ndarray) -> np.ndarray:
-    return np.stack([1 - p_fg, p_fg]).astype(np.float32)
 
 
 def cut_lesion():

@@ -2,9 +2,9 @@
 finds no trace of, in an image whose other objects it finds, is removed; nothing else is."""
 
 
-import cv2
 import numpy as np
 
+from drawn import disk, probs_of
 from ielstudio.core.decision import decide
 from ielstudio.core.review import (
     AGREEMENT_TOLERANCE,
@@ -18,21 +18,12 @@ from ielstudio.core.review import (
 )
 
 
-def disk(shape, centre, radius) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    cv2.circle(m, centre, radius, 1, -1)
-    return m.astype(bool)
-
-
 def lesion_and_blob():
     """(given, truth): a lesion of radius 12 and a spurious blob of radius 4 drawn beside it."""
     lesion = disk((64, 64), (24, 30), 12)
     blob = disk((64, 64), (50, 12), 4)
     return (lesion | blob).astype(np.int64), lesion.astype(np.int64)
 
-
-def probs_of(p_fg: np.ndarray) -> np.ndarray:
-    return np.stack([1 - p_fg, p_fg]).astype(np.float32)
 
 
 def test_a_blob_beside_a_lesion_the_model_finds_is_removed_exactly():
