@@ -476,6 +476,32 @@ def test_iel_maps_fill_their_boxes_after_the_panel_grows(qtbot):
     assert not fitted(p.boxes[0])  # the user's zoom is kept
 
 
+def test_the_maps_keep_their_height_and_the_info_one_short_line(qtbot):
+    """In a short window the maps kept about 30 px each, under an info text of five lines
+    (stop 33, Xvfb at 1,290 x 690 px): the maps now keep `MAPS_MIN_HEIGHT` and the hint
+    on where prediction maps come from is the info line's tooltip."""
+    from ielstudio.core.iel import IELConfig
+    from ielstudio.gui.iel_panel import MAPS_MIN_HEIGHT, IELPanel
+
+    p = IELPanel()
+    qtbot.addWidget(p)
+    p.no_prediction_hint = ("prediction maps: Training > Score again with the saved model "
+                            "(the project stores proposals, not probabilities)")
+    p.resize(300, 200)  # shorter than the maps need
+    p.show()
+    qtbot.waitExposed(p)
+    mask = np.zeros((40, 40), np.int64)
+    mask[10:30, 8:32] = 1
+    with qtbot.waitSignal(p.updated, timeout=20000):
+        p.request(mask, None, 2, IELConfig(heat_steps=4))
+    assert p.plots.height() >= MAPS_MIN_HEIGHT and p.minimumSizeHint().height() > MAPS_MIN_HEIGHT
+    assert all(b.height() > 75 for b in p.boxes), [b.height() for b in p.boxes]
+    assert p.info.text().endswith("no prediction maps") and "Score again" in p.info.toolTip()
+    with qtbot.waitSignal(p.updated, timeout=20000):
+        p.request(mask, np.stack([1.0 - mask, mask]).astype(np.float32), 2, IELConfig(heat_steps=4))
+    assert "prediction:" in p.info.text() and p.info.toolTip() == ""
+
+
 def test_ortho_planes_fill_their_boxes_after_the_views_grow(qtbot):
     """The same for the orthogonal views, which set their range on every new plane size:
     planes first shown before the views are laid out fill their boxes once they are

@@ -72,6 +72,11 @@ def defects_server():
     return lambda given, probs, n_classes, config: compute_defects(given, probs, n_classes, config, cache)
 
 
+#: The two maps, their titles and the colour bar never get less than this (px): in a
+#: short window the training panel below gives way instead of the maps shrinking to specks.
+MAPS_MIN_HEIGHT = 300
+
+
 class IELPanel(QWidget):
     """Heat amplification of given mask and prediction, convex region, slider over k."""
 
@@ -88,6 +93,7 @@ class IELPanel(QWidget):
 
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground(QColor(30, 30, 30))
+        self.plots.setMinimumHeight(MAPS_MIN_HEIGHT)
         self._shortcut_filter = ShortcutsPassThrough(self)
         self.plots.installEventFilter(self._shortcut_filter)
         self.boxes, self.heat_items, self.region_items, self.titles = [], [], [], []
@@ -193,8 +199,10 @@ class IELPanel(QWidget):
         text = f"Given mask: max amplification {amp:.3g}"
         if pred_maps is not None:
             text += f" · prediction: {float(np.max(pred_maps.amplification)):.3g}"
-        else:
-            text += f" · {self.no_prediction_hint}"
+            self.info.setToolTip("")
+        else:  # one short line; why there is none, and what to do, on hover
+            text += " · no prediction maps"
+            self.info.setToolTip(self.no_prediction_hint)
         self.info.setText(text)
         self.updated.emit()
 
