@@ -6,6 +6,7 @@
     python benchmarks/evidence_probe.py adds --set dev
     python benchmarks/evidence_probe.py outlines --set dev
     python benchmarks/evidence_probe.py edges --set nuclei-sample
+    python benchmarks/evidence_probe.py reliability --set dev,nuclei-mixture-dev,lesions-dev
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -20,7 +21,9 @@ the probe that chose its defaults. `adds` does the same for rule 4
 image support). `outlines` tries rule 3's per-image evidence on
 outline moves (thick regions added or cut), with and without a test of the image,
 which was not adopted. `edges` shows what rule 2's image check of outline moves
-(`review.image_backs_outline_moves`) costs and saves at several margins. Choosing is
+(`review.image_backs_outline_moves`) costs and saves at several margins. `reliability`
+shows rule 1's verdict with the pixel bar alone and with the objects' way
+(`review.ObjectsFound`), and the output of each. `--set` takes several sets, comma-separated. Choosing is
 done on `dev` sets only; the report
 sets are scored once with what was chosen (`realtable.py`).
 """
@@ -73,7 +76,9 @@ def sets(noise_seed: int = 0) -> dict:
 
     images, noisy, clean, n = harm_probe.folders("lesions-dev", CACHE)
     dev = realdata.RealSet("lesions-dev", "dev", images, clean, noisy, (), n)
-    return {**real_sets(noise_seed), **realtable.bundled_sets(), "lesions-dev": dev}
+    images, noisy, clean, n = harm_probe.folders("nuclei-mixture-dev", CACHE)
+    nuclei = realdata.RealSet("nuclei-mixture-dev", "dev", images, clean, noisy, (), n)
+    return {**real_sets(noise_seed), **realtable.bundled_sets(), "lesions-dev": dev, "nuclei-mixture-dev": nuclei}
 
 
 def train_one(set_name: str, labels: str, folds: int, threads: int, seed: int = 0, noise_seed: int = 0) -> str:
@@ -426,9 +431,50 @@ def edges(name: str, d: dict) -> list:
     return cells
 
 
+def reliability(name: str, d: dict) -> list:
+    """A row: rule 1's verdict with the held-out pixel bar alone (before stop 34) and as it
+    is now: with the objects' way (`review.ObjectsFound`: how many of the held-out
+    images' given objects the model finds, and its outline-tolerant agreement) and the
+    check on images the model trained on (up to MAX_RELIABILITY_IMAGES, spread); and the
+    output Dice of the whole review (rules 1-4) against the correct masks with each."""
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.decision import decide
+    from ielstudio.core.metrics import dice
+    from ielstudio.core.review import (MAX_RELIABILITY_IMAGES, RELIABLE_AGREEMENT, Reliability, apply_object_rules,
+                                       assess_reliability, gate_changes, spread)
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
+    n = probs.shape[1]
+    held = np.flatnonzero(d["oos"].astype(bool))
+    trained = [] if held.size == len(given) else spread(np.flatnonzero(~d["oos"].astype(bool)), MAX_RELIABILITY_IMAGES)
+    rel = assess_reliability([(probs[i], given[i]) for i in held], n, th, True, [(probs[i], given[i]) for i in trained])
+    pixels = Reliability(rel.agreement, [True] + [a is not None and a >= RELIABLE_AGREEMENT
+                                                  for a in rel.agreement[1:]], True, rel.n_images)
+
+    def output(r: Reliability) -> str:
+        outs = []
+        for pr, g, im in zip(probs, given, images):
+            o = gate_changes(propose(pr, g, CleanConfig(), th), g, pr, r.reliable, th, image=im)
+            outs.append(apply_object_rules(o, g, pr, th, im, r)[0])
+        scores = [dice(o, c, n) for o, c in zip(outs, clean)]
+        return f"{np.mean(scores):.3f} (min {np.min(scores):.3f})"
+
+    def verdict(r: Reliability) -> str:
+        return " ".join("yes" if ok else "no" for ok in r.reliable[1:])
+
+    objects = " ".join("–" if o is None else f"{o.found}/{o.given}, {o.tolerant_agreement:.2f}"
+                       for o in rel.objects[1:])
+    on_trained = " ".join("–" if a is None else f"{a:.2f}" for a in rel.trained_agreement[1:]) or "–"
+    return [name, len(held), " ".join("–" if a is None else f"{a:.2f}" for a in rel.agreement[1:]), objects,
+            on_trained, verdict(pixels), verdict(rel), C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)])),
+            C.fmt(np.mean([dice(decide(pr, th), c, n) for pr, c in zip(probs, clean)])), output(pixels),
+            output(rel)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges"])
+    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -452,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                                  [j[4] for j in jobs]):
                 print(line, flush=True)
         return 0
-    paths = sorted(CACHE.glob(f"{a.set}-*.npz"))
+    paths = sorted(path for name in a.set.split(",") for path in CACHE.glob(f"{name}-*.npz"))
     if a.what == "score":
         by_cache = {path.stem: report(path.stem, load(path)) for path in paths}
         summary(a.set, {k: v for k, v in by_cache.items() if v is not None})
@@ -467,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(row[:3] + [margin if margin is not None else "–"] + row[3:])
         print(C.md_table(["cache", "region", "mean p >=", "image margin", "rules 1-3", "with outline moves (regions)"],
                          rows))
+    elif a.what == "reliability":
+        print(C.md_table(["cache", "held-out images", "held-out agreement", "objects found / given, tolerant agreement",
+                          "agreement on trained images", "reliable: held-out pixel bar (before)",
+                          "reliable: with objects and trained images (default)", "given", "model's decision",
+                          "output: before", "output: default"],
+                         [reliability(path.stem, load(path)) for path in paths]))
     elif a.what == "edges":
         print(C.md_table(["cache", "given", "no image check"] + [f"margin {m}" for m in EDGE_MARGINS[1:]],
                          [edges(path.stem, load(path)) for path in paths]))
