@@ -118,6 +118,21 @@ def test_a_changed_region_across_slices_is_taken_or_refused_as_a_whole():
     np.testing.assert_array_equal(gate_changes(proposal, given, probs, [True, True]), proposal)
 
 
+def test_a_held_out_volume_read_right_does_not_vouch_for_volumes_the_model_cannot_read(volume_folders, drain):
+    """case2 labels its object as another class: the oracle, which knows one class, reads
+    the held-out case0 perfectly but not case2, which it trained on. So the review checks
+    the images it trained on too, and keeps every label (rule 1)."""
+    images, masks = volume_folders
+    ds = load_volume_dataset(images, masks)
+    holdout = [s.name for s in ds.samples if s.name.startswith("case0/")]
+    results, (_, reliability, warnings) = drain(review_volumes(Oracle(), ds, CleanConfig(), holdout))
+    assert reliability.agreement[1] == pytest.approx(1.0) and not reliability.reliable[1]
+    assert reliability.n_trained == 12 and reliability.trained_agreement[1] < 0.85
+    assert any("on 12 image(s) it trained on it reproduces them only at" in w for w in warnings)
+    for r in results:
+        np.testing.assert_array_equal(r.proposal, r.given)
+
+
 class Oracle(nn.Module):
     """Segments by intensity: the class the clean volume had (a model that is right)."""
 
@@ -134,6 +149,8 @@ class Oracle(nn.Module):
 
 def test_a_reliable_model_removes_a_3d_speck_and_keeps_the_rest(volume_folders, drain):
     images, masks = volume_folders
+    for folder in (images, masks):  # case2 labels its object with another class, which the oracle does not know
+        (folder / "case2.nrrd").unlink()
     noisy = nib.load(masks / "case1_seg.nii.gz")
     labels = np.asarray(noisy.dataobj).copy()
     labels[22:25, 2:5, 1:4] = 1  # a 27-voxel blob the annotator added by mistake
@@ -142,7 +159,8 @@ def test_a_reliable_model_removes_a_3d_speck_and_keeps_the_rest(volume_folders, 
     holdout = [s.name for s in ds.samples if s.name.startswith("case0/")]
     results, (_, reliability, warnings) = drain(review_volumes(Oracle(), ds, CleanConfig(), holdout))
     by_name = {r.case.name: r for r in results}
-    assert reliability.reliable[1] and reliability.out_of_sample
+    assert reliability.reliable[1] and reliability.out_of_sample, reliability.messages
+    assert reliability.n_trained == 6 and reliability.trained_agreement[1] > 0.9  # case1's slices, the blob's too
     r = by_name["case1"]
     blob = np.zeros_like(r.given, bool)  # slices first: (k, i, j)
     blob[1:4, 22:25, 2:5] = True

@@ -53,7 +53,7 @@ from .decision import decide
 from .errors import DataError
 from .imageio import atomic_write_text
 from .review import (MAX_RELIABILITY_IMAGES, apply_object_rules, assess_reliability, gate_changes, image_score,
-                     summary_warnings)
+                     spread, summary_warnings)
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
 
@@ -131,9 +131,10 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
     held = set(holdout)
     oos = [s for s in ds.samples if crossfit or s.name in held]
     judged = oos or ds.samples
-    step = max(1, len(judged) // MAX_RELIABILITY_IMAGES)
-    pairs = [(probs_of(s), s.mask) for s in judged[::step][:MAX_RELIABILITY_IMAGES]]
-    reliability = assess_reliability(pairs, ds.n_classes, thresholds, out_of_sample=bool(oos))
+    trained = [s for s in ds.samples if s.name not in held] if oos and not crossfit else []
+    pairs = [(probs_of(s), s.mask) for s in spread(judged, MAX_RELIABILITY_IMAGES)]
+    trained_pairs = [(probs_of(s), s.mask) for s in spread(trained, MAX_RELIABILITY_IMAGES)]
+    reliability = assess_reliability(pairs, ds.n_classes, thresholds, out_of_sample=bool(oos), trained=trained_pairs)
     labelled, proposed = np.zeros(ds.n_classes), np.zeros(ds.n_classes)
     objects_removed = regions_added = 0
     for case in ds.cases:
