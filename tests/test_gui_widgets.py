@@ -443,23 +443,31 @@ def test_view_controls_fit_zoom_and_window_level(qtbot):
     assert auto_levels(np.full((4, 4), 0.3)) == pytest.approx((-0.2, 0.8))  # a flat image still shows
 
 
-def test_iel_maps_fill_their_boxes_after_the_panel_grows(qtbot):
-    """Maps first shown while the panel is squeezed (a short window) still fill their boxes
-    once it grows: under Xvfb the maps of a 1,290 x 690 px window stayed specks after the
-    window was enlarged (the two linked boxes turned pyqtgraph's auto-range off). Until
-    the user zooms: then the maps stay as the user put them."""
+def panel_showing_maps(qtbot, size: tuple[int, int], no_prediction_hint: str | None = None):
+    """(an IEL panel shown at ``size`` with the maps of a 40 px mask and no prediction, the mask)."""
     from ielstudio.core.iel import IELConfig
     from ielstudio.gui.iel_panel import IELPanel
 
     p = IELPanel()
     qtbot.addWidget(p)
-    p.resize(170, 260)
+    if no_prediction_hint is not None:
+        p.no_prediction_hint = no_prediction_hint
+    p.resize(*size)
     p.show()
     qtbot.waitExposed(p)
     mask = np.zeros((40, 40), np.int64)
     mask[10:30, 8:32] = 1
     with qtbot.waitSignal(p.updated, timeout=20000):
         p.request(mask, None, 2, IELConfig(heat_steps=4))
+    return p, mask
+
+
+def test_iel_maps_fill_their_boxes_after_the_panel_grows(qtbot):
+    """Maps first shown while the panel is squeezed (a short window) still fill their boxes
+    once it grows: under Xvfb the maps of a 1,290 x 690 px window stayed specks after the
+    window was enlarged (the two linked boxes turned pyqtgraph's auto-range off). Until
+    the user zooms: then the maps stay as the user put them."""
+    p, _ = panel_showing_maps(qtbot, (170, 260))
     p.resize(340, 900)
     qtbot.waitUntil(lambda: p.boxes[0].height() > 150, timeout=5000)
     qtbot.wait(50)
@@ -481,19 +489,10 @@ def test_the_maps_keep_their_height_and_the_info_one_short_line(qtbot):
     (stop 33, Xvfb at 1,290 x 690 px): the maps now keep `MAPS_MIN_HEIGHT` and the hint
     on where prediction maps come from is the info line's tooltip."""
     from ielstudio.core.iel import IELConfig
-    from ielstudio.gui.iel_panel import MAPS_MIN_HEIGHT, IELPanel
+    from ielstudio.gui.iel_panel import MAPS_MIN_HEIGHT
 
-    p = IELPanel()
-    qtbot.addWidget(p)
-    p.no_prediction_hint = ("prediction maps: Training > Score again with the saved model "
-                            "(the project stores proposals, not probabilities)")
-    p.resize(300, 200)  # shorter than the maps need
-    p.show()
-    qtbot.waitExposed(p)
-    mask = np.zeros((40, 40), np.int64)
-    mask[10:30, 8:32] = 1
-    with qtbot.waitSignal(p.updated, timeout=20000):
-        p.request(mask, None, 2, IELConfig(heat_steps=4))
+    hint = "prediction maps: Training > Score again with the saved model (the project stores proposals, not probabilities)"
+    p, mask = panel_showing_maps(qtbot, (300, 200), hint)  # shorter than the maps need
     assert p.plots.height() >= MAPS_MIN_HEIGHT and p.minimumSizeHint().height() > MAPS_MIN_HEIGHT
     assert all(b.height() > 75 for b in p.boxes), [b.height() for b in p.boxes]
     assert p.info.text().endswith("no prediction maps") and "Score again" in p.info.toolTip()
