@@ -604,6 +604,26 @@ def test_a_class_the_model_did_not_learn_is_shown_to_the_user(make_window, datas
     assert w._error_box is not None and w._error_box.windowTitle() == "Labels kept where the model is not reliable"
 
 
+def test_a_class_trusted_by_its_objects_is_explained_not_called_unreliable(make_window, dataset):
+    from ielstudio.core.iel import one_hot
+    from ielstudio.core.review import assess_reliability
+
+    from drawn import disk, probs_of
+
+    centres = [(15 + 32 * (k % 3), 15 + 45 * (k // 3)) for k in range(6)]  # six nuclei ...
+    found = probs_of(sum(disk((96, 96), c, 6) for c in centres).astype(np.float32))  # ... the model finds all
+    given = sum(disk((96, 96), c, 8) for c in centres).astype(np.int64)  # drawn 2 px too wide
+    warnings = assess_reliability([(found, given)] * 2, 2, None, out_of_sample=True).messages
+    assert len(warnings) == 1 and "finds 12 of their 12 objects" in warnings[0]
+    w = make_window()
+    assert w.open_folders(*dataset)
+    prop = clean_mask(0).astype(np.int64)
+    deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
+                                 warnings=warnings))
+    assert w._error_box is not None
+    assert w._error_box.windowTitle() == "A class trusted by its objects, below the agreement bar"
+
+
 def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
     from ielstudio.core.iel import one_hot
 

@@ -170,6 +170,8 @@ MIN_HELD_OUT_OBJECTS = 10
 FEW_HELD_OUT = 5
 #: How the first message starts when no class is reliable (the window titles its box by it).
 NOT_RELIABLE = "the model is not reliable for any class"
+#: What the message of a class reliable by its objects says (the window titles its box by it).
+TRUSTED_BY_OBJECTS = "so it may change this class where it is confident"
 RANKING_CAVEAT = "The scores still rank the images, by how much the model doubts them{}, but treat the ranking with care"
 PRIOR_IN_RANKING = ", how ragged each mask's outline is and how far it sits from the image's edges"
 #: Held-out images whose agreement decides reliability (enough for a pooled Dice).
@@ -352,8 +354,7 @@ def assess_reliability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes
                 f"class {c}: the model agrees with the given masks at Dice {agreement[c]:.2f} {where}, below "
                 f"{RELIABLE_AGREEMENT:.2f}, but it finds {o.found} of their {o.given} objects and matches them "
                 f"within {AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}: they differ mostly along outlines, "
-                "as noisy outlines make them, so it may change this class where it is confident (an outline only "
-                "where the image agrees)")
+                f"as noisy outlines make them, {TRUSTED_BY_OBJECTS} (an outline only where the image agrees)")
         elif not reliable[c]:
             messages.append(
                 f"class {c}: the model agrees with the given masks only at Dice {agreement[c]:.2f} {where} "

@@ -9,7 +9,7 @@ import time
 from enum import Enum
 from pathlib import Path
 
-from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, held_out_units
+from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS, held_out_units
 
 from . import jobs
 from .process_worker import ProcessWorker
@@ -252,10 +252,12 @@ class TrainingMixin:
             self._show_scoring_progress(reviews)
         if reviews.warnings:
             kept = reviews.warnings[0].startswith(NOT_RELIABLE)
-            title = ("Labels kept where the model is not reliable" if not kept
-                     else "Masks kept, except where model and image agree"
-                     if reviews.objects_removed or reviews.regions_added
-                     else "The model is not reliable: masks kept as given")
+            title = ("Masks kept, except where model and image agree"
+                     if kept and (reviews.objects_removed or reviews.regions_added)
+                     else "The model is not reliable: masks kept as given" if kept
+                     else "A class trusted by its objects, below the agreement bar"
+                     if all(TRUSTED_BY_OBJECTS in w for w in reviews.warnings)
+                     else "Labels kept where the model is not reliable")
             self.report_error(title, "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
 
