@@ -448,7 +448,8 @@ def reliability(name: str, d: dict) -> list:
     n = probs.shape[1]
     held = np.flatnonzero(d["oos"].astype(bool))
     trained = [] if held.size == len(given) else spread(np.flatnonzero(~d["oos"].astype(bool)), MAX_RELIABILITY_IMAGES)
-    rel = assess_reliability([(probs[i], given[i]) for i in held], n, th, True, [(probs[i], given[i]) for i in trained])
+    rel = assess_reliability([(probs[i], given[i], images[i]) for i in held], n, th, True,
+                             [(probs[i], given[i], images[i]) for i in trained])
     pixels = Reliability(rel.agreement, [True] + [a is not None and a >= RELIABLE_AGREEMENT
                                                   for a in rel.agreement[1:]], True, rel.n_images)
 
@@ -463,7 +464,8 @@ def reliability(name: str, d: dict) -> list:
     def verdict(r: Reliability) -> str:
         return " ".join("yes" if ok else "no" for ok in r.reliable[1:])
 
-    objects = " ".join("–" if o is None else f"{o.found}/{o.given}, {o.tolerant_agreement:.2f}"
+    objects = " ".join("–" if o is None else f"{o.found}/{o.given}"
+                       + (f" (+{o.background} background)" if o.background else "") + f", {o.tolerant_agreement:.2f}"
                        for o in rel.objects[1:])
     on_trained = " ".join("–" if a is None else f"{a:.2f}" for a in rel.trained_agreement[1:]) or "–"
     return [name, len(held), " ".join("–" if a is None else f"{a:.2f}" for a in rel.agreement[1:]), objects,

@@ -40,7 +40,7 @@ def test_a_model_that_finds_every_object_of_wide_outlines_is_reliable():
     assert (o.given, o.found) == (12, 12) and o.tolerant_agreement == pytest.approx(1.0)
     assert r.reliable[1] and r.any_reliable and r.reliable_by_objects(1) and not r.uses_shape_prior
     assert "finds 12 of their 12 objects" in r.messages[0]
-    assert r.to_dict()["objects"][1] == {"given": 12, "found": 12, "tolerant_agreement": 1.0}
+    assert r.to_dict()["objects"][1] == {"given": 12, "found": 12, "tolerant_agreement": 1.0, "background": 0}
 
 
 @pytest.mark.parametrize("case", ["misses objects", "few objects", "in sample", "far below the bar"])
@@ -107,3 +107,26 @@ def test_held_out_images_of_one_kind_do_not_vouch_for_the_images_the_model_train
     # without a hold-out (every pair in sample) nothing is checked twice
     r = assess_reliability(read, 2, None, out_of_sample=False, trained=missed)
     assert r.reliable[1] and r.trained_agreement == [] and r.n_trained == 0
+
+
+def test_a_spurious_blob_the_model_rightly_misses_does_not_count_against_it():
+    """Noisy masks also hold blobs drawn where there is nothing: the model rightly does
+    not find them, and the image shows them as background (rule 3's test), so they are
+    counted apart, not as objects the model missed. Without the image they count."""
+    truth = nuclei(6)
+    given = nuclei(8)  # outlines 2 px too wide, so the pixel agreement misses the bar
+    for centre in ((31, 38), (63, 38), (31, 84), (63, 84)):  # four blobs between the nuclei
+        given[disk((96, 96), centre, 4)] = 1
+    image = np.where(truth == 1, 0.9, 0.1).astype(np.float32)[None]
+    p = probs_of(np.where(truth == 1, 0.95, 0.02))
+    with_image = assess_reliability([(p, given, image)] * 2, 2, None, out_of_sample=True)
+    o = with_image.objects[1]
+    assert (o.given, o.found, o.background) == (12, 12, 8) and with_image.reliable[1]
+    assert "(8 more, which it does not find, look like the background around them)" in with_image.messages[0]
+    without = assess_reliability([(p, given)] * 2, 2, None, out_of_sample=True).objects[1]
+    assert (without.given, without.found, without.background) == (20, 12, 0) and without.recall < OBJECT_RECALL
+    # a missed object as bright as the nuclei is the model's miss, whatever the image
+    bright = image.copy()
+    bright[0][(given == 1) & (nuclei(8) == 0)] = 0.9
+    o = assess_reliability([(p, given, bright)] * 2, 2, None, out_of_sample=True).objects[1]
+    assert (o.given, o.found, o.background) == (20, 12, 0)

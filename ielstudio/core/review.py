@@ -248,11 +248,15 @@ class Reliability:
 class ObjectsFound:
     """How the model's decision meets one class's given objects on held-out images: the
     objects (connected regions of at least `MIN_OBJECT_SIZE` px), how many it covers by
-    at least half, and its outline-tolerant Dice with the masks (`tolerant_dice`, pooled)."""
+    at least half, and its outline-tolerant Dice with the masks (`tolerant_dice`, pooled).
+    A given object it misses that the image shows as background (`looks_like_background`,
+    rule 3's test, against the objects where decision and mask agree) is the label's
+    fault, not the model's: it is counted apart (``background``), not in ``given``."""
 
     given: int
     found: int
     tolerant_agreement: float
+    background: int = 0
 
     @property
     def recall(self) -> float:
@@ -265,15 +269,18 @@ class ObjectsFound:
                 and self.tolerant_agreement >= IMAGE_AGREEMENT)
 
     def to_dict(self) -> dict:
-        return {"given": self.given, "found": self.found, "tolerant_agreement": round(self.tolerant_agreement, 4)}
+        return {"given": self.given, "found": self.found, "tolerant_agreement": round(self.tolerant_agreement, 4),
+                "background": self.background}
 
 
-def objects_found(decided: Sequence[np.ndarray], given: Sequence[np.ndarray], c: int) -> ObjectsFound | None:
-    """`ObjectsFound` for class c over (decided, given) masks (H,W) or volumes (D,H,W);
+def objects_found(decided: Sequence[np.ndarray], given: Sequence[np.ndarray], c: int,
+                  images: Sequence[np.ndarray | None] | None = None) -> ObjectsFound | None:
+    """`ObjectsFound` for class c over (decided, given) masks (H,W) or volumes (D,H,W),
+    with their ``images`` ((C,H,W) or (C,D,H,W); None: every missed object counts);
     None when neither has any pixel of c."""
-    n_given = n_found = 0
+    n_given = n_found = n_background = 0
     num = den = 0.0
-    for dec, giv in zip(decided, given):
+    for k, (dec, giv) in enumerate(zip(decided, given)):
         mine, theirs = giv == c, dec == c
         weight = float(mine.sum() + theirs.sum())
         if weight == 0:
@@ -284,18 +291,33 @@ def objects_found(decided: Sequence[np.ndarray], given: Sequence[np.ndarray], c:
         index = labels.ravel()
         size = np.bincount(index, minlength=n)
         covered = np.bincount(index, weights=theirs.ravel(), minlength=n)
-        judged = size[1:] >= MIN_OBJECT_SIZE
-        n_given += int(judged.sum())
-        n_found += int((judged & (covered[1:] >= 0.5 * size[1:])).sum())
-    return None if den == 0 else ObjectsFound(n_given, n_found, num / den)
+        judged = np.flatnonzero(size >= MIN_OBJECT_SIZE)
+        judged = judged[judged != 0]
+        found = covered[judged] >= 0.5 * size[judged]
+        missed = judged[~found]
+        image = None if images is None else images[k]
+        agreed = mine & theirs
+        if image is not None and missed.size and agreed.any():
+            image = np.asarray(image, np.float32)
+            median = np.median(image[:, agreed], axis=1)
+            shown_as_background = sum(
+                looks_like_background(image[(slice(None),) + box], labels[box] == j, None, giv[box], median)
+                for j, box in _boxes(labels, missed, SURROUNDING + 1).items())
+        else:
+            shown_as_background = 0
+        n_background += shown_as_background
+        n_given += judged.size - shown_as_background
+        n_found += int(found.sum())
+    return None if den == 0 else ObjectsFound(n_given, n_found, num / den, n_background)
 
 
-def _class_verdicts(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int, thresholds: np.ndarray | None,
+def _class_verdicts(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarray | None,
                     by_objects: bool) -> tuple[list[float | None], list[ObjectsFound | None], list[bool]]:
     """(pooled Dice per class, `ObjectsFound` where the objects were asked, reliable per
     class): the pixel bar, or (`by_objects`) the objects' way for a class under it."""
-    decided = [decide(probs, thresholds) for probs, _ in pairs]
-    given = [np.asarray(g) for _, g in pairs]
+    decided = [decide(pair[0], thresholds) for pair in pairs]
+    given = [np.asarray(pair[1]) for pair in pairs]
+    images = [pair[2] if len(pair) > 2 else None for pair in pairs]
     dice = pooled_dice(zip(decided, given), n_classes)
     agreement: list[float | None] = [None] * n_classes
     objects: list[ObjectsFound | None] = [None] * n_classes
@@ -306,7 +328,7 @@ def _class_verdicts(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: i
         agreement[c] = float(dice[c])
         reliable[c] = agreement[c] >= RELIABLE_AGREEMENT
         if not reliable[c] and by_objects and agreement[c] >= ADD_MIN_AGREEMENT:
-            objects[c] = objects_found(decided, given, c)
+            objects[c] = objects_found(decided, given, c, images)
             reliable[c] = objects[c] is not None and objects[c].vouches
     return agreement, objects, reliable
 
@@ -316,12 +338,13 @@ def _objects_clause(o: ObjectsFound | None) -> str:
                                  f"{AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}")
 
 
-def assess_reliability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int,
-                       thresholds: np.ndarray | None, out_of_sample: bool,
-                       trained: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Reliability:
-    """Per-class reliability (rule 1) from (probabilities (C,H,W), given mask (H,W)) pairs,
-    or (C,D,H,W) and (D,H,W) for volumes: the pooled Dice reaches `RELIABLE_AGREEMENT`,
-    or, on images the model did not train on, its objects vouch for it (`ObjectsFound`).
+def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarray | None, out_of_sample: bool,
+                       trained: Sequence[tuple] = ()) -> Reliability:
+    """Per-class reliability (rule 1) from (probabilities (C,H,W), given mask (H,W)[, image
+    (C,H,W)]) pairs, or (C,D,H,W), (D,H,W) and (C,D,H,W) for volumes: the pooled Dice
+    reaches `RELIABLE_AGREEMENT`, or, on images the model did not train on, its objects
+    vouch for it (`ObjectsFound`; with the image, a missed object the image shows as
+    background does not count against the model).
     ``trained``: pairs of images the model trained on, beside the held-out ``pairs`` of a
     single model's hold-out: a class is reliable only if it passes on them too (the pixel
     bar or the objects' way). A few held-out images may all be of one kind: on the real
@@ -352,8 +375,11 @@ def assess_reliability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_classes
             o = objects[c]
             messages.append(
                 f"class {c}: the model agrees with the given masks at Dice {agreement[c]:.2f} {where}, below "
-                f"{RELIABLE_AGREEMENT:.2f}, but it finds {o.found} of their {o.given} objects and matches them "
-                f"within {AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}: they differ mostly along outlines, "
+                f"{RELIABLE_AGREEMENT:.2f}, but it finds {o.found} of their {o.given} objects"
+                + (f" ({o.background} more, which it does not find, look like the background around them)"
+                   if o.background else "")
+                + f" and matches them within {AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}: they differ "
+                "mostly along outlines, "
                 f"as noisy outlines make them, {TRUSTED_BY_OBJECTS} (an outline only where the image agrees)")
         elif not reliable[c]:
             messages.append(
@@ -812,7 +838,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
                 raise Cancelled()
             probs = readable(s)
             if probs is not None:
-                out.append((probs, s.mask))
+                out.append((probs, s.mask, s.image))
         return out
 
     pairs, trained_pairs = pairs_of(judged), pairs_of(trained)
