@@ -14,11 +14,13 @@ Do no harm. A label is changed only where the evidence is strong:
    only earn its place by its objects: a class under the bar is still reliable when, on
    enough given objects of held-out images (`MIN_HELD_OUT_OBJECTS`), the model finds
    `OBJECT_RECALL` of them and matches the masks within `AGREEMENT_TOLERANCE` px
-   (`ObjectsFound`): the masks and the model then differ along outlines, where rules 2
+   (`ObjectsFound`): the masks and the model then differ along outlines, where rule 2
    and its image check decide, not in which objects there are. A model that misses
    whole objects, or is judged on few, stays unreliable: doing no harm comes first.
-   A class that misses the bar keeps its given pixels everywhere; when no class
-   reaches it, every mask is kept as given, and the report and the window say so.
+   With one model, the images it trained on must pass too (a few held-out images may
+   all be of the kind it reads). A class that is not reliable keeps its given pixels
+   everywhere; when no class is, every mask is kept as given, and the report and the
+   window say so.
 2. **The model is confident about the change.** The proposal's changes are taken
    region by region (8-connected regions where proposal and label differ: an
    object added or removed, an outline moved): a region is applied only when the
@@ -334,8 +336,9 @@ def _class_verdicts(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarr
 
 
 def _objects_clause(o: ObjectsFound | None) -> str:
-    return "" if o is None else (f", finding {o.found} of their {o.given} objects and matching them within "
-                                 f"{AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}")
+    return "" if o is None else (f", finding {o.found} of their {o.given} objects"
+                                 + (f" ({o.background} more look like background)" if o.background else "")
+                                 + f" and matching them within {AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}")
 
 
 def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarray | None, out_of_sample: bool,
@@ -831,7 +834,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     judged = oos or list(samples)
     trained = [s for s in samples if s.name not in held] if oos and not crossfit else []
 
-    def pairs_of(chosen: Sequence) -> list[tuple[np.ndarray, np.ndarray]]:
+    def pairs_of(chosen: Sequence) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         out = []
         for s in spread(chosen, MAX_RELIABILITY_IMAGES):
             if cancelled():
