@@ -121,7 +121,7 @@ def test_open_lists_pairs_lazily_and_sorts_worst_first(make_window, dataset):
     assert len(w.queue.model.rows) == N_IMAGES
     assert w.current in w._samples and len(w._samples) <= 4  # the shown image (+ prefetch of neighbours)
     # 2-D images: the defect maps beside the image, no "Other planes" tab (volumes only)
-    assert w.side_tabs.currentWidget() is w.iel_panel and not w.side_tabs.isTabVisible(1)
+    assert w.side_tabs.currentWidget() is w.iel_scroll and not w.side_tabs.isTabVisible(1)
     inject_proposals(w, SCORES)
     order = w.queue.visible_names()
     assert order == ["cell5", "cell1", "cell3", "cell2", "cell4", "cell0"]  # score ascending
@@ -1057,3 +1057,20 @@ def test_a_narrow_saved_layout_still_shows_the_queue_scores(make_window, dataset
     w.top_split.setSizes([460, 1000, 380])
     qtbot.waitUntil(lambda: w.queue.table.viewport().width() > 400, timeout=2000)
     qtbot.waitUntil(lambda: header.length() == w.queue.table.viewport().width(), timeout=2000)
+
+
+def test_a_short_window_scrolls_the_defect_maps_instead_of_squeezing_them(make_window, dataset, qtbot):
+    """In a short window (a 768 px laptop screen) the maps keep `MAPS_MIN_HEIGHT` and their
+    column scrolls; the window's own minimum height does not grow for them."""
+    from ielstudio.gui.iel_panel import MAPS_MIN_HEIGHT
+
+    w = make_window()
+    assert w.minimumSizeHint().height() < 600
+    w.resize(1290, 600)
+    w.show()
+    qtbot.waitExposed(w)
+    assert w.open_folders(*dataset)
+    qtbot.waitUntil(lambda: w.iel_panel.given_maps is not None, timeout=20000)
+    assert w.height() <= 620 and w.iel_panel.plots.height() >= MAPS_MIN_HEIGHT
+    assert w.iel_scroll.verticalScrollBar().maximum() > 0  # the rest of the panel is a scroll away
+    assert all(b.height() > 75 for b in w.iel_panel.boxes), [b.height() for b in w.iel_panel.boxes]

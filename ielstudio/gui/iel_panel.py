@@ -73,7 +73,8 @@ def defects_server():
 
 
 #: The two maps, their titles and the colour bar never get less than this (px): in a
-#: short window the training panel below gives way instead of the maps shrinking to specks.
+#: short window the column the panel sits in scrolls (`MainWindow.iel_scroll`) instead of
+#: the maps shrinking to specks.
 MAPS_MIN_HEIGHT = 300
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QIcon, QUndoStack
-from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QSplitter, QTabWidget, QVBoxLayout,
+                               QWidget)
 
 from . import jobs
 from .canvas import OVERLAYS, Canvas
@@ -161,7 +162,13 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         # either needs the column's height)
         self.ortho_views = OrthoViews()
         self.side_tabs = QTabWidget()
-        self.side_tabs.addTab(self.iel_panel, "Defect maps (IEL)")
+        # in a short window the maps keep their height (`iel_panel.MAPS_MIN_HEIGHT`) and the
+        # column scrolls, rather than the maps shrinking to specks or the window growing
+        self.iel_scroll = QScrollArea()
+        self.iel_scroll.setWidget(self.iel_panel)
+        self.iel_scroll.setWidgetResizable(True)
+        self.iel_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.side_tabs.addTab(self.iel_scroll, "Defect maps (IEL)")
         self.side_tabs.addTab(self.ortho_views, "Other planes")
         self.top_split.addWidget(self.side_tabs)
         self.top_split.setStretchFactor(1, 1)

@@ -37,7 +37,7 @@ class VolumeMixin:
         self.ortho_views.clear()
         self.side_tabs.setTabVisible(self.side_tabs.indexOf(self.ortho_views), volumes)
         self.side_tabs.tabBar().setVisible(volumes)
-        self.side_tabs.setCurrentWidget(self.ortho_views if volumes else self.iel_panel)
+        self.side_tabs.setCurrentWidget(self.ortho_views if volumes else self.iel_scroll)
         self.canvas.set_cross(None)
         self.slice_bar.setVisible(volumes)
         self.canvas.slice_wheel = volumes
