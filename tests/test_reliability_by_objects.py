@@ -41,6 +41,9 @@ def test_a_model_that_finds_every_object_of_wide_outlines_is_reliable():
     assert r.reliable[1] and r.any_reliable and r.reliable_by_objects(1) and not r.uses_shape_prior
     assert "finds 12 of their 12 objects" in r.messages[0]
     assert r.to_dict()["objects"][1] == {"given": 12, "found": 12, "tolerant_agreement": 1.0, "background": 0}
+    # the review keeps each image's decision rather than its probabilities: the same verdict
+    decided = [(p.argmax(0).astype(np.uint8), g) for p, g in pairs]
+    assert assess_reliability(decided, 2, None, out_of_sample=True).to_dict() == r.to_dict()
 
 
 @pytest.mark.parametrize("case", ["misses objects", "few objects", "in sample", "far below the bar"])

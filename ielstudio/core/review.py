@@ -317,8 +317,9 @@ def _class_verdicts(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarr
                     by_objects: bool) -> tuple[list[float | None], list[ObjectsFound | None], list[bool]]:
     """(pooled Dice per class, `ObjectsFound` where the objects were asked, reliable per
     class): the pixel bar, or (`by_objects`) the objects' way for a class under it."""
-    decided = [decide(pair[0], thresholds) for pair in pairs]
     given = [np.asarray(pair[1]) for pair in pairs]
+    decided = [np.asarray(pair[0]) if np.ndim(pair[0]) == g.ndim else decide(pair[0], thresholds)
+               for pair, g in zip(pairs, given)]
     images = [pair[2] if len(pair) > 2 else None for pair in pairs]
     dice = pooled_dice(zip(decided, given), n_classes)
     agreement: list[float | None] = [None] * n_classes
@@ -343,8 +344,9 @@ def _objects_clause(o: ObjectsFound | None) -> str:
 
 def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarray | None, out_of_sample: bool,
                        trained: Sequence[tuple] = ()) -> Reliability:
-    """Per-class reliability (rule 1) from (probabilities (C,H,W), given mask (H,W)[, image
-    (C,H,W)]) pairs, or (C,D,H,W), (D,H,W) and (C,D,H,W) for volumes: the pooled Dice
+    """Per-class reliability (rule 1) from (probabilities (C,H,W) or the decision itself
+    (H,W), given mask (H,W)[, image (C,H,W)]) pairs, or (C,D,H,W) / (D,H,W), (D,H,W) and
+    (C,D,H,W) for volumes: the pooled Dice
     reaches `RELIABLE_AGREEMENT`, or, on images the model did not train on, its objects
     vouch for it (`ObjectsFound`; with the image, a missed object the image shows as
     background does not count against the model).
@@ -834,18 +836,24 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
     judged = oos or list(samples)
     trained = [s for s in samples if s.name not in held] if oos and not crossfit else []
 
+    n_classes = None
+
     def pairs_of(chosen: Sequence) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(decision, given mask, image) of up to MAX_RELIABILITY_IMAGES of ``chosen``: the
+        decision, not the probabilities, so that 64 images' worth stays small."""
+        nonlocal n_classes
         out = []
         for s in spread(chosen, MAX_RELIABILITY_IMAGES):
             if cancelled():
                 raise Cancelled()
             probs = readable(s)
             if probs is not None:
-                out.append((probs, s.mask, s.image))
+                n_classes = int(probs.shape[0])
+                out.append((decide(probs, thresholds).astype(np.min_scalar_type(n_classes - 1)), s.mask, s.image))
         return out
 
     pairs, trained_pairs = pairs_of(judged), pairs_of(trained)
-    n_classes = int(pairs[0][0].shape[0]) if pairs else _n_classes_of(model)
+    n_classes = n_classes or _n_classes_of(model)
     reliability = assess_reliability(pairs, n_classes, thresholds, out_of_sample=bool(oos), trained=trained_pairs)
     world = distributed.world()
     if world.distributed:  # decided once, the same on every rank

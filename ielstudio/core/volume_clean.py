@@ -132,8 +132,10 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
     oos = [s for s in ds.samples if crossfit or s.name in held]
     judged = oos or ds.samples
     trained = [s for s in ds.samples if s.name not in held] if oos and not crossfit else []
-    pairs = [(probs_of(s), s.mask, s.image) for s in spread(judged, MAX_RELIABILITY_IMAGES)]
-    trained_pairs = [(probs_of(s), s.mask, s.image) for s in spread(trained, MAX_RELIABILITY_IMAGES)]
+    def pairs_of(chosen) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:  # the decision, not the probabilities
+        return [(decide(probs_of(s), thresholds), s.mask, s.image) for s in spread(chosen, MAX_RELIABILITY_IMAGES)]
+
+    pairs, trained_pairs = pairs_of(judged), pairs_of(trained)
     reliability = assess_reliability(pairs, ds.n_classes, thresholds, out_of_sample=bool(oos), trained=trained_pairs)
     labelled, proposed = np.zeros(ds.n_classes), np.zeros(ds.n_classes)
     objects_removed = regions_added = 0
