@@ -524,3 +524,14 @@ def test_ortho_planes_fill_their_boxes_after_the_views_grow(qtbot):
         (x0, x1), (y0, y1) = box.viewRange()
         assert x1 - x0 < 40 * 1.2 or y1 - y0 < 30 * 1.2, box.viewRange()
         assert x0 <= 0.5 and x1 >= 39.5 and y0 <= 0.5 and y1 >= 29.5  # and the whole plane is in view
+
+
+def test_the_colour_bar_says_what_it_shows_within_a_narrow_column(qtbot):
+    """Its label was clipped in a 160 px column (stop 34, Xvfb); the full meaning is its tooltip."""
+    from ielstudio.gui.iel_panel import BAR_TOOLTIP
+
+    p, _ = panel_showing_maps(qtbot, (200, 520))
+    axis = p.colour_bar.getAxis("bottom")
+    qtbot.waitUntil(lambda: p.colour_bar.boundingRect().width() > 0, timeout=2000)
+    assert axis.label.boundingRect().width() <= p.colour_bar.boundingRect().width()
+    assert p.colour_bar.toolTip() == BAR_TOOLTIP and "log scale" in BAR_TOOLTIP

@@ -72,6 +72,10 @@ def defects_server():
     return lambda given, probs, n_classes, config: compute_defects(given, probs, n_classes, config, cache)
 
 
+#: The colour bar's label, short enough for a narrow column, and what it means in full.
+BAR_LABEL = "|u_k - u| / map max (log)"
+BAR_TOOLTIP = ("Colour: |u_k - u|, how much k IEL steps change the map at that pixel, as a share of the "
+               "map's largest change (each map has its own maximum, in its title), on a log scale")
 #: The two maps, their titles and the colour bar never get less than this (px): in a
 #: short window the column the panel sits in scrolls (`MainWindow.iel_scroll`) instead of
 #: the maps shrinking to specks.
@@ -124,7 +128,8 @@ class IELPanel(QWidget):
         # what the colours mean: one bar, as each map is scaled to its own maximum (in its title)
         self.colour_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=pg.colormap.get("inferno"), interactive=False,
                                           orientation="horizontal", colorMapMenu=False, width=12,
-                                          label="|u_k - u|: share of the map's maximum (log scale)")
+                                          label=BAR_LABEL)
+        self.colour_bar.setToolTip(BAR_TOOLTIP)
         self.colour_bar.getAxis("bottom").setTicks([[(float(display_scale(np.float32(t), 1.0)), f"{t:g}")
                                                      for t in BAR_TICKS]])
         self.plots.addItem(self.colour_bar, row=4, col=0)
