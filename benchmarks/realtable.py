@@ -190,16 +190,6 @@ def main(argv: list[str] | None = None) -> int:
 ORDER = ["noisy", "classical", "cleanlab", "no-iel", "heat+convex", "heat"]
 
 
-def rule_1_details(row: dict) -> str:
-    """What else rule 1 weighed (stop 34): the held-out objects found where they were
-    asked, and the agreement on the images the model trained on; empty for older rows."""
-    objects = [o for o in row.get("objects") or [] if o]
-    trained = [a for a in row.get("trained_agreement") or [] if a is not None]
-    parts = ([", ".join(f"{o['found']}/{o['given']} objects, {o['tolerant_agreement']:.2f}" for o in objects)]
-             if objects else []) + ([f"trained {max(trained):.3f}"] if trained else [])
-    return f" ({'; '.join(parts)})" if parts else ""
-
-
 def write_table(data: dict, path: Path) -> None:
     rows = sorted(data["rows"], key=lambda r: (r["set"], r["labels"] != "noisy", ORDER.index(r["method"])))
     body = C.md_table(
@@ -211,7 +201,7 @@ def write_table(data: dict, path: Path) -> None:
               + (f", fit {C.fmt(r['spearman_fit'])})" if "spearman_fit" in r else ")")
               if C.fmt(r.get("spearman_model")) != "–" else ""),
           "" if "agreement" not in r else C.fmt(max((x for x in r["agreement"] if x is not None), default=None))
-          + (" kept" if r.get("kept_as_given") else "") + rule_1_details(r),
+          + (" kept" if r.get("kept_as_given") else "") + C.rule_1_details(r),
           "" if "changed_px" not in r else f"{r['changed_px']} ({r['changed_right_px'] / max(r['changed_px'], 1):.0%})",
           "" if "objects_removed" not in r else f"{r['objects_removed']} / {r.get('regions_added', '–')}",
           f"{r['seconds']:.0f}"] for r in rows])

@@ -37,6 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
 
 from ielstudio.core.cleaning import CleanConfig, CleanDone, clean_dataset  # noqa: E402
 from ielstudio.core.training import TrainConfig  # noqa: E402
@@ -191,13 +193,15 @@ def main(argv=None) -> int:
                     "dice_in": round(mean_dice(given, truth), 3), "dice_out": round(mean_dice(out, truth), 3),
                     "steps": report["training"]["steps"], "kept_as_given": report["labels_kept_as_given"],
                     "agreement": report["reliability"]["agreement"][1],
+                    "objects": report["reliability"].get("objects"),
+                    "trained_agreement": report["reliability"].get("trained_agreement"),
                     "time_s": round(seconds, 1), "peak_rss_mb": round(peak_mb),
                 })
                 print(json.dumps(rows[-1]), flush=True)
     lines = ["| set | masks given | volumes (slices) | Dice in | Dice out | steps | held-out agreement | labels kept | time (s) | peak memory (MB) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        agreement = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
+        agreement = ("-" if r["agreement"] is None else f"{r['agreement']:.3f}") + C.rule_1_details(r)
         lines.append(f"| {r['set']} | {r['given']} | {r['volumes']} ({r['slices']}) | {r['dice_in']:.3f} | "
                      f"{r['dice_out']:.3f} | {r['steps']} | {agreement} | {'all' if r['kept_as_given'] else 'no'} | "
                      f"{r['time_s']} | {r['peak_rss_mb']} |")

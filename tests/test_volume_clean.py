@@ -334,3 +334,21 @@ def test_the_windows_volume_scoring_removes_a_blob_and_adds_a_bite_and_says_so(v
     assert warning.startswith(NOT_RELIABLE) and "except 1 object(s)" in warning and ", and 1 region(s)" in warning
     changed = {name for m in messages for name, r in m.items.items() if r.changed > 0}
     assert changed == {f"case0/{k:04d}" for k in (1, 2, 3)}  # the blob's and the bite's slices, nothing else
+
+
+def test_the_training_eta_of_a_volume_clean_counts_the_scoring_after_it(volume_folders, tmp_path, monkeypatch):
+    """As for images (`review.scoring_predictions`): every slice, the calibration subset
+    and the reliability check's held-out and trained slices, not the slices alone."""
+    from ielstudio.core import volume_clean
+    from ielstudio.core.review import scoring_predictions
+
+    seen = {}
+
+    def no_training(samples, config, predictions_after=0, **kwargs):
+        seen["predictions_after"], seen["n"] = predictions_after, len(samples)
+        return iter(())
+
+    monkeypatch.setattr(volume_clean, "train", no_training)
+    images, masks = volume_folders
+    list(volume_clean.clean_volumes(images, masks, tmp_path / "out"))
+    assert seen["n"] == 18 and seen["predictions_after"] == scoring_predictions(18) > 18

@@ -53,7 +53,7 @@ from .decision import decide
 from .errors import DataError
 from .imageio import atomic_write_text
 from .review import (MAX_RELIABILITY_IMAGES, apply_object_rules, assess_reliability, gate_changes, image_score,
-                     spread, summary_warnings)
+                     scoring_predictions, spread, summary_warnings)
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
 
@@ -199,7 +199,8 @@ def clean_volumes(
     model_ev = _model_event(train_config, ds.in_channels, ds.n_classes)
     yield model_ev
     done = None
-    for ev in train(ds.samples, train_config, cancel=cancel, predictions_after=len(ds.samples),
+    # the ETA counts what review_volumes predicts after training, as review_samples' does
+    for ev in train(ds.samples, train_config, cancel=cancel, predictions_after=scoring_predictions(len(ds.samples)),
                     groups=ds.groups()):
         if isinstance(ev, DoneEvent):
             done = ev
