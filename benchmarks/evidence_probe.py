@@ -23,7 +23,8 @@ outline moves (thick regions added or cut), with and without a test of the image
 which was not adopted. `edges` shows what rule 2's image check of outline moves
 (`review.image_backs_outline_moves`) costs and saves at several margins. `reliability`
 shows rule 1's verdict with the pixel bar alone and with the objects' way
-(`review.ObjectsFound`), and the output of each. `--set` takes several sets, comma-separated. Choosing is
+(`review.ObjectsFound`), and the output of each; `weak` trains under-trained models
+(20-80 steps) on the nuclei dev sets and shows what that verdict makes of them. `--set` takes several sets, comma-separated. Choosing is
 done on `dev` sets only; the report
 sets are scored once with what was chosen (`realtable.py`).
 """
@@ -474,9 +475,45 @@ def reliability(name: str, d: dict) -> list:
             output(rel)]
 
 
+def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
+    """A row: one under-trained model (`steps` optimiser steps, the automatic budget's
+    hold-out) on a dev set, rule 1's verdict on it (`review.assess_reliability` with the
+    trained images, as `review_samples` calls it) and the whole review's output Dice
+    against the correct masks: does the objects' way trust a model whose outlines are
+    still poor, and what does that do to correct masks?"""
+    from ielstudio.core.cleaning import CleanConfig, calibration_subset, load_dataset, propose, thresholds_for
+    from ielstudio.core.decision import decide
+    from ielstudio.core.imageio import read_mask
+    from ielstudio.core.metrics import dice
+    from ielstudio.core.review import apply_object_rules, assess_reliability, gate_changes
+    from ielstudio.core.training import TrainConfig, predict
+
+    rs = sets()[set_name]
+    loaded = load_dataset(rs.images, rs.noisy if labels == "noisy" else rs.clean)
+    samples = loaded.samples
+    done = C.fit(samples, TrainConfig(max_steps=steps, min_steps=0, seed=seed, eval_every=10))
+    held = set(done.history.get("holdout", []))
+    probs = {s.name: predict(done.model, s.image) for s in samples}
+    th = thresholds_for((probs[s.name] for s in calibration_subset(list(samples))), CleanConfig())
+    rel = assess_reliability([(probs[s.name], s.mask, s.image) for s in samples if s.name in held], 2, th, True,
+                             [(probs[s.name], s.mask, s.image) for s in samples if s.name not in held])
+    given, model, out = [], [], []
+    for s in samples:
+        truth = read_mask(rs.clean / s.mask_path.name, loaded.encoding)[0].astype(np.int64)
+        p = probs[s.name]
+        o = gate_changes(propose(p, s.mask, CleanConfig(), th), s.mask, p, rel.reliable, th, image=s.image)
+        o = apply_object_rules(o, s.mask, p, th, s.image, rel)[0]
+        given.append(dice(s.mask, truth, 2)), model.append(dice(decide(p, th), truth, 2)), out.append(dice(o, truth, 2))
+    o = rel.objects[1]
+    return [f"{set_name}, {labels}", steps, seed, C.fmt(rel.agreement[1]),
+            "–" if o is None else f"{o.found}/{o.given}" + (f" (+{o.background})" if o.background else ""),
+            C.fmt(rel.trained_agreement[1] if rel.trained_agreement else None), "yes" if rel.reliable[1] else "no",
+            C.fmt(np.mean(given)), C.fmt(np.mean(model)), f"{np.mean(out):.3f} (min {np.min(out):.3f})"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability"])
+    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability", "weak"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -499,6 +536,14 @@ def main(argv: list[str] | None = None) -> int:
             for line in pool.map(train_one, *list(zip(*jobs))[:3], [threads] * len(jobs), [j[3] for j in jobs],
                                  [j[4] for j in jobs]):
                 print(line, flush=True)
+        return 0
+    if a.what == "weak":  # trains its own small models: no cache
+        C.limit_threads(os.cpu_count() or 1)
+        rows = [weak_models(name, labels, steps, seed) for name, labels in
+                (("nuclei-sample", "clean"), ("nuclei-mixture-dev", "noisy"))
+                for steps in (20, 40, 80) for seed in (0, 1)]
+        print(C.md_table(["set, masks", "steps", "seed", "held-out agreement", "objects found (background-like)",
+                          "on trained images", "reliable", "given", "model's decision", "output"], rows))
         return 0
     paths = sorted(path for name in a.set.split(",") for path in CACHE.glob(f"{name}-*.npz"))
     if a.what == "score":
