@@ -1071,6 +1071,10 @@ def test_a_short_window_scrolls_the_defect_maps_instead_of_squeezing_them(make_w
     qtbot.waitExposed(w)
     assert w.open_folders(*dataset)
     qtbot.waitUntil(lambda: w.iel_panel.given_maps is not None, timeout=20000)
+    w.top_split.setSizes([400, 900, 40])  # a saved layout that squeezes the maps' column
+    qtbot.wait(50)
     assert w.height() <= 620 and w.iel_panel.plots.height() >= MAPS_MIN_HEIGHT
     assert w.iel_scroll.verticalScrollBar().maximum() > 0  # the rest of the panel is a scroll away
+    assert w.iel_scroll.horizontalScrollBar().maximum() == 0  # but never sideways: the column keeps its width
+    assert w.iel_scroll.viewport().width() >= w.iel_panel.minimumSizeHint().width()
     assert all(b.height() > 75 for b in w.iel_panel.boxes), [b.height() for b in w.iel_panel.boxes]

@@ -168,6 +168,10 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         self.iel_scroll.setWidget(self.iel_panel)
         self.iel_scroll.setWidgetResizable(True)
         self.iel_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # only upwards: the column stays as wide as the panel needs, as it did without the scroll area
+        self.iel_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.iel_scroll.setMinimumWidth(self.iel_panel.minimumSizeHint().width()
+                                        + self.iel_scroll.verticalScrollBar().sizeHint().width())
         self.side_tabs.addTab(self.iel_scroll, "Defect maps (IEL)")
         self.side_tabs.addTab(self.ortho_views, "Other planes")
         self.top_split.addWidget(self.side_tabs)
