@@ -38,7 +38,7 @@ def test_a_model_that_finds_every_object_of_wide_outlines_is_reliable():
     assert ADD_MIN_AGREEMENT <= r.agreement[1] < RELIABLE_AGREEMENT
     o = r.objects[1]
     assert (o.given, o.found) == (12, 12) and o.tolerant_agreement == pytest.approx(1.0)
-    assert r.reliable[1] and r.any_reliable and r.reliable_by_objects(1) and not r.uses_shape_prior
+    assert r.reliable[1] and r.any_reliable and o.vouches and not r.uses_shape_prior
     assert "finds 12 of their 12 objects" in r.messages[0]
     assert r.to_dict()["objects"][1] == {"given": 12, "found": 12, "tolerant_agreement": 1.0, "background": 0}
     # the review keeps each image's decision rather than its probabilities: the same verdict

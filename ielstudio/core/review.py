@@ -228,12 +228,6 @@ class Reliability:
     def ranking_caveat(self) -> str:
         return RANKING_CAVEAT.format(PRIOR_IN_RANKING if self.uses_shape_prior else "")
 
-    def reliable_by_objects(self, c: int) -> bool:
-        """Whether class c is reliable by its objects only (below the pixel bar)."""
-        found = self.objects[c] if c < len(self.objects) else None
-        return bool(self.reliable[c]) and found is not None and found.vouches and not (
-            self.agreement[c] is not None and self.agreement[c] >= RELIABLE_AGREEMENT)
-
     def to_dict(self) -> dict:
         return {"agreement": [None if a is None else round(a, 4) for a in self.agreement],
                 "reliable": self.reliable, "out_of_sample": self.out_of_sample, "n_images": self.n_images,
@@ -313,6 +307,13 @@ def objects_found(decided: Sequence[np.ndarray], given: Sequence[np.ndarray], c:
     return None if den == 0 else ObjectsFound(n_given, n_found, num / den, n_background)
 
 
+def reliability_pair(probs: np.ndarray, sample, thresholds: np.ndarray | None) -> tuple:
+    """What the reliability check keeps of one image or slice: (its decision, in the
+    smallest integer type for its classes, the given mask, the image). The decision, not
+    the probabilities, so that the held-out and trained images' pairs stay small."""
+    return (decide(probs, thresholds).astype(np.min_scalar_type(probs.shape[0] - 1)), sample.mask, sample.image)
+
+
 def _class_verdicts(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarray | None,
                     by_objects: bool) -> tuple[list[float | None], list[ObjectsFound | None], list[bool]]:
     """(pooled Dice per class, `ObjectsFound` where the objects were asked, reliable per
@@ -336,10 +337,13 @@ def _class_verdicts(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarr
     return agreement, objects, reliable
 
 
-def _objects_clause(o: ObjectsFound | None) -> str:
-    return "" if o is None else (f", finding {o.found} of their {o.given} objects"
-                                 + (f" ({o.background} more look like background)" if o.background else "")
-                                 + f" and matching them within {AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}")
+def _objects_text(o: ObjectsFound, finds: str = "finds", matches: str = "matches") -> str:
+    """"finds 23 of their 23 objects (...) and matches them within 3 px at 0.92" (or with
+    other forms of the two verbs)."""
+    return (f"{finds} {o.found} of their {o.given} objects"
+            + (f" ({o.background} more, which it does not find, look like the background around them)"
+               if o.background else "")
+            + f" and {matches} them within {AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}")
 
 
 def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarray | None, out_of_sample: bool,
@@ -373,19 +377,16 @@ def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.nd
             messages.append(
                 f"class {c}: the model agrees with the given masks at Dice {agreement[c]:.2f} {where}, but on "
                 f"{len(trained)} image(s) it trained on it reproduces them only at "
-                f"{'–' if seen is None else f'{seen:.2f}'}{_objects_clause(trained_objects[c])}: it cannot read "
-                "every kind of image here, which a few held-out images need not show, so it is not reliable for "
-                "this class and its labels are kept as given")
+                f"{'–' if seen is None else f'{seen:.2f}'}"
+                + ("" if trained_objects[c] is None else f", {_objects_text(trained_objects[c], 'finding', 'matching')}")
+                + ": it cannot read every kind of image here, which a few held-out images need not show, so it is "
+                "not reliable for this class and its labels are kept as given")
         elif reliable[c] and objects[c] is not None:
             o = objects[c]
             messages.append(
                 f"class {c}: the model agrees with the given masks at Dice {agreement[c]:.2f} {where}, below "
-                f"{RELIABLE_AGREEMENT:.2f}, but it finds {o.found} of their {o.given} objects"
-                + (f" ({o.background} more, which it does not find, look like the background around them)"
-                   if o.background else "")
-                + f" and matches them within {AGREEMENT_TOLERANCE} px at {o.tolerant_agreement:.2f}: they differ "
-                "mostly along outlines, "
-                f"as noisy outlines make them, {TRUSTED_BY_OBJECTS} (an outline only where the image agrees)")
+                f"{RELIABLE_AGREEMENT:.2f}, but it {_objects_text(o)}: they differ mostly along outlines, as noisy "
+                f"outlines make them, {TRUSTED_BY_OBJECTS} (an outline only where the image agrees)")
         elif not reliable[c]:
             messages.append(
                 f"class {c}: the model agrees with the given masks only at Dice {agreement[c]:.2f} {where} "
@@ -705,10 +706,16 @@ class ImageResult:
     model_score: float | None = None  # the model's own part of the score (None: the score is the model's alone)
 
     def score_parts(self) -> dict:
-        """What the score is made of, for the review queue (`describe_score`): the
-        model's part, the two factors without the model (where used), out of sample."""
-        return score_parts(self.score if self.model_score is None else self.model_score,
-                           self.outline_smoothness, self.outline_fit, self.out_of_sample)
+        """What the score is made of, JSON-able, as the project stores it for the review
+        queue (`describe_score`): the model's part, the two factors without the model
+        (where used), out of sample."""
+        model = self.score if self.model_score is None else self.model_score
+        parts = {"model": round(float(model), 6), "out_of_sample": bool(self.out_of_sample)}
+        if self.outline_smoothness is not None:
+            parts["outline_smoothness"] = round(float(self.outline_smoothness), 6)
+        if self.outline_fit is not None:
+            parts["outline_fit"] = round(float(self.outline_fit), 6)
+        return parts
 
 
 class ImageScore(NamedTuple):
@@ -737,19 +744,9 @@ def image_score(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray | N
     return ImageScore(score * smoothness ** SHAPE_PRIOR_POWER * fit, score, smoothness, fit)
 
 
-def score_parts(model: float, smoothness: float | None, fit: float | None, out_of_sample: bool) -> dict:
-    """The parts of an image's score as stored with it (JSON-able; `describe_score`)."""
-    parts = {"model": round(float(model), 6), "out_of_sample": bool(out_of_sample)}
-    if smoothness is not None:
-        parts["outline_smoothness"] = round(float(smoothness), 6)
-    if fit is not None:
-        parts["outline_fit"] = round(float(fit), 6)
-    return parts
-
-
 def describe_score(score: float, parts: dict | None) -> str:
     """One line for a reviewer: how ``score`` (1 = the label looks right) is made up
-    from its ``parts`` (`score_parts`); just the score where the parts are unknown."""
+    from its ``parts`` (`ImageResult.score_parts`); just the score where the parts are unknown."""
     text = f"score {score:.3f}"
     if not parts:
         return text
@@ -838,9 +835,8 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
 
     n_classes = None
 
-    def pairs_of(chosen: Sequence) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(decision, given mask, image) of up to MAX_RELIABILITY_IMAGES of ``chosen``: the
-        decision, not the probabilities, so that 64 images' worth stays small."""
+    def pairs_of(chosen: Sequence) -> list[tuple]:
+        """`reliability_pair` of up to MAX_RELIABILITY_IMAGES of ``chosen``, spread."""
         nonlocal n_classes
         out = []
         for s in spread(chosen, MAX_RELIABILITY_IMAGES):
@@ -849,7 +845,7 @@ def review_samples(model, samples: Sequence, clean_config, holdout: Sequence[str
             probs = readable(s)
             if probs is not None:
                 n_classes = int(probs.shape[0])
-                out.append((decide(probs, thresholds).astype(np.min_scalar_type(n_classes - 1)), s.mask, s.image))
+                out.append(reliability_pair(probs, s, thresholds))
         return out
 
     pairs, trained_pairs = pairs_of(judged), pairs_of(trained)

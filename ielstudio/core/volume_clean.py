@@ -53,7 +53,7 @@ from .decision import decide
 from .errors import DataError
 from .imageio import atomic_write_text
 from .review import (MAX_RELIABILITY_IMAGES, apply_object_rules, assess_reliability, gate_changes, image_score,
-                     scoring_predictions, spread, summary_warnings)
+                     reliability_pair, scoring_predictions, spread, summary_warnings)
 from .training import CrossFitModel, DoneEvent, TrainConfig, predict, save_checkpoint, train
 from .volume_data import VolumeCase, VolumeDataset, class_values, load_volume_dataset, volume_of
 
@@ -132,10 +132,8 @@ def review_volumes(model, ds: VolumeDataset, config: CleanConfig, holdout: list[
     oos = [s for s in ds.samples if crossfit or s.name in held]
     judged = oos or ds.samples
     trained = [s for s in ds.samples if s.name not in held] if oos and not crossfit else []
-    def pairs_of(chosen) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:  # the decision, not the probabilities
-        return [(decide(probs_of(s), thresholds), s.mask, s.image) for s in spread(chosen, MAX_RELIABILITY_IMAGES)]
-
-    pairs, trained_pairs = pairs_of(judged), pairs_of(trained)
+    pairs, trained_pairs = ([reliability_pair(probs_of(s), s, thresholds)
+                             for s in spread(chosen, MAX_RELIABILITY_IMAGES)] for chosen in (judged, trained))
     reliability = assess_reliability(pairs, ds.n_classes, thresholds, out_of_sample=bool(oos), trained=trained_pairs)
     labelled, proposed = np.zeros(ds.n_classes), np.zeros(ds.n_classes)
     objects_removed = regions_added = 0

@@ -32,6 +32,17 @@ class TrainingState(Enum):
     STOPPING = "stopping"  # Stop pressed: ends after the current step
 
 
+def warnings_title(reviews: "jobs.Reviews") -> str:
+    """The title of the box that shows a review's warnings (`core.review.summary_warnings`)."""
+    if reviews.warnings[0].startswith(NOT_RELIABLE):
+        if reviews.objects_removed or reviews.regions_added:
+            return "Masks kept, except where model and image agree"
+        return "The model is not reliable: masks kept as given"
+    if all(TRUSTED_BY_OBJECTS in w for w in reviews.warnings):
+        return "A class trusted by its objects, below the agreement bar"
+    return "Labels kept where the model is not reliable"
+
+
 class TrainingMixin:
     """Start / pause / resume / stop, the worker's events, proposals and scores into the view."""
 
@@ -251,14 +262,7 @@ class TrainingMixin:
         if reviews.step is None:
             self._show_scoring_progress(reviews)
         if reviews.warnings:
-            kept = reviews.warnings[0].startswith(NOT_RELIABLE)
-            title = ("Masks kept, except where model and image agree"
-                     if kept and (reviews.objects_removed or reviews.regions_added)
-                     else "The model is not reliable: masks kept as given" if kept
-                     else "A class trusted by its objects, below the agreement bar"
-                     if all(TRUSTED_BY_OBJECTS in w for w in reviews.warnings)
-                     else "Labels kept where the model is not reliable")
-            self.report_error(title, "\n".join(reviews.warnings))
+            self.report_error(warnings_title(reviews), "\n".join(reviews.warnings))
         self.reviewsApplied.emit(reviews)
 
     def _show_scoring_progress(self, reviews: "jobs.Reviews") -> None:
