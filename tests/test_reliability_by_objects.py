@@ -133,3 +133,16 @@ def test_a_spurious_blob_the_model_rightly_misses_does_not_count_against_it():
     bright[0][(given == 1) & (nuclei(8) == 0)] = 0.9
     o = assess_reliability([(p, given, bright)] * 2, 2, None, out_of_sample=True).objects[1]
     assert (o.given, o.found, o.background) == (20, 12, 0)
+
+
+def test_the_eta_counts_the_trained_images_only_where_they_are_checked():
+    from ielstudio.core.cleaning import CALIBRATION_IMAGES
+    from ielstudio.core.review import MAX_RELIABILITY_IMAGES, scoring_predictions
+    from ielstudio.core.training import TrainConfig
+
+    n = 200
+    base = n + min(n, CALIBRATION_IMAGES)
+    assert scoring_predictions(n, TrainConfig()) == base + 2 * MAX_RELIABILITY_IMAGES  # held-out and trained
+    assert scoring_predictions(n, TrainConfig(folds=3)) == base + MAX_RELIABILITY_IMAGES  # every image held out
+    assert scoring_predictions(n, TrainConfig(epochs=2)) == base + MAX_RELIABILITY_IMAGES  # no hold-out
+    assert scoring_predictions(10, TrainConfig()) == 10 + min(10, CALIBRATION_IMAGES) + 10

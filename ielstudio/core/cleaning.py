@@ -527,7 +527,7 @@ def _fit(samples, config: TrainConfig, cancel, scoring: bool = True, groups: dic
     `scoring`: every image is proposed and scored after training (the ETA includes it);
     `groups`: images held out together (a volume's slices)."""
     done = None
-    after = scoring_predictions(len(samples)) if scoring else 0
+    after = scoring_predictions(len(samples), config) if scoring else 0
     for ev in train(samples, config, cancel=cancel, predictions_after=after, groups=groups):
         if isinstance(ev, DoneEvent):
             done = ev

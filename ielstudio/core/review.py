@@ -180,13 +180,17 @@ PRIOR_IN_RANKING = ", how ragged each mask's outline is and how far it sits from
 MAX_RELIABILITY_IMAGES = 32
 
 
-def scoring_predictions(n_images: int) -> int:
+def scoring_predictions(n_images: int, train_config=None) -> int:
     """How many images `review_samples` predicts for `n_images`: the calibration subset, the
-    reliability check (held-out images and as many it trained on) and every image's
-    proposal (for an honest ETA before it starts)."""
+    reliability check and every image's proposal (for an honest ETA before it starts).
+    The check reads the held-out images and, with one model and the automatic budget's
+    hold-out (`train_config`'s folds 1 and epochs None; None: assume so), as many it
+    trained on."""
     from .cleaning import CALIBRATION_IMAGES
 
-    return n_images + min(n_images, CALIBRATION_IMAGES) + min(n_images, 2 * MAX_RELIABILITY_IMAGES)
+    one_hold_out = train_config is None or (train_config.folds == 1 and train_config.epochs is None)
+    checked = (2 if one_hold_out else 1) * MAX_RELIABILITY_IMAGES
+    return n_images + min(n_images, CALIBRATION_IMAGES) + min(n_images, checked)
 
 
 def spread(items: Sequence, at_most: int) -> list:

@@ -198,8 +198,8 @@ def clean_volumes(
     yield model_ev
     done = None
     # the ETA counts what review_volumes predicts after training, as review_samples' does
-    for ev in train(ds.samples, train_config, cancel=cancel, predictions_after=scoring_predictions(len(ds.samples)),
-                    groups=ds.groups()):
+    after = scoring_predictions(len(ds.samples), train_config)
+    for ev in train(ds.samples, train_config, cancel=cancel, predictions_after=after, groups=ds.groups()):
         if isinstance(ev, DoneEvent):
             done = ev
         yield ev

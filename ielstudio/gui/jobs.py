@@ -264,7 +264,7 @@ def _review_job(scan, config, clean_config, snapshot_names, snapshot_every, chec
     from ielstudio.core.review import scoring_predictions
 
     kwargs: dict[str, Any] = {"cancel": cancel, "snapshot_every": snapshot_every,
-                              "predictions_after": scoring_predictions(len(samples))}
+                              "predictions_after": scoring_predictions(len(samples), config)}
     if names:
         kwargs["snapshot_names"] = names
     model, holdout = None, []
