@@ -63,7 +63,7 @@ def nuclei_mixture_dev(root: Path) -> tuple[Path, Path, Path, int]:
         for f in sorted((sample / "clean").glob("*.png")):
             clean = (cv2.imread(str(f), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8)
             noisy, _ = realdata.mixture_noise(clean, realdata.image_rng(1001, root.name, f.stem, "mixture"), 2)
-            realdata._write_png(root / "masks" / f.name, realdata._mask_png(noisy, 2))
+            realdata.write_png(root / "masks" / f.name, realdata.mask_png(noisy, 2))
     return sample / "images", root / "masks", sample / "clean", 2
 
 

@@ -603,13 +603,13 @@ def image_rng(seed: int, set_name: str, stem: str, kind: str) -> np.random.Gener
     return np.random.default_rng([seed, zlib.crc32(f"{set_name}/{stem}/{kind}".encode())])
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
+def write_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), array):
         raise OSError(f"could not write {path}")
 
 
-def _mask_png(mask: np.ndarray, n_classes: int) -> np.ndarray:
+def mask_png(mask: np.ndarray, n_classes: int) -> np.ndarray:
     """Binary masks as 0/255, multi-class as class indices 0..K-1."""
     return (mask > 0).astype(np.uint8) * 255 if n_classes == 2 else mask.astype(np.uint8)
 
@@ -624,14 +624,14 @@ def write_set(root: Path, name: str, split: str, slices: Sequence[Slice], n_clas
     entries = []
     for s in slices:
         file = f"{s.name}.png"
-        _write_png(folder / "images" / file, s.image)
-        _write_png(folder / "clean" / file, _mask_png(s.mask, n_classes))
+        write_png(folder / "images" / file, s.image)
+        write_png(folder / "clean" / file, mask_png(s.mask, n_classes))
         noisy, ops = mixture_noise(s.mask, image_rng(seed, name, s.name, "mixture"), n_classes, relabel=relabel)
-        _write_png(folder / "noisy" / file, _mask_png(noisy, n_classes))
+        write_png(folder / "noisy" / file, mask_png(noisy, n_classes))
         for kind in kinds:
             k, lv = kind.rsplit("-", 1)
             out = apply_noise(s.mask, k, int(lv), image_rng(seed, name, s.name, kind), n_classes)
-            _write_png(folder / f"noisy-{kind}" / file, _mask_png(out, n_classes))
+            write_png(folder / f"noisy-{kind}" / file, mask_png(out, n_classes))
         entries.append({"file": file, "scan": s.scan, "view": s.view, "plane": s.index, "crop": list(s.crop),
                         "spacing_mm": round(s.spacing_mm, 4), "lesion_fraction": float((s.mask > 0).mean()),
                         "mixture_ops": ops, "mixture_dice": metrics.dice(noisy, s.mask, n_classes)})
