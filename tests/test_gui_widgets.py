@@ -535,3 +535,23 @@ def test_the_colour_bar_says_what_it_shows_within_a_narrow_column(qtbot):
     qtbot.waitUntil(lambda: p.colour_bar.boundingRect().width() > 0, timeout=2000)
     assert axis.label.boundingRect().width() <= p.colour_bar.boundingRect().width()
     assert p.colour_bar.toolTip() == BAR_TOOLTIP and "log scale" in BAR_TOOLTIP
+
+
+def test_names_get_their_width_back_when_a_status_shrinks_again(qtbot):
+    """'kept original' widens the status column and the names give way; undone, the
+    status is 'unreviewed' again and the names had stayed elided (stop 34, Xvfb)."""
+    from ielstudio.gui.queue_model import COL_NAME
+
+    q = ReviewQueue()
+    qtbot.addWidget(q)
+    q.resize(345, 600)
+    q.show()
+    q.model.set_rows([QueueRow(f"nuclei_{i:02d}", score=0.5 + i / 100, changed=0.1) for i in range(12)])
+    header = q.table.horizontalHeader()
+    qtbot.waitUntil(lambda: header.length() == q.table.viewport().width(), timeout=2000)
+    start = header.sectionSize(COL_NAME)
+    q.model.update("nuclei_03", status="kept")
+    qtbot.waitUntil(lambda: header.sectionSize(COL_NAME) < start, timeout=2000)
+    q.model.update("nuclei_03", status="unreviewed")
+    qtbot.waitUntil(lambda: header.sectionSize(COL_NAME) == start, timeout=2000)
+    assert header.length() == q.table.viewport().width()

@@ -8,7 +8,7 @@ unscored last) and filters by name and status. Thumbnails are requested lazily
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QObject, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QObject, QSortFilterProxyModel, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -191,8 +191,10 @@ class ReviewQueue(QWidget):
         return False
 
     def _on_section_resized(self, index: int, _old: int, _new: int) -> None:
-        if index != COL_NAME:  # a score, change or status column grew with its contents
-            self._fit_name_column()
+        if index != COL_NAME:  # a score, change or status column grew or shrank with its contents
+            # after the header's own pass: fitted inside it, a column that shrinks back (a
+            # status from "kept original" to "unreviewed" on undo) left the names elided
+            QTimer.singleShot(0, self, self._fit_name_column)
 
     def _fit_name_column(self) -> None:
         """Give the name column what the viewport has left after the other columns
