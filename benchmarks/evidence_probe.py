@@ -7,6 +7,7 @@
     python benchmarks/evidence_probe.py outlines --set dev
     python benchmarks/evidence_probe.py edges --set nuclei-sample
     python benchmarks/evidence_probe.py reliability --set dev,nuclei-mixture-dev,lesions-dev
+    python benchmarks/evidence_probe.py objects-image --set hela-nuclei-dev,dev,nuclei-sample
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -24,7 +25,9 @@ which was not adopted. `edges` shows what rule 2's image check of outline moves
 (`review.image_backs_outline_moves`) costs and saves at several margins. `reliability`
 shows rule 1's verdict with the pixel bar alone and with the objects' way
 (`review.ObjectsFound`), and the output of each; `weak` trains under-trained models
-(20-80 steps) on the nuclei dev sets and shows what that verdict makes of them. `--set` takes several sets, comma-separated. Choosing is
+(20-80 steps) on the nuclei dev sets and shows what that verdict makes of them.
+`objects-image` shows what the image's say on objects removed or added whole
+(`review.image_backs_object_changes`, `review.object_contrast`) does at several contrasts. `--set` takes several sets, comma-separated. Choosing is
 done on `dev` sets only; the report
 sets are scored once with what was chosen (`realtable.py`).
 """
@@ -475,6 +478,52 @@ def reliability(name: str, d: dict) -> list:
             output(rel)]
 
 
+OBJECT_CONTRASTS = (None, 0.5, 1.0, 1.5, 2.0)
+
+
+def object_image(name: str, d: dict) -> list:
+    """A row: output Dice against the correct masks (mean, min) of the whole review (rules
+    1-4, as `reliability` runs it) without the image's say on objects removed or added
+    whole, or on thick parts of them (`review.image_backs_object_changes` in rule 2,
+    `review.object_contrast` in rule 3), and with it at each contrast of OBJECT_CONTRASTS
+    (None: without), with the pixels the output changed and the share of them that now
+    agree with the correct mask. The default, `review.OBJECT_CONTRAST` (1.0, one pooled
+    standard deviation), was set by reasoning, not by this sweep, which shows what
+    moving it would do on the dev sets."""
+    import functools
+
+    from ielstudio.core import review as R
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.metrics import dice
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
+    n = probs.shape[1]
+    held = np.flatnonzero(d["oos"].astype(bool))
+    trained = [] if held.size == len(given) else R.spread(np.flatnonzero(~d["oos"].astype(bool)),
+                                                          R.MAX_RELIABILITY_IMAGES)
+    rel = R.assess_reliability([(probs[i], given[i], images[i]) for i in held], n, th, True,
+                               [(probs[i], given[i], images[i]) for i in trained])
+    cells = [name, " ".join("yes" if ok else "no" for ok in rel.reliable[1:]),
+             C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)]))]
+    real, default = R.image_backs_object_changes, R.OBJECT_CONTRAST
+    try:
+        for t in OBJECT_CONTRASTS:
+            R.image_backs_object_changes = (lambda p, g, im: p) if t is None else functools.partial(real, threshold=t)
+            R.OBJECT_CONTRAST = float("inf") if t is None else t  # rule 3 reads it when called
+            outs = []
+            for pr, g, im in zip(probs, given, images):
+                o = R.gate_changes(propose(pr, g, CleanConfig(), th), g, pr, rel.reliable, th, image=im)
+                outs.append(R.apply_object_rules(o, g, pr, th, im, rel)[0])
+            scores = [dice(o, c, n) for o, c in zip(outs, clean)]
+            changed = sum(int((o != g).sum()) for o, g in zip(outs, given))
+            right = sum(int(((o != g) & (o == c)).sum()) for o, g, c in zip(outs, given, clean))
+            cells.append(f"{np.mean(scores):.3f} (min {np.min(scores):.3f}; {changed} px, {right / max(changed, 1):.0%})")
+    finally:
+        R.image_backs_object_changes, R.OBJECT_CONTRAST = real, default
+    return cells
+
+
 def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
     """A row: one under-trained model (`steps` optimiser steps, the automatic budget's
     hold-out) on a dev set, rule 1's verdict on it (`review.assess_reliability` with the
@@ -513,7 +562,8 @@ def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability", "weak"])
+    ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability", "weak",
+                                     "objects-image"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -566,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
                           "reliable: with objects and trained images (default)", "given", "model's decision",
                           "output: before", "output: default"],
                          [reliability(path.stem, load(path)) for path in paths]))
+    elif a.what == "objects-image":
+        print(C.md_table(["cache", "reliable", "given", "without"] + [f"contrast {t}" for t in OBJECT_CONTRASTS[1:]],
+                         [object_image(path.stem, load(path)) for path in paths]))
     elif a.what == "edges":
         print(C.md_table(["cache", "given", "no image check"] + [f"margin {m}" for m in EDGE_MARGINS[1:]],
                          [edges(path.stem, load(path)) for path in paths]))

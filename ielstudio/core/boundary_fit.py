@@ -62,7 +62,7 @@ def _shifted(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def _contrast(inside: np.ndarray, outside: np.ndarray) -> float:
+def contrast(inside: np.ndarray, outside: np.ndarray) -> float:
     """|difference of the means| over the pooled standard deviation (0 for an empty ring)."""
     if inside.size == 0 or outside.size == 0:
         return 0.0
@@ -116,7 +116,7 @@ def candidate_contrasts(image: np.ndarray, mask: np.ndarray) -> list[tuple[tuple
             continue
         inner, outer = rings[d]
         # the rings moved by (dy, dx): the image where they then lie
-        out.append(((d, dy, dx), _contrast(padded[inner[0] + s + dy, inner[1] + s + dx],
+        out.append(((d, dy, dx), contrast(padded[inner[0] + s + dy, inner[1] + s + dx],
                                            padded[outer[0] + s + dy, outer[1] + s + dx])))
     return out
 
