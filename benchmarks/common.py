@@ -445,9 +445,12 @@ def save_figure(fig, path: str | Path) -> None:
 
 def rule_1_details(row: dict) -> str:
     """What else rule 1 weighed (stop 34): the held-out objects found where they were
-    asked, and the agreement on the images the model trained on; empty for older rows."""
+    asked (and the missed ones the image shows as background, counted apart), and the
+    agreement on the images the model trained on; empty for older rows."""
     objects = [o for o in row.get("objects") or [] if o]
     trained = [a for a in row.get("trained_agreement") or [] if a is not None]
-    parts = ([", ".join(f"{o['found']}/{o['given']} objects, {o['tolerant_agreement']:.2f}" for o in objects)]
+    parts = ([", ".join(f"{o['found']}/{o['given']} objects"
+                        + (f" (+{o['background']} background-like)" if o.get("background") else "")
+                        + f", {o['tolerant_agreement']:.2f}" for o in objects)]
              if objects else []) + ([f"trained {max(trained):.3f}"] if trained else [])
     return f" ({'; '.join(parts)})" if parts else ""

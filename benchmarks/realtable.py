@@ -212,7 +212,8 @@ def write_table(data: dict, path: Path) -> None:
                  "score includes the shape prior, its two factors ranked alone in brackets); held-out "
                  "agreement: the model's pooled Dice with the given masks on images it did not train on "
                  "(`kept`: not reliable, every mask kept as given; in brackets, where recorded: the held-out objects "
-                 "found and the outline-tolerant agreement, and the agreement on trained images); changed px: pixels the output changed, and "
+                 "found (and, apart, the missed ones the image shows as background) and the outline-tolerant "
+                 "agreement, and the agreement on trained images); changed px: pixels the output changed, and "
                  "the share of them that now agree with the correct mask; objects removed / regions added: "
                  "do-no-harm rules 3 and 4 (`core.review`).\n\n" + body)
 
