@@ -93,6 +93,10 @@ SETS: dict[str, tuple[str, tuple[str, ...], int | None]] = {
 }
 MULTICLASS_CLASSES = ("background", "CSF", "grey matter", "white matter")
 MULTICLASS_N = 16
+#: ``brain-sides-*``: the same tissue classes, each split at the brain's midline into
+#: the patient's right (1-3) and left (4-6) half: 7 classes, told apart by place alone.
+SIDES_CLASSES = ("background", "CSF R", "grey matter R", "white matter R", "CSF L", "grey matter L",
+                 "white matter L")
 
 DEFAULT_SEED = 0
 
@@ -717,9 +721,19 @@ def mni_volume(raw: Path) -> Volume:
     return Volume("mni152", image, label, tuple(float(s) for s in spacing), "MR")
 
 
-def mni_slices(vol: Volume, n: int = MULTICLASS_N) -> list[Slice]:
-    """``n`` axial slices spread over the middle 20-85 % of the brain's height, whole brain cropped."""
-    k = len(MULTICLASS_CLASSES)
+def split_sides(vol: Volume) -> Volume:
+    """`vol` with each tissue class split at the brain's midline (the template is
+    symmetric: the middle of the brain's extent along the left-right axis) into the
+    patient's right half (classes 1-3) and left half (4-6), `SIDES_CLASSES`."""
+    cols = np.nonzero((vol.label > 0).any(axis=(0, 1)))[0]
+    left = np.arange(vol.label.shape[2])[None, None, :] >= (cols.min() + cols.max() + 1) / 2.0
+    label = np.where(vol.label > 0, vol.label + 3 * left, 0).astype(np.int64)
+    return Volume(vol.name, vol.image, label, vol.spacing, vol.modality)
+
+
+def mni_slices(vol: Volume, n: int = MULTICLASS_N, k: int = len(MULTICLASS_CLASSES)) -> list[Slice]:
+    """``n`` axial slices spread over the middle 20-85 % of the brain's height, whole brain
+    cropped; ``k`` classes in ``vol.label``."""
     rows = np.nonzero((vol.label > 0).any(axis=(1, 2)))[0]
     lo, hi = rows.min() + 0.2 * np.ptp(rows), rows.min() + 0.85 * np.ptp(rows)
     out = []
@@ -761,6 +775,7 @@ def build_sets(cache_dir: str | Path | None = None, n_per_scan: int = 12, seed: 
         out[name] = cached
     if multiclass:
         out.update(build_multiclass(root, seed, force))
+        out.update(build_sides(root, seed, force))
     if nuclei:
         out.update(build_nuclei(root, seed, force))
         out.update(build_hela(root, seed, force))
@@ -870,6 +885,21 @@ def build_multiclass(root: Path, seed: int = DEFAULT_SEED, force: bool = False) 
         return cached  # type: ignore[return-value]
     slices = mni_slices(mni_volume(fetch_mni(root)))
     return {n: write_set(root, n, split, slices[half::2], len(MULTICLASS_CLASSES), seed, relabel=True, params=params)
+            for n, (split, half) in names.items()}
+
+
+def build_sides(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:
+    """``brain-sides-dev`` / ``-report``: the MNI152 slices of ``brain-multiclass-*`` with
+    every tissue class split into the brain's right and left half (`split_sides`, 7
+    classes): more classes, smaller ones, and pairs that look alike and differ only by
+    place, as in an anatomical atlas. Added in stop 35."""
+    params = {"version": BUILD_VERSION, "seed": seed, "size": SIZE, "n": MULTICLASS_N, "classes": len(SIDES_CLASSES)}
+    names = {"brain-sides-dev": ("dev", 0), "brain-sides-report": ("report", 1)}
+    cached = {n: None if force else _cached(root, n, params) for n in names}
+    if all(cached.values()):
+        return cached  # type: ignore[return-value]
+    slices = mni_slices(split_sides(mni_volume(fetch_mni(root))), k=len(SIDES_CLASSES))
+    return {n: write_set(root, n, split, slices[half::2], len(SIDES_CLASSES), seed, relabel=True, params=params)
             for n, (split, half) in names.items()}
 
 

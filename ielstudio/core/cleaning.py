@@ -547,7 +547,8 @@ def _json_default(o):
 
 def _training_summary(done: DoneEvent) -> dict:
     h = done.history
-    keep = ("budget", "best_step", "best_agreement", "step_time_s", "elapsed_s", "holdout", "n_train", "n_holdout")
+    keep = ("budget", "augmentation", "best_step", "best_agreement", "step_time_s", "elapsed_s", "holdout",
+            "n_train", "n_holdout")
     out = {"steps": done.steps, "stopped_because": done.reason}
     out.update({k: h[k] for k in keep if k in h})
     if "folds" in h:

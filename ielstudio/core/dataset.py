@@ -542,6 +542,7 @@ class SegmentationDataset(Dataset):
 
     ``augment=True`` adds random flips, 90-degree rotations and mild intensity
     jitter (gain 0.9-1.1, bias +-0.05, gamma 0.85-1.15); crops are random either way.
+    ``mirror`` (left-right, top-bottom): the flips allowed, turns only with both.
     Randomness comes from ``numpy.random.default_rng((seed, epoch, index))``: the same
     item is identical in every worker process; call :meth:`set_epoch` each epoch.
 
@@ -551,11 +552,12 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, samples: Sequence[Sample | Pair], crop: int | None = 128, augment: bool = True,
                  seed: int = 0, encoding: MaskEncoding | None = None, in_channels: int | None = None,
-                 scale_rotate: float = 0.0):
+                 scale_rotate: float = 0.0, mirror: tuple[bool, bool] = (True, True)):
         self.samples = list(samples)
         self.crop = crop
         self.augment = augment
         self.scale_rotate = scale_rotate
+        self.mirror = mirror
         self.seed = int(seed)
         self.epoch = 0
         self.encoding = encoding
@@ -580,7 +582,8 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.get_sample(index)
-        image, mask = augment_pair(s.image, s.mask, self.rng_for(index), self.crop, self.augment, self.scale_rotate)
+        image, mask = augment_pair(s.image, s.mask, self.rng_for(index), self.crop, self.augment, self.scale_rotate,
+                                   self.mirror)
         return torch.from_numpy(image), torch.from_numpy(mask)
 
 
@@ -597,10 +600,13 @@ def _scale_rotate(image: np.ndarray, mask: np.ndarray, angle: float, scale: floa
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int | None,
-                 augment: bool = True, scale_rotate: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                 augment: bool = True, scale_rotate: float = 0.0,
+                 mirror: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray, np.ndarray]:
     """Crop (mirror-padding small images), flip, rotate and jitter one pair identically;
     with probability ``scale_rotate`` also turn it by any angle and scale it by 0.7-1.4
-    about its centre (nnU-Net's ranges; mirrored borders, the mask by nearest neighbour)."""
+    about its centre (nnU-Net's ranges; mirrored borders, the mask by nearest neighbour).
+    ``mirror`` (left-right, top-bottom): the flips allowed (`patches.mirroring`); turns
+    only when both are. The random draws are the same either way."""
     h, w = mask.shape
     if crop is not None:
         ph, pw = max(0, crop - h), max(0, crop - w)
@@ -613,16 +619,17 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
         image = image[:, y:y + crop, x:x + crop]
         mask = mask[y:y + crop, x:x + crop]
     if augment:
-        if rng.random() < 0.5:
+        turns = mirror[0] and mirror[1]
+        if rng.random() < 0.5 and mirror[0]:
             image, mask = image[:, :, ::-1], mask[:, ::-1]
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and mirror[1]:
             image, mask = image[:, ::-1, :], mask[::-1, :]
         k = int(rng.integers(4))
-        if k and image.shape[1] == image.shape[2]:
+        if k and image.shape[1] == image.shape[2] and turns:
             image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k)
         gain, bias, gamma = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05), rng.uniform(0.85, 1.15)
         image = np.clip(np.clip(image, 0.0, 1.0) ** gamma * gain + bias, 0.0, 1.0)
-        if scale_rotate > 0 and rng.random() < scale_rotate:
+        if scale_rotate > 0 and rng.random() < scale_rotate and turns:
             image, mask = _scale_rotate(image, mask, rng.uniform(-180.0, 180.0), rng.uniform(0.7, 1.4))
     return (np.ascontiguousarray(image, dtype=np.float32),
             np.ascontiguousarray(mask, dtype=np.int64))

@@ -9,7 +9,7 @@ vanish. Lazy samples (`dataset.LazySample`) are read only when drawn.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,77 @@ PIXELS_PER_BATCH = 8 * 96 * 96
 MAX_AUTO_PATCH = 256
 #: At most this many pixels per image and class are kept as centres of foreground patches.
 MAX_CENTRES = 4096
-#: Images of a lazy data set whose sizes set the automatic patch side.
+#: Images of a lazy data set whose sizes set the automatic patch side, and whose masks
+#: tell whether a class lies on one side (`mirroring`).
 LAZY_SIZE_PROBE = 64
+#: A class lies on one side of the images when, in every image that holds at least
+#: SIDED_MIN_PIXELS of it, at least SIDED_SHARE of its pixels are in the same half...
+SIDED_SHARE = 0.9
+SIDED_MIN_PIXELS = 10
+#: ...and there are at least this many such images (a class drawn anywhere lands in
+#: the same half of 8 images by chance once in 128 tries).
+SIDED_MIN_IMAGES = 8
+
+
+class Mirroring(NamedTuple):
+    """The flips training may use: left-right, top-bottom (turns need both), and the
+    classes that lie on one side, which rule a flip out (`mirroring`)."""
+
+    left_right: bool
+    top_bottom: bool
+    sided: dict[str, list[int]]
+
+    @property
+    def flips(self) -> tuple[bool, bool]:
+        return self.left_right, self.top_bottom
+
+    def describe(self) -> str:
+        """One line for the report and the log."""
+        if self.left_right and self.top_bottom:
+            return "flips and turns"
+        off = "; ".join(f"no {axis} flips (class{'es' if len(c) > 1 else ''} {', '.join(map(str, c))} "
+                        f"always on one side)" for axis, c in self.sided.items() if c)
+        return off + ", no turns" if off else "no flips, no turns (set so)"
+
+
+def _sided(samples: Sequence[Sample], axis: int) -> list[int]:
+    """The foreground classes lying on one side along `axis` of the masks (0: rows, top
+    or bottom half; 1: columns, left or right half); see SIDED_SHARE."""
+    sides: dict[int, set[int]] = {}
+    counts: dict[int, int] = {}
+    for s in samples:
+        try:
+            mask = np.asarray(s.mask)
+        except DataError:  # a lazy image that cannot be read: the scoring pass reports it
+            continue
+        half = mask.shape[axis] // 2
+        first = mask[:half] if axis == 0 else mask[:, :half]
+        classes, total = np.unique(mask, return_counts=True)
+        in_first = dict(zip(*np.unique(first, return_counts=True)))
+        for c, n in zip(classes.tolist(), total.tolist()):
+            if c == 0 or n < SIDED_MIN_PIXELS:
+                continue
+            share = in_first.get(c, 0) / n
+            side = 0 if share >= SIDED_SHARE else 1 if share <= 1 - SIDED_SHARE else -1
+            sides.setdefault(c, set()).add(side)
+            counts[c] = counts.get(c, 0) + 1
+    return sorted(c for c, seen in sides.items() if len(seen) == 1 and -1 not in seen
+                  and counts[c] >= SIDED_MIN_IMAGES)
+
+
+def mirroring(samples: Sequence[Sample], config: TrainConfig) -> Mirroring:
+    """Which flips training may use (`config.mirror`: "auto", "on", "off"). Automatic, as
+    nnU-Net's advice for left/right labels goes: no flip along an axis where some class
+    lies on one side of every image (a left and a right hemisphere's classes look alike
+    and differ only by place, which a flip teaches the network to ignore), and no turns
+    then either. A lazy data set is judged on LAZY_SIZE_PROBE of its masks."""
+    if config.mirror == "on":
+        return Mirroring(True, True, {})
+    if config.mirror == "off":
+        return Mirroring(False, False, {})
+    probe = spread(samples, LAZY_SIZE_PROBE) if samples and isinstance(samples[0], LazySample) else samples
+    sided = {"left-right": _sided(probe, 1), "top-bottom": _sided(probe, 0)}
+    return Mirroring(not sided["left-right"], not sided["top-bottom"], sided)
 
 
 def patch_and_batch(samples: Sequence[Sample], config: TrainConfig) -> tuple[int, int]:
@@ -61,10 +130,11 @@ class CropStream:
     every image's foreground in advance would mean reading them all. An image that cannot
     be read is left out and another is drawn."""
 
-    def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int):
+    def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int,
+                 mirror: tuple[bool, bool] = (True, True)):
         self.crop, self.batch = crop, batch
         self.ds = SegmentationDataset(samples, crop=self.crop, augment=config.augment, seed=seed,
-                                      scale_rotate=config.scale_rotate)
+                                      scale_rotate=config.scale_rotate, mirror=mirror)
         self.rng = np.random.default_rng(seed)
         self.foreground = float(config.foreground_crops)
         self.lazy = bool(samples) and isinstance(samples[0], LazySample)
@@ -92,7 +162,7 @@ class CropStream:
         x0 = min(max(0, x - self.crop // 2 + int(rng.integers(-jitter, jitter + 1))), max(0, w - self.crop))
         image = s.image[:, y0:y0 + self.crop, x0:x0 + self.crop]
         mask = s.mask[y0:y0 + self.crop, x0:x0 + self.crop]
-        image, mask = augment_pair(image, mask, rng, self.crop, self.ds.augment, self.ds.scale_rotate)
+        image, mask = augment_pair(image, mask, rng, self.crop, self.ds.augment, self.ds.scale_rotate, self.ds.mirror)
         return torch.from_numpy(image), torch.from_numpy(mask)
 
     def _foreground_patch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,29 +211,33 @@ class _StreamDataset(torch.utils.data.IterableDataset):
     """The patch batches of `CropStream`, made by DataLoader worker processes: worker w
     of n crops every n-th image with its own seed."""
 
-    def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int):
+    def __init__(self, samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int,
+                 mirror: tuple[bool, bool]):
         super().__init__()
         self.samples, self.config, self.seed, self.crop, self.batch = list(samples), config, seed, crop, batch
+        self.mirror = mirror
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        stream = CropStream(self.samples[w::n], self.config, self.seed + 15485863 * (w + 1), self.crop, self.batch)
+        stream = CropStream(self.samples[w::n], self.config, self.seed + 15485863 * (w + 1), self.crop, self.batch,
+                            self.mirror)
         while True:
             yield stream.next()
 
 
-def patch_batches(samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int,
-                  batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def patch_batches(samples: Sequence[Sample], config: TrainConfig, seed: int, crop: int, batch: int,
+                  mirror: tuple[bool, bool] = (True, True)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless training batches: made here (`config.workers == 0`, reproducible for a
     seed), or by `config.workers` DataLoader processes that read and crop beside
-    training (each image in one worker; batches arrive in the order they are ready)."""
+    training (each image in one worker; batches arrive in the order they are ready).
+    `mirror`: the flips allowed (`mirroring`, judged on the whole data set)."""
     workers = min(config.workers, len(samples))
     if workers == 0:
-        stream = CropStream(samples, config, seed, crop, batch)
+        stream = CropStream(samples, config, seed, crop, batch, mirror)
         while True:
             yield stream.next()
-    loader = torch.utils.data.DataLoader(_StreamDataset(samples, config, seed, crop, batch), batch_size=None,
+    loader = torch.utils.data.DataLoader(_StreamDataset(samples, config, seed, crop, batch, mirror), batch_size=None,
                                          num_workers=workers, prefetch_factor=2)
     yield from loader
 

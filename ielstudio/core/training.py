@@ -41,7 +41,7 @@ from .imageio import atomic_write_bytes
 from .metrics import pooled_dice
 from .models import ARCHITECTURES, build_model
 from .models.pde_blocks import project_pde_weights_, tv_in_time_penalty
-from .patches import patch_and_batch, patch_batches, spread
+from .patches import mirroring, patch_and_batch, patch_batches, spread
 
 __all__ = [
     "TrainConfig", "TrainingError", "StepEvent", "EvalEvent", "SnapshotEvent", "DoneEvent",
@@ -125,6 +125,9 @@ class TrainConfig:
         "processes that read and crop the training images beside training (torch DataLoader workers); "
         "0 = the training process itself"))
     augment: bool = field(default=True, metadata=_help("flips, 90-degree rotations, intensity jitter"))
+    mirror: str = field(default="auto", metadata=_help(
+        "flips and turns when augmenting: auto (none along an axis where a class always lies on one side "
+        "of the images, as left and right labels do; nnU-Net's advice) | on | off"))
     scale_rotate: float = field(default=0.0, metadata=_help(
         "share of patches also turned by any angle and scaled by 0.7-1.4 (nnU-Net's spatial augmentation)"))
     slice_context: int = field(default=0, metadata=_help(
@@ -169,6 +172,8 @@ class TrainConfig:
         if self.weight_decay < 0 or self.dice_weight < 0 or self.min_improvement < 0:
             bad("weight_decay" if self.weight_decay < 0 else "dice_weight" if self.dice_weight < 0
                 else "min_improvement", "must be >= 0")
+        if self.mirror not in ("auto", "on", "off"):
+            bad("mirror", "choose auto, on or off")
         if self.schedule not in ("cosine", "onecycle", "constant"):
             bad("schedule", "choose cosine, onecycle or constant")
         if not 0 < self.holdout < 1:
@@ -505,8 +510,10 @@ def _train_one(
     }
 
     crop, batch = patch_and_batch(train_set, config)
+    mirror = mirroring(samples, config)  # the data set's labelling, held-out masks included
     rank_batch = -(-batch // world.size)  # the total batch, split over the ranks (rounded up)
-    history.update(crop=crop, batch_size=rank_batch * world.size)
+    history.update(crop=crop, batch_size=rank_batch * world.size,
+                   augmentation=mirror.describe() if config.augment else "none")
     if world.distributed:
         if len(train_set) < world.size:
             raise DataError(None, f"{world.size} processes need at least {world.size} training images "
@@ -544,7 +551,7 @@ def _train_one(
     use_amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     shard = distributed.shard(train_set, world)
-    batches = patch_batches(shard, config, seed + 104729 * world.rank, crop, rank_batch)
+    batches = patch_batches(shard, config, seed + 104729 * world.rank, crop, rank_batch, mirror.flips)
     snap = [by_name[n] for n in (snapshot_names or [s.name for s in samples[:4]]) if n in by_name] \
         if world.is_main else []
 
