@@ -21,6 +21,7 @@ from ielstudio.core.cleaning import CleanConfig
 from ielstudio.core.errors import DataError
 from ielstudio.core.iel import IELConfig
 from ielstudio.core.models import ARCHITECTURES
+from ielstudio.core.review import augmentation_note
 from ielstudio.core.training import TrainConfig
 
 COMMANDS = ("gui", "demo", "clean", "merge", "train", "predict", "install-desktop", "uninstall-desktop")
@@ -352,6 +353,9 @@ def _consume(events: Iterable, bar: ProgressBar, upper_bound: bool = False):
         elif isinstance(ev, training.DoneEvent):
             bar.end()
             _say(f"training stopped after {ev.steps} steps ({ev.reason})")
+            note = augmentation_note(ev.history)
+            if note:
+                _say(f"  {note}")
     bar.end()
     return last
 

@@ -1078,3 +1078,15 @@ def test_a_short_window_scrolls_the_defect_maps_instead_of_squeezing_them(make_w
     assert w.iel_scroll.horizontalScrollBar().maximum() == 0  # but never sideways: the column keeps its width
     assert w.iel_scroll.viewport().width() >= w.iel_panel.minimumSizeHint().width()
     assert all(b.height() > 75 for b in w.iel_panel.boxes), [b.height() for b in w.iel_panel.boxes]
+
+
+def test_the_training_message_says_when_flips_were_left_out(make_window):
+    """The window's message reads the same `review.augmentation_note` as the command."""
+    from ielstudio.gui.job_protocol import TrainingFinished
+
+    w = make_window()
+    side = "augmentation: no left-right flips (classes 1, 2 always on one side), no turns"
+    w._on_done(TrainingFinished(12, "budget", {"augmentation": side[len("augmentation: "):], "holdout": []}, None, None))
+    assert w.training_panel.status.text() == f"Done: 12 steps (budget); {side}"
+    w._on_done(TrainingFinished(12, "budget", {"augmentation": "flips and turns", "holdout": []}, None, None))
+    assert w.training_panel.status.text() == "Done: 12 steps (budget)"

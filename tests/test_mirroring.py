@@ -2,6 +2,7 @@
 a class always lies on one side of the images, as a left and a right hemisphere's do,
 training does not flip along that axis (nnU-Net's advice for lateralised labels)."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -68,3 +69,22 @@ def test_training_records_the_flips_it_used():
 
     assert augmentation(halves(SIDED_MIN_IMAGES + 2)).startswith("no left-right flips (classes 1, 2")
     assert augmentation(halves(4)) == "flips and turns"
+
+
+def test_the_command_and_the_window_say_when_flips_were_left_out(tmp_path, capsys):
+    """Both read `review.augmentation_note`; the command prints it after training."""
+    from ielstudio import cli
+    from ielstudio.core.imageio import write_mask
+    from ielstudio.core.review import augmentation_note
+
+    assert augmentation_note({"augmentation": "flips and turns"}) is None
+    assert augmentation_note({"augmentation": "none"}) is None and augmentation_note({}) is None
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    for s in halves(SIDED_MIN_IMAGES):
+        cv2.imwrite(str(images / f"{s.name}.png"), (s.image[0] * 255).astype(np.uint8))
+        write_mask(masks / f"{s.name}.png", s.mask, MaskEncoding("index", (0, 1, 2)))
+    rc = cli.main(["clean", str(images), str(masks), "--out", str(tmp_path / "out"), "--steps", "2", "--device", "cpu",
+                   "--width", "4", "--depth", "2"])
+    assert rc == 0
+    assert "augmentation: no left-right flips (classes 1, 2 always on one side), no turns" in capsys.readouterr().err

@@ -985,6 +985,14 @@ def held_out_units(names: Sequence[str]) -> tuple[int, str]:
     return len(names), "image(s)"
 
 
+def augmentation_note(history: dict) -> str | None:
+    """What a training left out of its usual augmentation and why (`patches.mirroring`,
+    the history's "augmentation"), for the command's log and the window's message; None
+    when it used the usual flips and turns, or none as asked."""
+    augmentation = history.get("augmentation")
+    return None if augmentation in (None, "flips and turns", "none") else f"augmentation: {augmentation}"
+
+
 def few_held_out_note(n_images: int, every_image: bool, what: str = "image(s)") -> str | None:
     """A note for a reliability verdict that rests on fewer than FEW_HELD_OUT held-out
     images or volumes (None when every image was judged out of sample, or enough were)."""

@@ -9,7 +9,7 @@ import time
 from enum import Enum
 from pathlib import Path
 
-from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS, held_out_units
+from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS, augmentation_note, held_out_units
 
 from . import jobs
 from .process_worker import ProcessWorker
@@ -284,7 +284,8 @@ class TrainingMixin:
         few = "folds" not in ev.history and 0 < held < FEW_HELD_OUT
         self.training_panel.set_message(
             f"Done: {ev.steps} steps ({ev.reason})" + ("" if agreement is None else f"; agreement {agreement:.3f}")
-            + (f" on {held} held-out {what}: few, a rough verdict (Folds 3 checks every image)" if few else ""))
+            + (f" on {held} held-out {what}: few, a rough verdict (Folds 3 checks every image)" if few else "")
+            + (f"; {note}" if (note := augmentation_note(ev.history)) else ""))
         if ev.checkpoint:  # the job recorded it in the project
             self.checkpoint = Path(ev.checkpoint)
         if ev.reason != "cancelled" and self.training_state != TrainingState.STOPPING:
