@@ -88,3 +88,22 @@ def test_the_command_and_the_window_say_when_flips_were_left_out(tmp_path, capsy
                    "--width", "4", "--depth", "2"])
     assert rc == 0
     assert "augmentation: no left-right flips (classes 1, 2 always on one side), no turns" in capsys.readouterr().err
+
+
+def test_a_large_data_set_is_judged_on_a_bounded_probe_of_its_masks():
+    from ielstudio.core.patches import LAZY_SIZE_PROBE
+
+    reads = []
+
+    class Counted:
+        def __init__(self, s):
+            self.name, self._mask = s.name, s.mask
+
+        @property
+        def mask(self):
+            reads.append(self.name)
+            return self._mask
+
+    samples = [Counted(s) for s in halves(3 * LAZY_SIZE_PROBE)]
+    assert mirroring(samples, TrainConfig()).flips == (False, True)
+    assert len(reads) == LAZY_SIZE_PROBE

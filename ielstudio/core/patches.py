@@ -27,8 +27,8 @@ PIXELS_PER_BATCH = 8 * 96 * 96
 MAX_AUTO_PATCH = 256
 #: At most this many pixels per image and class are kept as centres of foreground patches.
 MAX_CENTRES = 4096
-#: Images of a lazy data set whose sizes set the automatic patch side, and whose masks
-#: tell whether a class lies on one side (`mirroring`).
+#: Images of a lazy data set whose sizes set the automatic patch side; and of any data
+#: set, the masks that tell whether a class lies on one side (`mirroring`).
 LAZY_SIZE_PROBE = 64
 #: A class lies on one side of the images when, in every image that holds at least
 #: SIDED_MIN_PIXELS of it, at least SIDED_SHARE of its pixels are in the same half...
@@ -60,29 +60,32 @@ class Mirroring(NamedTuple):
         return off + ", no turns" if off else "no flips, no turns (set so)"
 
 
-def _sided(samples: Sequence[Sample], axis: int) -> list[int]:
-    """The foreground classes lying on one side along `axis` of the masks (0: rows, top
-    or bottom half; 1: columns, left or right half); see SIDED_SHARE."""
-    sides: dict[int, set[int]] = {}
+def _sided(samples: Sequence[Sample]) -> dict[str, list[int]]:
+    """{"left-right": classes, "top-bottom": classes}: the foreground classes lying on one
+    side of the masks along each axis (see SIDED_SHARE); one pass over the masks."""
+    sides: dict[tuple[str, int], set[int]] = {}
     counts: dict[int, int] = {}
     for s in samples:
         try:
             mask = np.asarray(s.mask)
         except DataError:  # a lazy image that cannot be read: the scoring pass reports it
             continue
-        half = mask.shape[axis] // 2
-        first = mask[:half] if axis == 0 else mask[:, :half]
-        classes, total = np.unique(mask, return_counts=True)
-        in_first = dict(zip(*np.unique(first, return_counts=True)))
-        for c, n in zip(classes.tolist(), total.tolist()):
-            if c == 0 or n < SIDED_MIN_PIXELS:
+        flat = mask.ravel().astype(np.int64)
+        n = int(flat.max()) + 1
+        total = np.bincount(flat, minlength=n)
+        halves = {"left-right": np.bincount(mask[:, :mask.shape[1] // 2].ravel().astype(np.int64), minlength=n),
+                  "top-bottom": np.bincount(mask[:mask.shape[0] // 2].ravel().astype(np.int64), minlength=n)}
+        for c in np.flatnonzero(total >= SIDED_MIN_PIXELS):
+            if c == 0:
                 continue
-            share = in_first.get(c, 0) / n
-            side = 0 if share >= SIDED_SHARE else 1 if share <= 1 - SIDED_SHARE else -1
-            sides.setdefault(c, set()).add(side)
-            counts[c] = counts.get(c, 0) + 1
-    return sorted(c for c, seen in sides.items() if len(seen) == 1 and -1 not in seen
-                  and counts[c] >= SIDED_MIN_IMAGES)
+            counts[int(c)] = counts.get(int(c), 0) + 1
+            for axis, first in halves.items():
+                share = first[c] / total[c]
+                side = 0 if share >= SIDED_SHARE else 1 if share <= 1 - SIDED_SHARE else -1
+                sides.setdefault((axis, int(c)), set()).add(side)
+    return {axis: sorted(c for (a, c), seen in sides.items() if a == axis and len(seen) == 1 and -1 not in seen
+                         and counts[c] >= SIDED_MIN_IMAGES)
+            for axis in ("left-right", "top-bottom")}
 
 
 def mirroring(samples: Sequence[Sample], config: TrainConfig) -> Mirroring:
@@ -90,13 +93,12 @@ def mirroring(samples: Sequence[Sample], config: TrainConfig) -> Mirroring:
     nnU-Net's advice for left/right labels goes: no flip along an axis where some class
     lies on one side of every image (a left and a right hemisphere's classes look alike
     and differ only by place, which a flip teaches the network to ignore), and no turns
-    then either. A lazy data set is judged on LAZY_SIZE_PROBE of its masks."""
+    then either. Judged on at most LAZY_SIZE_PROBE masks spread over the data set."""
     if config.mirror == "on":
         return Mirroring(True, True, {})
     if config.mirror == "off":
         return Mirroring(False, False, {})
-    probe = spread(samples, LAZY_SIZE_PROBE) if samples and isinstance(samples[0], LazySample) else samples
-    sided = {"left-right": _sided(probe, 1), "top-bottom": _sided(probe, 0)}
+    sided = _sided(spread(samples, LAZY_SIZE_PROBE))
     return Mirroring(not sided["left-right"], not sided["top-bottom"], sided)
 
 
