@@ -27,9 +27,9 @@ shows rule 1's verdict with the pixel bar alone and with the objects' way
 (`review.ObjectsFound`), and the output of each; `weak` trains under-trained models
 (20-80 steps) on the nuclei dev sets and shows what that verdict makes of them.
 `objects-image` shows what the image's say on objects removed or added whole
-(`review.image_backs_object_changes`, `review.object_contrast`) does at several contrasts. `--set` takes several sets, comma-separated. Choosing is
-done on `dev` sets only; the report
-sets are scored once with what was chosen (`realtable.py`).
+(`review.image_backs_object_changes`, `review.object_contrast`) does at several
+contrasts. `--set` takes several sets, comma-separated. Choosing is done on `dev`
+sets only; the report sets are scored once with what was chosen (`realtable.py`).
 """
 
 from __future__ import annotations
@@ -518,7 +518,8 @@ def object_image(name: str, d: dict) -> list:
             scores = [dice(o, c, n) for o, c in zip(outs, clean)]
             changed = sum(int((o != g).sum()) for o, g in zip(outs, given))
             right = sum(int(((o != g) & (o == c)).sum()) for o, g, c in zip(outs, given, clean))
-            cells.append(f"{np.mean(scores):.3f} (min {np.min(scores):.3f}; {changed} px, {right / max(changed, 1):.0%})")
+            cells.append(f"{np.mean(scores):.3f} (min {np.min(scores):.3f}; {changed} px, "
+                         f"{right / max(changed, 1):.0%})")
     finally:
         R.image_backs_object_changes, R.OBJECT_CONTRAST = real, default
     return cells

@@ -1085,8 +1085,8 @@ def test_the_training_message_says_when_flips_were_left_out(make_window):
     from ielstudio.gui.job_protocol import TrainingFinished
 
     w = make_window()
-    side = "augmentation: no left-right flips (classes 1, 2 always on one side), no turns"
-    w._on_done(TrainingFinished(12, "budget", {"augmentation": side[len("augmentation: "):], "holdout": []}, None, None))
-    assert w.training_panel.status.text() == f"Done: 12 steps (budget); {side}"
+    side = "no left-right flips (classes 1, 2 always on one side), no turns"
+    w._on_done(TrainingFinished(12, "budget", {"augmentation": side, "holdout": []}, None, None))
+    assert w.training_panel.status.text() == f"Done: 12 steps (budget); augmentation: {side}"
     w._on_done(TrainingFinished(12, "budget", {"augmentation": "flips and turns", "holdout": []}, None, None))
     assert w.training_panel.status.text() == "Done: 12 steps (budget)"
