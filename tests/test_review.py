@@ -265,3 +265,19 @@ def test_an_unreliable_model_keeps_the_masks_and_does_not_say_the_class_was_lost
     assert summary.warnings == summary.reliability.messages and summary.warnings[0].startswith(NOT_RELIABLE)
     assert not any("did not learn" in w for w in summary.warnings)
     assert summary.labelled[1] == summary.proposed[1] == 400
+
+
+def test_an_agreement_just_under_the_bar_is_not_shown_as_the_bar():
+    """0.8468 would read "0.85 ... (needs 0.85)" at two decimals: it is given to three."""
+    from ielstudio.core.review import RELIABLE_AGREEMENT, assess_reliability
+
+    given = np.zeros((40, 40), np.int64)
+    given[10:30, 10:30] = 1  # 400 px
+    decided = given.copy()
+    decided[10:30, 10:13] = 0  # 60 px missed
+    decided[30:33, 10:31] = 1  # 63 px more: Dice 2 * 340 / (400 + 403) = 0.8468
+    probs = np.stack([1.0 - decided, decided]).astype(np.float32)
+    rel = assess_reliability([(probs, given)], 2, None, True)
+    assert rel.agreement[1] == pytest.approx(0.8468, abs=5e-4) and not rel.reliable[1]
+    text = " ".join(rel.messages)
+    assert "only at Dice 0.847 " in text and f"(needs {RELIABLE_AGREEMENT:.2f})" in text

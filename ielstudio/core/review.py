@@ -357,6 +357,13 @@ def _class_verdicts(pairs: Sequence[tuple], n_classes: int, thresholds: np.ndarr
     return agreement, objects, reliable
 
 
+def _short(value: float, bar: float) -> str:
+    """`value` to 2 decimals, or to 3 where 2 would round a value under `bar` up to it
+    (0.8468 is "0.847", not "0.85", next to "needs 0.85")."""
+    text = f"{value:.2f}"
+    return f"{value:.3f}" if value < bar <= float(text) else text
+
+
 def _objects_text(o: ObjectsFound, finds: str = "finds", matches: str = "matches") -> str:
     """"finds 23 of their 23 objects (...) and matches them within 3 px at 0.92" (or with
     other forms of the two verbs)."""
@@ -397,7 +404,7 @@ def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.nd
             messages.append(
                 f"class {c}: the model agrees with the given masks at Dice {agreement[c]:.2f} {where}, but on "
                 f"{len(trained)} image(s) it trained on it reproduces them only at "
-                f"{'–' if seen is None else f'{seen:.2f}'}"
+                f"{'–' if seen is None else _short(seen, RELIABLE_AGREEMENT)}"
                 + ("" if trained_objects[c] is None else f", {_objects_text(trained_objects[c], 'finding', 'matching')}")
                 + ": it cannot read every kind of image here, which a few held-out images need not show, so it is "
                 "not reliable for this class and its labels are kept as given")
@@ -409,7 +416,8 @@ def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.nd
                 f"outlines make them, {TRUSTED_BY_OBJECTS} (an outline only where the image agrees)")
         elif not reliable[c]:
             messages.append(
-                f"class {c}: the model agrees with the given masks only at Dice {agreement[c]:.2f} {where} "
+                f"class {c}: the model agrees with the given masks only at Dice "
+                f"{_short(agreement[c], RELIABLE_AGREEMENT)} {where} "
                 f"(needs {RELIABLE_AGREEMENT:.2f}); it is not reliable for this class, so its labels are kept as given")
     if not pairs:
         reliable = [True] + [False] * (n_classes - 1)
