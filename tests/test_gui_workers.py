@@ -266,3 +266,35 @@ def test_newest_request_worker_answers_only_the_newest_request(qtbot):
     assert got[-1] == (10, None) and len(got) == 3  # ... but not delivered
     w.stop()
     assert made == [1] and served == ["slow", 3, "bad", 5, 7]
+
+
+def _threads_and_niceness(cancel=None, report=None):
+    """A job that says how its process runs (module level: a spawned child imports it)."""
+    import os
+
+    import torch
+
+    yield torch.get_num_threads(), os.nice(0) if hasattr(os, "nice") else None
+
+
+def test_a_job_process_uses_torchs_own_threads_as_the_command_does_at_a_lower_priority(qtbot):
+    """Same thread count as `ielstudio clean` (a training takes the same steps in both; on
+    a CPU another count adds the sums in another order), while the window keeps the CPU
+    it needs: the child runs at a lower priority."""
+    import os
+    import subprocess
+    import sys
+
+    from ielstudio.gui.process_worker import ProcessWorker
+
+    fresh = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                               capture_output=True, text=True, check=True).stdout)
+    w = ProcessWorker(_threads_and_niceness)
+    got = []
+    w.yielded.connect(got.append)
+    with qtbot.waitSignal(w.finished, timeout=120000):
+        w.start()
+    threads, niceness = got[0]
+    assert threads == fresh
+    if hasattr(os, "nice"):
+        assert niceness >= os.nice(0) + 10 or niceness == 19  # 19: the floor of an already nice parent

@@ -38,7 +38,6 @@ class ProcessWorker(QObject):
                  min_interval_s: float = 0.1, poll_ms: int = 20, parent=None, **kwargs: Any):
         super().__init__(parent)
         import multiprocessing as mp
-        import os
         from collections import deque
 
         from .job_protocol import child_main
@@ -48,9 +47,8 @@ class ProcessWorker(QObject):
         self._cancel_ev = ctx.Event()
         self._run_ev = ctx.Event()
         self._run_ev.set()
-        threads = n_threads if n_threads is not None else max(1, (os.cpu_count() or 2) - 1)
         self.process = ctx.Process(target=child_main, name="ielstudio-job", daemon=True,
-                                   args=(fn, args, kwargs, self._queue, self._cancel_ev, self._run_ev, threads,
+                                   args=(fn, args, kwargs, self._queue, self._cancel_ev, self._run_ev, n_threads,
                                          min_interval_s))
         self._inbox: deque = deque()
         self._paused = False
