@@ -51,7 +51,8 @@ TRAINED = {
     "heat+convex": lambda convex: IELConfig(convex_classes=convex),
 }
 #: Lesion and nuclei sets have one convex class; brain tissue classes are not convex.
-CONVEX = {"dev": (1,), "report": (1,), "mixed-scan": (1,), "lesions-sample": (1,), "dsb-nuclei": (1,)}
+CONVEX = {"dev": (1,), "report": (1,), "mixed-scan": (1,), "lesions-sample": (1,), "dsb-nuclei": (1,),
+          "cho-nuclei": (1,)}
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample"
 
 
