@@ -3,7 +3,8 @@
     python benchmarks/recipe.py [--set dev] [--labels noisy] [--jobs 2]
         --variant default --variant "crop=96,batch_size=8,foreground_crops=0.5" ...
 
-Each variant is a `TrainConfig` override of the defaults (automatic budget). Variants run
+Each variant is a `TrainConfig` override of the defaults (automatic budget; `iel.<field>`
+sets a field of its `IELConfig`, e.g. `iel.heat=0` for no heat IEL). Variants run
 in parallel worker processes (cores / jobs torch threads each), so they share the
 machine's load alike. Per variant: steps, wall time, the budget's held-out agreement
 with the given masks, the in-sample agreement, and against the correct masks of the set
@@ -44,6 +45,17 @@ def parse_variant(text: str) -> dict:
     return out
 
 
+def train_config(values: dict):
+    """The TrainConfig of a variant; ``iel.<field>`` keys set the IELConfig's fields
+    (``iel.heat=0``: no heat IEL)."""
+    from ielstudio.core.iel import IELConfig
+    from ielstudio.core.training import TrainConfig
+
+    iel = {k[4:]: (bool(v) if k == "iel.heat" else v) for k, v in values.items() if k.startswith("iel.")}
+    rest = {k: v for k, v in values.items() if not k.startswith("iel.")}
+    return TrainConfig(**rest, iel=IELConfig(**iel)) if iel else TrainConfig(**rest)
+
+
 def run_variant(set_name: str, labels: str, text: str, threads: int) -> dict:
     C.limit_threads(threads)
     from ielstudio.core.cleaning import CleanConfig, load_dataset
@@ -59,7 +71,7 @@ def run_variant(set_name: str, labels: str, text: str, threads: int) -> dict:
     enc = read_mask(rs.clean / samples[0].mask_path.name)[1]
     clean = {s.name: read_mask(rs.clean / s.mask_path.name, enc)[0] for s in samples}
     t0 = time.perf_counter()
-    done = C.fit(samples, TrainConfig(**parse_variant(text)))
+    done = C.fit(samples, train_config(parse_variant(text)))
     train_s = time.perf_counter() - t0
     held = set(done.history.get("holdout", []))
     results, summary = C.drain(review_samples(done.model, samples, CleanConfig(), list(held)))
