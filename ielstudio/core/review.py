@@ -538,7 +538,7 @@ def image_backs_object_changes(proposal: np.ndarray, given: np.ndarray, image: n
         whole = not ((was[next_to] != 0).any() if removed else np.isin(was[next_to], np.unique(now[region])).any())
         if not whole and not _survives_erosion(region, ADD_THICKNESS // 2):
             continue  # an outline nudged: `image_backs_outline_moves`'s business
-        around = _grown(region, SURROUNDING) & ~region & (was == 0) & (now == 0)
+        around = unlabelled_ring(region, (was == 0) & (now == 0))
         stands_out = object_contrast(image[(slice(None),) + box], region, around)
         if not (stands_out < threshold if removed else stands_out >= threshold):  # NaN: no evidence
             out[box][region] = was[region]
@@ -587,6 +587,12 @@ def tolerant_dice(a: np.ndarray, b: np.ndarray, tolerance: int = AGREEMENT_TOLER
     return float(((a & _grown(b, tolerance)).sum() + (b & _grown(a, tolerance)).sum()) / total)
 
 
+def unlabelled_ring(region: np.ndarray, unlabelled: np.ndarray) -> np.ndarray:
+    """The `unlabelled` pixels within `SURROUNDING` px of `region`, outside it: what an
+    object is compared with (`looks_like_background`, `object_contrast`)."""
+    return _grown(region, SURROUNDING) & ~region & unlabelled
+
+
 def _grown(mask: np.ndarray, radius: int) -> np.ndarray:
     """`mask` (H,W), or (D,H,W) slice by slice, dilated by a disk of `radius` px."""
     if mask.ndim == 3:
@@ -607,7 +613,7 @@ def looks_like_background(image: np.ndarray, obj: np.ndarray, found: np.ndarray 
         if found is None or not found.any():
             return False
         found_median = np.median(np.asarray(image, np.float32)[:, found], axis=1)
-    ring = _grown(obj, SURROUNDING) & ~obj & (given == 0)
+    ring = unlabelled_ring(obj, given == 0)
     if not ring.any():
         return False
     image = np.asarray(image, np.float32)
@@ -690,7 +696,7 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
             obj = labels[box] == k
             crop = None if image is None else np.asarray(image)[(slice(None),) + box]
             if image is None or (looks_like_background(crop, obj, None, given[box], found_median)
-                                 and object_contrast(crop, obj, _grown(obj, SURROUNDING) & ~obj & (given[box] == 0))
+                                 and object_contrast(crop, obj, unlabelled_ring(obj, given[box] == 0))
                                  < OBJECT_CONTRAST):
                 out[box][obj] = 0
                 removed += 1
