@@ -123,11 +123,13 @@ def _is_step(ev) -> bool:
 
 
 def lower_priority() -> None:
-    """Make this process yield the CPU to the window's: nice 10 on Linux and macOS, below
-    normal on Windows; nothing where neither works."""
+    """Make this process yield the CPU to the window's: nice 5 on Linux and macOS, below
+    normal on Windows; nothing where neither works. Nice 5 (a third of the CPU against
+    another busy job, not the tenth nice 10 gives): the window responds as with nice 10
+    (ui-latency-stop35.md)."""
     try:
         if hasattr(os, "nice"):
-            os.nice(10)
+            os.nice(5)
         elif sys.platform == "win32":
             import ctypes
 
