@@ -354,6 +354,12 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
     assert w.checkpoint is not None and w.checkpoint.is_file()  # the model so far is kept after a stop
     # no snapshot came before the stop: the kept model scores every image in the background
     assert w._job_kind == "score" and w.is_training() and not w.proposals
+    # said as it is: stopped, not "done", and the bar names the pass that now runs and its model
+    steps = done[-1].steps
+    assert w.training_panel.status.text().startswith(f"Stopped after {steps} steps; the proposals come from")
+    assert w._job_text == f"scoring every image with the model of step {steps}…"
+    assert w.training_panel.progress.format() == w._job_text or w.training_panel.progress.format().startswith(
+        ("loading images", "scoring "))
     with qtbot.waitSignal(w.trainingFinished, timeout=60000):
         pass
     assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}

@@ -112,6 +112,7 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         self.train_in_process = True  # training in a child process keeps the GUI thread free of the GIL
         self.last_training: jobs.TrainingFinished | None = None
         self._job_kind = "train"  # what train_worker runs: "train" or "score" (saved model)
+        self._job_text = ""  # the progress text the running job started with
         self.current: str | None = None
         self.last_error: str | None = None
         self.train_worker: GeneratorWorker | None = None

@@ -106,7 +106,7 @@ class TrainingMixin:
         self.trainingStarted.emit()
         return True
 
-    def score_with_saved_model(self) -> bool:
+    def score_with_saved_model(self, progress_text: str = "scoring with the saved model…") -> bool:
         """Proposals and scores for every image from the project's saved model (background)."""
         if self.project is None or self.is_training():
             return False
@@ -118,7 +118,7 @@ class TrainingMixin:
         self._train_settings = {"checkpoint": str(ref.path), "clean": self.clean_config().to_dict()}
         self._job_kind = "score"
         self._start_job(jobs.checkpoint_scoring_job, (self.scan, str(ref.path), self.clean_config()),
-                        "scoring with the saved model…", project_path=str(self.project.path),
+                        progress_text, project_path=str(self.project.path),
                         expected_sha256=ref.sha256, encoding=self.project.mask_encoding())
         return True
 
@@ -150,6 +150,7 @@ class TrainingMixin:
 
         self.training_panel.set_running(True)
         self.training_panel.set_progress_text(text)
+        self._job_text = text  # what the bar says again once loading is done, until the first scores
         self.training_state = TrainingState.LOADING
         self._scoring_started = None
         self.last_training = None
@@ -228,7 +229,7 @@ class TrainingMixin:
         if self.training_state == TrainingState.LOADING:
             scoring = self._job_kind == "score"
             self.training_state = TrainingState.SCORING if scoring else TrainingState.TRAINING
-            self.training_panel.set_progress_text("scoring…" if scoring else "starting…")
+            self.training_panel.set_progress_text(self._job_text if scoring else "starting…")
         self.training_panel.set_data_shape(info.in_channels, info.n_classes)
         self.mark_skipped_files(info.skipped)
         self.use_encoding(info.encoding)
@@ -282,8 +283,10 @@ class TrainingMixin:
         agreement = ev.history.get("best_agreement")
         held, what = held_out_units(ev.history.get("holdout", []))
         few = "folds" not in ev.history and 0 < held < FEW_HELD_OUT
+        head = (f"Stopped after {ev.steps} steps; the proposals come from the model kept then"
+                if ev.reason == "cancelled" and ev.checkpoint and ev.steps else f"Done: {ev.steps} steps ({ev.reason})")
         self.training_panel.set_message(
-            f"Done: {ev.steps} steps ({ev.reason})" + ("" if agreement is None else f"; agreement {agreement:.3f}")
+            head + ("" if agreement is None else f"; agreement {agreement:.3f}")
             + (f" on {held} held-out {what}: few, a rough verdict (Folds 3 checks every image)" if few else "")
             + (f"; {note}" if (note := augmentation_note(ev.history)) else ""))
         if ev.checkpoint:  # the job recorded it in the project
@@ -310,7 +313,7 @@ class TrainingMixin:
             # stopped while training: the job scores nothing after training, but the saved model is
             # what was kept, so its proposals replace the last preview (Start replaces this pass).
             # Stopped while scoring after training: the user stopped that pass; leave it.
-            self.score_with_saved_model()
+            self.score_with_saved_model(progress_text=f"scoring every image with the model of step {finished.steps}…")
 
     def _on_training_error(self, message: str) -> None:
         self.training_state = TrainingState.IDLE
