@@ -479,6 +479,7 @@ def reliability(name: str, d: dict) -> list:
 
 
 OBJECT_CONTRASTS = (None, 0.5, 1.0, 1.5, 2.0)
+NUDGE_SHARES = (0.0, 0.02, 0.05, 0.1)
 
 
 def object_image(name: str, d: dict) -> list:
@@ -525,6 +526,38 @@ def object_image(name: str, d: dict) -> list:
     return cells
 
 
+def nudges(name: str, d: dict) -> list:
+    """A row: output Dice against the correct masks (mean, min) of the whole review (rules
+    1-4, as `object_image` runs it) with rule 2's outline moves kept whatever they change
+    of their objects (0), and set back where, together, they change none of their
+    objects by at least each share of NUDGE_SHARES (`review.objects_moved_enough`), with
+    the pixels the output changed and the share of them that now agree with the correct
+    mask."""
+    from ielstudio.core import review as R
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.metrics import dice
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
+    n = probs.shape[1]
+    held = np.flatnonzero(d["oos"].astype(bool))
+    trained = [] if held.size == len(given) else R.spread(np.flatnonzero(~d["oos"].astype(bool)),
+                                                          R.MAX_RELIABILITY_IMAGES)
+    rel = R.assess_reliability([(probs[i], given[i], images[i]) for i in held], n, th, True,
+                               [(probs[i], given[i], images[i]) for i in trained])
+    cells = [name, " ".join("yes" if ok else "no" for ok in rel.reliable[1:]),
+             C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)]))]
+    for share in NUDGE_SHARES:
+        outs = [R.apply_object_rules(R.gate_changes(propose(pr, g, CleanConfig(), th), g, pr, rel.reliable, th,
+                                                    image=im, min_change=share), g, pr, th, im, rel)[0]
+                for pr, g, im in zip(probs, given, images)]
+        scores = [dice(o, c, n) for o, c in zip(outs, clean)]
+        changed = sum(int((o != g).sum()) for o, g in zip(outs, given))
+        right = sum(int(((o != g) & (o == c)).sum()) for o, g, c in zip(outs, given, clean))
+        cells.append(f"{np.mean(scores):.4f} (min {np.min(scores):.3f}; {changed} px, {right / max(changed, 1):.0%})")
+    return cells
+
+
 def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
     """A row: one under-trained model (`steps` optimiser steps, the automatic budget's
     hold-out) on a dev set, rule 1's verdict on it (`review.assess_reliability` with the
@@ -564,7 +597,7 @@ def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability", "weak",
-                                     "objects-image"])
+                                     "objects-image", "nudges"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -620,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     elif a.what == "objects-image":
         print(C.md_table(["cache", "reliable", "given", "without"] + [f"contrast {t}" for t in OBJECT_CONTRASTS[1:]],
                          [object_image(path.stem, load(path)) for path in paths]))
+    elif a.what == "nudges":
+        print(C.md_table(["cache", "reliable", "given"] + [f"min change {t}" for t in NUDGE_SHARES],
+                         [nudges(path.stem, load(path)) for path in paths]))
     elif a.what == "edges":
         print(C.md_table(["cache", "given", "no image check"] + [f"margin {m}" for m in EDGE_MARGINS[1:]],
                          [edges(path.stem, load(path)) for path in paths]))
