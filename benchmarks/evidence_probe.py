@@ -482,6 +482,33 @@ OBJECT_CONTRASTS = (None, 0.5, 1.0, 1.5, 2.0)
 NUDGE_SHARES = (0.0, 0.02, 0.05, 0.1)
 
 
+def _reviewed(d: dict):
+    """What the whole review of a cache needs: (probs, given, clean, thresholds, images
+    (N,1,H,W): the first channel of each), the number of classes and rule 1's verdict
+    (held-out images, and the trained ones as `reliability` checks them)."""
+    from ielstudio.core import review as R
+
+    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
+    images = d["images"][:, None].astype(np.float32)
+    n = probs.shape[1]
+    held = np.flatnonzero(d["oos"].astype(bool))
+    trained = [] if held.size == len(given) else R.spread(np.flatnonzero(~d["oos"].astype(bool)),
+                                                          R.MAX_RELIABILITY_IMAGES)
+    rel = R.assess_reliability([(probs[i], given[i], images[i]) for i in held], n, th, True,
+                               [(probs[i], given[i], images[i]) for i in trained])
+    return probs, given, clean, th, images, n, rel
+
+
+def _output_cell(outs: list, given: np.ndarray, clean: np.ndarray, n: int, digits: int = 3) -> str:
+    """Output Dice against the correct masks: 'mean (min; pixels changed, share right)'."""
+    from ielstudio.core.metrics import dice
+
+    scores = [dice(o, c, n) for o, c in zip(outs, clean)]
+    changed = sum(int((o != g).sum()) for o, g in zip(outs, given))
+    right = sum(int(((o != g) & (o == c)).sum()) for o, g, c in zip(outs, given, clean))
+    return f"{np.mean(scores):.{digits}f} (min {np.min(scores):.3f}; {changed} px, {right / max(changed, 1):.0%})"
+
+
 def object_image(name: str, d: dict) -> list:
     """A row: output Dice against the correct masks (mean, min) of the whole review (rules
     1-4, as `reliability` runs it) without the image's say on objects removed or added
@@ -491,38 +518,19 @@ def object_image(name: str, d: dict) -> list:
     agree with the correct mask. The default, `review.OBJECT_CONTRAST` (1.0, one pooled
     standard deviation), was set by reasoning, not by this sweep, which shows what
     moving it would do on the dev sets."""
-    import functools
-
     from ielstudio.core import review as R
     from ielstudio.core.cleaning import CleanConfig, propose
     from ielstudio.core.metrics import dice
 
-    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
-    images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
-    n = probs.shape[1]
-    held = np.flatnonzero(d["oos"].astype(bool))
-    trained = [] if held.size == len(given) else R.spread(np.flatnonzero(~d["oos"].astype(bool)),
-                                                          R.MAX_RELIABILITY_IMAGES)
-    rel = R.assess_reliability([(probs[i], given[i], images[i]) for i in held], n, th, True,
-                               [(probs[i], given[i], images[i]) for i in trained])
+    probs, given, clean, th, images, n, rel = _reviewed(d)
     cells = [name, " ".join("yes" if ok else "no" for ok in rel.reliable[1:]),
              C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)]))]
-    real, default = R.image_backs_object_changes, R.OBJECT_CONTRAST
-    try:
-        for t in OBJECT_CONTRASTS:
-            R.image_backs_object_changes = (lambda p, g, im: p) if t is None else functools.partial(real, threshold=t)
-            R.OBJECT_CONTRAST = float("inf") if t is None else t  # rule 3 reads it when called
-            outs = []
-            for pr, g, im in zip(probs, given, images):
-                o = R.gate_changes(propose(pr, g, CleanConfig(), th), g, pr, rel.reliable, th, image=im)
-                outs.append(R.apply_object_rules(o, g, pr, th, im, rel)[0])
-            scores = [dice(o, c, n) for o, c in zip(outs, clean)]
-            changed = sum(int((o != g).sum()) for o, g in zip(outs, given))
-            right = sum(int(((o != g) & (o == c)).sum()) for o, g, c in zip(outs, given, clean))
-            cells.append(f"{np.mean(scores):.3f} (min {np.min(scores):.3f}; {changed} px, "
-                         f"{right / max(changed, 1):.0%})")
-    finally:
-        R.image_backs_object_changes, R.OBJECT_CONTRAST = real, default
+    for t in OBJECT_CONTRASTS:
+        outs = [R.apply_object_rules(R.gate_changes(propose(pr, g, CleanConfig(), th), g, pr, rel.reliable, th,
+                                                    image=im, object_contrast=t),
+                                     g, pr, th, im, rel, float("inf") if t is None else t)[0]
+                for pr, g, im in zip(probs, given, images)]
+        cells.append(_output_cell(outs, given, clean, n))
     return cells
 
 
@@ -537,24 +545,14 @@ def nudges(name: str, d: dict) -> list:
     from ielstudio.core.cleaning import CleanConfig, propose
     from ielstudio.core.metrics import dice
 
-    probs, given, clean, th = d["probs"], d["given"].astype(np.int64), d["clean"], d["thresholds"]
-    images = d["images"][:, None].astype(np.float32)  # (N,1,H,W): the first channel of each image
-    n = probs.shape[1]
-    held = np.flatnonzero(d["oos"].astype(bool))
-    trained = [] if held.size == len(given) else R.spread(np.flatnonzero(~d["oos"].astype(bool)),
-                                                          R.MAX_RELIABILITY_IMAGES)
-    rel = R.assess_reliability([(probs[i], given[i], images[i]) for i in held], n, th, True,
-                               [(probs[i], given[i], images[i]) for i in trained])
+    probs, given, clean, th, images, n, rel = _reviewed(d)
     cells = [name, " ".join("yes" if ok else "no" for ok in rel.reliable[1:]),
              C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)]))]
     for share in NUDGE_SHARES:
         outs = [R.apply_object_rules(R.gate_changes(propose(pr, g, CleanConfig(), th), g, pr, rel.reliable, th,
                                                     image=im, min_change=share), g, pr, th, im, rel)[0]
                 for pr, g, im in zip(probs, given, images)]
-        scores = [dice(o, c, n) for o, c in zip(outs, clean)]
-        changed = sum(int((o != g).sum()) for o, g in zip(outs, given))
-        right = sum(int(((o != g) & (o == c)).sum()) for o, g, c in zip(outs, given, clean))
-        cells.append(f"{np.mean(scores):.4f} (min {np.min(scores):.3f}; {changed} px, {right / max(changed, 1):.0%})")
+        cells.append(_output_cell(outs, given, clean, n, digits=4))
     return cells
 
 

@@ -39,7 +39,11 @@ Do no harm. A label is changed only where the evidence is strong:
    part of one, needs the image as well (`image_backs_object_changes`): it is removed
    only where it does not stand out from the unlabelled pixels around it, and added
    only where it does (`OBJECT_CONTRAST`). A trusted model of real HeLa nuclei missed
-   the dim ones that the reference labels, and erased them with confidence.
+   the dim ones that the reference labels, and erased them with confidence. And the
+   outline moves are taken per object (`objects_moved_enough`): an object's outline
+   moves only when its moves, together, change it by at least `OUTLINE_MIN_CHANGE`
+   (1 - Dice); a nudge along part of an outline is within what a model's and an
+   expert's edges differ by (the DSB nuclei's correct masks, other training seeds).
 3. **Or the object is one the model finds no trace of, in an image it otherwise
    reads right** (`remove_unsupported_objects`; per object, so it holds even where
    the class as a whole misses the bar of 1.): an object of the given mask (a
@@ -450,7 +454,8 @@ def decision_probabilities(probs: np.ndarray, thresholds: np.ndarray | None) -> 
 def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, reliable: Sequence[bool],
                  thresholds: np.ndarray | None = None, confidence: float = CHANGE_CONFIDENCE,
                  relabel_confidence: float = RELABEL_CONFIDENCE, image: np.ndarray | None = None,
-                 min_change: float = OUTLINE_MIN_CHANGE) -> np.ndarray:
+                 min_change: float = OUTLINE_MIN_CHANGE,
+                 object_contrast: float | None = OBJECT_CONTRAST) -> np.ndarray:
     """`proposal` with every change that lacks strong evidence set back to `given`: changes
     touching a class that is not reliable, and changed regions (8-connected) over which
     the model's mean probability of the proposed class (weighed as the decision at
@@ -459,7 +464,8 @@ def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, rel
     (those regions are taken on their own); given the `image` ((C,H,W) or (C,D,H,W)),
     also the outline moves the image does not back (`image_backs_outline_moves`); and the
     outline moves that change none of their objects by `min_change` (`objects_moved_enough`,
-    0: none set back for it). Works on
+    0: none set back for it); `object_contrast` is `image_backs_object_changes`'s threshold
+    (None: that check skipped). Works on
     slices (H,W) with probs (C,H,W) and on volumes (D,H,W) with probs (C,D,H,W), whose
     regions are 26-connected."""
     proposal = np.asarray(proposal)
@@ -491,7 +497,9 @@ def gate_changes(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray, rel
             back = np.isin(labels, weak)
             out[back] = given[back]
     if image is not None:
-        out = image_backs_object_changes(image_backs_outline_moves(out, given, image), given, image)
+        out = image_backs_outline_moves(out, given, image)
+        if object_contrast is not None:
+            out = image_backs_object_changes(out, given, image, object_contrast)
     return objects_moved_enough(out, given, min_change)
 
 
@@ -708,7 +716,8 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
                                thresholds: np.ndarray | None = None, image: np.ndarray | None = None,
                                probability: float = UNSUPPORTED_PROBABILITY,
                                agreement: float = IMAGE_AGREEMENT,
-                               min_size: int = MIN_OBJECT_SIZE) -> tuple[np.ndarray, int]:
+                               min_size: int = MIN_OBJECT_SIZE,
+                               contrast: float = OBJECT_CONTRAST) -> tuple[np.ndarray, int]:
     """(`proposal` with the given objects the model finds no trace of set to background,
     how many were removed). See the module doc, rule 3. An object is a connected region
     of one foreground class in `given` (8-connected in 2-D, 26 in 3-D) that `proposal`
@@ -718,7 +727,8 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
     with the image's other objects of the class that it does not remove
     (`tolerant_dice`) at `agreement` or more, and, given the `image` ((C,H,W), or
     (C,D,H,W) for a volume), the object looks like its surroundings rather than like
-    those other objects (`looks_like_background`)."""
+    those other objects (`looks_like_background`) and does not stand out from its
+    unlabelled surroundings (`object_contrast` below `contrast`)."""
     proposal, given = np.asarray(proposal), np.asarray(given)
     decided = decide(probs, thresholds)
     weighed = decision_probabilities(np.asarray(probs, np.float32), thresholds)
@@ -751,7 +761,7 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
             crop = None if image is None else np.asarray(image)[(slice(None),) + box]
             if image is None or (looks_like_background(crop, obj, None, given[box], found_median)
                                  and object_contrast(crop, obj, unlabelled_ring(obj, given[box] == 0))
-                                 < OBJECT_CONTRAST):
+                                 < contrast):
                 out[box][obj] = 0
                 removed += 1
     return out, removed
@@ -1096,10 +1106,12 @@ def rule_4_classes(reliability: Reliability) -> list[int]:
 
 def apply_object_rules(proposal: np.ndarray, given: np.ndarray, probs: np.ndarray,
                        thresholds: np.ndarray | None, image: np.ndarray | None,
-                       reliability: Reliability) -> tuple[np.ndarray, int, int]:
+                       reliability: Reliability, object_contrast: float = OBJECT_CONTRAST
+                       ) -> tuple[np.ndarray, int, int]:
     """Rules 3 and 4 after the gate: (proposal, objects removed, regions added). Rule 4
     needs the image (without one it adds nothing) and adds only to `rule_4_classes`."""
-    proposal, removed = remove_unsupported_objects(proposal, given, probs, thresholds, image)
+    proposal, removed = remove_unsupported_objects(proposal, given, probs, thresholds, image,
+                                                   contrast=object_contrast)
     classes = rule_4_classes(reliability)
     if image is None or not classes:
         return proposal, removed, 0
