@@ -518,7 +518,7 @@ def objects_moved_enough(proposal: np.ndarray, given: np.ndarray, min_change: fl
     out = proposal.copy()
     objects = np.zeros(given.shape, np.int64)  # one id per given object, across classes
     for c in np.unique(given[given != 0]):
-        n, labels = connected_regions(given == c)
+        labels = connected_regions(given == c)[1]
         objects[labels > 0] = labels[labels > 0] + objects.max()
     moves = []  # (box, region, the objects it changes)
     lost = np.zeros(objects.max() + 1, np.int64)
