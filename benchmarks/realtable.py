@@ -72,10 +72,11 @@ def read_folder(folder: Path, names: list[str], enc=None) -> list[np.ndarray]:
     return out
 
 
-def run_clean(images: Path, masks: Path, out: Path, iel: IELConfig, model_path: Path | None) -> tuple[dict, float]:
+def run_clean(images: Path, masks: Path, out: Path, iel: IELConfig, model_path: Path | None,
+              seed: int = 0) -> tuple[dict, float]:
     t0 = time.perf_counter()
     report = None
-    for ev in clean_dataset(images, masks, out, TrainConfig(iel=iel), CleanConfig(), save_model=model_path):
+    for ev in clean_dataset(images, masks, out, TrainConfig(iel=iel, seed=seed), CleanConfig(), save_model=model_path):
         if isinstance(ev, CleanDone):
             report = ev.report
     if report is None:
@@ -106,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-set", default="dev", help="set whose correct masks tune the classical baseline")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every trained method (`clean --seed`)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
     a = ap.parse_args(argv)
     sets = {**realdata.build_sets(a.cache), **bundled_sets()}
     prefix = "realtable" + (f"-{a.tag}" if a.tag else "")
     json_path, md_path = a.out / f"{prefix}.json", a.out / f"{prefix}.md"
     data = json.loads(json_path.read_text()) if json_path.is_file() else {"facts": C.machine_facts(), "rows": []}
+    if data.setdefault("seed", a.seed) != a.seed:
+        ap.error(f"{json_path} holds rows trained with --seed {data['seed']}: another --tag for --seed {a.seed}")
     done = {(r["set"], r["labels"], r["method"]) for r in data["rows"]}
 
     def add(row: dict) -> None:
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 with tempfile.TemporaryDirectory() as tmp:
                     out, model_path = Path(tmp) / "out", Path(tmp) / "model.pt"
                     report, seconds = run_clean(rs.images, masks, out, TRAINED[method](CONVEX.get(set_name, ())),
-                                                model_path if method == "heat" else None)
+                                                model_path if method == "heat" else None, a.seed)
                     outs = dict(zip(names, read_folder(out, names, enc)))
                     d = [dice(outs[n], clean[n], rs.n_classes) for n in names]
                     changed = sum(int((outs[n] != given[n]).sum()) for n in names)
@@ -207,7 +211,8 @@ def write_table(data: dict, path: Path) -> None:
           "" if "objects_removed" not in r else f"{r['objects_removed']} / {r.get('regions_added', '–')}",
           f"{r['seconds']:.0f}"] for r in rows])
     cl = data.get("classical", {})
-    C.write_text(path, "# Real data: every method\n\nCommand: `python benchmarks/realtable.py` "
+    seed = f" --seed {data['seed']}" if data.get("seed") else ""
+    C.write_text(path, f"# Real data: every method\n\nCommand: `python benchmarks/realtable.py{seed}` "
                  f"(classical tuned on `{cl.get('tuned_on')}`: {cl.get('params')}). Dice: mean foreground Dice "
                  "against the correct masks; Spearman: image score vs true Dice of the given mask (where the "
                  "score includes the shape prior, its two factors ranked alone in brackets); held-out "
