@@ -20,7 +20,7 @@ from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from ielstudio.gui import jobs  # noqa: E402
 from ielstudio.gui.main_window import MainWindow  # noqa: E402
-from ielstudio.gui.window_training import TrainingState  # noqa: E402
+from ielstudio.gui.window_training import TrainingState, kept_model  # noqa: E402
 
 SIZE = 40
 N_IMAGES = 6
@@ -355,8 +355,10 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
     # no snapshot came before the stop: the kept model scores every image in the background
     assert w._job_kind == "score" and w.is_training() and not w.proposals
     # said as it is: stopped, not "done", and the bar names the pass that now runs and its model
-    steps = done[-1].steps
-    assert w.training_panel.status.text().startswith(f"Stopped after {steps} steps; the proposals come from")
+    steps = done[-1].steps  # stopped before the first evaluation: the last weights are the kept ones
+    assert done[-1].history["best_agreement"] is None
+    assert w.training_panel.status.text().startswith(
+        f"Stopped after {steps} steps; the proposals come from the model of step {steps}")
     assert w._job_text == f"scoring every image with the model of step {steps}…"
     assert w.training_panel.progress.format() == w._job_text or w.training_panel.progress.format().startswith(
         ("loading images", "scoring "))
@@ -364,6 +366,16 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
         pass
     assert set(w.proposals) == {f"cell{i}" for i in range(N_IMAGES)}
     assert not w.training_panel.stop_button.isEnabled() and w.training_panel.start_button.isEnabled()
+
+
+@pytest.mark.parametrize("history, steps, said", [
+    ({"best_step": 125, "best_agreement": 0.708}, 175, "the model of step 125, its best evaluation"),
+    ({"best_step": 175, "best_agreement": 0.708}, 175, "the model of step 175"),
+    ({"best_step": 0, "best_agreement": None}, 3, "the model of step 3"),  # stopped before any evaluation
+    ({"best_step": 40}, 40, "the model of step 40"),  # a fixed number of steps: the last weights
+])
+def test_a_stop_names_the_weights_it_kept(history, steps, said):
+    assert kept_model(jobs.TrainingFinished(steps, "cancelled", history, None, "model.pt")) == said
 
 
 def test_stop_while_scoring_after_training_starts_no_second_pass(make_window, dataset, qtbot, monkeypatch):

@@ -21,6 +21,16 @@ STEP_INTERVAL_S = 0.2  # progress, ETA and loss curve refresh at most 5 times a 
 ALL_SNAPSHOT_LIMIT = 256  # datasets up to this size get proposals for every image while training
 
 
+def kept_model(done: "jobs.TrainingFinished") -> str:
+    """Which weights a stopped training kept, in words: the automatic budget keeps its
+    best evaluation's (`history["best_step"]`) once it has evaluated, otherwise (and a
+    fixed number of steps) the last ones."""
+    best = done.history.get("best_step") if done.history.get("best_agreement") is not None else None
+    if best is None or best == done.steps:
+        return f"the model of step {done.steps}"
+    return f"the model of step {best}, its best evaluation"
+
+
 class TrainingState(Enum):
     """What the window's background job is doing (a paused job keeps its state; the worker
     says whether it is paused)."""
@@ -283,7 +293,7 @@ class TrainingMixin:
         agreement = ev.history.get("best_agreement")
         held, what = held_out_units(ev.history.get("holdout", []))
         few = "folds" not in ev.history and 0 < held < FEW_HELD_OUT
-        head = (f"Stopped after {ev.steps} steps; the proposals come from the model kept then"
+        head = (f"Stopped after {ev.steps} steps; the proposals come from {kept_model(ev)}"
                 if ev.reason == "cancelled" and ev.checkpoint and ev.steps else f"Done: {ev.steps} steps ({ev.reason})")
         self.training_panel.set_message(
             head + ("" if agreement is None else f"; agreement {agreement:.3f}")
@@ -313,7 +323,7 @@ class TrainingMixin:
             # stopped while training: the job scores nothing after training, but the saved model is
             # what was kept, so its proposals replace the last preview (Start replaces this pass).
             # Stopped while scoring after training: the user stopped that pass; leave it.
-            self.score_with_saved_model(progress_text=f"scoring every image with the model of step {finished.steps}…")
+            self.score_with_saved_model(progress_text=f"scoring every image with {kept_model(finished)}…")
 
     def _on_training_error(self, message: str) -> None:
         self.training_state = TrainingState.IDLE
