@@ -423,7 +423,8 @@ def assess_reliability(pairs: Sequence[tuple], n_classes: int, thresholds: np.nd
             messages.append(
                 f"class {c}: the model agrees with the given masks at Dice {agreement[c]:.2f} {where}, below "
                 f"{RELIABLE_AGREEMENT:.2f}, but it {_objects_text(o)}: they differ mostly along outlines, as noisy "
-                f"outlines make them, {TRUSTED_BY_OBJECTS} (an outline only where the image agrees)")
+                f"outlines make them, {TRUSTED_BY_OBJECTS} (an outline only where the image agrees, and only "
+                f"by {OUTLINE_MIN_CHANGE * 100:.0f} % of an object or more)")
         elif not reliable[c]:
             messages.append(
                 f"class {c}: the model agrees with the given masks only at Dice "
