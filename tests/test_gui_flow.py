@@ -373,6 +373,7 @@ def test_stop_takes_effect_within_one_step(make_window, dataset, qtbot, monkeypa
     ({"best_step": 175, "best_agreement": 0.708}, 175, "the model of step 175"),
     ({"best_step": 0, "best_agreement": None}, 3, "the model of step 3"),  # stopped before any evaluation
     ({"best_step": 40}, 40, "the model of step 40"),  # a fixed number of steps: the last weights
+    ({"folds": [{}, {}], "best_step": [50, 25]}, 75, "the 2 fold model(s) trained so far"),
 ])
 def test_a_stop_names_the_weights_it_kept(history, steps, said):
     assert kept_model(jobs.TrainingFinished(steps, "cancelled", history, None, "model.pt")) == said
@@ -1104,7 +1105,9 @@ def test_the_training_message_says_when_flips_were_left_out(make_window):
 
     w = make_window()
     side = "no left-right flips (classes 1, 2 always on one side), no turns"
-    w._on_done(TrainingFinished(12, "budget", {"augmentation": side, "holdout": []}, None, None))
+    w._on_done(TrainingFinished(12, "budget", {"augmentation": side, "flips_ruled_out": True, "holdout": []},
+                                None, None))
     assert w.training_panel.status.text() == f"Done: 12 steps (budget); augmentation: {side}"
-    w._on_done(TrainingFinished(12, "budget", {"augmentation": "flips and turns", "holdout": []}, None, None))
+    w._on_done(TrainingFinished(12, "budget", {"augmentation": "flips and turns", "flips_ruled_out": False,
+                                               "holdout": []}, None, None))
     assert w.training_panel.status.text() == "Done: 12 steps (budget)"

@@ -71,14 +71,27 @@ def test_training_records_the_flips_it_used():
     assert augmentation(halves(4)) == "flips and turns"
 
 
+def test_cross_fitted_folds_record_the_flips_too():
+    """Every fold judges the flips on the whole data set's masks; the joined history says it once."""
+    config = TrainConfig(width=4, depth=2, crop=32, batch_size=2, epochs=0.25, min_steps=0, folds=2)
+    history = list(train(halves(SIDED_MIN_IMAGES + 2), config))[-1].history
+    assert len(history["folds"]) == 2 and history["flips_ruled_out"] is True
+    assert history["augmentation"] == "no left-right flips (classes 1, 2 always on one side), no turns"
+
+
 def test_the_command_and_the_window_say_when_flips_were_left_out(tmp_path, capsys):
     """Both read `review.augmentation_note`; the command prints it after training."""
     from ielstudio import cli
     from ielstudio.core.imageio import write_mask
     from ielstudio.core.review import augmentation_note
 
-    assert augmentation_note({"augmentation": "flips and turns"}) is None
-    assert augmentation_note({"augmentation": "none"}) is None and augmentation_note({}) is None
+    assert augmentation_note({"augmentation": "flips and turns", "flips_ruled_out": False}) is None
+    assert augmentation_note({"augmentation": "none", "flips_ruled_out": False}) is None
+    assert augmentation_note({"augmentation": "no flips, no turns (set so)", "flips_ruled_out": False}) is None
+    assert augmentation_note({}) is None
+    assert augmentation_note({"augmentation": "no top-bottom flips (class 2 always on one side), no turns",
+                              "flips_ruled_out": True}) == (
+        "augmentation: no top-bottom flips (class 2 always on one side), no turns")
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir(), masks.mkdir()
     for s in halves(SIDED_MIN_IMAGES):

@@ -1068,11 +1068,11 @@ def held_out_units(names: Sequence[str]) -> tuple[int, str]:
 
 
 def augmentation_note(history: dict) -> str | None:
-    """What a training left out of its usual augmentation and why (`patches.mirroring`,
-    the history's "augmentation"), for the command's log and the window's message; None
-    when it used the usual flips and turns, or none as asked."""
-    augmentation = history.get("augmentation")
-    return None if augmentation in (None, "flips and turns", "none") else f"augmentation: {augmentation}"
+    """What a training left out of its usual augmentation and why (`patches.mirroring`:
+    the history's "augmentation", where its "flips_ruled_out" says the masks ruled flips
+    out), for the command's log and the window's message; None when it used the usual
+    flips and turns, or what the user asked for."""
+    return f"augmentation: {history['augmentation']}" if history.get("flips_ruled_out") else None
 
 
 def few_held_out_note(n_images: int, every_image: bool, what: str = "image(s)") -> str | None:

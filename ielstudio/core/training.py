@@ -513,7 +513,8 @@ def _train_one(
     mirror = mirroring(samples, config)  # the data set's labelling, held-out masks included
     rank_batch = -(-batch // world.size)  # the total batch, split over the ranks (rounded up)
     history.update(crop=crop, batch_size=rank_batch * world.size,
-                   augmentation=mirror.describe() if config.augment else "none")
+                   augmentation=mirror.describe() if config.augment else "none",
+                   flips_ruled_out=bool(config.augment and any(mirror.sided.values())))
     if world.distributed:
         if len(train_set) < world.size:
             raise DataError(None, f"{world.size} processes need at least {world.size} training images "
@@ -727,6 +728,8 @@ def combine_folds(dones: Sequence[DoneEvent], fold_of: dict[str, int], config: T
     steps = sum(d.steps for d in dones)
     history = {"folds": histories, "fold_of": dict(fold_of), "steps": steps, "reason": reason,
                "best_step": [h["best_step"] for h in histories], "budget": histories[0]["budget"]}
+    # every fold judges the flips on the whole data set's masks: the same for all
+    history.update({k: histories[0][k] for k in ("augmentation", "flips_ruled_out") if k in histories[0]})
     model = CrossFitModel([d.model for d in dones], {n: f for n, f in fold_of.items() if f < len(dones)})
     model.eval()
     return DoneEvent(model, steps, reason, history, config)

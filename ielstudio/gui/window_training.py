@@ -25,6 +25,8 @@ def kept_model(done: "jobs.TrainingFinished") -> str:
     """Which weights a stopped training kept, in words: the automatic budget keeps its
     best evaluation's (`history["best_step"]`) once it has evaluated, otherwise (and a
     fixed number of steps) the last ones."""
+    if "folds" in done.history:
+        return f"the {len(done.history['folds'])} fold model(s) trained so far"
     best = done.history.get("best_step") if done.history.get("best_agreement") is not None else None
     if best is None or best == done.steps:
         return f"the model of step {done.steps}"
