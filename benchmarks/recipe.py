@@ -46,12 +46,18 @@ def parse_variant(text: str) -> dict:
 
 
 def train_config(values: dict):
-    """The TrainConfig of a variant; ``iel.<field>`` keys set the IELConfig's fields
-    (``iel.heat=0``: no heat IEL)."""
+    """The TrainConfig of a variant; ``iel.<field>`` keys set the IELConfig's fields, a
+    number taking the type of the field's default (``iel.heat=0``: no heat IEL)."""
     from ielstudio.core.iel import IELConfig
     from ielstudio.core.training import TrainConfig
 
-    iel = {k[4:]: (bool(v) if k == "iel.heat" else v) for k, v in values.items() if k.startswith("iel.")}
+    defaults = IELConfig()
+
+    def typed(field: str, value):
+        default = getattr(defaults, field)
+        return type(default)(value) if isinstance(default, (bool, int, float)) else value
+
+    iel = {k[4:]: typed(k[4:], v) for k, v in values.items() if k.startswith("iel.")}
     rest = {k: v for k, v in values.items() if not k.startswith("iel.")}
     return TrainConfig(**rest, iel=IELConfig(**iel)) if iel else TrainConfig(**rest)
 
