@@ -8,6 +8,7 @@
     python benchmarks/evidence_probe.py edges --set nuclei-sample
     python benchmarks/evidence_probe.py reliability --set dev,nuclei-mixture-dev,lesions-dev
     python benchmarks/evidence_probe.py objects-image --set hela-nuclei-dev,dev,nuclei-sample
+    python benchmarks/evidence_probe.py nudges --set hela-nuclei-dev,nuclei-sample,nuclei-mixture-dev
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -28,7 +29,9 @@ shows rule 1's verdict with the pixel bar alone and with the objects' way
 (20-80 steps) on the nuclei dev sets and shows what that verdict makes of them.
 `objects-image` shows what the image's say on objects removed or added whole
 (`review.image_backs_object_changes`, `review.object_contrast`) does at several
-contrasts. `--set` takes several sets, comma-separated. Choosing is done on `dev`
+contrasts. `nudges` shows what taking rule 2's outline moves per object does at several
+shares of an object they must change (`review.objects_moved_enough`). `--set` takes
+several sets, comma-separated. Choosing is done on `dev`
 sets only; the report sets are scored once with what was chosen (`realtable.py`).
 """
 
