@@ -526,7 +526,7 @@ def test_single_key_shortcuts_work_while_a_plot_or_the_canvas_has_focus(make_win
 
 
 def test_reopened_project_shows_its_stored_proposals_and_curves_without_running_the_model(make_window, dataset,
-                                                                                          qtbot):
+                                                                                          qtbot, monkeypatch):
     w = make_window()
     w.open_folders(*dataset)
     with qtbot.waitSignal(w.trainingFinished, timeout=60000) as blocker:
@@ -551,6 +551,15 @@ def test_reopened_project_shows_its_stored_proposals_and_curves_without_running_
     np.testing.assert_array_equal(np.asarray(w2.canvas.layer_data("proposal")) > 0,
                                   __import__("ielstudio.gui.canvas", fromlist=["outline"]).outline(before["cell2"]) > 0)
     w2.close()
+    # proposals made by older review rules (IEL Studio upgraded since): recomputed with the model
+    from ielstudio.core import session
+
+    with monkeypatch.context() as m:
+        m.setattr(session, "PROPOSAL_RULES", session.PROPOSAL_RULES + ", and newer rules")
+        w2b = make_window()
+        with qtbot.waitSignal(w2b.trainingFinished, timeout=60000):
+            assert w2b.open_project(path) and w2b.is_training() and w2b._job_kind == "score"
+        w2b.close()
     # other clean settings than those the proposals were made with: they are recomputed with the
     # model; and training right after opening replaces that scoring pass
     w3 = make_window()

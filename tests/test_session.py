@@ -574,6 +574,8 @@ def test_proposals_are_stored_per_source_deduplicated_and_replaced(tmp_path):
     src = S.proposal_source("abc", {"min_area": 16})
     assert src == S.proposal_source("abc", {"min_area": 16}) != S.proposal_source("abd", {"min_area": 16})
     assert src != S.proposal_source("abc", {"min_area": 8})
+    # other review rules (an upgrade): the stored proposals are not reused
+    assert src != S.proposal_source("abc", {"min_area": 16}, rules=S.PROPOSAL_RULES + " and more")
     masks_before = p._q("SELECT count(*) FROM masks")[0][0]
     assert p.set_proposals([("img0", a), ("img1", a), ("nope", a)], src) == 2
     assert p._q("SELECT count(*) FROM masks")[0][0] == masks_before + 1  # one blob for two equal proposals

@@ -163,6 +163,12 @@ ADD_THICKNESS = 5
 #: reference labels but a trusted model misses are dim, at 0.6-2.4, the blobs the
 #: noise draws beside objects 0.0-1.3, the objects the noise cut away 2.0-6.2.
 OBJECT_CONTRAST = 1.0
+#: Which review rules made a set of proposals: changed whenever a change to the review
+#: (the do-no-harm rules, the decision, the score) changes what a model proposes. A
+#: project stores its proposals under it (`session.proposal_source`), so a project
+#: reopened after an upgrade recomputes the proposals of images not yet decided instead
+#: of showing those of the older rules.
+PROPOSAL_RULES = "2026-12-07: outline moves per object"
 #: Rule 2: the outline moves of an object, taken together, must change it by at least
 #: this share (1 - Dice of the object before and after; `objects_moved_enough`): a
 #: nudge of a few pixels along part of an outline is within what a model's and an

@@ -47,6 +47,7 @@ import numpy as np
 from ielstudio import __version__
 from ielstudio.core.errors import DamagedProjectError, DataError
 from ielstudio.core.imageio import TEMP_SUFFIX, atomic_write_text, temp_name_prefix
+from ielstudio.core.review import PROPOSAL_RULES
 
 PROJECT_SUFFIX = ".ielproj"
 APPLICATION_ID = 0x49454C53  # "IELS": marks a SQLite file as an IEL Studio project
@@ -849,10 +850,14 @@ class Project:
         return self.mask(d.mask_id) if d.mask_id is not None else None
 
 
-def proposal_source(checkpoint_sha256: str, clean_settings: Mapping[str, Any]) -> str:
-    """The key stored with proposals: the model's bytes and the settings that turn its
-    probabilities into proposals. A reopened project reuses its proposals only when both match."""
-    text = json.dumps({"checkpoint": checkpoint_sha256, "clean": dict(clean_settings)}, sort_keys=True, default=str)
+def proposal_source(checkpoint_sha256: str, clean_settings: Mapping[str, Any], rules: str | None = None) -> str:
+    """The key stored with proposals: the model's bytes, the settings that turn its
+    probabilities into proposals and the review rules that do (`rules`, by default this
+    version's `review.PROPOSAL_RULES`). A reopened project reuses its proposals only when
+    all three match."""
+    rules = PROPOSAL_RULES if rules is None else rules
+    text = json.dumps({"checkpoint": checkpoint_sha256, "clean": dict(clean_settings), "rules": rules},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
