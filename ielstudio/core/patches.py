@@ -51,6 +51,11 @@ class Mirroring(NamedTuple):
     def flips(self) -> tuple[bool, bool]:
         return self.left_right, self.top_bottom
 
+    @property
+    def ruled_out(self) -> bool:
+        """Whether the masks ruled a flip out (not the user's "off")."""
+        return any(self.sided.values())
+
     def describe(self) -> str:
         """One line for the report and the log."""
         if self.left_right and self.top_bottom:

@@ -523,27 +523,29 @@ def objects_moved_enough(proposal: np.ndarray, given: np.ndarray, min_change: fl
     outline moves and pass as they are."""
     proposal, given = np.asarray(proposal), np.asarray(given)
     out = proposal.copy()
-    objects = np.zeros(given.shape, np.int64)  # one id per given object, across classes
-    for c in np.unique(given[given != 0]):
-        labels = connected_regions(given == c)[1]
-        objects[labels > 0] = labels[labels > 0] + objects.max()
+    objects, lost, gained = None, None, None
     moves = []  # (box, region, the objects it changes)
-    lost = np.zeros(objects.max() + 1, np.int64)
-    gained = np.zeros_like(lost)
     for box, region in _changed_regions(proposal, given, 1, slices=1):
-        if _survives_erosion(region, thickness // 2):
-            continue
         was, now = given[box], proposal[box]
-        g, p = np.bincount(was[region].ravel()).argmax(), np.bincount(now[region].ravel()).argmax()
+        classes = _thin_move(region, was, now, thickness)
+        if classes is None:
+            continue
+        g, p = classes
         kept = was == now
         next_to = _touching(region)
         if not ((next_to & kept & (was == g)).any() and (next_to & kept & (was == p)).any()):
             continue
+        if objects is None:  # labelled once, and only where an outline moved
+            objects = _object_ids(given)
+            lost = np.zeros(objects.max() + 1, np.int64)
+            gained = np.zeros_like(lost)
         ids, counts = np.unique(objects[box][region], return_counts=True)  # objects it takes pixels from
         lost[ids] += counts
         grows = np.unique(objects[box][next_to & (was == p)]) if p != 0 else np.zeros(0, np.int64)
         gained[grows] += int((now[region] == p).sum())
         moves.append((box, region, np.union1d(ids, grows)))
+    if not moves:
+        return out
     size = np.bincount(objects.ravel(), minlength=lost.size)
     kept_size = size - lost
     moved_dice = 2 * kept_size / np.maximum(size + kept_size + gained, 1)
@@ -553,6 +555,18 @@ def objects_moved_enough(proposal: np.ndarray, given: np.ndarray, min_change: fl
         if not enough[ids].any():
             out[box][region] = given[box][region]
     return out
+
+
+def _object_ids(given: np.ndarray) -> np.ndarray:
+    """One id per given object (a connected region of one foreground class, 8-connected
+    in 2-D, 26 in 3-D), numbered across the classes; 0 on background."""
+    objects = np.zeros(given.shape, np.int64)
+    offset = 0
+    for c in np.unique(given[given != 0]):
+        n, labels = connected_regions(given == c)
+        objects[labels > 0] = labels[labels > 0] + offset
+        offset += n - 1
+    return objects
 
 
 def object_contrast(image: np.ndarray, region: np.ndarray, around: np.ndarray) -> float:
@@ -614,6 +628,15 @@ def image_backs_object_changes(proposal: np.ndarray, given: np.ndarray, image: n
     return out
 
 
+def _thin_move(region: np.ndarray, was: np.ndarray, now: np.ndarray, thickness: int) -> tuple[int, int] | None:
+    """(its given class, its proposed class: the most common ones) of a changed `region`
+    thinner than `thickness` px (`_survives_erosion`), a nudged outline rather than a
+    region; None for a thicker one. `was`, `now`: given and proposal in its box."""
+    if _survives_erosion(region, thickness // 2):
+        return None
+    return int(np.bincount(was[region].ravel()).argmax()), int(np.bincount(now[region].ravel()).argmax())
+
+
 def image_backs_outline_moves(proposal: np.ndarray, given: np.ndarray, image: np.ndarray,
                               margin: float = ADD_IMAGE_MARGIN, thickness: int = ADD_THICKNESS) -> np.ndarray:
     """`proposal` with every outline move the image does not back set back to `given`.
@@ -631,10 +654,11 @@ def image_backs_outline_moves(proposal: np.ndarray, given: np.ndarray, image: np
     image = np.asarray(image, np.float32)
     out = proposal.copy()
     for box, region in _changed_regions(proposal, given, SURROUNDING + 1):
-        if _survives_erosion(region, thickness // 2):
-            continue
         was, now = given[box], proposal[box]
-        g, p = np.bincount(was[region].ravel()).argmax(), np.bincount(now[region].ravel()).argmax()
+        classes = _thin_move(region, was, now, thickness)
+        if classes is None:
+            continue
+        g, p = classes
         near = _grown(region, SURROUNDING) & (was == now)
         below, above = near & (was == g), near & (was == p)
         if not below.any() or not above.any():

@@ -514,7 +514,7 @@ def _train_one(
     rank_batch = -(-batch // world.size)  # the total batch, split over the ranks (rounded up)
     history.update(crop=crop, batch_size=rank_batch * world.size,
                    augmentation=mirror.describe() if config.augment else "none",
-                   flips_ruled_out=bool(config.augment and any(mirror.sided.values())))
+                   flips_ruled_out=config.augment and mirror.ruled_out)
     if world.distributed:
         if len(train_set) < world.size:
             raise DataError(None, f"{world.size} processes need at least {world.size} training images "
