@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         enc = read_mask(f)[1]
         masks = [np.asarray(read_mask(d / f.name, enc)[0]) != 0 for d in (a.correct, a.given, a.out)]
         rows += objects_changed(*masks)
-    print(f"| object changed by | objects | right px | wrong px |\n|---|---|---|---|")
+    print("| object changed by | objects | right px | wrong px |\n|---|---|---|---|")
     for lo, hi in BINS:
         sel = [r for r in rows if lo <= r[0] < hi]
         print(f"| {lo:.0%}-{min(hi, 1):.0%} | {len(sel)} | {sum(r[1] for r in sel)} | {sum(r[2] for r in sel)} |")

@@ -69,7 +69,7 @@ def run_variant(set_name: str, labels: str, text: str, threads: int) -> dict:
     from ielstudio.core.imageio import read_mask
     from ielstudio.core.metrics import dice
     from ielstudio.core.review import review_samples
-    from ielstudio.core.training import TrainConfig, predict
+    from ielstudio.core.training import predict
 
     rs = realdata.build_sets()[set_name]
     loaded = load_dataset(rs.images, rs.noisy if labels == "noisy" else rs.clean)
