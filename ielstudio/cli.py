@@ -608,9 +608,15 @@ class Terminated(BaseException):
 
 def _stop_on_sigterm():
     """Turn SIGTERM into `Terminated` for the duration of a headless command; returns the old handler
-    (None where signals cannot be set: not the main thread)."""
+    (None where signals cannot be set: not the main thread). Only the first SIGTERM raises: a
+    second one (torchrun sends one to every rank when one fails) must not interrupt the cleanup
+    the first started, which would end in a raw traceback."""
     def handler(signum, frame):
+        if handler.stopping:
+            return
+        handler.stopping = True
         raise Terminated()
+    handler.stopping = False
     try:
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread of the main interpreter

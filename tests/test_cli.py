@@ -460,6 +460,27 @@ def test_sigterm_stops_clean_with_a_message_and_exit_143(dataset, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_second_sigterm_does_not_interrupt_the_stop_the_first_started():
+    """torchrun sends SIGTERM to every rank when one fails; a rank already stopping (leaving
+    its process group in `finally`) must not get a second Terminated there (a raw traceback)."""
+    import signal
+
+    previous = cli._stop_on_sigterm()
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(cli.Terminated):
+            handler(signal.SIGTERM, None)
+        assert handler(signal.SIGTERM, None) is None  # the second: ignored, the cleanup goes on
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    fresh = cli._stop_on_sigterm()  # a new command gets a new handler that raises again
+    try:
+        with pytest.raises(cli.Terminated):
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, fresh)
+
+
 def test_ctrl_c_while_starting_exits_130_without_a_traceback(monkeypatch, capsys):
     """A KeyboardInterrupt while `ielstudio.cli` (and torch) is being imported."""
     from ielstudio import entry
