@@ -9,6 +9,7 @@
     python benchmarks/evidence_probe.py reliability --set dev,nuclei-mixture-dev,lesions-dev
     python benchmarks/evidence_probe.py objects-image --set hela-nuclei-dev,dev,nuclei-sample
     python benchmarks/evidence_probe.py nudges --set hela-nuclei-dev,nuclei-sample,nuclei-mixture-dev
+    python benchmarks/evidence_probe.py fits --set dev
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -30,7 +31,10 @@ shows rule 1's verdict with the pixel bar alone and with the objects' way
 `objects-image` shows what the image's say on objects removed or added whole
 (`review.image_backs_object_changes`, `review.object_contrast`) does at several
 contrasts. `nudges` shows what taking rule 2's outline moves per object does at several
-shares of an object they must change (`review.objects_moved_enough`). `--set` takes
+shares of an object they must change (`review.objects_moved_enough`). `fits` tries the
+image alone as a correction where no model can be trusted: each mask replaced by its
+best-fitting outline (`boundary_fit.best_fitting_outline`) where that outline separates
+the image clearly better than the given one (not adopted). `--set` takes
 several sets, comma-separated. Choosing is done on `dev`
 sets only; the report sets are scored once with what was chosen (`realtable.py`).
 """
@@ -150,6 +154,7 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
     from ielstudio.core.decision import decide
     from ielstudio.core.metrics import dice
     from ielstudio.core.mask_prior import outline_smoothness
+    from ielstudio.core.metrics import solidity
     from ielstudio.core.review import tolerant_dice
 
     probs, g = d["probs"][i], d["given"][i].astype(np.int64)
@@ -181,7 +186,21 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
     # the first form tried, not adopted: the given outline's contrast over the best candidate's
     contrasts = [c for _, c in candidate_contrasts(d["images"][i], g)]
     out["contrast ratio (no model)"] = contrasts[0] / max(contrasts) if contrasts and max(contrasts) > 0 else 1.0
+    # convexity, for the mixture's bites (a wedge cut away) and blobs beside the object (not adopted)
+    sol = solidity(g)
+    out["solidity (no model)"] = 1.0 if np.isnan(sol) else sol
+    out["largest object's share (no model)"] = largest_share(g)
     return out
+
+
+def largest_share(mask: np.ndarray) -> float:
+    """The largest 8-connected foreground object's share of the foreground (1 when empty):
+    spurious blobs beside an object lower it."""
+    import cv2
+
+    n, _, stats, _ = cv2.connectedComponentsWithStats((mask != 0).astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return float(areas.max() / areas.sum()) if n > 1 else 1.0
 
 
 def mask_smoothness_per_class(mask: np.ndarray, n_classes: int) -> float:
@@ -257,6 +276,9 @@ def report(name: str, d: dict) -> dict[str, float] | None:
         r["the review's score (review.image_score)"] = (
             r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER * r["outline fit (no model)"]
             if with_prior else r["current"])
+        for k in ("solidity (no model)", "largest object's share (no model)"):
+            r[f"the review's score x {k.removesuffix(' (no model)')}"] = (
+                r["the review's score (review.image_score)"] * r[k])
     spearman = {}
     for k in rows[0]:
         v = np.array([r[k] for r in rows])
@@ -559,6 +581,34 @@ def nudges(name: str, d: dict) -> list:
     return cells
 
 
+FIT_GAINS = (1.0, 1.2, 1.5, 2.0, 3.0)
+
+
+def fits(name: str, d: dict) -> list:
+    """A row: output Dice against the correct masks (mean, min; pixels changed, share
+    right) when each given mask is replaced by its best-fitting outline
+    (`boundary_fit.best_fitting_outline`: grown, shrunk or shifted by a few px) wherever
+    that outline's contrast exceeds the given outline's by at least each factor of
+    FIT_GAINS. No model takes part: this asks whether the image alone is evidence enough
+    to move an outline where the model is not reliable. Binary caches only."""
+    from ielstudio.core.boundary_fit import best_fitting_outline, candidate_contrasts
+    from ielstudio.core.metrics import dice
+
+    given, clean, n = d["given"].astype(np.int64), d["clean"], d["probs"].shape[1]
+    if n != 2:
+        return [name, "–", "(binary masks only)"] + ["–"] * len(FIT_GAINS)
+    best = []
+    for img, g in zip(d["images"], given):
+        contrasts = [c for _, c in candidate_contrasts(img, g)]
+        best.append((contrasts[0], max(contrasts)) if contrasts else (0.0, 0.0))
+    fitted = [best_fitting_outline(img, g).astype(np.int64) for img, g in zip(d["images"], given)]
+    cells = [name, str(len(given)), C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)]))]
+    for gain in FIT_GAINS:
+        outs = [f if top > own and top >= gain * own else g for f, g, (own, top) in zip(fitted, given, best)]
+        cells.append(_output_cell(outs, given, clean, n))
+    return cells
+
+
 def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
     """A row: one under-trained model (`steps` optimiser steps, the automatic budget's
     hold-out) on a dev set, rule 1's verdict on it (`review.assess_reliability` with the
@@ -598,7 +648,7 @@ def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability", "weak",
-                                     "objects-image", "nudges"])
+                                     "objects-image", "nudges", "fits"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -657,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     elif a.what == "nudges":
         print(C.md_table(["cache", "reliable", "given"] + [f"min change {t}" for t in NUDGE_SHARES],
                          [nudges(path.stem, load(path)) for path in paths]))
+    elif a.what == "fits":
+        print(C.md_table(["cache", "images", "given"] + [f"contrast x {g}" for g in FIT_GAINS],
+                         [fits(path.stem, load(path)) for path in paths]))
     elif a.what == "edges":
         print(C.md_table(["cache", "given", "no image check"] + [f"margin {m}" for m in EDGE_MARGINS[1:]],
                          [edges(path.stem, load(path)) for path in paths]))

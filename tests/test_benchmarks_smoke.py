@@ -297,3 +297,31 @@ def test_evidence_probe_adds_a_bite_back_and_its_per_class_prior_scores_ragged_m
     smooth = P.mask_smoothness_per_class(disk, 2)
     assert smooth > 0.9 and P.mask_smoothness_per_class(ragged, 2) < smooth - 0.05
     assert smooth == pytest.approx(outline_smoothness(disk), abs=1e-6)  # one class: the same prior
+
+
+def test_evidence_probe_fits_moves_an_outline_drawn_too_wide_onto_the_edge_and_keeps_one_on_it():
+    """`fits` on a two-image cache of a bright disk on a dark ground: a mask drawn 2 px too
+    wide moves onto the disk's edge (the best-fitting outline, shrunk by 2 px), the
+    correct mask stays exactly as it is at every gain; `largest_share` counts a blob."""
+    import cv2
+    import evidence_probe as P
+
+    clean = np.zeros((2, 48, 48), np.uint8)
+    for k in range(2):
+        cv2.circle(clean[k], (24, 24), 10, 1, -1)
+    given = clean.copy()
+    given[0] = cv2.dilate(clean[0], cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    p = np.where(clean == 1, 0.9, 0.1).astype(np.float32)
+    d = {"probs": np.stack([1 - p, p], axis=1), "given": given, "clean": clean, "thresholds": None,
+         "oos": np.array([True, True]), "images": np.where(clean == 1, 0.9, 0.1).astype(np.float32)}
+    row = P.fits("tiny", d)
+    given_dice = float(row[2])
+    assert row[:2] == ["tiny", "2"] and given_dice < 0.95
+    at_gain_1 = float(row[3].split()[0])
+    assert at_gain_1 > given_dice + 0.04 and at_gain_1 > 0.99
+    only_correct = {**d, "given": clean.copy()}
+    assert all(cell == "1.000 (min 1.000; 0 px, 0%)" for cell in P.fits("tiny", only_correct)[3:])
+    blob = clean[1].copy()
+    blob[2:6, 2:6] = 1
+    assert P.largest_share(blob) == pytest.approx(clean[1].sum() / blob.sum())
+    assert P.largest_share(np.zeros((4, 4), np.uint8)) == 1.0
