@@ -535,11 +535,18 @@ def test_reopened_project_shows_its_stored_proposals_and_curves_without_running_
     assert w.project.checkpoint.path == Path(ckpt).resolve()
     before = {n: w.proposals[n].copy() for n in w.proposals}
     assert len(before) == N_IMAGES
+    # as a pass that kept labels as given records it (a model of 3 steps here kept none: no held-out verdict)
+    last = w.project.get_setting(jobs.LAST_REVIEW)
+    assert last["complete"] and last["warnings"] == [] and w.review_notice.isHidden()
+    kept = "class 1: the model is not reliable for this class; its labels are kept as given"
+    w.project.set_setting(jobs.LAST_REVIEW, {**last, "warnings": [kept]})
     path = w.project.path
     w.close()
     w2 = make_window()
     assert w2.open_project(path)
     assert not w2.is_training()  # nothing to recompute: no model run
+    assert w2.review_notice.warnings() == [kept] and not w2.review_notice.isHidden()  # what it kept, and why
+    assert w2.review_notice.title() == "Labels kept where the model is not reliable"
     assert set(w2.proposals) == set(before) and w2.checkpoint == Path(ckpt).resolve()
     for name, prop in before.items():
         np.testing.assert_array_equal(w2.proposals[name], prop)
@@ -628,8 +635,22 @@ def test_a_class_the_model_did_not_learn_is_shown_to_the_user(make_window, datas
     warning = "class 1: the given masks mark 300 pixels, the cleaned masks only 0 (0%); the model did not learn this class"
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
                                  warnings=[warning]))
-    assert w.last_error == warning and warning in w.statusBar().currentMessage()
-    assert w._error_box is not None and w._error_box.windowTitle() == "Labels kept where the model is not reliable"
+    assert warning in w.statusBar().currentMessage()
+    notice = w.review_notice
+    assert not notice.isHidden() and notice.title() == "Labels kept where the model is not reliable"
+    assert notice.text() == "C" + warning[1:] + "." and w._error_box is None  # a notice, not an error dialog
+    notice.hide_button.click()
+    assert notice.isHidden()
+    # the next whole pass with nothing kept as given: no notice; one that keeps some again shows it
+    deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1))
+    assert notice.isHidden() and notice.warnings() == []
+    deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 2, 2,
+                                 warnings=[warning, "class 2: kept as given"]))
+    assert not notice.isHidden() and notice.text().endswith("(and 1 more: Details)")
+    notice.details_button.click()
+    assert "Class 2: kept as given." in notice._details.text()
+    w.close_project()
+    assert notice.isHidden()
 
 
 def test_a_class_trusted_by_its_objects_is_explained_not_called_unreliable(make_window, dataset):
@@ -648,8 +669,7 @@ def test_a_class_trusted_by_its_objects_is_explained_not_called_unreliable(make_
     prop = clean_mask(0).astype(np.int64)
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
                                  warnings=warnings))
-    assert w._error_box is not None
-    assert w._error_box.windowTitle() == "A class trusted by its objects, below the agreement bar"
+    assert w.review_notice.title() == "A class trusted by its objects, below the agreement bar"
 
 
 def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
@@ -662,7 +682,7 @@ def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
                "the images by how much the model doubts them, but treat the ranking with care")
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
                                  warnings=[warning]))
-    assert w._error_box.windowTitle() == "The model is not reliable: masks kept as given"
+    assert w.review_notice.title() == "The model is not reliable: masks kept as given"
     assert "every mask is kept as given" in w.statusBar().currentMessage()
     # ... and when rule 3 removed objects the dialog says so, title and text
     from ielstudio.core.review import with_object_changes
@@ -670,7 +690,7 @@ def test_an_unreliable_model_is_named_in_the_window(make_window, dataset):
     warning = with_object_changes([warning], 2, caveat="The scores still rank the images")[0]
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(given, 2), given, 0.5, 0.0)}, 1, 1,
                                  warnings=[warning], objects_removed=2))
-    assert w._error_box.windowTitle() == "Masks kept, except where model and image agree"
+    assert w.review_notice.title() == "Masks kept, except where model and image agree"
     assert "except 2 object(s)" in w.statusBar().currentMessage()
 
 

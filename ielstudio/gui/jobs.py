@@ -162,7 +162,9 @@ class ScoreWriter:
             reviews.source = self.source
             if reviews.done == reviews.total:
                 project.set_setting(LAST_REVIEW, {"source": self.source, "complete": True,
-                                                  "warnings": list(reviews.warnings)})
+                                                  "warnings": list(reviews.warnings),
+                                                  "objects_changed": bool(reviews.objects_removed
+                                                                          or reviews.regions_added)})
         return reviews
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from .canvas import OVERLAYS, Canvas
 from .iel_panel import IELPanel
 from .ortho_views import OrthoViews
 from .proposals import Proposals
+from .review_notice import ReviewNotice
 from .review_queue import ReviewQueue
 from .slice_bar import SliceBar
 from .training_panel import TrainingPanel
@@ -154,6 +155,9 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         centre_layout = QVBoxLayout(centre)
         centre_layout.setContentsMargins(0, 0, 0, 0)
         centre_layout.setSpacing(0)
+        # what the last scoring pass kept as given, and why: in view while deciding
+        self.review_notice = ReviewNotice()
+        centre_layout.addWidget(self.review_notice)
         centre_layout.addWidget(self.canvas, 1)
         centre_layout.addWidget(self.slice_bar)
         self.top_split = QSplitter(Qt.Orientation.Horizontal)

@@ -186,6 +186,7 @@ class ProjectMixin:
         self._probs.clear()
         self.proposals.clear()
         self.previews.clear()
+        self.review_notice.clear()
         self.checkpoint = None
         self.iel_panel.no_prediction_hint = "no prediction yet (train a model)"
         self.current = None

@@ -44,13 +44,14 @@ class TrainingState(Enum):
     STOPPING = "stopping"  # Stop pressed: ends after the current step
 
 
-def warnings_title(reviews: "jobs.Reviews") -> str:
-    """The title of the box that shows a review's warnings (`core.review.summary_warnings`)."""
-    if reviews.warnings[0].startswith(NOT_RELIABLE):
-        if reviews.objects_removed or reviews.regions_added:
+def warnings_title(warnings: list[str], objects_changed: bool = False) -> str:
+    """The title of the notice that shows a review's warnings (`core.review.summary_warnings`);
+    ``objects_changed``: do-no-harm rules 3 and 4 removed or added objects in that pass."""
+    if warnings[0].startswith(NOT_RELIABLE):
+        if objects_changed:
             return "Masks kept, except where model and image agree"
         return "The model is not reliable: masks kept as given"
-    if all(TRUSTED_BY_OBJECTS in w for w in reviews.warnings):
+    if all(TRUSTED_BY_OBJECTS in w for w in warnings):
         return "A class trusted by its objects, below the agreement bar"
     return "Labels kept where the model is not reliable"
 
@@ -274,9 +275,19 @@ class TrainingMixin:
         self._update_status()
         if reviews.step is None:
             self._show_scoring_progress(reviews)
-        if reviews.warnings:
-            self.report_error(warnings_title(reviews), "\n".join(reviews.warnings))
+        if reviews.step is None and reviews.done == reviews.total:  # a whole pass: its verdict
+            self.show_review_notice(reviews.warnings, bool(reviews.objects_removed or reviews.regions_added))
         self.reviewsApplied.emit(reviews)
+
+    def show_review_notice(self, warnings: list[str], objects_changed: bool = False) -> None:
+        """The bar over the image says what the last scoring pass kept as given and why
+        (`review_notice`), and the status bar for a while; no warnings hide it."""
+        if not warnings:
+            self.review_notice.clear()
+            return
+        title = warnings_title(warnings, objects_changed)
+        self.review_notice.show_warnings(title, warnings)
+        self.statusBar().showMessage(f"{title}: {warnings[0]}", 15000)
 
     def _show_scoring_progress(self, reviews: "jobs.Reviews") -> None:
         """Its own bar, with an ETA from the images scored so far in this pass."""
@@ -358,6 +369,7 @@ class TrainingMixin:
             warnings = last.get("warnings") or []
             self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
                                             "the project" + (f". {warnings[0]}" if warnings else ""))
+            self.show_review_notice(warnings, bool(last.get("objects_changed")))
             self.training_panel.finish_progress("proposals loaded")
             if self.current:
                 self._refresh_overlays(self.current)
