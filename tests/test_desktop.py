@@ -8,7 +8,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from ielstudio import desktop
 from ielstudio.core.session import Project

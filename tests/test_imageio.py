@@ -385,8 +385,6 @@ def test_atomic_write_gives_umask_mode_not_private(tmp_path):
 import struct  # noqa: E402
 import zlib  # noqa: E402
 
-from ielstudio.core.errors import DataError as _DataError  # noqa: E402
-
 
 def _png_with_size(width, height):
     """A small valid PNG whose IHDR (with a correct CRC) claims width x height px."""

@@ -26,13 +26,10 @@ from .job_protocol import (  # noqa: F401  (the events and errors the jobs yield
     DatasetInfo,
     ImageReview,
     JobError,
-    JobFailure,
     Reviews,
     Settled,
     TrainingFinished,
-    child_main,
     compact_classes,
-    error_message,
 )
 from .volume_jobs import displayed, frames_of
 
