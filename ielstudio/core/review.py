@@ -695,18 +695,20 @@ def _grown(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def looks_like_background(image: np.ndarray, obj: np.ndarray, found: np.ndarray | None, given: np.ndarray,
-                          found_median: np.ndarray | None = None) -> bool:
+                          found_median: np.ndarray | None = None, ring: np.ndarray | None = None) -> bool:
     """Whether the object's pixels look more like the unlabelled surroundings (a ring of
     `SURROUNDING` px around it, outside every given object) than like the objects of its
     class that the model does find in the same image (`found`, or their per-channel
     median `found_median`): per channel medians, Euclidean distance. False when there
     is no ring or nothing found (no grounds to remove it). `image` (C,H,W) for slices,
-    (C,D,H,W) for volumes; the arrays may be crops around the object."""
+    (C,D,H,W) for volumes; the arrays may be crops around the object. ``ring``: the
+    object's `unlabelled_ring` where the caller has it already."""
     if found_median is None:
         if found is None or not found.any():
             return False
         found_median = np.median(np.asarray(image, np.float32)[:, found], axis=1)
-    ring = unlabelled_ring(obj, given == 0)
+    if ring is None:
+        ring = unlabelled_ring(obj, given == 0)
     if not ring.any():
         return False
     image = np.asarray(image, np.float32)
@@ -789,12 +791,14 @@ def remove_unsupported_objects(proposal: np.ndarray, given: np.ndarray, probs: n
             found_median = np.median(np.asarray(image, np.float32)[:, found], axis=1)
         for k, box in _boxes(labels, candidates, SURROUNDING + 1).items():
             obj = labels[box] == k
-            crop = None if image is None else np.asarray(image)[(slice(None),) + box]
-            if image is None or (looks_like_background(crop, obj, None, given[box], found_median)
-                                 and object_contrast(crop, obj, unlabelled_ring(obj, given[box] == 0))
-                                 < contrast):
-                out[box][obj] = 0
-                removed += 1
+            if image is not None:
+                crop = np.asarray(image)[(slice(None),) + box]
+                ring = unlabelled_ring(obj, given[box] == 0)
+                if not (looks_like_background(crop, obj, None, given[box], found_median, ring)
+                        and object_contrast(crop, obj, ring) < contrast):
+                    continue
+            out[box][obj] = 0
+            removed += 1
     return out, removed
 
 
