@@ -582,9 +582,12 @@ def main(argv: list[str] | None = None) -> int:
              f"lost its connection; its own message is above ({(str(e).splitlines() or [''])[0][:160]})")
         return 1
     finally:
-        distributed.shutdown(finished=False)  # after a failure (else already left)
+        # the old handler first: a SIGTERM during this last cleanup (the run has ended, or
+        # is ending with its message said) then does what it would have done anyway,
+        # rather than raise Terminated out of `finally` as a raw traceback
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        distributed.shutdown(finished=False)  # after a failure (else already left)
 
 
 def _end_rank(code: int) -> None:

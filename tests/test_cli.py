@@ -481,6 +481,30 @@ def test_a_second_sigterm_does_not_interrupt_the_stop_the_first_started():
         signal.signal(signal.SIGTERM, fresh)
 
 
+def test_a_sigterm_during_the_last_cleanup_goes_to_the_old_handler_not_a_traceback(monkeypatch, tmp_path):
+    """`main`'s `finally` leaves the process group after the command has ended; a SIGTERM
+    then (torchrun stopping the run) reaches the handler from before the command, and
+    `main` returns its code instead of raising Terminated out of `finally`."""
+    import os
+    import signal
+
+    from ielstudio.core import distributed
+
+    def shutdown(finished):
+        if not finished:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    got = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        monkeypatch.setattr(distributed, "shutdown", shutdown)
+        missing = tmp_path / "nowhere"
+        assert cli.main(["clean", str(missing), str(missing), "--out", str(tmp_path / "out")]) == 2
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_ctrl_c_while_starting_exits_130_without_a_traceback(monkeypatch, capsys):
     """A KeyboardInterrupt while `ielstudio.cli` (and torch) is being imported."""
     from ielstudio import entry
