@@ -325,3 +325,24 @@ def test_evidence_probe_fits_moves_an_outline_drawn_too_wide_onto_the_edge_and_k
     blob[2:6, 2:6] = 1
     assert P.largest_share(blob) == pytest.approx(clean[1].sum() / blob.sum())
     assert P.largest_share(np.zeros((4, 4), np.uint8)) == 1.0
+
+
+def test_evidence_probe_hulls_fills_a_bite_the_image_shows_and_leaves_a_true_concavity():
+    """`hull_bites`: a disk whose mask lost a wedge, on an image that shows the whole disk,
+    gets the wedge back (all of it inside the disk); the same wedge shown as background in
+    the image (a true concavity) stays out."""
+    import cv2
+    import evidence_probe as P
+
+    disk = np.zeros((64, 64), np.uint8)
+    cv2.circle(disk, (32, 32), 16, 1, -1)
+    bitten = disk.copy()
+    cv2.ellipse(bitten, (32, 32), (17, 17), 0, -45, 45, 0, -1)  # a 90 deg wedge from the centre
+    whole = np.where(disk == 1, 0.9, 0.1).astype(np.float32)
+    filled, n = P.hull_bites(whole, bitten, 0.15)
+    assert n == 1 and (filled[bitten == 1] == 1).all() and not (filled & (disk == 0)).any()
+    # the hull's chord closes the bite: the triangle, r^2 / 2 of the wedge's pi r^2 / 4 (64 %)
+    assert 0.55 < (filled != bitten).sum() / (disk != bitten).sum() < 0.7
+    concave = np.where(bitten == 1, 0.9, 0.1).astype(np.float32)
+    kept, n = P.hull_bites(concave, bitten, 0.15)
+    assert n == 0 and (kept == bitten).all()
