@@ -2,6 +2,7 @@
 
     python benchmarks/realtable.py [--sets report,brain-multiclass-report,...] [--labels noisy,clean]
                                    [--methods no-iel,heat,heat+convex] [--tune-set dev] [--tag NAME]
+                                   [--seed N] [--rows-from TAG]
 
 Each trained method is one `ielstudio clean` run (`core.cleaning.clean_dataset`, the
 function the command and the window call) with default settings except the IEL spec:
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every trained method (`clean --seed`)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
+    ap.add_argument("--rows-from", metavar="TAG", default=None,
+                    help="take the trained rows this run lacks from results/realtable-TAG.json, an earlier run of "
+                         "the same engine and seed (so that only new methods train); the table marks them")
     a = ap.parse_args(argv)
     sets = {**realdata.build_sets(a.cache), **bundled_sets()}
     prefix = "realtable" + (f"-{a.tag}" if a.tag else "")
@@ -117,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     if data.setdefault("seed", a.seed) != a.seed:
         ap.error(f"{json_path} holds rows trained with --seed {data['seed']}: another --tag for --seed {a.seed}")
     done = {(r["set"], r["labels"], r["method"]) for r in data["rows"]}
+    if a.rows_from:
+        earlier = json.loads((a.out / f"realtable-{a.rows_from}.json").read_text())
+        if earlier.get("seed", 0) != a.seed:
+            ap.error(f"realtable-{a.rows_from}.json was trained with --seed {earlier.get('seed', 0)}, not {a.seed}")
+        taken = [{**r, "from": a.rows_from} for r in earlier["rows"]
+                 if (r["method"] in TRAINED or r["method"] == "cleanlab")
+                 and (r["set"], r["labels"], r["method"]) not in done]
+        data["rows"] += taken
+        done |= {(r["set"], r["labels"], r["method"]) for r in taken}
 
     def add(row: dict) -> None:
         data["rows"] = [r for r in data["rows"] if (r["set"], r["labels"], r["method"]) !=
@@ -209,7 +222,7 @@ def write_table(data: dict, path: Path) -> None:
           + (" kept" if r.get("kept_as_given") else "") + C.rule_1_details(r),
           "" if "changed_px" not in r else f"{r['changed_px']} ({r['changed_right_px'] / max(r['changed_px'], 1):.0%})",
           "" if "objects_removed" not in r else f"{r['objects_removed']} / {r.get('regions_added', '–')}",
-          f"{r['seconds']:.0f}"] for r in rows])
+          f"{r['seconds']:.0f}" + (f" ({r['from']})" if "from" in r else "")] for r in rows])
     cl = data.get("classical", {})
     seed = f" --seed {data['seed']}" if data.get("seed") else ""
     C.write_text(path, f"# Real data: every method\n\nCommand: `python benchmarks/realtable.py{seed}` "
@@ -221,7 +234,10 @@ def write_table(data: dict, path: Path) -> None:
                  "found (and, apart, the missed ones the image shows as background) and the outline-tolerant "
                  "agreement, and the agreement on trained images); changed px: pixels the output changed, and "
                  "the share of them that now agree with the correct mask; objects removed / regions added: "
-                 "do-no-harm rules 3 and 4 (`core.review`).\n\n" + body)
+                 "do-no-harm rules 3 and 4 (`core.review`)."
+                 + ("".join(f" Rows marked ({t}) come from `realtable-{t}.json`, an earlier run of the same engine "
+                            "and seed (`--rows-from`)." for t in sorted({r["from"] for r in rows if "from" in r})))
+                 + "\n\n" + body)
 
 
 if __name__ == "__main__":

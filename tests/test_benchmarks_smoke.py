@@ -346,3 +346,18 @@ def test_evidence_probe_hulls_fills_a_bite_the_image_shows_and_leaves_a_true_con
     concave = np.where(bitten == 1, 0.9, 0.1).astype(np.float32)
     kept, n = P.hull_bites(concave, bitten, 0.15)
     assert n == 0 and (kept == bitten).all()
+
+
+def test_realtable_marks_the_rows_it_took_from_an_earlier_run(tmp_path):
+    """`write_table`: a row taken with `--rows-from` shows its run beside its time, and the
+    header names the file it came from; a row of this run shows its time alone."""
+    import realtable
+
+    row = {"set": "report", "labels": "noisy", "dice": 0.8, "min": 0.6, "seconds": 91.2}
+    data = {"seed": 0, "classical": {}, "rows": [{**row, "method": "no-iel"},
+                                                  {**row, "method": "heat", "from": "stop36-final"}]}
+    realtable.write_table(data, tmp_path / "t.md")
+    text = (tmp_path / "t.md").read_text()
+    assert "Rows marked (stop36-final) come from `realtable-stop36-final.json`" in text
+    lines = [line for line in text.splitlines() if line.startswith("| report")]
+    assert lines[0].endswith("| 91 |") and lines[1].endswith("| 91 (stop36-final) |")
