@@ -368,8 +368,8 @@ class TrainingMixin:
                                                  "(the project stores proposals, not probabilities)")
             warnings = last.get("warnings") or []
             self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
-                                            "the project" + (f". {warnings[0]}" if warnings else ""))
-            self.show_review_notice(warnings, bool(last.get("objects_changed")))
+                                            "the project")
+            self.show_review_notice(warnings, bool(last.get("objects_changed")))  # what they kept, and why
             self.training_panel.finish_progress("proposals loaded")
             if self.current:
                 self._refresh_overlays(self.current)
