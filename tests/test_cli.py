@@ -78,6 +78,7 @@ def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys)
     assert report["training"]["stopped_because"] == "max-steps"
     assert report["model"]["arch"] == "unet" and report["model"]["n_parameters"] > 1000
     assert report["mask_encoding"]["values"] == [0, 255]
+    assert report["class_names"] == {}  # no dataset.json: the classes are numbered
     assert report["n_images"] == 6 and len(report["images"]) == 6 and report["skipped"] == []
     scores = [d["score"] for d in report["images"]]
     assert scores == sorted(scores) and all(0.0 <= s <= 1.0 for s in scores)
@@ -118,6 +119,31 @@ def test_clean_writes_one_mask_per_input_and_a_report(dataset, tmp_path, capsys)
     assert names == [f"cell_{i}.png" for i in range(6)]
     m = cv2.imread(str(pred / names[0]), cv2.IMREAD_UNCHANGED)
     assert m.shape == (48, 48) and set(np.unique(m).tolist()) <= {0, 255}
+
+
+def test_the_report_names_the_classes_of_a_dataset_json_and_an_unreadable_one_is_said(dataset, tmp_path, capsys):
+    """nnU-Net's layout: masks in labelsTr, dataset.json beside it; the 0/255 masks take the
+    names of the description's 0/1. A broken description: one warning naming it, classes numbered."""
+    import shutil
+
+    images, masks = dataset
+    root = tmp_path / "Dataset001"
+    shutil.copytree(images, root / "imagesTr")
+    shutil.copytree(masks, root / "labelsTr")
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "cell": 1}}))
+    assert cli.main(["clean", str(root / "imagesTr"), str(root / "labelsTr"), "--out", str(tmp_path / "a"),
+                     *FAST]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "a" / "ielstudio-report.json").read_text())
+    assert report["class_names"] == {"0": "background", "1": "cell"} and report["mask_encoding"]["values"] == [0, 255]
+    (root / "dataset.json").write_text('{"labels": ')
+    capsys.readouterr()
+    assert cli.main(["clean", str(root / "imagesTr"), str(root / "labelsTr"), "--out", str(tmp_path / "b"),
+                     *FAST]) == 0
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "b" / "ielstudio-report.json").read_text())
+    assert report["class_names"] == {}
+    assert f"warning: {root / 'dataset.json'}: cannot read its class names" in err
+    assert any(str(root / "dataset.json") in w for w in report["warnings"])
 
 
 def test_out_equal_to_masks_folder_is_refused(dataset, capsys):

@@ -53,6 +53,8 @@ def volume_folders(tmp_path):
 
 def test_a_volume_folder_is_cleaned_headless_with_the_label_headers_kept(volume_folders, tmp_path, capsys):
     images, masks = volume_folders
+    # the labels stored 0 / 1 / 3, named by a Decathlon-style description beside the label folder
+    (masks.parent / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "3": "tumour"}}))
     before = {p.name: p.read_bytes() for p in masks.iterdir()}
     out = tmp_path / "out"
     rc = cli.main(["clean", str(images), str(masks), "--out", str(out), "--steps", "4", "--device", "cpu",
@@ -76,6 +78,7 @@ def test_a_volume_folder_is_cleaned_headless_with_the_label_headers_kept(volume_
     assert report["kind"] == "volumes" and report["n_images"] == 3 and report["n_slices"] == 18
     assert report["label_values"] == [0, 1, 3]
     assert report["n_classes"] == 3
+    assert report["class_names"] == {"0": "background", "1": "liver", "2": "tumour"}  # class 2 stores 3
     rows = report["images"]
     assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)  # worst volume first
     for r in rows:

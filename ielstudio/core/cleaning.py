@@ -24,6 +24,7 @@ import torch
 
 from .. import __version__
 from . import distributed
+from .class_names import read_class_names, report_class_names
 from .dataset import LoadedDataset, image_to_chw, load_samples, load_samples_lazily, scan_pairs
 from .decision import decide, decision_thresholds
 from .errors import Cancelled, DataError
@@ -606,6 +607,9 @@ def prepare_clean(images_dir: str | Path, masks_dir: str | Path, out_dir: str | 
         raise DataError(out_dir, "output folder is not writable")
     remove_stale_temp_files(out)  # left by a run that was killed while writing
     warnings = list(loaded.warnings)
+    _, names_problem = read_class_names(masks_dir)
+    if names_problem:
+        warnings.append(names_problem)
     cut_short = previous_run_cut_short(out)
     if cut_short:
         warnings.insert(0, cut_short)
@@ -734,6 +738,8 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
         "out_dir": str(out),
         "n_images": len(images),
         "n_classes": n_classes,
+        "class_names": report_class_names(run.masks_dir, () if loaded.encoding.kind == "color"
+                                          else loaded.encoding.values, n_classes),
         "mask_encoding": loaded.encoding.to_dict(),
         "mean_score": round(float(np.mean(scores)), 6) if scores else None,
         "score_meaning": "label quality in [0,1], 1 = the label agrees with the model: 0.9 * Dice(label, model decision) "

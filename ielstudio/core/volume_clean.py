@@ -32,6 +32,7 @@ import torch
 
 from .. import __version__
 from . import distributed
+from .class_names import report_class_names
 from .cleaning import (
     RUN_MARKER,
     CleanConfig,
@@ -260,6 +261,7 @@ def clean_volumes(
         "n_images": len(rows),
         "n_slices": len(ds.samples),
         "n_classes": ds.n_classes,
+        "class_names": report_class_names(masks_dir, ds.values, ds.n_classes),
         "label_values": ds.values,
         "mean_score": round(float(np.mean(scores)), 6) if scores else None,
         "score_meaning": "per slice as for 2-D images; per volume the mean over its slices where the label or the "

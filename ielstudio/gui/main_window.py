@@ -137,6 +137,8 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         self._scoring_started: tuple[float, int] | None = None  # (time, images done) of this scoring pass
         self.train_base = None  # TrainConfig for the fields the form does not show (None = defaults)
         self.training_state = TrainingState.IDLE  # what the background job is doing
+        #: the open data set's class names by stored label value (`core.class_names`; {}: numbered)
+        self.described_classes: dict[int, str] = {}
         self._error_box: QMessageBox | None = None
         self.undo_stack = QUndoStack(self)
         import torch

@@ -187,6 +187,7 @@ class ProjectMixin:
         self.proposals.clear()
         self.previews.clear()
         self.review_notice.clear()
+        self.described_classes = {}
         self.checkpoint = None
         self.iel_panel.no_prediction_hint = "no prediction yet (train a model)"
         self.current = None
@@ -210,6 +211,9 @@ class ProjectMixin:
         except (DataError, OSError) as e:  # a read-only folder: the project still opens
             self.statusBar().showMessage(f"Could not write the project's lock file: {e}", 10000)
         self.pairs = {p.name: p for p in scan.pairs}
+        from ielstudio.core.class_names import read_class_names
+
+        self.described_classes, names_problem = read_class_names(project.masks_dir)
         self._open_volumes(scan)
         try:
             if not project.read_only:  # a damaged project opened to salvage it is never written
@@ -220,7 +224,8 @@ class ProjectMixin:
         enc = project.mask_encoding()
         if enc is not None:
             self._set_classes(enc.n_classes)
-        else:
+        else:  # named from the start; the legend grows as masks show until the mapping is settled
+            self._set_classes(2)
             self._settle_dataset()
         self._add_recent(project.path)
         self._start_thumbnails()
@@ -231,6 +236,8 @@ class ProjectMixin:
             msg = f"Opened {len(scan.volumes)} image/label volumes ({n} slices) from {project.images_dir}"
         if scan.skipped:
             msg += f" ({len(scan.skipped)} files skipped, see the queue)"
+        if names_problem:
+            msg += f"; {names_problem}"
         self.statusBar().showMessage(msg, 10000)
         self.queue.step(0)
         self.queue.focus_table()  # keys go to the queue and the window's shortcuts, never the filter box

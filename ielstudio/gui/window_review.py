@@ -22,9 +22,15 @@ class ReviewMixin:
     """Showing images with their overlays and recording decisions through the undo stack."""
 
     def _set_classes(self, n_classes: int) -> None:
+        """The legend and the brush menu for ``n_classes`` classes, named where the data set
+        describes them (`core.class_names`, read when it was opened)."""
+        from ielstudio.core.class_names import class_label, names_by_class
+
         n = max(2, int(n_classes))
-        names = ["background"] + [f"class {c}" for c in range(1, n)]
-        self.canvas.set_class_names(names)
+        enc = self.project.mask_encoding() if self.project is not None else None
+        values = enc.values if enc is not None and enc.kind != "color" else ()
+        named = names_by_class(self.described_classes, values, n)
+        self.canvas.set_class_names(["background"] + [class_label(c, named[c]) for c in range(1, n)])
 
     def n_classes(self) -> int:
         if self.dataset_info is not None:

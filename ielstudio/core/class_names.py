@@ -1,0 +1,98 @@
+"""What the classes of a mask folder are called, from the data set's own description.
+
+Masks store numbers; an annotator thinks in names ("grey matter, left"). The common
+description of a labelled medical data set is the `dataset.json` that nnU-Net, the
+Medical Segmentation Decathlon and MONAI use, beside the label folder (``Dataset001/
+labelsTr`` with ``Dataset001/dataset.json``) or inside it. Its ``labels`` come in two
+forms, both read here:
+
+    nnU-Net v2:          {"labels": {"background": 0, "edema": 1, "tumour": 2}}
+    MSD, nnU-Net v1:     {"labels": {"0": "background", "1": "edema", "2": "tumour"}}
+
+A name keyed by a list of values (nnU-Net v2's region-based labels) names no single
+class and is left out. The window's legend and brush menu and the report of `ielstudio
+clean` use the names; without a description the classes are numbered, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: The file name looked for in the mask folder, then in its parent.
+DESCRIPTION = "dataset.json"
+#: A description larger than this is not a label description (a file list of many MB).
+MAX_BYTES = 8 * 1024 * 1024
+
+
+def find_description(masks_dir: str | Path) -> Path | None:
+    """The `DESCRIPTION` file of a mask folder (or of a volume's label file's folder): in
+    the folder, else in its parent; None when neither has one."""
+    folder = Path(masks_dir)
+    if folder.is_file():
+        folder = folder.parent
+    for place in (folder, folder.parent):
+        path = place / DESCRIPTION
+        if path.is_file():
+            return path
+    return None
+
+
+def parse_labels(labels: object) -> dict[int, str]:
+    """{label value: name} from a description's ``labels`` (either form); ValueError
+    when it is neither."""
+    if not isinstance(labels, dict):
+        raise ValueError("its 'labels' is not a mapping of names and values")
+    names: dict[int, str] = {}
+    for key, value in labels.items():
+        if isinstance(value, str) and str(key).strip().lstrip("-").isdigit():  # "1": "edema"
+            names[int(key)] = value.strip()
+        elif isinstance(value, bool):
+            raise ValueError(f"its label {key!r} has the value {value!r}, not a number")
+        elif isinstance(value, int):  # "edema": 1
+            names[value] = str(key).strip()
+        elif isinstance(value, list):  # a region of several labels (nnU-Net v2): no single class
+            continue
+        else:
+            raise ValueError(f"its label {key!r} has the value {value!r}, neither a number nor a name")
+    return {v: n for v, n in names.items() if n}
+
+
+def read_class_names(masks_dir: str | Path) -> tuple[dict[int, str], str | None]:
+    """({label value: name}, a problem to tell the user or None) for a mask folder: empty
+    and no problem where there is no description; empty and the problem, naming the
+    file, where there is one that cannot be used. Never raises."""
+    path = find_description(masks_dir)
+    if path is None:
+        return {}, None
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            return {}, f"{path}: larger than {MAX_BYTES // (1024 * 1024)} MB, not read for class names"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "labels" not in data:
+            return {}, None  # some other dataset.json: it names no classes
+        return parse_labels(data["labels"]), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        return {}, f"{path}: cannot read its class names ({e}); the classes are numbered"
+
+
+def names_by_class(names: dict[int, str], values: tuple[int, ...] | list[int], n_classes: int) -> list[str | None]:
+    """The name of each class index 0..n_classes-1: the name of the value the mask files
+    store for it (``values``, `imageio.MaskEncoding.values`), else, where the files store
+    other values than the description names (a binary mask saved 0/255 described as
+    0/1), the name of the index itself; None for a class the description does not name."""
+    stored = list(values) if values and all(v in names for v in values[1:]) else list(range(n_classes))
+    return [names.get(stored[c]) if c < len(stored) else names.get(c) for c in range(n_classes)]
+
+
+def class_label(c: int, name: str | None) -> str:
+    """How a class is shown: ``"1 edema"`` where it has a name, else ``"class 1"``."""
+    return f"{c} {name}" if name else f"class {c}"
+
+
+def report_class_names(masks_dir: str | Path, values: tuple[int, ...] | list[int], n_classes: int) -> dict[str, str]:
+    """The report's ``class_names``: {"class index": name} of the classes the data set's
+    description names (`names_by_class`); empty without one. Its problems are said once,
+    when the data set is loaded (`read_class_names`)."""
+    names, _ = read_class_names(masks_dir)
+    return {str(c): name for c, name in enumerate(names_by_class(names, values, n_classes)) if name}
