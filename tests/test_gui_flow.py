@@ -729,6 +729,13 @@ def test_classes_are_numbered_without_a_description_and_a_broken_one_is_said(mak
     qtbot.waitUntil(lambda: w.project.mask_encoding() is not None, timeout=10000)
     assert w.project.mask_encoding().values == (0, 255)
     assert "1 cell" in w.canvas.legend.text()  # binary 0/255 masks take the description's 0/1
+    # the notice names the class too
+    from ielstudio.core.iel import one_hot
+
+    prop = clean_mask(0).astype(np.int64)
+    deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1,
+                                 warnings=["class 1: not reliable for this class, so its labels are kept as given"]))
+    assert w.review_notice.text() == "Class 1 (cell): not reliable for this class, so its labels are kept as given."
 
 
 def test_a_project_open_elsewhere_asks_first(make_window, dataset, tmp_path):

@@ -17,6 +17,7 @@ clean` use the names; without a description the classes are numbered, as before.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 #: The file name looked for in the mask folder, then in its parent.
@@ -90,9 +91,28 @@ def class_label(c: int, name: str | None) -> str:
     return f"{c} {name}" if name else f"class {c}"
 
 
-def report_class_names(masks_dir: str | Path, values: tuple[int, ...] | list[int], n_classes: int) -> dict[str, str]:
-    """The report's ``class_names``: {"class index": name} of the classes the data set's
-    description names (`names_by_class`); empty without one. Its problems are said once,
-    when the data set is loaded (`read_class_names`)."""
+def described_classes(masks_dir: str | Path, values: tuple[int, ...] | list[int], n_classes: int) -> list[str | None]:
+    """The name of each class of a mask folder (`names_by_class` of `read_class_names`);
+    all None without a description. Its problems are said once, when the data set is
+    loaded (`read_class_names`)."""
     names, _ = read_class_names(masks_dir)
-    return {str(c): name for c, name in enumerate(names_by_class(names, values, n_classes)) if name}
+    return names_by_class(names, values, n_classes)
+
+
+def report_class_names(named: list[str | None]) -> dict[str, str]:
+    """The report's ``class_names``: {"class index": name} of the named classes."""
+    return {str(c): name for c, name in enumerate(named) if name}
+
+
+_LEADING_CLASS = re.compile(r"^class (\d+):")
+
+
+def with_class_names(messages: list[str], named: list[str | None]) -> list[str]:
+    """The review's messages about one class (they begin ``class N:``) with the class's
+    name, ``class N (oedema):``, where the data set names it (``named``, by class index:
+    `names_by_class`); the others as they are."""
+    def name(match: re.Match) -> str:
+        c = int(match.group(1))
+        return f"class {c} ({named[c]}):" if c < len(named) and named[c] else match.group(0)
+
+    return [_LEADING_CLASS.sub(name, m) for m in messages]

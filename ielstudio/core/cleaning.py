@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from . import distributed
-from .class_names import read_class_names, report_class_names
+from .class_names import described_classes, read_class_names, report_class_names, with_class_names
 from .dataset import LoadedDataset, image_to_chw, load_samples, load_samples_lazily, scan_pairs
 from .decision import decide, decision_thresholds
 from .errors import Cancelled, DataError
@@ -729,6 +729,8 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
 
     images.sort(key=lambda d: d["score"])  # worst label first
     scores = [d["score"] for d in images]
+    named = described_classes(run.masks_dir, () if loaded.encoding.kind == "color" else loaded.encoding.values,
+                              n_classes)
     report = {
         "tool": f"ielstudio {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -738,8 +740,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
         "out_dir": str(out),
         "n_images": len(images),
         "n_classes": n_classes,
-        "class_names": report_class_names(run.masks_dir, () if loaded.encoding.kind == "color"
-                                          else loaded.encoding.values, n_classes),
+        "class_names": report_class_names(named),
         "mask_encoding": loaded.encoding.to_dict(),
         "mean_score": round(float(np.mean(scores)), 6) if scores else None,
         "score_meaning": "label quality in [0,1], 1 = the label agrees with the model: 0.9 * Dice(label, model decision) "
@@ -757,7 +758,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
         "labels_kept_as_given": summary.labels_kept_as_given,
         "objects_removed": summary.objects_removed,
         "regions_added": summary.regions_added,
-        "warnings": run.warnings + summary.warnings,
+        "warnings": run.warnings + with_class_names(summary.warnings, named),
         "written": written,
         "skipped": [{"path": p, "problem": m} for p, m in _skipped_list(loaded.skipped) + summary.unreadable],
         "images": images,

@@ -32,7 +32,7 @@ import torch
 
 from .. import __version__
 from . import distributed
-from .class_names import report_class_names
+from .class_names import described_classes, report_class_names, with_class_names
 from .cleaning import (
     RUN_MARKER,
     CleanConfig,
@@ -250,6 +250,7 @@ def clean_volumes(
             "trained_on": str(images_dir), "holdout": holdout, "volumes": True})
     rows.sort(key=lambda d: d["score"])
     scores = [d["score"] for d in rows]
+    named = described_classes(masks_dir, ds.values, ds.n_classes)
     report = {
         "tool": f"ielstudio {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -261,7 +262,7 @@ def clean_volumes(
         "n_images": len(rows),
         "n_slices": len(ds.samples),
         "n_classes": ds.n_classes,
-        "class_names": report_class_names(masks_dir, ds.values, ds.n_classes),
+        "class_names": report_class_names(named),
         "label_values": ds.values,
         "mean_score": round(float(np.mean(scores)), 6) if scores else None,
         "score_meaning": "per slice as for 2-D images; per volume the mean over its slices where the label or the "
@@ -280,7 +281,7 @@ def clean_volumes(
             r["objects_removed"] or r["regions_added"] for r in rows),
         "objects_removed": sum(r["objects_removed"] for r in rows),
         "regions_added": sum(r["regions_added"] for r in rows),
-        "warnings": warnings + review_warnings,
+        "warnings": warnings + with_class_names(review_warnings, named),
         "written": written,
         "skipped": [{"path": str(s.path), "problem": s.problem} for s in ds.skipped],
         "images": rows,

@@ -24,13 +24,19 @@ class ReviewMixin:
     def _set_classes(self, n_classes: int) -> None:
         """The legend and the brush menu for ``n_classes`` classes, named where the data set
         describes them (`core.class_names`, read when it was opened)."""
-        from ielstudio.core.class_names import class_label, names_by_class
+        from ielstudio.core.class_names import class_label
 
         n = max(2, int(n_classes))
+        named = self.class_names_by_index(n)
+        self.canvas.set_class_names(["background"] + [class_label(c, named[c]) for c in range(1, n)])
+
+    def class_names_by_index(self, n_classes: int | None = None) -> list[str | None]:
+        """The name of each class index of the open data set (None: not named)."""
+        from ielstudio.core.class_names import names_by_class
+
         enc = self.project.mask_encoding() if self.project is not None else None
         values = enc.values if enc is not None and enc.kind != "color" else ()
-        named = names_by_class(self.described_classes, values, n)
-        self.canvas.set_class_names(["background"] + [class_label(c, named[c]) for c in range(1, n)])
+        return names_by_class(self.described_classes, values, n_classes or self.canvas.n_classes)
 
     def n_classes(self) -> int:
         if self.dataset_info is not None:

@@ -9,6 +9,7 @@ import time
 from enum import Enum
 from pathlib import Path
 
+from ielstudio.core.class_names import with_class_names
 from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS, augmentation_note, held_out_units
 
 from . import jobs
@@ -286,6 +287,7 @@ class TrainingMixin:
             self.review_notice.clear()
             return
         title = warnings_title(warnings, objects_changed)
+        warnings = with_class_names(warnings, self.class_names_by_index())
         self.review_notice.show_warnings(title, warnings)
         self.statusBar().showMessage(f"{title}: {warnings[0]}", 15000)
 
