@@ -61,6 +61,6 @@ def test_the_report_lists_the_named_classes_and_messages_about_a_class_name_it(t
                 "the model is not reliable for any class: every mask is kept as given",
                 "class 7: not in the description", "a class 1: in the middle stays"]
     assert with_class_names(messages, named) == [
-        "class 2 (oedema): the model agrees with the given masks only at Dice 0.40; kept as given",
+        "class 2, oedema: the model agrees with the given masks only at Dice 0.40; kept as given",
         messages[1], messages[2], messages[3]]
     assert with_class_names(messages, [None, None, None]) == messages

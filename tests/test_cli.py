@@ -136,7 +136,7 @@ def test_the_report_names_the_classes_of_a_dataset_json_and_an_unreadable_one_is
     report = json.loads((tmp_path / "a" / "ielstudio-report.json").read_text())
     assert report["class_names"] == {"0": "background", "1": "cell"} and report["mask_encoding"]["values"] == [0, 255]
     about_the_class = [w for w in report["warnings"] if w.startswith("class 1")]  # a 2-step model: not reliable
-    assert about_the_class and all(w.startswith("class 1 (cell): ") for w in about_the_class)
+    assert about_the_class and all(w.startswith("class 1, cell: ") for w in about_the_class)
     (root / "dataset.json").write_text('{"labels": ')
     capsys.readouterr()
     assert cli.main(["clean", str(root / "imagesTr"), str(root / "labelsTr"), "--out", str(tmp_path / "b"),

@@ -78,6 +78,23 @@ def test_canvas_layers_toggles_and_opacity(qtbot):
     assert c.layer_data("mask") is None
 
 
+def test_a_legend_of_many_long_class_names_wraps_between_entries_and_shows_names_as_written(qtbot):
+    """Seven named brain classes must not widen the canvas's column (the walk: the review
+    queue was squeezed to '...'); a name from a user's dataset.json is text, not HTML."""
+    c = Canvas()
+    qtbot.addWidget(c)
+    short = c.legend.minimumSizeHint().width()
+    names = ["background"] + [f"{k} {t} ({side})" for side in ("right", "left")
+                              for k, t in ((1, "cerebrospinal fluid"), (2, "grey matter"), (3, "white matter"))]
+    names.append("7 <b>tumour</b> & core")
+    c.set_class_names(names)
+    assert c.legend.minimumSizeHint().width() < max(short, 300)  # wraps: no wider than its longest entry or so
+    text = c.legend_text()
+    assert "1 cerebrospinal fluid (right)" in text and "7 <b>tumour</b> & core" in text
+    c.legend.resize(300, 200)
+    assert c.legend.heightForWidth(300) > c.legend.heightForWidth(3000)  # more lines when narrow
+
+
 def test_brush_stroke_footprint_is_a_thick_line(qtbot):
     c = Canvas()
     qtbot.addWidget(c)

@@ -109,10 +109,10 @@ _LEADING_CLASS = re.compile(r"^class (\d+):")
 
 def with_class_names(messages: list[str], named: list[str | None]) -> list[str]:
     """The review's messages about one class (they begin ``class N:``) with the class's
-    name, ``class N (oedema):``, where the data set names it (``named``, by class index:
+    name, ``class N, oedema:``, where the data set names it (``named``, by class index:
     `names_by_class`); the others as they are."""
     def name(match: re.Match) -> str:
         c = int(match.group(1))
-        return f"class {c} ({named[c]}):" if c < len(named) and named[c] else match.group(0)
+        return f"class {c}, {named[c]}:" if c < len(named) and named[c] else match.group(0)
 
     return [_LEADING_CLASS.sub(name, m) for m in messages]

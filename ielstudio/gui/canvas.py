@@ -56,6 +56,15 @@ DEFAULT_VISIBLE = {"mask": True, "proposal": False, "difference": True}
 TOOLS = ("pan", "brush", "eraser", "object")
 
 
+def _legend_entry(colour: tuple[int, int, int], name: str) -> str:
+    """A swatch and a name that a wrapping legend keeps on one line (HTML-escaped: a
+    class name comes from the user's dataset.json)."""
+    import html
+
+    r, g, b = colour
+    return f"<span style='color:rgb({r},{g},{b})'>&#9632;</span>&nbsp;" + html.escape(name).replace(" ", "&nbsp;")
+
+
 class Canvas(QWidget):
     """Image + overlays + tools. Arrays in, signals out; no decisions made here."""
 
@@ -159,11 +168,16 @@ class Canvas(QWidget):
         self.class_combo = QComboBox()
         self.class_combo.setToolTip("Class the brush paints (L picks the class under the cursor)")
         self.class_combo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        # a fixed width that long class names do not widen (its list shows them whole)
+        self.class_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.class_combo.setMinimumContentsLength(14)  # "paint: class 1"
         self.class_combo.currentIndexChanged.connect(
             lambda i: self.set_brush_class(self.class_combo.itemData(i)) if i >= 0 else None)
         controls.addWidget(self.class_combo)
         self.legend = QLabel()
         self.legend.setTextFormat(Qt.TextFormat.RichText)
+        # many or long class names wrap between entries, never widen the canvas's column
+        self.legend.setWordWrap(True)
         self.info = QLabel("No image")
         self.info.setStyleSheet("color: gray")
 
@@ -176,8 +190,7 @@ class Canvas(QWidget):
         layout.addWidget(self.view_widget, 1)
         layout.addWidget(self.view_controls)
         bottom = QHBoxLayout()
-        bottom.addWidget(self.legend)
-        bottom.addStretch(1)
+        bottom.addWidget(self.legend, 1)  # all the width the readout leaves: wraps only when it must
         bottom.addWidget(self.info)
         layout.addLayout(bottom)
         self.set_class_names(["background", "class 1"])
@@ -190,18 +203,26 @@ class Canvas(QWidget):
         for c, name in enumerate(names):
             if c:
                 self.class_combo.addItem(f"paint: {name}", c)
+                self.class_combo.setItemData(self.class_combo.count() - 1, f"paint: {name}",
+                                             Qt.ItemDataRole.ToolTipRole)
+        view = self.class_combo.view()
+        view.setMinimumWidth(view.sizeHintForColumn(0) + view.verticalScrollBar().sizeHint().width())
         self.class_combo.blockSignals(False)
         self.set_brush_class(min(max(1, self.brush_class), max(1, self.n_classes - 1)))
         parts = []
         for c, name in enumerate(names):
             if c == 0:
                 continue
-            r, g, b = class_color(c)
-            parts.append(f"<span style='color:rgb({r},{g},{b})'>&#9632;</span> {name}")
-        for (r, g, b), name in ((ADDED_COLOR, "added"), (REMOVED_COLOR, "removed"),
-                                (RELABELLED_COLOR, "other class")):
-            parts.append(f"<span style='color:rgb({r},{g},{b})'>&#9632;</span> {name}")
-        self.legend.setText("&nbsp;&nbsp;".join(parts))
+            parts.append(_legend_entry(class_color(c), name))
+        for colour, name in ((ADDED_COLOR, "added"), (REMOVED_COLOR, "removed"), (RELABELLED_COLOR, "other class")):
+            parts.append(_legend_entry(colour, name))
+        self.legend.setText("&nbsp; ".join(parts))  # a line may break between entries only
+
+    def legend_text(self) -> str:
+        """The legend as a person reads it (plain text, spaces for the non-breaking ones)."""
+        from PySide6.QtGui import QTextDocumentFragment
+
+        return QTextDocumentFragment.fromHtml(self.legend.text()).toPlainText().replace("\u00a0", " ")
 
     def set_image(self, image: np.ndarray | None, reset_view: bool = True) -> None:
         """Show a normalised image ((C,H,W) or (H,W)); clears the overlays."""
