@@ -64,3 +64,12 @@ def test_the_report_lists_the_named_classes_and_messages_about_a_class_name_it(t
         "class 2, oedema: the model agrees with the given masks only at Dice 0.40; kept as given",
         messages[1], messages[2], messages[3]]
     assert with_class_names(messages, [None, None, None]) == messages
+
+
+def test_a_description_too_large_to_be_one_is_not_read(tmp_path, monkeypatch):
+    import ielstudio.core.class_names as names
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}, "pad": "x" * 200}))
+    monkeypatch.setattr(names, "MAX_BYTES", 100)
+    found, problem = names.read_class_names(tmp_path)
+    assert found == {} and "not read for class names" in problem and str(tmp_path / "dataset.json") in problem
