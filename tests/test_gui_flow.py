@@ -702,7 +702,7 @@ def test_the_legend_names_every_class_of_the_shown_masks_before_training(make_wi
     assert w.open_folders(root / "images", root / "masks")
     assert w.dataset_info is None and w.n_classes() == 3
     # named by the sample's dataset.json (colour masks: by class index)
-    assert w.canvas.n_classes == 3 and "2 lesion core" in w.canvas.legend_text()
+    assert w.canvas.n_classes == 3 and "2 lesion core" in w.canvas.legend.plain_text()
     combo = w.canvas.class_combo
     assert [combo.itemText(i) for i in range(combo.count())] == ["paint: 1 lesion body", "paint: 2 lesion core"]
 
@@ -713,22 +713,22 @@ def test_classes_are_numbered_without_a_description_and_a_broken_one_is_said(mak
     images, masks = dataset
     w = make_window()
     assert w.open_folders(images, masks)
-    assert "class 1" in w.canvas.legend_text() and w.described_classes == {}
+    assert "class 1" in w.canvas.legend.plain_text() and w.described_classes == {}
     root = tmp_path / "described"
     shutil.copytree(images, root / "images")
     shutil.copytree(masks, root / "masks")
     (root / "dataset.json").write_text('{"labels": {"background": 0, "cell": true}}')
     assert w.open_folders(root / "images", root / "masks")
-    assert "class 1" in w.canvas.legend_text()
+    assert "class 1" in w.canvas.legend.plain_text()
     message = w.statusBar().currentMessage()
     assert str(root / "dataset.json") in message and "the classes are numbered" in message
     (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "cell"}}')
     w.close_project()
     assert w.open_folders(root / "images", root / "masks")
-    assert "1 cell" in w.canvas.legend_text()  # named at once, before the masks' mapping is settled
+    assert "1 cell" in w.canvas.legend.plain_text()  # named at once, before the masks' mapping is settled
     qtbot.waitUntil(lambda: w.project.mask_encoding() is not None, timeout=10000)
     assert w.project.mask_encoding().values == (0, 255)
-    assert "1 cell" in w.canvas.legend_text()  # binary 0/255 masks take the description's 0/1
+    assert "1 cell" in w.canvas.legend.plain_text()  # binary 0/255 masks take the description's 0/1
     # the notice names the class too
     from ielstudio.core.iel import one_hot
 

@@ -89,7 +89,7 @@ def test_a_legend_of_many_long_class_names_wraps_between_entries_and_shows_names
     names.append("7 <b>tumour</b> & core")
     c.set_class_names(names)
     assert c.legend.minimumSizeHint().width() < max(short, 300)  # wraps: no wider than its longest entry or so
-    text = c.legend_text()
+    text = c.legend.plain_text()
     assert "1 cerebrospinal fluid (right)" in text and "7 <b>tumour</b> & core" in text
     c.legend.resize(300, 200)
     assert c.legend.heightForWidth(300) > c.legend.heightForWidth(3000)  # more lines when narrow

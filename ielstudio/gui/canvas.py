@@ -39,6 +39,7 @@ from .overlays import (  # noqa: F401  (re-exported: the canvas's colours and ma
     outline,
 )
 from .canvas_input import CanvasViewBox, ShortcutsPassThrough
+from .legend import Legend
 from .view_controls import ViewControls
 
 OVERLAYS = ("mask", "proposal", "difference")
@@ -54,15 +55,6 @@ STATUS_BADGES = {
 DEFAULT_OPACITY = {"mask": 0.45, "proposal": 0.45, "difference": 0.8}
 DEFAULT_VISIBLE = {"mask": True, "proposal": False, "difference": True}
 TOOLS = ("pan", "brush", "eraser", "object")
-
-
-def _legend_entry(colour: tuple[int, int, int], name: str) -> str:
-    """A swatch and a name that a wrapping legend keeps on one line (HTML-escaped: a
-    class name comes from the user's dataset.json)."""
-    import html
-
-    r, g, b = colour
-    return f"<span style='color:rgb({r},{g},{b})'>&#9632;</span>&nbsp;" + html.escape(name).replace(" ", "&nbsp;")
 
 
 class Canvas(QWidget):
@@ -174,10 +166,7 @@ class Canvas(QWidget):
         self.class_combo.currentIndexChanged.connect(
             lambda i: self.set_brush_class(self.class_combo.itemData(i)) if i >= 0 else None)
         controls.addWidget(self.class_combo)
-        self.legend = QLabel()
-        self.legend.setTextFormat(Qt.TextFormat.RichText)
-        # many or long class names wrap between entries, never widen the canvas's column
-        self.legend.setWordWrap(True)
+        self.legend = Legend()
         self.info = QLabel("No image")
         self.info.setStyleSheet("color: gray")
 
@@ -209,20 +198,7 @@ class Canvas(QWidget):
         view.setMinimumWidth(view.sizeHintForColumn(0) + view.verticalScrollBar().sizeHint().width())
         self.class_combo.blockSignals(False)
         self.set_brush_class(min(max(1, self.brush_class), max(1, self.n_classes - 1)))
-        parts = []
-        for c, name in enumerate(names):
-            if c == 0:
-                continue
-            parts.append(_legend_entry(class_color(c), name))
-        for colour, name in ((ADDED_COLOR, "added"), (REMOVED_COLOR, "removed"), (RELABELLED_COLOR, "other class")):
-            parts.append(_legend_entry(colour, name))
-        self.legend.setText("&nbsp; ".join(parts))  # a line may break between entries only
-
-    def legend_text(self) -> str:
-        """The legend as a person reads it (plain text, spaces for the non-breaking ones)."""
-        from PySide6.QtGui import QTextDocumentFragment
-
-        return QTextDocumentFragment.fromHtml(self.legend.text()).toPlainText().replace("\u00a0", " ")
+        self.legend.show_classes(names)
 
     def set_image(self, image: np.ndarray | None, reset_view: bool = True) -> None:
         """Show a normalised image ((C,H,W) or (H,W)); clears the overlays."""
