@@ -704,7 +704,7 @@ def test_the_legend_names_every_class_of_the_shown_masks_before_training(make_wi
     # named by the sample's dataset.json (colour masks: by class index)
     assert w.canvas.n_classes == 3 and "2 lesion core" in w.canvas.legend.plain_text()
     combo = w.canvas.class_combo
-    assert [combo.itemText(i) for i in range(combo.count())] == ["paint: 1 lesion body", "paint: 2 lesion core"]
+    assert [combo.itemText(i) for i in range(combo.count())] == ["1 lesion body", "2 lesion core"]
 
 
 def test_classes_are_numbered_without_a_description_and_a_broken_one_is_said(make_window, dataset, tmp_path, qtbot):

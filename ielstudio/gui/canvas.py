@@ -162,7 +162,7 @@ class Canvas(QWidget):
         self.class_combo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         # a fixed width that long class names do not widen (its list shows them whole)
         self.class_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.class_combo.setMinimumContentsLength(14)  # "paint: class 1"
+        self.class_combo.setMinimumContentsLength(8)  # "1 nucleus": the row stays as narrow as it was
         self.class_combo.currentIndexChanged.connect(
             lambda i: self.set_brush_class(self.class_combo.itemData(i)) if i >= 0 else None)
         controls.addWidget(self.class_combo)
@@ -191,8 +191,8 @@ class Canvas(QWidget):
         self.class_combo.clear()
         for c, name in enumerate(names):
             if c:
-                self.class_combo.addItem(f"paint: {name}", c)
-                self.class_combo.setItemData(self.class_combo.count() - 1, f"paint: {name}",
+                self.class_combo.addItem(name, c)
+                self.class_combo.setItemData(self.class_combo.count() - 1, f"the brush paints {name}",
                                              Qt.ItemDataRole.ToolTipRole)
         view = self.class_combo.view()
         view.setMinimumWidth(view.sizeHintForColumn(0) + view.verticalScrollBar().sizeHint().width())
