@@ -50,6 +50,8 @@ def test_names_follow_the_stored_values_and_fall_back_to_the_index():
     assert names_by_class({0: "bg", 2: "oedema", 5: "core"}, (0, 2, 5), 3) == ["bg", "oedema", "core"]  # stored 0/2/5
     assert names_by_class({1: "lesion"}, (), 3) == [None, "lesion", None]  # colour masks, a class not named
     assert class_label(1, "lesion") == "1 lesion" and class_label(2, None) == "class 2"
+    long = class_label(3, "left\nhippocampus " + "x" * 100)
+    assert long.startswith("3 left hippocampus x") and long.endswith("…") and len(long) == 2 + 32
 
 
 def test_the_report_lists_the_named_classes_and_messages_about_a_class_name_it(tmp_path):

@@ -87,9 +87,18 @@ def names_by_class(names: dict[int, str], values: tuple[int, ...] | list[int], n
     return [names.get(stored[c]) if c < len(stored) else names.get(c) for c in range(n_classes)]
 
 
+#: Longer names are cut (with an ellipsis) in the legend and the brush menu, whose
+#: entries do not wrap; the report and the messages keep them whole.
+MAX_SHOWN = 32
+
+
 def class_label(c: int, name: str | None) -> str:
-    """How a class is shown: ``"1 edema"`` where it has a name, else ``"class 1"``."""
-    return f"{c} {name}" if name else f"class {c}"
+    """How a class is shown: ``"1 edema"`` where it has a name, else ``"class 1"``; one
+    line of at most `MAX_SHOWN` characters of the name."""
+    if not name:
+        return f"class {c}"
+    name = " ".join(name.split())
+    return f"{c} {name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN - 1].rstrip() + '…'}"
 
 
 def described_classes(masks_dir: str | Path, values: tuple[int, ...] | list[int], n_classes: int) -> list[str | None]:
