@@ -677,9 +677,29 @@ def _set_once(root: Path, name: str, params: dict, force: bool, build: Callable[
     return {name: cached if cached is not None else build()}
 
 
+def class_names_of(set_name: str, n_classes: int) -> tuple[str, ...]:
+    """What the classes of a set are (its `dataset.json`): brain tissue, sides, nuclei or a lesion."""
+    if set_name.startswith("brain-sides"):
+        return SIDES_CLASSES
+    if set_name.startswith("brain-multiclass"):
+        return MULTICLASS_CLASSES
+    return ("background", "nucleus" if "nuclei" in set_name else "lesion") if n_classes == 2 else tuple(
+        f"class {c}" for c in range(n_classes))
+
+
+def describe(folder: Path, names: Sequence[str]) -> None:
+    """Write the set's `dataset.json` (nnU-Net's form), which names its classes in the window and the
+    report (`ielstudio.core.class_names`); a cached set built before gets it too."""
+    text = json.dumps({"labels": {name: c for c, name in enumerate(names)}, "file_ending": ".png"}, indent=1)
+    path = folder / "dataset.json"
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+
+
 def _set_from_manifest(root: Path, manifest: Path) -> RealSet:
     data = json.loads(manifest.read_text())
     folder = manifest.parent
+    describe(folder, class_names_of(data["name"], data["n_classes"]))
     variants = {p.name[len("noisy-"):]: p for p in sorted(folder.glob("noisy-*"))}
     scans = tuple(dict.fromkeys(e["scan"] for e in data["slices"]))
     return RealSet(data["name"], data["split"], folder / "images", folder / "clean", folder / "noisy", scans,

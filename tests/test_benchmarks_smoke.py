@@ -212,6 +212,11 @@ def test_real_data_scripts_import_and_parse_their_variants():
     assert set(realtable.TRAINED) == {"no-iel", "heat", "heat+convex"} and realtable.ORDER[-1] == "heat"
     assert harm_probe.THRESHOLDS[0] == 0.75 and callable(harm_probe.main)
     assert set(realtable.bundled_sets()) == {"nuclei-sample", "lesions-sample"}
+    import realdata
+
+    assert realdata.class_names_of("brain-sides-report", 7)[4] == "CSF L"
+    assert realdata.class_names_of("dsb-nuclei", 2) == ("background", "nucleus")
+    assert realdata.class_names_of("report", 2) == ("background", "lesion")
 
 
 def test_evidence_probe_scores_rule_3_on_a_cached_case():
