@@ -119,6 +119,18 @@ def test_a_volume_folder_opens_one_row_per_volume_with_its_slices(window, volume
     assert int(w.sample("case2/0002").mask.max()) == 2
 
 
+def test_a_volume_data_set_takes_its_class_names_by_label_value(window, volume_folders, qtbot):
+    """A dataset.json beside the label folder names the stored values 1 and 3: class 2 is
+    the data set's value 3, so it takes that value's name."""
+    import json
+
+    images, masks = volume_folders
+    (masks.parent / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 3}}))
+    assert window.open_folders(images, masks)
+    settled(window, qtbot)
+    assert "1 liver" in window.canvas.legend.plain_text() and "2 tumour" in window.canvas.legend.plain_text()
+
+
 def test_page_keys_shift_wheel_and_the_slider_move_through_a_volume(window, volume_folders, qtbot):
     w = window
     w.show()
