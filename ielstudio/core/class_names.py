@@ -10,8 +10,9 @@ forms, both read here:
     MSD, nnU-Net v1:     {"labels": {"0": "background", "1": "edema", "2": "tumour"}}
 
 A name keyed by a list of values (nnU-Net v2's region-based labels) names no single
-class and is left out. The window's legend and brush menu and the report of `ielstudio
-clean` use the names; without a description the classes are numbered, as before.
+class and is left out. The window's legend, brush menu and notice, and the report and
+output of `ielstudio clean` use the names; without a description the classes are
+numbered, as before.
 """
 
 from __future__ import annotations
