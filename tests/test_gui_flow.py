@@ -641,9 +641,14 @@ def test_a_class_the_model_did_not_learn_is_shown_to_the_user(make_window, datas
     assert notice.text() == "C" + warning[1:] + "." and w._error_box is None  # a notice, not an error dialog
     notice.hide_button.click()
     assert notice.isHidden()
+    w.actions["review_notice"].trigger()  # Training > Show what the last scoring pass kept: back
+    assert not notice.isHidden() and notice.title() == "Labels kept where the model is not reliable"
+    notice.hide_button.click()
     # the next whole pass with nothing kept as given: no notice; one that keeps some again shows it
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 1, 1))
     assert notice.isHidden() and notice.warnings() == []
+    w.actions["review_notice"].trigger()
+    assert notice.isHidden() and "kept nothing as given" in w.statusBar().currentMessage()
     deliver(w, jobs.Reviews(None, {"cell0": jobs.ImageReview(one_hot(prop, 2), prop, 0.5, 0.1)}, 2, 2,
                                  warnings=[warning, "class 2: kept as given"]))
     assert not notice.isHidden() and notice.text().endswith("(and 1 more: Details)")

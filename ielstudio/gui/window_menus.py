@@ -68,6 +68,8 @@ class MenusMixin:
                                                 "a cluster run: docs/cluster.md), without training")
         self.actions["score_saved"].setToolTip("Recompute every proposal and score with the project's model "
                                                "(also brings back the prediction maps of the defect panel)")
+        self.actions["review_notice"] = QAction("Show what the last scoring pass kept, and why", self,
+                                                triggered=self.show_last_notice)
         self.actions["undo"].setEnabled(False)
         self.actions["redo"].setEnabled(False)
         self.undo_stack.canUndoChanged.connect(self.actions["undo"].setEnabled)
@@ -95,7 +97,7 @@ class MenusMixin:
                     "auto_contrast", "full_contrast", None, "toggle_mask", "toggle_proposal", "toggle_difference"):
             view.addSeparator() if key is None else view.addAction(self.actions[key])
         train = mb.addMenu("&Training")
-        for key in ("train", "pause", "stop", None, "score_saved", "review_model"):
+        for key in ("train", "pause", "stop", None, "score_saved", "review_model", None, "review_notice"):
             train.addSeparator() if key is None else train.addAction(self.actions[key])
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self.actions["shortcuts"])

@@ -291,6 +291,13 @@ class TrainingMixin:
         self.review_notice.show_warnings(title, warnings)
         self.statusBar().showMessage(f"{title}: {warnings[0]}", 15000)
 
+    def show_last_notice(self) -> None:
+        """Training > Show what the last scoring pass kept: the notice again after ✕ hid it."""
+        if self.review_notice.warnings():
+            self.review_notice.show()
+        else:
+            self.statusBar().showMessage("The last scoring pass kept nothing as given: no notice", 6000)
+
     def _show_scoring_progress(self, reviews: "jobs.Reviews") -> None:
         """Its own bar, with an ETA from the images scored so far in this pass."""
         now = time.monotonic()
