@@ -6,7 +6,7 @@ and must not interrupt the person reviewing, but it must stay in view while they
 decide: a dialog after every scoring pass is closed and forgotten. So the window shows
 it as a bar over the canvas, as napari's notifications and 3D Slicer's module hints
 do: a title, the first message, a Details button for all of them, and a button that
-hides it until the next scoring pass says something new.
+hides it (Training > Show what the last scoring pass kept brings it back).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ReviewNotice(QFrame):
         self.details_button.clicked.connect(self.show_details)
         self.hide_button = QToolButton()
         self.hide_button.setText("✕")
-        self.hide_button.setToolTip("Hide this notice (the next scoring pass shows it again if it still holds)")
+        self.hide_button.setToolTip("Hide this notice (Training > Show what the last scoring pass kept brings it back)")
         self.hide_button.setAccessibleName("Hide the notice")
         self.hide_button.clicked.connect(self._dismiss)
         row = QHBoxLayout(self)
