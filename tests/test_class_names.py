@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ielstudio.core.class_names import (class_label, described_classes, find_description, names_by_class,
-                                        parse_labels, read_class_names, report_class_names, with_class_names)
+from ielstudio.core.class_names import (class_label, find_description, names_by_class, parse_labels,
+                                        read_class_names, report_class_names, with_class_names)
 
 
 def test_both_forms_of_labels_give_the_same_names_and_regions_are_left_out():
@@ -56,9 +56,9 @@ def test_names_follow_the_stored_values_and_fall_back_to_the_index():
 
 def test_the_report_lists_the_named_classes_and_messages_about_a_class_name_it(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1, "oedema": 2}}))
-    named = described_classes(tmp_path, (0, 1, 2), 3)
+    named = names_by_class(read_class_names(tmp_path)[0], (0, 1, 2), 3)
     assert report_class_names(named) == {"0": "background", "1": "lesion", "2": "oedema"}
-    assert report_class_names(described_classes(tmp_path / "nothing-here" / "x", (0, 1), 2)) == {}
+    assert report_class_names(names_by_class(read_class_names(tmp_path / "nothing-here" / "x")[0], (0, 1), 2)) == {}
     messages = ["class 2: the model agrees with the given masks only at Dice 0.40; kept as given",
                 "the model is not reliable for any class: every mask is kept as given",
                 "class 7: not in the description", "a class 1: in the middle stays"]

@@ -13,7 +13,9 @@ pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
-from ielstudio.gui.canvas import ADDED_COLOR, RELABELLED_COLOR, REMOVED_COLOR, Canvas, class_lut, difference_lut, difference_map  # noqa: E402
+from ielstudio.gui.canvas import Canvas  # noqa: E402
+from ielstudio.gui.overlays import (ADDED_COLOR, RELABELLED_COLOR, REMOVED_COLOR, class_lut,  # noqa: E402
+                                    difference_lut, difference_map)
 from ielstudio.gui.queue_model import QueueRow  # noqa: E402
 from ielstudio.gui.review_queue import ReviewQueue  # noqa: E402
 

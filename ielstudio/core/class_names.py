@@ -102,14 +102,6 @@ def class_label(c: int, name: str | None) -> str:
     return f"{c} {name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN - 1].rstrip() + '…'}"
 
 
-def described_classes(masks_dir: str | Path, values: tuple[int, ...] | list[int], n_classes: int) -> list[str | None]:
-    """The name of each class of a mask folder (`names_by_class` of `read_class_names`);
-    all None without a description. Its problems are said once, when the data set is
-    loaded (`read_class_names`)."""
-    names, _ = read_class_names(masks_dir)
-    return names_by_class(names, values, n_classes)
-
-
 def report_class_names(named: list[str | None]) -> dict[str, str]:
     """The report's ``class_names``: {"class index": name} of the named classes."""
     return {str(c): name for c, name in enumerate(named) if name}

@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from . import distributed
-from .class_names import described_classes, read_class_names, report_class_names, with_class_names
+from .class_names import names_by_class, read_class_names, report_class_names, with_class_names
 from .dataset import LoadedDataset, image_to_chw, load_samples, load_samples_lazily, scan_pairs
 from .decision import decide, decision_thresholds
 from .errors import Cancelled, DataError
@@ -579,6 +579,8 @@ class CleanRun:
     clean_config: CleanConfig
     warnings: list[str]
     started: float
+    #: the data set's class names by stored label value (`class_names.read_class_names`, read once)
+    class_names: dict[int, str]
 
     def loaded_event(self) -> LoadedEvent:
         loaded = self.loaded
@@ -607,14 +609,15 @@ def prepare_clean(images_dir: str | Path, masks_dir: str | Path, out_dir: str | 
         raise DataError(out_dir, "output folder is not writable")
     remove_stale_temp_files(out)  # left by a run that was killed while writing
     warnings = list(loaded.warnings)
-    _, names_problem = read_class_names(masks_dir)
+    class_names, names_problem = read_class_names(masks_dir)
     if names_problem:
         warnings.append(names_problem)
     cut_short = previous_run_cut_short(out)
     if cut_short:
         warnings.insert(0, cut_short)
     return CleanRun(Path(images_dir), Path(masks_dir), out, report_file, Path(csv_path) if csv_path else None,
-                    Path(save_model) if save_model else None, loaded, train_config, clean_config, warnings, started)
+                    Path(save_model) if save_model else None, loaded, train_config, clean_config, warnings, started,
+                    class_names)
 
 
 def clean_dataset(
@@ -729,8 +732,8 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
 
     images.sort(key=lambda d: d["score"])  # worst label first
     scores = [d["score"] for d in images]
-    named = described_classes(run.masks_dir, () if loaded.encoding.kind == "color" else loaded.encoding.values,
-                              n_classes)
+    named = names_by_class(run.class_names, () if loaded.encoding.kind == "color" else loaded.encoding.values,
+                           n_classes)
     report = {
         "tool": f"ielstudio {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -32,7 +32,7 @@ import torch
 
 from .. import __version__
 from . import distributed
-from .class_names import described_classes, report_class_names, with_class_names
+from .class_names import names_by_class, report_class_names, with_class_names
 from .cleaning import (
     RUN_MARKER,
     CleanConfig,
@@ -250,7 +250,7 @@ def clean_volumes(
             "trained_on": str(images_dir), "holdout": holdout, "volumes": True})
     rows.sort(key=lambda d: d["score"])
     scores = [d["score"] for d in rows]
-    named = described_classes(masks_dir, ds.values, ds.n_classes)
+    named = names_by_class(run.class_names, ds.values, ds.n_classes)
     report = {
         "tool": f"ielstudio {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

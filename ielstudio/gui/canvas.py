@@ -27,11 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .overlays import (  # noqa: F401  (re-exported: the canvas's colours and maps)
-    ADDED_COLOR,
-    RELABELLED_COLOR,
-    REMOVED_COLOR,
-    class_color,
+from .overlays import (
     class_lut,
     difference_lut,
     difference_map,

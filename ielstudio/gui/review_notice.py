@@ -11,15 +11,12 @@ hides it (Training > Show what the last scoring pass kept brings it back).
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMessageBox, QToolButton, QVBoxLayout
 
 
 class ReviewNotice(QFrame):
     """Hidden until `show_warnings`; `clear` hides it and forgets the messages."""
-
-    #: the person hid the notice
-    dismissed = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -45,7 +42,7 @@ class ReviewNotice(QFrame):
         self.hide_button.setText("✕")
         self.hide_button.setToolTip("Hide this notice (Training > Show what the last scoring pass kept brings it back)")
         self.hide_button.setAccessibleName("Hide the notice")
-        self.hide_button.clicked.connect(self._dismiss)
+        self.hide_button.clicked.connect(self.hide)
         row = QHBoxLayout(self)
         row.setContentsMargins(8, 4, 4, 4)
         row.addLayout(text, 1)
@@ -93,10 +90,6 @@ class ReviewNotice(QFrame):
         box.finished.connect(lambda _=0: setattr(self, "_details", None))
         self._details = box
         box.open()
-
-    def _dismiss(self) -> None:
-        self.hide()
-        self.dismissed.emit()
 
 
 def _sentence(message: str) -> str:
