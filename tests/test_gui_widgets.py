@@ -150,6 +150,18 @@ def test_queue_sorts_unscored_last_and_keeps_skipped_reason(qtbot):
     assert q.step(1) == q.visible_names()[q.visible_names().index("a") + 1]
 
 
+def test_queue_scores_too_small_for_three_decimals_read_as_below_a_thousandth(qtbot):
+    from ielstudio.gui.queue_model import COL_SCORE
+
+    q = ReviewQueue()
+    qtbot.addWidget(q)
+    q.model.set_rows([QueueRow("tiny", score=0.0002), QueueRow("tinier", score=0.00001),
+                      QueueRow("zero", score=0.0), QueueRow("half", score=0.0005)])
+    shown = {name: q.model.data(q.model.index(q.model.row_of(name), COL_SCORE)) for name in q.visible_names()}
+    assert shown == {"tiny": "<0.001", "tinier": "<0.001", "zero": "0.000", "half": "0.001"}
+    assert q.visible_names() == ["zero", "tinier", "tiny", "half"]  # still ordered by the full value
+
+
 def test_queue_of_5000_pairs_opens_fast(qtbot, tmp_path):
     from ielstudio.gui.main_window import MainWindow
 

@@ -183,3 +183,5 @@ def test_the_score_is_described_by_its_parts():
                            "outline fit to the image 0.500 (")
     assert text.endswith("predicted by a model that never trained on this mask")
     assert describe_score(0.25, None) == "score 0.250"
+    assert describe_score(0.0003, {"model": 0.0004, "out_of_sample": True}).startswith(
+        "score <0.001: the model's agreement with the mask")

@@ -949,14 +949,20 @@ def image_score(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray | N
     return ImageScore(score * smoothness ** SHAPE_PRIOR_POWER * fit, score, smoothness, fit)
 
 
+def format_score(score: float) -> str:
+    """An image score as a reviewer reads it: 3 decimals, and "<0.001" for a score
+    above 0 that would print as "0.000" (a column of zeros hides that they still differ)."""
+    return "<0.001" if 0.0 < score < 0.0005 else f"{score:.3f}"
+
+
 def describe_score(score: float, parts: dict | None) -> str:
     """One line for a reviewer: how ``score`` (1 = the label looks right) is made up
     from its ``parts`` (`ImageResult.score_parts`); just the score where the parts are unknown."""
-    text = f"score {score:.3f}"
+    text = f"score {format_score(score)}"
     if not parts:
         return text
     model = parts.get("model", score)
-    factors = [f"the model's agreement {model:.3f}"]
+    factors = [f"the model's agreement {format_score(model)}"]
     if "outline_smoothness" in parts:
         factors.append(f"outline smoothness {parts['outline_smoothness']:.3f}"
                        + ("" if SHAPE_PRIOR_POWER == 1 else f"^{SHAPE_PRIOR_POWER}"))

@@ -14,7 +14,7 @@ import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 
-from ielstudio.core.review import describe_score
+from ielstudio.core.review import describe_score, format_score
 
 COLUMNS = ("", "Name", "Score", "Changed", "Status")
 COL_THUMB, COL_NAME, COL_SCORE, COL_CHANGED, COL_STATUS = range(5)
@@ -204,7 +204,7 @@ class QueueModel(QAbstractTableModel):
             if col == COL_NAME:
                 return f"{row.name} ({len(self._members[row.name])} slices)" if row.name in self._members else row.name
             if col == COL_SCORE:
-                return "" if row.score is None else f"{row.score:.3f}"
+                return "" if row.score is None else format_score(row.score)
             if col == COL_CHANGED:
                 return "" if row.changed is None else f"{100 * row.changed:.1f}%"
             if col == COL_STATUS:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QToolButton, QWidget
 
+from ielstudio.core.review import format_score
+
 
 class SliceBar(QWidget):
     """``sliceChanged(index)`` when the user moves the slider or presses a step button."""
@@ -39,7 +41,7 @@ class SliceBar(QWidget):
         self.slider.setRange(0, max(0, count - 1))
         self.slider.setValue(index)
         self.slider.blockSignals(False)
-        shown = "–" if score is None else f"{score:.3f}"
+        shown = "–" if score is None else format_score(score)
         self.label.setText(f"{view + ' ' if view else ''}slice {index + 1}/{count} · score {shown} · {status}")
 
     def text(self) -> str:

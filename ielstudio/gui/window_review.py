@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtWidgets import QMessageBox
 
+from ielstudio.core.review import format_score
+
 from . import jobs
 from .edit_commands import DecisionCommand, object_under, paint
 from .queue_model import thumbnail_pixmap
@@ -241,7 +243,7 @@ class ReviewMixin:
         if self.current:
             row = self.queue.model.get(self.current)
             if row is not None:
-                score = "–" if row.score is None else f"{row.score:.3f}"
+                score = "–" if row.score is None else format_score(row.score)
                 text = f"{self.current} · score {score} · {row.status} · " + text
         self.status_label.setText(text)
 
