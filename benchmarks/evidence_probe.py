@@ -279,6 +279,11 @@ def report(name: str, d: dict) -> dict[str, float] | None:
         r["the review's score (review.image_score)"] = (
             r["current"] * r["mask smoothness (no model)"] ** SHAPE_PRIOR_POWER * r["outline fit (no model)"]
             if with_prior else r["current"])
+        # the model's factor in other forms, where a weak model that finds no object makes
+        # the hard Dice 0 whatever the label's quality (stop 38)
+        for k in ("soft dice", "tolerant dice 3", "mean p(given) union", "precision+recall soft"):
+            r[f"{k} x smoothness^2 x outline fit"] = (
+                r[k] * r["mask smoothness (no model)"] ** 2 * r["outline fit (no model)"])
         for k in ("solidity (no model)", "largest object's share (no model)"):
             r[f"the review's score x {k.removesuffix(' (no model)')}"] = (
                 r["the review's score (review.image_score)"] * r[k])
