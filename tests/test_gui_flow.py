@@ -188,12 +188,15 @@ def test_accept_keep_brush_undo_redo_change_mask_and_project(make_window, datase
     np.testing.assert_array_equal(layer(w, "mask"), before)
     w.actions["redo"].trigger()
     np.testing.assert_array_equal(w.project.final_mask("cell2"), after)
+    assert w.windowTitle().endswith("(3 edits this session)")  # accept, keep, brush
     # undo across images: the keep on cell3 and the accept on cell1
     w.undo_stack.undo()  # brush
     w.undo_stack.undo()  # keep cell3
     assert w.project.decision("cell3").status == "unreviewed"
+    assert w.windowTitle().endswith("(1 edit this session)")
     w.undo_stack.undo()  # accept cell1
     assert w.project.decision("cell1").status == "unreviewed"
+    assert "edit" not in w.windowTitle()  # nothing in force any more (redo is still there)
     assert w.project.final_mask("cell1") is None
     assert w.queue.model.get("cell1").status == "unreviewed"
     # every change was logged in the project

@@ -303,8 +303,8 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         title = "IEL Studio"
         if self.project is not None:
             title = f"{self.project.path.stem} – {title}"
-            if self.undo_stack.count():
-                n = self.undo_stack.count()
+            n = self.undo_stack.index()  # the edits in force: an undone one no longer counts
+            if n:
                 title = f"{title} ({n} edit{'s' if n != 1 else ''} this session)"
         self.setWindowTitle(title)
 
