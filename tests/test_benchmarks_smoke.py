@@ -219,6 +219,19 @@ def test_real_data_scripts_import_and_parse_their_variants():
     assert realdata.class_names_of("report", 2) == ("background", "lesion")
 
 
+def test_learning_curve_tests_on_a_fixed_quarter_and_trains_on_nested_subsets_of_the_rest():
+    import learning_curve as L
+
+    names = [f"scan{i // 12}_axial{i:03d}" for i in range(24)]
+    small, test = L.split(names, 6)
+    large, test_again = L.split(names, 18)
+    assert test == test_again == sorted(names)[::4] and len(test) == 6
+    assert len(small) == 6 and len(large) == 18 and set(small) <= set(large)  # nested: size alone varies
+    assert not set(large) & set(test)
+    with pytest.raises(SystemExit):
+        L.main(["--set", "report"])  # never on a report set
+
+
 def test_evidence_probe_scores_rule_3_on_a_cached_case():
     """evidence_probe.py's `objects` row on a three-image cache: a lesion with a spurious blob
     the model does not see, a correct lesion it sees, one it misses (so the class misses the
