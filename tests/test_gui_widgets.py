@@ -292,13 +292,18 @@ def test_step_event_updates_progress_eta_and_curve(qtbot):
     assert "257" not in panel.status.text() and "epoch" not in panel.status.text()
     panel.set_running(True, paused=True)
     assert panel.progress.format() == "paused at step 40/120" and panel.pause_button.text() == "Resume"
+    panel.set_message("Paused (the current step finishes first)")
+    # the step in flight when Pause was pressed reports after it: the bar still says paused
+    panel.on_step(StepEvent(step=41, total_steps=120, epoch=2, loss=0.3, lr=1e-3, eta_s=60.0))
+    assert panel.progress.format() == "paused at step 41/120" and panel.progress.value() == 41
+    assert panel.status.text().startswith("Paused")
     panel.set_running(True, paused=False)
-    assert panel.progress.format().startswith("step 40/120 · ETA")
+    assert panel.progress.format() == "step 41/120 · ETA 1 min 00 s"
     panel.on_step(StepEvent(step=3, total_steps=9, epoch=1, loss=0.4, lr=1e-3, eta_s=5.0, fold=1, n_folds=3))
     assert panel.progress.format().startswith("fold 2/3 · step 3/9")
     panel.on_step(StepEvent(step=40, total_steps=120, epoch=2, loss=0.4, lr=1e-3, eta_s=65.0))
     x, y = panel.loss_curve.getData()
-    assert list(x[:2]) == [30, 40] and list(y[:2]) == pytest.approx([0.5, 0.4])
+    assert list(x[:3]) == [30, 40, 41] and list(y[:3]) == pytest.approx([0.5, 0.4, 0.3])
     panel.finish_progress("done")  # stopped early at step 40 of 120: finished, a full bar
     assert panel.progress.value() == panel.progress.maximum() == 120 and panel.progress.format() == "done"
     assert list(panel.agree_curve.getData()[1]) == pytest.approx([0.8])

@@ -57,6 +57,8 @@ class TrainingPanel(QWidget):
         self._param_cache: dict[tuple, str] = {}
         self._loss: list[tuple[int, float]] = []
         self._agree: list[tuple[int, float]] = []
+        self._paused = False  # the job is paused: the bar reads "paused at …"
+        self._before_pause: str | None = None  # the bar's text to show again on resume
 
         # --- model
         self.arch = QComboBox()
@@ -327,16 +329,25 @@ class TrainingPanel(QWidget):
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.pause_button.setText("Resume" if paused else "Pause")
-        if paused:  # the bar says so too, and keeps the step it paused at
-            self._before_pause = self.progress.format()
-            self.progress.setFormat(f"paused at {self._before_pause.split(' · ')[0]}")
-        elif running and getattr(self, "_before_pause", None) and self.progress.format().startswith("paused"):
+        was_paused, self._paused = self._paused, paused and running
+        if self._paused and not was_paused:  # the bar says so too, and keeps the step it paused at
+            self._show_progress(self.progress.format())
+        elif was_paused and not self._paused and self._before_pause:
             self.progress.setFormat(self._before_pause)
+        if not self._paused:
             self._before_pause = None
         for w in (self.arch, self.new_radio, self.finetune_radio, self.checkpoint_edit, self.checkpoint_button,
                   self.device, self.epochs, self.max_steps, self.folds, self.slice_context, self.heat, self.heat_dt,
                   self.heat_steps, self.convex_classes, self.convex_dt, self.convex_steps, self.convex_hull):
             w.setEnabled(not running)
+
+    def _show_progress(self, text: str) -> None:
+        """The bar's text; while paused "paused at step N/M", the rest kept for the resume
+        (the step in flight when Pause was pressed still reports, after the pause)."""
+        if self._paused:
+            self._before_pause = text
+            text = f"paused at {text.split(' · ')[0]}"
+        self.progress.setFormat(text)
 
     def _pause_clicked(self) -> None:
         if self.pause_button.text() == "Pause":
@@ -364,19 +375,20 @@ class TrainingPanel(QWidget):
         self.progress.setRange(0, total)
         self.progress.setValue(int(ev.step))
         fold = f"fold {ev.fold + 1}/{ev.n_folds} · " if ev.n_folds > 1 else ""
-        self.progress.setFormat(f"{fold}step {ev.step}/{total} · ETA {format_eta(ev.eta_s)}")
+        self._show_progress(f"{fold}step {ev.step}/{total} · ETA {format_eta(ev.eta_s)}")
         if math.isfinite(ev.loss):
             self._loss.append((int(ev.step), float(ev.loss)))
             a = np.asarray(self._loss)
             self.loss_curve.setData(a[:, 0], a[:, 1])
         # no epoch count: with a few images and large batches it runs far ahead of the step
-        self.status.setText(f"loss {ev.loss:.4f} · learning rate {ev.lr:.2g}")
+        if not self._paused:  # the window's "Paused …" stays until the resume
+            self.status.setText(f"loss {ev.loss:.4f} · learning rate {ev.lr:.2g}")
 
     def on_scoring(self, done: int, total: int, eta_s: float | None) -> None:
         """The scoring pass after training (or with a saved model): a bar of its own."""
         self.progress.setRange(0, max(1, int(total)))
         self.progress.setValue(int(done))
-        self.progress.setFormat(f"scoring {done}/{total} · ETA {format_eta(eta_s)}")
+        self._show_progress(f"scoring {done}/{total} · ETA {format_eta(eta_s)}")
 
     def on_eval(self, ev) -> None:
         self._agree.append((int(ev.step), float(ev.agreement)))
