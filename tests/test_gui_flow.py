@@ -135,6 +135,46 @@ def test_open_lists_pairs_lazily_and_sorts_worst_first(make_window, dataset):
     w.queue.status_combo.setCurrentIndex(0)
 
 
+def whole_pass(scores) -> "jobs.Reviews":
+    """A finished scoring pass (not a training snapshot) with the clean masks as proposals."""
+    from ielstudio.core.iel import one_hot
+
+    items = {f"cell{i}": jobs.ImageReview(one_hot(clean_mask(i).astype(np.int64), 2), clean_mask(i).astype(np.int64),
+                                          score, 0.1) for i, score in enumerate(scores)}
+    return jobs.Reviews(None, items, len(items), len(items))
+
+
+def test_the_first_whole_scoring_pass_starts_the_review_at_the_most_doubtful_image(make_window, dataset):
+    w = make_window()
+    w.open_folders(*dataset)
+    assert w.current == "cell0"  # picked by the window: nothing scored yet, name order
+    inject_proposals(w, SCORES)  # a training snapshot: the view stays
+    assert w.current == "cell0"
+    deliver(w, whole_pass(SCORES))
+    assert w.current == "cell5" and w.queue.visible_names()[0] == "cell5"  # score 0.1, top of the queue
+    assert "top of the queue" in w.statusBar().currentMessage()
+    w.queue.select("cell2")
+    deliver(w, whole_pass(SCORES))  # later passes never move the user
+    assert w.current == "cell2"
+
+
+def test_a_scoring_pass_leaves_a_user_who_moved_or_decided_where_they_are(make_window, dataset):
+    w = make_window()
+    w.open_folders(*dataset)
+    w.queue.select("cell3")
+    w.queue.select("cell0")  # back to the first image, but by hand
+    deliver(w, whole_pass(SCORES))
+    assert w.current == "cell0"
+    w2 = make_window()
+    w2.open_folders(*dataset)
+    inject_proposals(w2, SCORES)
+    w2.queue.select("cell0")
+    w2.actions["keep"].trigger()  # a decision on the first image moves on by itself
+    w2.queue.select("cell0")
+    deliver(w2, whole_pass(SCORES))
+    assert w2.current == "cell0"
+
+
 def test_accept_keep_brush_undo_redo_change_mask_and_project(make_window, dataset, qtbot):
     w = make_window()
     w.open_folders(*dataset)
@@ -314,6 +354,8 @@ def test_training_fills_scores_proposals_and_curves(make_window, dataset, qtbot)
     scores = [w.queue.model.get(n).score for n in w.queue.visible_names()]
     assert scores == sorted(scores)
     assert {r.name: r.score for r in w.project.images()} == {r.name: r.score for r in rows}
+    # nobody moved while it trained: the review starts at the top of the (now ranked) queue
+    assert w.current == w.queue.visible_names()[0]
     cur = w.current
     from ielstudio.gui.canvas import outline
 

@@ -130,6 +130,10 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         self._read_now: str | None = None
         #: images whose proposal comes from a training snapshot (a model still in training)
         self.previews: set[str] = set()
+        #: the row the window selected itself when the data set opened, until the user moves:
+        #: the first whole scoring pass then starts the review at the most doubtful image
+        self._auto_selected: str | None = None
+        self._whole_pass_applied = False  # a whole scoring pass has come in since the data set opened
         #: images whose image or mask file failed to load this session: name -> reason
         self._unreadable: dict[str, str] = {}
         self._prefetch_gen = 0  # bumped whenever the cache is cleared: late results are dropped

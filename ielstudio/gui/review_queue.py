@@ -185,6 +185,9 @@ class ReviewQueue(QWidget):
             self.proxy.invalidate()
             self.proxy.sort(self.proxy.sortColumn(), self.proxy.sortOrder())
 
+    def order_frozen(self) -> bool:
+        return not self.proxy.dynamicSortFilter()
+
     def eventFilter(self, obj, event) -> bool:
         if event.type() == QEvent.Type.Resize and obj is self.table.viewport():
             self._fit_name_column()

@@ -240,6 +240,7 @@ class ProjectMixin:
             msg += f"; {names_problem}"
         self.statusBar().showMessage(msg, 10000)
         self.queue.step(0)
+        self._auto_selected, self._whole_pass_applied = self.queue.current_name(), False
         self.queue.focus_table()  # keys go to the queue and the window's shortcuts, never the filter box
         self.datasetOpened.emit()
         self._load_checkpoint_from_project()

@@ -152,6 +152,8 @@ class ReviewMixin:
     def show_image(self, name: str | None) -> None:
         if not name or self.project is None:
             return
+        if name != self._auto_selected:  # the user moved (or a pass already moved for them)
+            self._auto_selected = None
         name = self.resolve_slice(name)  # a volume's row: one of its slices
         row = self.queue.model.get(name)
         if row is not None and row.status == "skipped" and name not in self.pairs:

@@ -277,8 +277,23 @@ class TrainingMixin:
         if reviews.step is None:
             self._show_scoring_progress(reviews)
         if reviews.step is None and reviews.done == reviews.total:  # a whole pass: its verdict
+            self._whole_pass_applied = True
+            self._start_at_most_doubtful()
             self.show_review_notice(reviews.warnings, bool(reviews.objects_removed or reviews.regions_added))
         self.reviewsApplied.emit(reviews)
+
+    def _start_at_most_doubtful(self) -> None:
+        """The first whole scoring pass after the data set opened, while the user has not
+        moved from the image the window picked and decided nothing: show the queue's top
+        row (worst first by default), where the review starts. Once the queue is ranked:
+        while a job runs its order is frozen, so the job's end calls this again."""
+        if (not self._whole_pass_applied or self.queue.order_frozen() or self._auto_selected is None
+                or self.queue.current_name() != self._auto_selected or self.undo_stack.count()):
+            return
+        names = self.queue.visible_names()
+        self._auto_selected = None
+        if names and names[0] != self.queue.current_name() and self.queue.select(names[0]):
+            self.statusBar().showMessage(f"Scores are in: the review starts at the top of the queue, {names[0]}", 8000)
 
     def show_review_notice(self, warnings: list[str], objects_changed: bool = False) -> None:
         """The bar over the image says what the last scoring pass kept as given and why
@@ -332,6 +347,7 @@ class TrainingMixin:
         finished = self.last_training
         self.training_state = TrainingState.IDLE
         self.queue.freeze_order(False)  # re-rank once, now that the scores are final
+        self._start_at_most_doubtful()
         if self.volumes is not None:
             self.queue.model.clear_thumbnails()  # a volume's thumbnail: its worst slice, known now
         self.training_panel.set_running(False)
