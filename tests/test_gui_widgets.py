@@ -296,7 +296,7 @@ def test_step_event_updates_progress_eta_and_curve(qtbot):
     # the step in flight when Pause was pressed reports after it: the bar still says paused
     panel.on_step(StepEvent(step=41, total_steps=120, epoch=2, loss=0.3, lr=1e-3, eta_s=60.0))
     assert panel.progress.format() == "paused at step 41/120" and panel.progress.value() == 41
-    assert panel.status.text().startswith("Paused")
+    assert panel.status.text() == "Paused after step 41; Resume goes on from there"
     panel.set_running(True, paused=False)
     assert panel.progress.format() == "step 41/120 · ETA 1 min 00 s"
     panel.on_step(StepEvent(step=3, total_steps=9, epoch=1, loss=0.4, lr=1e-3, eta_s=5.0, fold=1, n_folds=3))

@@ -381,7 +381,9 @@ class TrainingPanel(QWidget):
             a = np.asarray(self._loss)
             self.loss_curve.setData(a[:, 0], a[:, 1])
         # no epoch count: with a few images and large batches it runs far ahead of the step
-        if not self._paused:  # the window's "Paused …" stays until the resume
+        if self._paused:  # the step in flight when Pause was pressed has finished: training waits here
+            self.status.setText(f"Paused after step {ev.step}; Resume goes on from there")
+        else:
             self.status.setText(f"loss {ev.loss:.4f} · learning rate {ev.lr:.2g}")
 
     def on_scoring(self, done: int, total: int, eta_s: float | None) -> None:
