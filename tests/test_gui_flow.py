@@ -1224,3 +1224,23 @@ def test_the_training_message_says_when_flips_were_left_out(make_window):
     w._on_done(TrainingFinished(12, "budget", {"augmentation": "flips and turns", "flips_ruled_out": False,
                                                "holdout": []}, None, None))
     assert w.training_panel.status.text() == "Done: 12 steps (budget)"
+
+
+def test_the_export_dialog_opens_beside_the_images_never_inside_the_bundled_sample(make_window, dataset,
+                                                                                   tmp_path, monkeypatch):
+    from ielstudio.core.paths import sample_dir
+
+    w = make_window()
+    w.open_folders(*dataset)
+    assert w.export_start_dir() == str(tmp_path)  # the folder holding images/ and masks/
+    w.settings.setValue("last/export_dir", str(dataset[1]))
+    assert w.export_start_dir() == str(dataset[1])  # the last export's folder
+    w.settings.setValue("last/export_dir", str(tmp_path / "gone"))
+    assert w.export_start_dir() == str(tmp_path)  # ...while it exists
+    w.settings.remove("last/export_dir")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    demo = make_window()
+    sample = sample_dir("nuclei")
+    demo.open_folders(sample / "images", sample / "masks", project_path=tmp_path / "demo.ielproj")
+    start = Path(demo.export_start_dir()).resolve()
+    assert not start.is_relative_to(sample.resolve().parent)  # not inside the application's resources

@@ -319,14 +319,31 @@ class ProjectMixin:
         self.report_error("Cannot open", "drop a project file, or an image folder and a mask folder")
         return False
 
+    def export_start_dir(self) -> str:
+        """Where the export dialog opens: the last export's folder, else beside the images
+        (corrected masks next to the originals), except for the bundled samples (inside the
+        application) and read-only places: then the user's documents folder."""
+        import os
+
+        from PySide6.QtCore import QStandardPaths
+
+        from ielstudio.core.paths import resources_dir
+
+        last = self.settings.value("last/export_dir", "")
+        if last and Path(last).is_dir():
+            return str(last)
+        beside = Path(self.project.images_dir).resolve().parent
+        if not beside.is_relative_to(resources_dir().resolve()) and os.access(beside, os.W_OK):
+            return str(beside)
+        return QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation) or str(Path.home())
+
     def export(self, out_dir: str | Path | None = None) -> bool:
         """Write the corrected masks and report.csv/json to ``out_dir`` (asks when None)."""
         if self.project is None:
             self.report_error("Nothing to export", "open a dataset first")
             return False
         if out_dir is None:
-            start = self.settings.value("last/export_dir", str(Path(self.project.images_dir).parent))
-            out_dir = QFileDialog.getExistingDirectory(self, "Export corrected masks to", start)
+            out_dir = QFileDialog.getExistingDirectory(self, "Export corrected masks to", self.export_start_dir())
             if not out_dir:
                 return False
             self.settings.setValue("last/export_dir", out_dir)
