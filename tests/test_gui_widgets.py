@@ -479,15 +479,15 @@ def test_view_controls_fit_zoom_and_window_level(qtbot):
     assert auto_levels(np.full((4, 4), 0.3)) == pytest.approx((-0.2, 0.8))  # a flat image still shows
 
 
-def panel_showing_maps(qtbot, size: tuple[int, int], no_prediction_hint: str | None = None):
+def panel_showing_maps(qtbot, size: tuple[int, int], no_prediction: tuple[str, str] | None = None):
     """(an IEL panel shown at ``size`` with the maps of a 40 px mask and no prediction, the mask)."""
     from ielstudio.core.iel import IELConfig
     from ielstudio.gui.iel_panel import IELPanel
 
     p = IELPanel()
     qtbot.addWidget(p)
-    if no_prediction_hint is not None:
-        p.no_prediction_hint = no_prediction_hint
+    if no_prediction is not None:
+        p.set_no_prediction(*no_prediction)
     p.resize(*size)
     p.show()
     qtbot.waitExposed(p)
@@ -525,16 +525,17 @@ def test_the_maps_keep_their_height_and_the_info_one_short_line(qtbot):
     (stop 33, Xvfb at 1,290 x 690 px): the maps now keep `MAPS_MIN_HEIGHT` and the hint
     on where prediction maps come from is the info line's tooltip."""
     from ielstudio.core.iel import IELConfig
-    from ielstudio.gui.iel_panel import MAPS_MIN_HEIGHT
+    from ielstudio.gui.iel_panel import MAPS_MIN_HEIGHT, NO_PREDICTION_STORED
 
-    hint = "prediction maps: Training > Score again with the saved model (the project stores proposals, not probabilities)"
-    p, mask = panel_showing_maps(qtbot, (300, 200), hint)  # shorter than the maps need
+    p, mask = panel_showing_maps(qtbot, (300, 200), NO_PREDICTION_STORED)  # shorter than the maps need
     assert p.plots.height() >= MAPS_MIN_HEIGHT and p.minimumSizeHint().height() > MAPS_MIN_HEIGHT
     assert all(b.height() > 75 for b in p.boxes), [b.height() for b in p.boxes]
     assert p.info.text().endswith("no prediction maps") and "Score again" in p.info.toolTip()
+    assert p.titles[1].text == "Prediction: Training > Score again"  # the empty box says where its maps come from
     with qtbot.waitSignal(p.updated, timeout=20000):
         p.request(mask, np.stack([1.0 - mask, mask]).astype(np.float32), 2, IELConfig(heat_steps=4))
     assert "prediction:" in p.info.text() and p.info.toolTip() == ""
+    assert p.titles[1].text.startswith("Prediction (max ")
 
 
 def test_ortho_planes_fill_their_boxes_after_the_views_grow(qtbot):

@@ -82,6 +82,14 @@ BAR_TOOLTIP = ("Colour: |u_k - u|, how much k IEL steps change the map at that p
 MAPS_MIN_HEIGHT = 300
 
 
+#: (title, hint) of the empty prediction box before any model has scored the image
+NO_PREDICTION_YET = ("none yet", "no prediction yet (train a model)")
+#: the same for a reopened project: its stored proposals carry no probabilities
+NO_PREDICTION_STORED = ("Training > Score again",
+                        "prediction maps: Training > Score again with the saved model "
+                        "(the project stores proposals, not probabilities)")
+
+
 class IELPanel(QWidget):
     """Heat amplification of given mask and prediction, convex region, slider over k."""
 
@@ -89,8 +97,7 @@ class IELPanel(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        #: said where the prediction maps would be when the current image has no probabilities
-        self.no_prediction_hint = "no prediction yet (train a model)"
+        self.set_no_prediction(*NO_PREDICTION_YET)
         self.given_maps = None
         self.pred_maps = None
         self._maker = NewestRequestWorker(defects_server, parent=self)  # one long-lived thread serves every request
@@ -177,6 +184,11 @@ class IELPanel(QWidget):
         self.set_maps(*maps)
 
     # --- display -------------------------------------------------------------------
+    def set_no_prediction(self, title: str, hint: str) -> None:
+        """What the empty prediction box says (its ``title``, short) and the info line's
+        tooltip (``hint``) while the current image has no probabilities."""
+        self.no_prediction_title, self.no_prediction_hint = title, hint
+
     def clear(self) -> None:
         self.given_maps = self.pred_maps = None
         for item in (*self.heat_items, *self.region_items):
@@ -236,4 +248,7 @@ class IELPanel(QWidget):
             item.setImage(display_scale(maps.steps[kk], top), levels=(0.0, 1.0), autoLevels=False)
         for i, (name, maps) in enumerate((("Given mask", self.given_maps), ("Prediction", self.pred_maps))):
             top = None if maps is None else float(np.max(maps.steps))
-            self.titles[i].setText(name if top is None else f"{name} (max {top:.3g})")
+            if top is not None:
+                self.titles[i].setText(f"{name} (max {top:.3g})")
+            else:  # an empty box says why, in a few words
+                self.titles[i].setText(name if i == 0 else f"{name}: {self.no_prediction_title}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QFileDialog
 
 from . import jobs
+from .iel_panel import NO_PREDICTION_YET
 from .queue_model import QueueRow
 from .workers import GeneratorWorker
 
@@ -189,7 +190,7 @@ class ProjectMixin:
         self.review_notice.clear()
         self.described_classes = {}
         self.checkpoint = None
-        self.iel_panel.no_prediction_hint = "no prediction yet (train a model)"
+        self.iel_panel.set_no_prediction(*NO_PREDICTION_YET)
         self.current = None
         self.undo_stack.clear()
         self._open_volumes(None)

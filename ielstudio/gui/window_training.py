@@ -13,6 +13,7 @@ from ielstudio.core.class_names import with_class_names
 from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS, augmentation_note, held_out_units
 
 from . import jobs
+from .iel_panel import NO_PREDICTION_STORED
 from .process_worker import ProcessWorker
 from .workers import GeneratorWorker
 
@@ -389,8 +390,7 @@ class TrainingMixin:
         if last.get("source") == source and last.get("complete"):
             self.checkpoint = Path(ref.path)
             self.proposals.attach(self.project, source)
-            self.iel_panel.no_prediction_hint = ("prediction maps: Training > Score again with the saved model "
-                                                 "(the project stores proposals, not probabilities)")
+            self.iel_panel.set_no_prediction(*NO_PREDICTION_STORED)
             warnings = last.get("warnings") or []
             self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
                                             "the project")
