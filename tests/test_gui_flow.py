@@ -602,6 +602,9 @@ def test_reopened_project_shows_its_stored_proposals_and_curves_without_running_
     w2.queue.select("cell2")
     np.testing.assert_array_equal(np.asarray(w2.canvas.layer_data("proposal")) > 0,
                                   __import__("ielstudio.gui.canvas", fromlist=["outline"]).outline(before["cell2"]) > 0)
+    # the defect maps of the prediction: the saved model predicts the shown image, in the panel's worker
+    qtbot.waitUntil(lambda: w2.iel_panel.pred_maps is not None and not w2.iel_panel.busy(), timeout=20000)
+    assert w2.iel_panel.titles[1].text.startswith("Prediction (max ") and not w2.is_training()
     w2.close()
     # proposals made by older review rules (IEL Studio upgraded since): recomputed with the model
     from ielstudio.core import session
@@ -1244,3 +1247,22 @@ def test_the_export_dialog_opens_beside_the_images_never_inside_the_bundled_samp
     demo.open_folders(sample / "images", sample / "masks", project_path=tmp_path / "demo.ielproj")
     start = Path(demo.export_start_dir()).resolve()
     assert not start.is_relative_to(sample.resolve().parent)  # not inside the application's resources
+
+
+def test_saved_model_predictions_are_the_models_own_cached_and_none_without_a_model(tmp_path):
+    from ielstudio.core.models import build_model
+    from ielstudio.core.training import TrainConfig, load_checkpoint, predict, save_checkpoint
+    from ielstudio.gui.saved_predictions import CACHED_IMAGES, SavedModelPredictions
+
+    config = TrainConfig(width=8, depth=2)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, build_model("unet", 1, 2, width=8, depth=2), config)
+    image = np.random.default_rng(0).random((1, 24, 24)).astype(np.float32)
+    saved = SavedModelPredictions(path)
+    probs = saved.request("a", image)()
+    np.testing.assert_allclose(probs, predict(load_checkpoint(path)[0], image), atol=1e-6)
+    assert saved.probabilities("a", image) is probs  # the shown image again: cached
+    for i in range(CACHED_IMAGES):
+        saved.probabilities(f"b{i}", image)
+    assert saved.probabilities("a", image) is not probs  # fell out of the cache: computed again
+    assert SavedModelPredictions(tmp_path / "gone.pt").probabilities("a", image) is None

@@ -67,9 +67,11 @@ def compute_defects(given: np.ndarray, probs: np.ndarray | None, n_classes: int,
 
 def defects_server():
     """A function serving one request of the panel, ``(given, probs, n_classes, config)`` ->
-    `compute_defects`, with a cache of the given-mask maps kept between requests."""
+    `compute_defects`, with a cache of the given-mask maps kept between requests. ``probs``
+    may be a function that computes them (`saved_predictions`): called here, in the worker."""
     cache: dict = {}
-    return lambda given, probs, n_classes, config: compute_defects(given, probs, n_classes, config, cache)
+    return lambda given, probs, n_classes, config: compute_defects(
+        given, probs() if callable(probs) else probs, n_classes, config, cache)
 
 
 #: The colour bar's label, short enough for a narrow column, and what it means in full.
@@ -163,8 +165,9 @@ class IELPanel(QWidget):
         layout.addWidget(self.info)
 
     # --- requests ------------------------------------------------------------------
-    def request(self, given: np.ndarray | None, probs: np.ndarray | None, n_classes: int, config) -> None:
-        """Compute and show the maps for this mask/prediction (newest request wins)."""
+    def request(self, given: np.ndarray | None, probs, n_classes: int, config) -> None:
+        """Compute and show the maps for this mask/prediction (newest request wins); ``probs``:
+        an array, None, or a function the worker calls for them."""
         if given is None or config is None:
             self._maker.forget()
             self.clear()

@@ -134,6 +134,8 @@ class MainWindow(MenusMixin, ProjectMixin, RecoveryMixin, ReviewMixin, BulkDecis
         #: the first whole scoring pass then starts the review at the most doubtful image
         self._auto_selected: str | None = None
         self._whole_pass_applied = False  # a whole scoring pass has come in since the data set opened
+        #: a reopened project's saved model, predicting the shown image for the IEL panel
+        self._saved_predictions = None
         #: images whose image or mask file failed to load this session: name -> reason
         self._unreadable: dict[str, str] = {}
         self._prefetch_gen = 0  # bumped whenever the cache is cleared: late results are dropped

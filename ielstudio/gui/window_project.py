@@ -190,6 +190,7 @@ class ProjectMixin:
         self.review_notice.clear()
         self.described_classes = {}
         self.checkpoint = None
+        self._saved_predictions = None
         self.iel_panel.set_no_prediction(*NO_PREDICTION_YET)
         self.current = None
         self.undo_stack.clear()

@@ -233,7 +233,10 @@ class ReviewMixin:
         row = self.queue.model.get(name)
         self.canvas.set_status(row.status if row is not None else None, preview=name in self.previews)
         if iel:
-            self.iel_panel.request(s.mask, self._probs.get(name), self.n_classes(), self.training_panel.iel_config())
+            probs = self._probs.get(name)
+            if probs is None and self._saved_predictions is not None and self.volumes is None:
+                probs = self._saved_predictions.request(name, s.image)  # computed in the panel's worker
+            self.iel_panel.request(s.mask, probs, self.n_classes(), self.training_panel.iel_config())
 
     def _update_status(self) -> None:
         if self.project is None:

@@ -15,6 +15,7 @@ from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS
 from . import jobs
 from .iel_panel import NO_PREDICTION_STORED
 from .process_worker import ProcessWorker
+from .saved_predictions import SavedModelPredictions
 from .workers import GeneratorWorker
 
 
@@ -170,6 +171,7 @@ class TrainingMixin:
         self._scoring_started = None
         self.last_training = None
         self.queue.freeze_order(True)  # rows keep their place until the job ends
+        self._saved_predictions = None  # the job's own probabilities replace the saved model's
         if self.train_in_process:
             w = ProcessWorker(fn, *args, min_interval_s=STEP_INTERVAL_S, parent=self, **kwargs)
         else:
@@ -391,6 +393,7 @@ class TrainingMixin:
             self.checkpoint = Path(ref.path)
             self.proposals.attach(self.project, source)
             self.iel_panel.set_no_prediction(*NO_PREDICTION_STORED)
+            self._saved_predictions = SavedModelPredictions(self.checkpoint)  # maps of the shown image
             warnings = last.get("warnings") or []
             self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
                                             "the project")

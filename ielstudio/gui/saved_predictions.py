@@ -1,0 +1,58 @@
+"""Prediction maps for a reopened project.
+
+A project stores its proposals and scores, not the model's probabilities (they would
+be C floats per pixel of every image). So when a reopened project shows an image, its
+saved model predicts that one image, in the IEL panel's worker thread (never the GUI
+thread), and the panel shows the prediction's defect maps as it did after training.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+#: probabilities kept for the images shown last (a few MB each at most)
+CACHED_IMAGES = 8
+
+
+class SavedModelPredictions:
+    """The saved model's probabilities for the images shown, loaded and computed on demand."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = Path(checkpoint)
+        self._model = None
+        self._failed: str | None = None
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def probabilities(self, name: str, image: np.ndarray) -> np.ndarray | None:
+        """(C, H, W) probabilities of ``image``, or None where the model cannot be read
+        (the panel then shows the given mask's maps alone). Runs in a worker thread."""
+        from ielstudio.core.training import load_checkpoint, predict
+
+        with self._lock:
+            if name in self._cache:
+                self._cache.move_to_end(name)
+                return self._cache[name]
+            if self._failed is not None:
+                return None
+            if self._model is None:
+                try:
+                    self._model = load_checkpoint(self.checkpoint)[0]  # weights only: nothing unpickled
+                except Exception as e:  # moved, damaged: the stored proposals still stand
+                    self._failed = str(e)
+                    return None
+            probs = predict(self._model, image)
+            self._cache[name] = probs
+            while len(self._cache) > CACHED_IMAGES:
+                self._cache.popitem(last=False)
+            return probs
+
+    def request(self, name: str, image: np.ndarray) -> Callable[[], np.ndarray | None]:
+        """What the IEL panel's worker calls for the probabilities of ``name``."""
+        return partial(self.probabilities, name, image)
