@@ -688,12 +688,12 @@ def class_names_of(set_name: str, n_classes: int) -> tuple[str, ...]:
 
 
 def describe(folder: Path, names: Sequence[str]) -> None:
-    """Write the set's `dataset.json` (nnU-Net's form), which names its classes in the window and the
-    report (`ielstudio.core.class_names`); a cached set built before gets it too."""
-    text = json.dumps({"labels": {name: c for c, name in enumerate(names)}, "file_ending": ".png"}, indent=1)
-    path = folder / "dataset.json"
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+    """The set's `dataset.json`, which names its classes in the window and the report
+    (`ielstudio.core.class_names`); a cached set built before gets it too."""
+    from ielstudio.core.class_names import read_class_names, write_description
+
+    if read_class_names(folder)[0] != dict(enumerate(names)):
+        write_description(folder, tuple(names))
 
 
 def _set_from_manifest(root: Path, manifest: Path) -> RealSet:

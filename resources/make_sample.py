@@ -11,7 +11,6 @@ the noise applied to every image.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ielstudio.core.class_names import write_description  # noqa: E402
 from ielstudio.core.imageio import MaskEncoding, atomic_write_image, atomic_write_text, write_mask  # noqa: E402
 from ielstudio.core.metrics import dice  # noqa: E402
 from ielstudio.core.noise import apply_noise  # noqa: E402
@@ -67,14 +67,6 @@ def write_set(root: Path, make, noise_plan, encoding: MaskEncoding, n_classes: i
         rows.append((name, "clean label" if kind == "none" else f"{kind.replace('+', ' + ')} (level {level})",
                      float(np.mean(noisy != clean)), dice(noisy, clean, n_classes)))
     return rows
-
-
-def write_description(root: Path, name: str, labels: dict[str, int]) -> None:
-    """The set's `dataset.json` (nnU-Net's form), which names its classes in the window and
-    the report (`ielstudio.core.class_names`)."""
-    atomic_write_text(root / "dataset.json", json.dumps(
-        {"name": name, "description": "synthetic sample of IEL Studio (resources/make_sample.py)",
-         "labels": labels, "file_ending": ".png"}, indent=2) + "\n")
 
 
 def _table(rows) -> str:
@@ -130,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     nuclei = write_set(args.out / "nuclei", make_nuclei, NUCLEI_NOISE, NUCLEI_ENCODING, 2, SEED, "nuclei", False)
     lesions = write_set(args.out / "lesions", make_lesions, LESION_NOISE, LESION_ENCODING, 3, SEED + 1,
                         "lesion", True)
-    write_description(args.out / "nuclei", "nuclei", {"background": 0, "nucleus": 1})
-    write_description(args.out / "lesions", "lesions", {"background": 0, "lesion body": 1, "lesion core": 2})
+    # each set's dataset.json names its classes in the window and the report
+    about = "synthetic sample of IEL Studio (resources/make_sample.py)"
+    write_description(args.out / "nuclei", ("background", "nucleus"), "nuclei", about)
+    write_description(args.out / "lesions", ("background", "lesion body", "lesion core"), "lesions", about)
     atomic_write_text(args.out / "README.md", README.format(seed=SEED, size=SIZE, nuclei=_table(nuclei),
                                                             lesions=_table(lesions)))
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

@@ -75,3 +75,14 @@ def test_a_description_too_large_to_be_one_is_not_read(tmp_path, monkeypatch):
     monkeypatch.setattr(names, "MAX_BYTES", 100)
     found, problem = names.read_class_names(tmp_path)
     assert found == {} and "not read for class names" in problem and str(tmp_path / "dataset.json") in problem
+
+
+def test_a_written_description_is_read_back_with_the_same_names(tmp_path):
+    from ielstudio.core.class_names import DESCRIPTION, read_class_names, write_description
+
+    path = write_description(tmp_path, ("background", "grey matter (left)", "CSF"), name="brain")
+    assert path == tmp_path / DESCRIPTION
+    assert json.loads(path.read_text())["labels"] == {"background": 0, "grey matter (left)": 1, "CSF": 2}
+    assert json.loads(path.read_text())["name"] == "brain" and "description" not in json.loads(path.read_text())
+    assert read_class_names(tmp_path) == ({0: "background", 1: "grey matter (left)", 2: "CSF"}, None)
+    assert [p.name for p in tmp_path.iterdir()] == [DESCRIPTION]  # written through a temp file, none left behind

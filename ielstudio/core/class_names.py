@@ -79,6 +79,19 @@ def read_class_names(masks_dir: str | Path) -> tuple[dict[int, str], str | None]
         return {}, f"{path}: cannot read its class names ({e}); the classes are numbered"
 
 
+def write_description(folder: str | Path, names: list[str] | tuple[str, ...], name: str | None = None,
+                      description: str | None = None, file_ending: str = ".png") -> Path:
+    """Write a data set's `DESCRIPTION` into ``folder`` (nnU-Net v2's form: ``names[c]``
+    is the name of label value c), atomically; the file `read_class_names` reads."""
+    from .imageio import atomic_write_text
+
+    fields = {"name": name, "description": description,
+              "labels": {n: value for value, n in enumerate(names)}, "file_ending": file_ending}
+    path = Path(folder) / DESCRIPTION
+    atomic_write_text(path, json.dumps({k: v for k, v in fields.items() if v is not None}, indent=2) + "\n")
+    return path
+
+
 def names_by_class(names: dict[int, str], values: tuple[int, ...] | list[int], n_classes: int) -> list[str | None]:
     """The name of each class index 0..n_classes-1: the name of the value the mask files
     store for it (``values``, `imageio.MaskEncoding.values`), else, where the files store
