@@ -155,9 +155,8 @@ def image_scores(d: dict, i: int) -> dict[str, float]:
     from ielstudio.core.boundary_fit import candidate_contrasts, outline_fit_dice
     from ielstudio.core.cleaning import label_quality
     from ielstudio.core.decision import decide
-    from ielstudio.core.metrics import dice
     from ielstudio.core.mask_prior import outline_smoothness
-    from ielstudio.core.metrics import solidity
+    from ielstudio.core.metrics import dice, solidity
     from ielstudio.core.review import tolerant_dice
 
     probs, g = d["probs"][i], d["given"][i].astype(np.int64)

@@ -158,21 +158,24 @@ def test_the_first_whole_scoring_pass_starts_the_review_at_the_most_doubtful_ima
     assert w.current == "cell2"
 
 
-def test_a_scoring_pass_leaves_a_user_who_moved_or_decided_where_they_are(make_window, dataset):
+def test_a_scoring_pass_leaves_a_user_who_moved_where_they_are(make_window, dataset):
     w = make_window()
     w.open_folders(*dataset)
     w.queue.select("cell3")
     w.queue.select("cell0")  # back to the first image, but by hand
     deliver(w, whole_pass(SCORES))
     assert w.current == "cell0"
-    w2 = make_window()
-    w2.open_folders(*dataset)
-    inject_proposals(w2, SCORES)
-    w2.queue.select("cell0")
-    w2.actions["keep"].trigger()  # a decision on the first image moves on by itself
-    w2.queue.select("cell0")
-    deliver(w2, whole_pass(SCORES))
-    assert w2.current == "cell0"
+
+
+def test_a_scoring_pass_leaves_a_user_who_edited_the_first_image_on_it(make_window, dataset):
+    w = make_window()
+    w.open_folders(*dataset)
+    assert w.current == "cell0"
+    w.canvas.brush_class = 1
+    w.canvas.paint_stroke([(30, 5)], tool="brush")  # an edit that stays on the image
+    assert w.current == "cell0" and w.undo_stack.count() == 1
+    deliver(w, whole_pass(SCORES))
+    assert w.current == "cell0"  # it decided something here: left where it is
 
 
 def test_accept_keep_brush_undo_redo_change_mask_and_project(make_window, dataset, qtbot):

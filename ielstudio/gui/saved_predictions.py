@@ -8,7 +8,6 @@ thread), and the panel shows the prediction's defect maps as it did after traini
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
@@ -21,13 +20,13 @@ CACHED_IMAGES = 8
 
 
 class SavedModelPredictions:
-    """The saved model's probabilities for the images shown, loaded and computed on demand."""
+    """The saved model's probabilities for the images shown, loaded and computed on demand,
+    always in the IEL panel's one worker thread (`IELPanel.request`)."""
 
     def __init__(self, checkpoint: Path):
         self.checkpoint = Path(checkpoint)
         self._model = None
-        self._failed: str | None = None
-        self._lock = threading.Lock()
+        self._unreadable = False  # the model could not be loaded: not tried again
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def probabilities(self, name: str, image: np.ndarray) -> np.ndarray | None:
@@ -35,23 +34,22 @@ class SavedModelPredictions:
         (the panel then shows the given mask's maps alone). Runs in a worker thread."""
         from ielstudio.core.training import load_checkpoint, predict
 
-        with self._lock:
-            if name in self._cache:
-                self._cache.move_to_end(name)
-                return self._cache[name]
-            if self._failed is not None:
+        if name in self._cache:
+            self._cache.move_to_end(name)
+            return self._cache[name]
+        if self._unreadable:
+            return None
+        if self._model is None:
+            try:
+                self._model = load_checkpoint(self.checkpoint)[0]  # weights only: nothing unpickled
+            except Exception:  # moved, damaged: the stored proposals still stand, the box says what to do
+                self._unreadable = True
                 return None
-            if self._model is None:
-                try:
-                    self._model = load_checkpoint(self.checkpoint)[0]  # weights only: nothing unpickled
-                except Exception as e:  # moved, damaged: the stored proposals still stand
-                    self._failed = str(e)
-                    return None
-            probs = predict(self._model, image)
-            self._cache[name] = probs
-            while len(self._cache) > CACHED_IMAGES:
-                self._cache.popitem(last=False)
-            return probs
+        probs = predict(self._model, image)
+        self._cache[name] = probs
+        while len(self._cache) > CACHED_IMAGES:
+            self._cache.popitem(last=False)
+        return probs
 
     def request(self, name: str, image: np.ndarray) -> Callable[[], np.ndarray | None]:
         """What the IEL panel's worker calls for the probabilities of ``name``."""
