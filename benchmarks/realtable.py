@@ -99,6 +99,15 @@ def cleanlab_row(images: Path, masks: Path, model_path: Path, clean: dict, given
             "spearman": C.spearman(res["scores"], true), "note": "+ the heat run's training time"}
 
 
+def rows_to_take(earlier: list[dict], done: set, methods: list[str]) -> list[dict]:
+    """The trained rows of an earlier run (`--rows-from`) that this run neither has nor
+    trains itself: a method asked for with --methods (and cleanlab, which reads the heat
+    run's network, where heat is asked for) is trained again, never copied."""
+    here = set(methods) | ({"cleanlab"} if "heat" in methods else set())
+    return [r for r in earlier if (r["method"] in TRAINED or r["method"] == "cleanlab")
+            and r["method"] not in here and (r["set"], r["labels"], r["method"]) not in done]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="report,brain-multiclass-report,mixed-scan,dsb-nuclei,cho-nuclei,"
@@ -111,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed of every trained method (`clean --seed`)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
     ap.add_argument("--rows-from", metavar="TAG", default=None,
-                    help="take the trained rows this run lacks from results/realtable-TAG.json, an earlier run of "
-                         "the same engine and seed (so that only new methods train); the table marks them")
+                    help="take the trained rows of methods this run does not train from results/realtable-TAG.json, "
+                         "an earlier run of the same engine and seed (so that only new methods train); the table "
+                         "marks them")
     a = ap.parse_args(argv)
     sets = {**realdata.build_sets(a.cache), **bundled_sets()}
     prefix = "realtable" + (f"-{a.tag}" if a.tag else "")
@@ -125,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads((a.out / f"realtable-{a.rows_from}.json").read_text())
         if earlier.get("seed", 0) != a.seed:
             ap.error(f"realtable-{a.rows_from}.json was trained with --seed {earlier.get('seed', 0)}, not {a.seed}")
-        taken = [{**r, "from": a.rows_from} for r in earlier["rows"]
-                 if (r["method"] in TRAINED or r["method"] == "cleanlab")
-                 and (r["set"], r["labels"], r["method"]) not in done]
+        taken = [{**r, "from": a.rows_from} for r in rows_to_take(earlier["rows"], done, a.methods.split(","))]
         data["rows"] += taken
         done |= {(r["set"], r["labels"], r["method"]) for r in taken}
 

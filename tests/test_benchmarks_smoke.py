@@ -219,6 +219,18 @@ def test_real_data_scripts_import_and_parse_their_variants():
     assert realdata.class_names_of("report", 2) == ("background", "lesion")
 
 
+def test_realtable_rows_from_never_copies_a_method_this_run_trains():
+    import realtable
+
+    earlier = [{"set": s, "labels": "noisy", "method": m} for s in ("a", "b")
+               for m in ("heat", "cleanlab", "no-iel", "heat+convex", "classical")]
+    taken = realtable.rows_to_take(earlier, {("b", "noisy", "no-iel")}, ["heat"])
+    assert sorted((r["set"], r["method"]) for r in taken) == [("a", "heat+convex"), ("a", "no-iel"),
+                                                               ("b", "heat+convex")]
+    taken = realtable.rows_to_take(earlier, set(), ["no-iel"])
+    assert {r["method"] for r in taken} == {"heat", "cleanlab", "heat+convex"}
+
+
 def test_learning_curve_tests_on_a_fixed_quarter_and_trains_on_nested_subsets_of_the_rest():
     import learning_curve as L
 
