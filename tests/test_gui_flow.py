@@ -641,6 +641,19 @@ def test_reopened_project_shows_its_stored_proposals_and_curves_without_running_
         assert w4.score_with_saved_model()
     assert blocker.args == [None]
     assert "has changed since the project used it" in w4.last_error
+    w4.close()
+    # a model file that is gone: the stored proposals still show, and the window says why
+    # there are no prediction maps and what to do, instead of pointing to a scoring pass that cannot run
+    Path(ckpt).rename(Path(ckpt).with_suffix(".moved"))
+    w5 = make_window()
+    w5.training_panel.convex_hull.setChecked(True)
+    assert w5.open_project(path) and not w5.is_training() and set(w5.proposals) == set(before)
+    w5.queue.select("cell2")
+    qtbot.waitUntil(lambda: w5.iel_panel.given_maps is not None and not w5.iel_panel.busy(), timeout=20000)
+    assert w5.iel_panel.titles[1].text == "Prediction: model file missing"
+    assert "missing" in w5.iel_panel.no_prediction_hint and "Score again" not in w5.iel_panel.no_prediction_hint
+    assert "missing" in w5.training_panel.status.text()
+    assert not w5.score_with_saved_model() and "is missing" in w5.statusBar().currentMessage()
 
 
 def test_failed_export_is_reported_and_session_kept(make_window, dataset, qtbot, tmp_path):

@@ -92,6 +92,12 @@ NO_PREDICTION_STORED = ("Training > Score again",
                         "(the project stores proposals, not probabilities)")
 
 
+def no_prediction_model_missing(model: str) -> tuple[str, str]:
+    """(title, hint) of the empty prediction box of a reopened project whose model file is gone."""
+    return ("model file missing", f"prediction maps need the project's model {model}, which is missing: "
+                                  "Training > Train again, or Review with a saved model to say where it is now")
+
+
 class IELPanel(QWidget):
     """Heat amplification of given mask and prediction, convex region, slider over k."""
 

@@ -13,7 +13,7 @@ from ielstudio.core.class_names import with_class_names
 from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS, augmentation_note, held_out_units
 
 from . import jobs
-from .iel_panel import NO_PREDICTION_STORED
+from .iel_panel import NO_PREDICTION_STORED, no_prediction_model_missing
 from .process_worker import ProcessWorker
 from .saved_predictions import SavedModelPredictions
 from .workers import GeneratorWorker
@@ -127,8 +127,12 @@ class TrainingMixin:
         if self.project is None or self.is_training():
             return False
         ref = self.project.checkpoint
-        if ref is None or not Path(ref.path).is_file():
+        if ref is None:
             self.statusBar().showMessage("No saved model in this project yet: train one first.", 5000)
+            return False
+        if not Path(ref.path).is_file():
+            self.statusBar().showMessage(f"The project's model {ref.path} is missing: train again, or Training > "
+                                         "Review with a saved model to say where it is now.", 8000)
             return False
         self.checkpoint = Path(ref.path)
         self._train_settings = {"checkpoint": str(ref.path), "clean": self.clean_config().to_dict()}
@@ -392,11 +396,16 @@ class TrainingMixin:
         if last.get("source") == source and last.get("complete"):
             self.checkpoint = Path(ref.path)
             self.proposals.attach(self.project, source)
-            self.iel_panel.set_no_prediction(*NO_PREDICTION_STORED)
-            self._saved_predictions = SavedModelPredictions(self.checkpoint)  # maps of the shown image
             warnings = last.get("warnings") or []
-            self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
-                                            "the project")
+            if Path(ref.path).is_file():
+                self.iel_panel.set_no_prediction(*NO_PREDICTION_STORED)
+                self._saved_predictions = SavedModelPredictions(self.checkpoint)  # maps of the shown image
+                self.training_panel.set_message(f"Proposals of the saved model {Path(ref.path).name}, as stored in "
+                                                "the project")
+            else:  # moved or deleted: the stored proposals stand, nothing can predict or score again
+                self.iel_panel.set_no_prediction(*no_prediction_model_missing(Path(ref.path).name))
+                self.training_panel.set_message(f"Proposals as stored in the project; its model {ref.path} is "
+                                                "missing, so there are no prediction maps and no scoring again")
             self.show_review_notice(warnings, bool(last.get("objects_changed")))  # what they kept, and why
             self.training_panel.finish_progress("proposals loaded")
             if self.current:
