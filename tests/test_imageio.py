@@ -307,6 +307,8 @@ def test_mask_encoding_json_round_trip():
     enc = MaskEncoding("color", (), ((0, 0, 0), (255, 0, 0)), "uint8", ".tif", 4)
     assert MaskEncoding.from_dict(json.loads(json.dumps(enc.to_dict()))) == enc
     assert enc.n_classes == 2
+    assert enc.stored_values == ()  # colour masks: classes are not keyed by a gray value
+    assert MaskEncoding("index", (0, 64, 128)).stored_values == (0, 64, 128)
 
 
 def test_write_mask_refuses_to_overwrite_original(tmp_path):

@@ -732,8 +732,7 @@ def write_cleaned(run: CleanRun, done: DoneEvent, model_ev: ModelEvent,
 
     images.sort(key=lambda d: d["score"])  # worst label first
     scores = [d["score"] for d in images]
-    named = names_by_class(run.class_names, () if loaded.encoding.kind == "color" else loaded.encoding.values,
-                           n_classes)
+    named = names_by_class(run.class_names, loaded.encoding.stored_values, n_classes)
     report = {
         "tool": f"ielstudio {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

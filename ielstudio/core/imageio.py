@@ -499,6 +499,12 @@ class MaskEncoding:
         return len(self.colors) if self.kind == "color" else len(self.values)
 
     @property
+    def stored_values(self) -> tuple[int, ...]:
+        """The gray value each class index is stored as, or () for colour masks (a class's
+        name, per `class_names.names_by_class`, may be keyed by that value)."""
+        return () if self.kind == "color" else self.values
+
+    @property
     def step(self) -> int:
         """Gray-level step between classes (binary/index)."""
         return self.values[1] if len(self.values) > 1 else 1

@@ -37,7 +37,7 @@ class ReviewMixin:
         from ielstudio.core.class_names import names_by_class
 
         enc = self.project.mask_encoding() if self.project is not None else None
-        values = enc.values if enc is not None and enc.kind != "color" else ()
+        values = enc.stored_values if enc is not None else ()
         return names_by_class(self.described_classes, values, n_classes or self.canvas.n_classes)
 
     def n_classes(self) -> int:
