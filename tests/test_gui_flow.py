@@ -1277,8 +1277,8 @@ def test_saved_model_predictions_are_the_models_own_cached_and_none_without_a_mo
     saved = SavedModelPredictions(path)
     probs = saved.request("a", image)()
     np.testing.assert_allclose(probs, predict(load_checkpoint(path)[0], image), atol=1e-6)
-    assert saved.probabilities("a", image) is probs  # the shown image again: cached
+    assert saved.request("a", image)() is probs  # the shown image again: cached
     for i in range(CACHED_IMAGES):
-        saved.probabilities(f"b{i}", image)
-    assert saved.probabilities("a", image) is not probs  # fell out of the cache: computed again
-    assert SavedModelPredictions(tmp_path / "gone.pt").probabilities("a", image) is None
+        saved.request(f"b{i}", image)()
+    assert saved.request("a", image)() is not probs  # fell out of the cache: computed again
+    assert SavedModelPredictions(tmp_path / "gone.pt").request("a", image)() is None

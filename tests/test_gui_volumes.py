@@ -464,6 +464,39 @@ def test_the_slice_context_of_the_form_trains_and_scores_with_neighbouring_slice
     assert config.slice_context == 1
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert first.in_channels == 3
+    # reopened, the saved model predicts the slice shown with its neighbours, for the prediction maps
+    path = w.project.path
+    w.close()
+    w2 = MainWindow(settings=w.settings, data_dir=w.data_dir)
+    qtbot.addWidget(w2)
+    w2.train_base, w2.train_in_process = w.train_base, False
+    w2.training_panel.slice_context.setValue(1)  # the settings its proposals were made with
+    assert w2.open_project(path) and not w2.is_training()
+    w2.queue.select("case1/0002")
+    qtbot.waitUntil(lambda: w2.iel_panel.pred_maps is not None and not w2.iel_panel.busy(), timeout=20000)
+    assert w2.iel_panel.titles[1].text.startswith("Prediction (max ")
+    w2.close()
+
+
+def test_a_reopened_volume_projects_prediction_maps_are_the_models_own_in_the_window_frame(volume_folders, tmp_path):
+    """`SavedModelPredictions.request_slice`: the saved model (slice context 1) predicts a
+    slice from its neighbours, and its probabilities come in the frame the window shows."""
+    from ielstudio.core.models import build_model
+    from ielstudio.core.training import TrainConfig, load_checkpoint, predict, save_checkpoint
+    from ielstudio.core.volume_data import load_volume_dataset
+    from ielstudio.core.volume_review import VolumeSlices, scan_volume_dataset
+    from ielstudio.gui.saved_predictions import SavedModelPredictions
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, build_model("unet", 3, 2, width=4, depth=2), TrainConfig(width=4, depth=2, slice_context=1))
+    model = load_checkpoint(path)[0]
+    slices = VolumeSlices(scan_volume_dataset(*volume_folders))
+    saved = SavedModelPredictions(path)
+    for s in load_volume_dataset(*volume_folders, context=1).samples[::5]:
+        got = saved.request_slice(s.name, slices)()
+        expected = to_display(predict(model, s.image), slices.orientation(s.name))
+        assert got.shape == (2, *slices.sample(s.name, None).mask.shape)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_a_large_compressed_volume_is_read_in_the_background_before_its_slice_shows(window, volume_folders, qtbot,

@@ -162,3 +162,28 @@ def test_slices_shown_before_the_mapping_is_known_find_their_volumes_values_once
     shown = [slices.sample(f"ct/{k:04d}", None) for k in range(5)]
     assert len(calls) == 1
     assert [int(s.mask.max()) for s in shown] == [0, 1, 1, 1, 0] and shown[2].encoding.values == (0, 7)
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_a_slices_model_input_is_what_the_model_trained_on(tmp_path, context):
+    """`VolumeSlices.model_input` (a reopened project's prediction maps) gives the model a
+    slice as `load_volume_dataset` gave it in training: its neighbours as channels, repeated
+    at the volume's ends, rescaled by the whole volume's intensity range."""
+    from ielstudio.core.volume_data import load_volume_dataset
+    from ielstudio.core.volume_review import VolumeSlices
+
+    images, masks = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(context)
+    ct = rng.normal(0, 300, (20, 16, 5)).astype(np.int16)
+    ct[..., 4] += 2000  # one bright slice: its own range would differ from the volume's
+    affine = np.array([[0, -0.8, 0, 0], [0.9, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(ct, affine), images / "ct.nii.gz")
+    nib.save(nib.Nifti1Image((ct > 0).astype(np.uint8), affine), masks / "ct.nii.gz")
+    trained = load_volume_dataset(images, masks, context=context).samples
+    slices = VolumeSlices(scan_volume_dataset(images, masks))
+    assert len(trained) == 5
+    for s in trained:
+        assert s.image.shape == (2 * context + 1, 20, 16)
+        np.testing.assert_array_equal(slices.model_input(s.name, context), s.image)

@@ -453,14 +453,29 @@ def normalize_intensity(img: np.ndarray, low: float = 1.0, high: float = 99.0) -
     coincide the full min..max range is used; a constant image becomes all zeros.
     """
     img = np.asarray(img, dtype=np.float32)
-    flat = img.reshape(-1)
+    return rescale_intensity(img, intensity_range(img, low, high))
+
+
+def intensity_range(img: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float] | None:
+    """The (lo, hi) that `normalize_intensity` maps to 0 / 1, or None for a constant image;
+    so that parts of a large volume (one slice and its neighbours) are rescaled as the whole was."""
+    flat = np.asarray(img, dtype=np.float32).reshape(-1)
     if flat.size > 1_000_000:  # percentiles of a strided subsample are plenty
         flat = flat[:: flat.size // 1_000_000]
     lo, hi = np.percentile(flat, [low, high])
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         lo, hi = float(flat.min()), float(flat.max())
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return None
+    return float(lo), float(hi)
+
+
+def rescale_intensity(img: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    """``img`` as float32 with ``bounds`` (lo, hi) mapped to 0 / 1, clipped; all zeros for None."""
+    img = np.asarray(img, dtype=np.float32)
+    if bounds is None:
         return np.zeros_like(img, dtype=np.float32)
+    lo, hi = bounds
     out = (img - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 

@@ -180,6 +180,12 @@ def scan_volume_pairs(images_dir: str | Path, masks_dir: str | Path) -> tuple[li
     return pairs, skipped
 
 
+def context_slices(k: int, n_slices: int, context: int) -> list[int]:
+    """The slices a model with ``context`` is given for slice ``k``: k - context .. k + context,
+    the first and last slice repeated at the volume's ends."""
+    return [min(n_slices - 1, max(0, j)) for j in range(k - context, k + context + 1)]
+
+
 def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path,
                         progress: Callable[[int, int], None] | None = None, context: int = 0) -> VolumeDataset:
     """Read every volume pair into slices; a pair whose grids differ, or that cannot be
@@ -227,7 +233,7 @@ def load_volume_dataset(images_dir: str | Path, masks_dir: str | Path,
         case = VolumeCase(pair.name, pair.image_path, pair.label_path, label, axis, image.shape[axis], notes)
         for k in range(case.n_slices):
             index = (slice(None),) * axis + (k,)
-            around = [min(case.n_slices - 1, max(0, j)) for j in range(k - context, k + context + 1)]
+            around = context_slices(k, case.n_slices, context)
             planes = np.stack([voxels[(slice(None),) * axis + (j,)] for j in around])
             samples.append(Sample(case.slice_name(k), np.ascontiguousarray(planes),
                                   np.ascontiguousarray(classes[index]), encoding, pair.image_path, pair.label_path))

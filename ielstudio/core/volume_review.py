@@ -38,7 +38,8 @@ import numpy as np
 from .dataset import Pair, Sample, Scan, Skipped
 from .errors import DataError
 from .imageio import MaskEncoding, atomic_write_text
-from .volume_data import SLICE_SEP, checked_label_values, class_values, scan_volume_pairs, volume_encoding
+from .volume_data import (SLICE_SEP, checked_label_values, class_values, context_slices, scan_volume_pairs,
+                          volume_encoding)
 
 #: Volumes kept open by `VolumeSlices`: the one shown and the ones before and after it.
 OPEN_VOLUMES = 3
@@ -229,6 +230,7 @@ class VolumeSlices:
         self.scan, self.keep = scan, keep
         self._open: OrderedDict[str, tuple] = OrderedDict()
         self._own_values: dict[str, list[int]] = {}  # volume -> its label values (a whole-volume np.unique)
+        self._ranges: dict[str, tuple[float, float] | None] = {}  # volume -> its intensity range (`model_input`)
         self._lock = threading.RLock()  # a background thread may open the next volume meanwhile
 
     def open(self, volume: str) -> None:
@@ -319,6 +321,27 @@ class VolumeSlices:
             warnings.append(f"{entry.image_path}: {int(bad.sum())} voxels of slice {k} are not numbers; shown as 0")
         mask = classes_of(self._plane(label, entry, k), encoding, entry.label_path)
         return Sample(name, pixels[None], mask, encoding, entry.image_path, entry.label_path, warnings)
+
+    def model_input(self, name: str, context: int = 0) -> np.ndarray:
+        """What a model trained on this data set (`volume_data.load_volume_dataset`) is given
+        for slice ``name``: (2 context + 1, H, W) float32, the slice and ``context`` neighbours
+        on either side (repeated at the volume's ends), rescaled by the whole volume's
+        intensity range, in the array's frame (`to_display` turns its output to the window's).
+        For a reopened project's prediction maps; safe in a worker thread."""
+        from .imageio import intensity_range, rescale_intensity
+
+        entry, k = self._locate(name)
+        with self._lock:
+            image, _ = self._volumes(entry)
+            if entry.name not in self._ranges:  # reads the whole volume once
+                self._ranges[entry.name] = intensity_range(np.asarray(image.array, np.float32))
+            planes = np.stack([np.asarray(_array_plane(image, entry.axis, j), np.float32)
+                               for j in context_slices(k, entry.n_slices, context)])
+        return rescale_intensity(planes, self._ranges[entry.name])
+
+    def orientation(self, name: str) -> Orientation:
+        """How slice ``name``'s volume is shown (`to_display`)."""
+        return self._locate(name)[0].orientation
 
     def _own_encoding(self, entry: VolumeEntry, label) -> MaskEncoding:
         """Until the data set's mapping is read: this volume's own label values (found once)."""

@@ -234,8 +234,9 @@ class ReviewMixin:
         self.canvas.set_status(row.status if row is not None else None, preview=name in self.previews)
         if iel:
             probs = self._probs.get(name)
-            if probs is None and self._saved_predictions is not None and self.volumes is None:
-                probs = self._saved_predictions.request(name, s.image)  # computed in the panel's worker
+            if probs is None and self._saved_predictions is not None:  # computed in the panel's worker
+                probs = (self._saved_predictions.request(name, s.image) if self.volumes is None
+                         else self._saved_predictions.request_slice(name, self.volumes))
             self.iel_panel.request(s.mask, probs, self.n_classes(), self.training_panel.iel_config())
 
     def _update_status(self) -> None:
