@@ -11,6 +11,7 @@
     python benchmarks/evidence_probe.py nudges --set hela-nuclei-dev,nuclei-sample,nuclei-mixture-dev
     python benchmarks/evidence_probe.py fits --set dev
     python benchmarks/evidence_probe.py hulls --set dev
+    python benchmarks/evidence_probe.py parts --set dev,hela-nuclei-dev,brain-multiclass-dev
 
 `train` fits the default recipe (`TrainConfig`, automatic budget; `--folds K` cross-fits
 K models so every image is predicted by one that never saw its label) on a real set and
@@ -37,7 +38,9 @@ image alone as a correction where no model can be trusted: each mask replaced by
 best-fitting outline (`boundary_fit.best_fitting_outline`) where that outline separates
 the image clearly better than the given one (not adopted). `hulls` tries the image
 alone on bites: a thick part of an object's convex hull that the mask leaves out is
-added where the image shows it as part of the object (not adopted). `--set` takes
+added where the image shows it as part of the object (not adopted). `parts` shows rule
+2's object check before and after stop 39 took each changed region's removals and
+additions apart (`review._removals_and_additions`). `--set` takes
 several sets, comma-separated. Choosing is done on `dev`
 sets only; the report sets are scored once with what was chosen (`realtable.py`).
 """
@@ -566,6 +569,44 @@ def object_image(name: str, d: dict) -> list:
     return cells
 
 
+def _pure_changed_regions(proposal, given, pad, slices=0):
+    """Rule 2's object check before stop 39: only changed regions that are wholly a removal
+    or wholly an addition were judged; one with both (an outline shifted, a part removed
+    with a few pixels added beside it) passed unjudged."""
+    from ielstudio.core import review as R
+
+    for box, region in R._changed_regions(proposal, given, pad, slices):
+        was, now = given[box][region], proposal[box][region]
+        if ((now == 0) & (was != 0)).all() or ((was == 0) & (now != 0)).all():
+            yield box, region
+
+
+def parts(name: str, d: dict) -> list:
+    """A row: output Dice against the correct masks of the whole review (rules 1-4) with
+    rule 2's object check (`review.image_backs_object_changes`) as before stop 39 (mixed
+    changed regions unjudged, `_pure_changed_regions`) and as now, with removals and
+    additions taken apart (`review._removals_and_additions`)."""
+    from unittest import mock
+
+    from ielstudio.core import review as R
+    from ielstudio.core.cleaning import CleanConfig, propose
+    from ielstudio.core.metrics import dice
+
+    probs, given, clean, th, images, n, rel = _reviewed(d)
+    cells = [name, " ".join("yes" if ok else "no" for ok in rel.reliable[1:]),
+             C.fmt(np.mean([dice(g, c, n) for g, c in zip(given, clean)]))]
+
+    def outputs():
+        return [R.apply_object_rules(R.gate_changes(propose(pr, g, CleanConfig(), th), g, pr, rel.reliable, th,
+                                                    image=im), g, pr, th, im, rel)[0]
+                for pr, g, im in zip(probs, given, images)]
+
+    with mock.patch.object(R, "_removals_and_additions", _pure_changed_regions):
+        cells.append(_output_cell(outputs(), given, clean, n))
+    cells.append(_output_cell(outputs(), given, clean, n))
+    return cells
+
+
 def nudges(name: str, d: dict) -> list:
     """A row: output Dice against the correct masks (mean, min) of the whole review (rules
     1-4, as `object_image` runs it) with rule 2's outline moves kept whatever they change
@@ -709,7 +750,7 @@ def weak_models(set_name: str, labels: str, steps: int, seed: int) -> list:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["train", "score", "objects", "adds", "outlines", "edges", "reliability", "weak",
-                                     "objects-image", "nudges", "fits", "hulls"])
+                                     "objects-image", "nudges", "fits", "hulls", "parts"])
     ap.add_argument("--set", default="dev")
     ap.add_argument("--labels", default="noisy,clean")
     ap.add_argument("--folds", default="1,3")
@@ -765,6 +806,10 @@ def main(argv: list[str] | None = None) -> int:
     elif a.what == "objects-image":
         print(C.md_table(["cache", "reliable", "given", "without"] + [f"contrast {t}" for t in OBJECT_CONTRASTS[1:]],
                          [object_image(path.stem, load(path)) for path in paths]))
+    elif a.what == "parts":
+        print(C.md_table(["cache", "reliable", "given", "before stop 39 (mixed regions unjudged)",
+                          "removals and additions taken apart (default)"],
+                         [parts(path.stem, load(path)) for path in paths]))
     elif a.what == "nudges":
         print(C.md_table(["cache", "reliable", "given"] + [f"min change {t}" for t in NUDGE_SHARES],
                          [nudges(path.stem, load(path)) for path in paths]))

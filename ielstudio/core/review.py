@@ -168,7 +168,7 @@ OBJECT_CONTRAST = 1.0
 #: project stores its proposals under it (`session.proposal_source`), so a project
 #: reopened after an upgrade recomputes the proposals of images not yet decided instead
 #: of showing those of the older rules.
-PROPOSAL_RULES = "2026-12-07: outline moves per object"
+PROPOSAL_RULES = "2026-12-08: removals and additions judged apart"
 #: Rule 2: the outline moves of an object, taken together, must change it by at least
 #: this share (1 - Dice of the object before and after; `objects_moved_enough`): a
 #: nudge of a few pixels along part of an outline is within what a model's and an
@@ -592,12 +592,14 @@ def _touching(region: np.ndarray) -> np.ndarray:
 def image_backs_object_changes(proposal: np.ndarray, given: np.ndarray, image: np.ndarray,
                                threshold: float = OBJECT_CONTRAST) -> np.ndarray:
     """`proposal` with every object it removes or adds, whole or a thick part of one,
-    against what the image shows, set back to `given`. A removal is a changed region
-    (8-connected, 26 in 3-D) of given foreground set to background; it is kept only
+    against what the image shows, set back to `given`. A removal is a region (8-connected,
+    26 in 3-D) of given foreground set to background, taken apart from any pixels added
+    beside it (`_removals_and_additions`: mixed with them, it went unjudged); it is kept only
     when its pixels do not stand out from the unlabelled pixels within `SURROUNDING` px
     of it (`object_contrast` below `threshold`). An addition is a changed region of
     given background set to foreground; it is kept only when it does stand out (at
-    least `threshold`) from the pixels both leave unlabelled around it. Where there are
+    least `threshold`) from the pixels both leave unlabelled around it (likewise taken
+    apart from the removals beside it). Where there are
     no such pixels, the image cannot tell, and the label stays as given. Judged are
     whole objects (a removal no other given foreground touches, an addition touching
     no given pixel of its class) and parts at least `ADD_THICKNESS` px thick (as rule 4
@@ -609,14 +611,11 @@ def image_backs_object_changes(proposal: np.ndarray, given: np.ndarray, image: n
     image = np.asarray(image, np.float32)
     out = proposal.copy()
     # one slice more on either side of a volume's regions, for the objects touching them there
-    for box, region in _changed_regions(proposal, given, SURROUNDING + 2, slices=1):
+    for box, region in _removals_and_additions(proposal, given, SURROUNDING + 2, slices=1):
         if region.sum() < MIN_OBJECT_SIZE:
             continue  # specks: the statistics of a few pixels say little
         was, now = given[box], proposal[box]
-        removed = bool((now[region] == 0).all() and (was[region] != 0).all())
-        added = bool((was[region] == 0).all() and (now[region] != 0).all())
-        if not (removed or added):
-            continue
+        removed = bool((now[region] == 0).all())
         next_to = _touching(region)
         whole = not ((was[next_to] != 0).any() if removed else np.isin(was[next_to], np.unique(now[region])).any())
         if not whole and not _survives_erosion(region, ADD_THICKNESS // 2):
@@ -721,7 +720,22 @@ def _changed_regions(proposal: np.ndarray, given: np.ndarray, pad: int,
     """Each region where `proposal` and `given` differ (8-connected, 26 in 3-D), as (its
     box: the bounding box grown by `pad` px in-plane and, in a volume, by `slices`
     slices; the region's mask in that box)."""
-    n, labels = connected_regions(proposal != given)
+    return _regions(proposal != given, pad, slices)
+
+
+def _removals_and_additions(proposal: np.ndarray, given: np.ndarray, pad: int,
+                            slices: int = 0) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+    """As `_changed_regions`, but the removals (given foreground set to background) and
+    the additions (given background set to foreground) each on their own: a part of an
+    organ removed with a few pixels added beside it, or an outline shifted, is judged as
+    the removal and the addition it is (other changes, between foreground classes, are
+    not among them)."""
+    for changed in ((given != 0) & (proposal == 0), (given == 0) & (proposal != 0)):
+        yield from _regions(changed, pad, slices)
+
+
+def _regions(changed: np.ndarray, pad: int, slices: int = 0) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+    n, labels = connected_regions(changed)
     if n <= 1:
         return
     for k, box in _boxes(labels, np.arange(1, n), pad).items():
