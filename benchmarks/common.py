@@ -79,7 +79,18 @@ def machine_facts() -> dict[str, Any]:
         facts["cleanlab"] = cleanlab.__version__
     except ImportError:
         facts["cleanlab"] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in IMAGE_LIBRARIES:  # the real-data images are resampled with these: a new version, other pixels
+        try:
+            facts[package] = version(package)
+        except PackageNotFoundError:
+            facts[package] = None
     return facts
+
+
+#: libraries whose versions `machine_facts` records beside torch's
+IMAGE_LIBRARIES = ("numpy", "opencv-python-headless", "nibabel", "pynrrd")
 
 
 def peak_rss_mb() -> float:
