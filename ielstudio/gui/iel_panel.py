@@ -92,10 +92,14 @@ NO_PREDICTION_STORED = ("Training > Score again",
                         "(the project stores proposals, not probabilities)")
 
 
+#: what to do when a project's model file is gone (the prediction box, Score again)
+MODEL_MISSING_ADVICE = "train again, or Training > Review with a saved model to say where it is now"
+
+
 def no_prediction_model_missing(model: str) -> tuple[str, str]:
     """(title, hint) of the empty prediction box of a reopened project whose model file is gone."""
     return ("model file missing", f"prediction maps need the project's model {model}, which is missing: "
-                                  "Training > Train again, or Review with a saved model to say where it is now")
+                                  f"{MODEL_MISSING_ADVICE}")
 
 
 class IELPanel(QWidget):

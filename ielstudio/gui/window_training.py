@@ -13,7 +13,7 @@ from ielstudio.core.class_names import with_class_names
 from ielstudio.core.review import FEW_HELD_OUT, NOT_RELIABLE, TRUSTED_BY_OBJECTS, augmentation_note, held_out_units
 
 from . import jobs
-from .iel_panel import NO_PREDICTION_STORED, no_prediction_model_missing
+from .iel_panel import MODEL_MISSING_ADVICE, NO_PREDICTION_STORED, no_prediction_model_missing
 from .process_worker import ProcessWorker
 from .saved_predictions import SavedModelPredictions
 from .workers import GeneratorWorker
@@ -131,8 +131,7 @@ class TrainingMixin:
             self.statusBar().showMessage("No saved model in this project yet: train one first.", 5000)
             return False
         if not Path(ref.path).is_file():
-            self.statusBar().showMessage(f"The project's model {ref.path} is missing: train again, or Training > "
-                                         "Review with a saved model to say where it is now.", 8000)
+            self.statusBar().showMessage(f"The project's model {ref.path} is missing: {MODEL_MISSING_ADVICE}.", 8000)
             return False
         self.checkpoint = Path(ref.path)
         self._train_settings = {"checkpoint": str(ref.path), "clean": self.clean_config().to_dict()}
